@@ -1,0 +1,33 @@
+# Two set-up commands (see README): `make demo` and `make test`. Both create .venv when missing.
+SHELL := /bin/bash
+VENV ?= .venv
+# Debian's /usr/bin/python3 is preferred: staticx refuses pyenv builds (DESIGN section 10).
+PYTHON ?= $(shell /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 && echo /usr/bin/python3 || echo python3)
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test lint unit binary smoke bench bench-quick fuzz clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,build]'
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/appliance demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+
+test: lint unit
+
+clean:
+	rm -rf build/work dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,152 @@
+"""``appliance`` command line: parsing, dispatch, error to exit code, ``--json``.
+
+Each command group lives in its own ``cmd_*`` module with a ``register``
+function. A command function takes ``(args, ctx)`` and returns a dict of JSON
+fields; it raises an ``ApplianceError`` to refuse. Nothing here imports
+textual: the TUI is imported only by the ``tui`` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from appliance.cli import (
+    cmd_audit,
+    cmd_bundle,
+    cmd_demo,
+    cmd_import,
+    cmd_init,
+    cmd_keys,
+    cmd_load,
+    cmd_rollback,
+    cmd_store,
+    cmd_trust,
+    cmd_tui,
+)
+from appliance.cli.context import Context, default_home
+from appliance.errors import ExitCode, exit_code_for
+from appliance.version import __version__
+from bundles.errors import ApplianceError, UsageError
+
+Command = Callable[[argparse.Namespace, Context], dict[str, Any]]
+GROUPS = (
+    cmd_keys,
+    cmd_bundle,
+    cmd_init,
+    cmd_trust,
+    cmd_import,
+    cmd_store,
+    cmd_load,
+    cmd_rollback,
+    cmd_audit,
+    cmd_demo,
+    cmd_tui,
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so usage errors get our format."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=default,
+        help="appliance home (default: $APPLIANCE_HOME or a per-user folder)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="print exactly one JSON object on stdout",
+    )
+    parser.add_argument(
+        "--witness",
+        type=Path,
+        default=default,
+        help="state witness file (default: $APPLIANCE_WITNESS; off if unset)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    _globals(common, top=False)
+    parser = _Parser(prog="appliance", description="Offline verification appliance")
+    _globals(parser, top=True)
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for group in GROUPS:
+        group.register(subs, common)
+    return parser
+
+
+def _context(args: argparse.Namespace) -> Context:
+    witness = args.witness
+    if witness is None and os.environ.get("APPLIANCE_WITNESS"):
+        witness = Path(os.environ["APPLIANCE_WITNESS"])
+    return Context(home=args.home or default_home(), json=bool(args.json), witness=witness)
+
+
+def _split_dashdash(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, []
+
+
+def run(argv: Sequence[str]) -> int:
+    argv = list(argv)
+    wants_json = "--json" in _split_dashdash(argv)[0]
+    if argv[:1] == ["--version"]:
+        if wants_json:
+            Context(home=Path(), json=True).emit_json({"ok": True, "version": __version__})
+        else:
+            print(f"appliance {__version__}")
+        return ExitCode.OK
+    ctx = Context(home=Path(), json=wants_json)
+    try:
+        head, tail = _split_dashdash(argv)
+        args = build_parser().parse_args(head)
+        args.rest = tail
+        if not getattr(args, "func", None):
+            raise UsageError("appliance: a command is required (see appliance --help)")
+        if tail and not getattr(args, "takes_rest", False):
+            raise UsageError(f"appliance {args.command}: unexpected arguments after --")
+        ctx = _context(args)
+        result = args.func(args, ctx)
+    except ApplianceError as e:
+        return _fail(ctx, e.code, e.message, exit_code_for(e))
+    except KeyboardInterrupt:
+        return _fail(ctx, "interrupted", "interrupted; nothing was changed", ExitCode.OPERATIONAL)
+    if ctx.json:
+        ctx.emit_json({"ok": True, **result})
+    return ExitCode.OK
+
+
+def _fail(ctx: Context, code: str, message: str, exit_code: ExitCode) -> int:
+    if ctx.json:
+        ctx.emit_json(
+            {"ok": False, "error": {"code": code, "message": message}, "exit_code": int(exit_code)}
+        )
+    print(f"appliance: error [{code}]: {message}", file=sys.stderr)
+    return int(exit_code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = run(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return ExitCode.OPERATIONAL
+    return code

@@ -1,0 +1,259 @@
+"""Signed documents other than the manifest: trust updates and rollback authorizations.
+
+Both are DSSE payloads in RFC 8785 canonical JSON, validated strictly like the
+manifest. Whether their signers are allowed to make them is the appliance's
+decision (``appliance.trust``); these classes only say what a document claims.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bundles.canonical import canonical_bytes, parse_json
+from bundles.fields import as_hex, as_int, as_str, as_time, fail, require_object
+from bundles.keys import PublicKey
+from bundles.names import check_artifact_name, check_identifier, check_unique
+from bundles.timeutil import format_time
+
+TRUST_PAYLOAD_TYPE = "application/vnd.appliance.trust-update+json"
+TRUST_TYPE = "appliance/trust-update/v1"
+ROLLBACK_PAYLOAD_TYPE = "application/vnd.appliance.rollback-authorization+json"
+ROLLBACK_TYPE = "appliance/rollback-authorization/v1"
+MAX_DOC_BYTES = 1024 * 1024
+MAX_OPERATIONS = 1024
+ROLES = ("root", "publisher", "rollback")
+_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _role_stream(role: Any, stream: Any, what: str) -> tuple[str, str | None]:
+    if role not in ROLES:
+        raise fail(f"{what}: role must be one of {', '.join(ROLES)}")
+    if role == "publisher":
+        return role, check_identifier(stream, f"{what} stream")
+    if stream is not None:
+        raise fail(f"{what}: only the publisher role is per stream")
+    return role, None
+
+
+def _pem(value: Any, what: str) -> PublicKey:
+    text = as_str(value, what, 4096)
+    return PublicKey.from_pem(text.encode("ascii", "replace"))
+
+
+@dataclass(frozen=True)
+class AddKey:
+    key: PublicKey
+    role: str
+    stream: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "op": "add_key",
+            "public_key": self.key.to_pem().decode(),
+            "role": self.role,
+            "stream": self.stream,
+        }
+
+
+@dataclass(frozen=True)
+class RevokeKey:
+    keyid: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": "revoke", "keyid": self.keyid}
+
+
+@dataclass(frozen=True)
+class SetThreshold:
+    role: str
+    stream: str | None
+    threshold: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "op": "threshold",
+            "role": self.role,
+            "stream": self.stream,
+            "threshold": self.threshold,
+        }
+
+
+@dataclass(frozen=True)
+class RotateRoot:
+    keys: tuple[PublicKey, ...]
+    threshold: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "op": "rotate_root",
+            "public_keys": [k.to_pem().decode() for k in self.keys],
+            "threshold": self.threshold,
+        }
+
+
+Operation = AddKey | RevokeKey | SetThreshold | RotateRoot
+
+
+def _operation(i: int, raw: Any) -> Operation:
+    what = f"operations[{i}]"
+    if not isinstance(raw, dict) or not isinstance(raw.get("op"), str):
+        raise fail(f"{what} must be an object with an op")
+    op = raw["op"]
+    if op == "add_key":
+        d = require_object(raw, what, {"op", "public_key", "role", "stream"})
+        role, stream = _role_stream(d["role"], d["stream"], what)
+        if role == "root":
+            raise fail(f"{what}: root keys change only by rotate_root")
+        return AddKey(_pem(d["public_key"], f"{what}.public_key"), role, stream)
+    if op == "revoke":
+        d = require_object(raw, what, {"op", "keyid"})
+        return RevokeKey(as_hex(d["keyid"], f"{what}.keyid"))
+    if op == "threshold":
+        d = require_object(raw, what, {"op", "role", "stream", "threshold"})
+        role, stream = _role_stream(d["role"], d["stream"], what)
+        return SetThreshold(role, stream, as_int(d["threshold"], f"{what}.threshold", 1))
+    if op == "rotate_root":
+        d = require_object(raw, what, {"op", "public_keys", "threshold"})
+        pems = d["public_keys"]
+        if not isinstance(pems, list) or not pems or len(pems) > 64:
+            raise fail(f"{what}.public_keys must be a list of 1 to 64 keys")
+        keys = tuple(_pem(p, f"{what}.public_keys") for p in pems)
+        check_unique((k.keyid for k in keys), "root key")
+        threshold = as_int(d["threshold"], f"{what}.threshold", 1)
+        if threshold > len(keys):
+            raise fail(f"{what}: threshold {threshold} exceeds {len(keys)} keys")
+        return RotateRoot(keys, threshold)
+    raise fail(f"{what}: unknown op {op!r}")
+
+
+@dataclass(frozen=True)
+class TrustUpdate:
+    version: int
+    issued_at: datetime
+    operations: tuple[Operation, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": TRUST_TYPE,
+            "version": self.version,
+            "issued_at": format_time(self.issued_at),
+            "operations": [op.to_dict() for op in self.operations],
+        }
+
+    def to_payload(self) -> bytes:
+        return canonical_bytes(self.to_dict())
+
+    @property
+    def new_root(self) -> RotateRoot | None:
+        rotations = [op for op in self.operations if isinstance(op, RotateRoot)]
+        return rotations[-1] if rotations else None
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> TrustUpdate:
+        doc = require_object(
+            parse_json(payload, what="trust update", max_bytes=MAX_DOC_BYTES),
+            "trust update",
+            {"type", "version", "issued_at", "operations"},
+        )
+        if doc["type"] != TRUST_TYPE:
+            raise fail(f"trust update type must be {TRUST_TYPE}")
+        ops = doc["operations"]
+        if not isinstance(ops, list) or not ops or len(ops) > MAX_OPERATIONS:
+            raise fail(f"operations must be a list of 1 to {MAX_OPERATIONS} entries")
+        operations = tuple(_operation(i, op) for i, op in enumerate(ops))
+        if sum(isinstance(op, RotateRoot) for op in operations) > 1:
+            raise fail("a trust update rotates the root at most once")
+        return cls(
+            as_int(doc["version"], "version", 2), as_time(doc["issued_at"], "issued_at"), operations
+        )
+
+
+@dataclass(frozen=True)
+class RollbackAuthorization:
+    id: str
+    name: str
+    to_version: str
+    reason: str
+    issued_at: datetime
+    expires: datetime
+    digest: str | None = None
+    sites: tuple[str, ...] = ()
+    any_site: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": ROLLBACK_TYPE,
+            "id": self.id,
+            "name": self.name,
+            "to_version": self.to_version,
+            "digest": self.digest,
+            "reason": self.reason,
+            "issued_at": format_time(self.issued_at),
+            "expires": format_time(self.expires),
+            "sites": list(self.sites),
+            "any_site": self.any_site,
+        }
+
+    def to_payload(self) -> bytes:
+        return canonical_bytes(self.to_dict())
+
+    def allows_site(self, site: str | None) -> bool:
+        return self.any_site or (site is not None and site in self.sites)
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> RollbackAuthorization:
+        d = require_object(
+            parse_json(payload, what="rollback authorization", max_bytes=MAX_DOC_BYTES),
+            "rollback authorization",
+            {
+                "type",
+                "id",
+                "name",
+                "to_version",
+                "digest",
+                "reason",
+                "issued_at",
+                "expires",
+                "sites",
+                "any_site",
+            },
+        )
+        if d["type"] != ROLLBACK_TYPE:
+            raise fail(f"rollback authorization type must be {ROLLBACK_TYPE}")
+        if not isinstance(d["id"], str) or not _ID.match(d["id"]):
+            raise fail("id must be 32 lowercase hex characters")
+        sites = d["sites"]
+        if not isinstance(sites, list) or not isinstance(d["any_site"], bool):
+            raise fail("sites must be a list and any_site a boolean")
+        if d["any_site"] == bool(sites):
+            raise fail("an authorization names its sites or says any_site, exactly one")
+        issued, expires = as_time(d["issued_at"], "issued_at"), as_time(d["expires"], "expires")
+        if expires <= issued:
+            raise fail("expires must be after issued_at")
+        return cls(
+            id=d["id"],
+            name=check_artifact_name(d["name"]),
+            to_version=check_identifier(d["to_version"], "to_version"),
+            reason=as_str(d["reason"], "reason", 4096),
+            issued_at=issued,
+            expires=expires,
+            digest=None if d["digest"] is None else as_hex(d["digest"], "digest"),
+            sites=tuple(check_identifier(s, "site") for s in sites),
+            any_site=d["any_site"],
+        )
+
+
+__all__ = [
+    "ROLLBACK_PAYLOAD_TYPE",
+    "TRUST_PAYLOAD_TYPE",
+    "AddKey",
+    "Operation",
+    "RevokeKey",
+    "RollbackAuthorization",
+    "RotateRoot",
+    "SetThreshold",
+    "TrustUpdate",
+]

@@ -1,0 +1,199 @@
+"""Exception roots shared by both sides of the air gap.
+
+Two roots for untrusted input and for I/O, as in python-tuf: ``RejectedError``
+(the input is bad; a security decision) and ``OperationalError`` (the
+environment failed). Every concrete error carries a stable snake_case ``code``
+that scripts read from ``--json`` output. Caller misuse is ``UsageError``.
+The exit-code mapping lives in ``appliance.errors``; ``exit_code`` here is the
+class's contractual default so that ``bundles`` needs nothing above it.
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Root of every error the appliance reports to a user."""
+
+    code: str = "error"
+    exit_code: int = 3
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.code
+
+
+class RejectedError(ApplianceError):
+    """Untrusted input failed a check: signature, digest, policy, format (exit 1)."""
+
+    code = "rejected"
+    exit_code = 1
+
+
+class OperationalError(ApplianceError):
+    """I/O failed, media gone, disk full, lock held; nothing changed (exit 3)."""
+
+    code = "operational_error"
+    exit_code = 3
+
+
+class UsageError(ApplianceError):
+    """The caller asked for something malformed (exit 2)."""
+
+    code = "usage"
+    exit_code = 2
+
+
+class NotFoundError(UsageError):
+    """An unknown artifact name or version (exit 2)."""
+
+    code = "not_found"
+
+
+class StateSuspectError(ApplianceError):
+    """The appliance's own state is suspect: tampered object, broken chain (exit 4)."""
+
+    code = "state_suspect"
+    exit_code = 4
+
+
+# --- signatures and envelopes -------------------------------------------------
+
+
+class EnvelopeFormatError(RejectedError):
+    code = "malformed_envelope"
+
+
+class PayloadTypeError(RejectedError):
+    code = "wrong_payload_type"
+
+
+class UnsignedError(RejectedError):
+    """The envelope carries no signature at all."""
+
+    code = "unsigned"
+
+
+class UnknownKeyError(RejectedError):
+    """No signature was made by a key the verifier knows."""
+
+    code = "unknown_key"
+
+
+class SignatureError(RejectedError):
+    """A signature by a known key does not verify (tampered payload or signature)."""
+
+    code = "bad_signature"
+
+
+class KeyFormatError(RejectedError):
+    code = "bad_key"
+
+
+# --- manifest -------------------------------------------------------------------
+
+
+class ManifestFormatError(RejectedError):
+    code = "malformed_manifest"
+
+
+class ManifestTooLargeError(RejectedError):
+    code = "manifest_too_large"
+
+
+class NestingTooDeepError(RejectedError):
+    code = "nesting_too_deep"
+
+
+class TooManyArtifactsError(RejectedError):
+    code = "too_many_artifacts"
+
+
+class PathTooLongError(RejectedError):
+    code = "path_too_long"
+
+
+class UnsafePathError(RejectedError):
+    """Absolute path, ``..``, empty or ``.`` segment, backslash."""
+
+    code = "unsafe_path"
+
+
+class BadNameError(RejectedError):
+    """Control characters, not NFC, or outside the allowed alphabet."""
+
+    code = "bad_name"
+
+
+class DuplicateNameError(RejectedError):
+    """Two names or paths equal after NFC and case folding."""
+
+    code = "duplicate_name"
+
+
+# --- archive and media ----------------------------------------------------------
+
+
+class ArchiveError(RejectedError):
+    code = "archive_corrupt"
+
+
+class ArchiveLinkError(ArchiveError):
+    """Symlink or hardlink member (or a symlink inside a bundle directory)."""
+
+    code = "archive_link"
+
+
+class ArchiveSpecialFileError(ArchiveError):
+    """Device, FIFO, socket or other non-regular member."""
+
+    code = "archive_special_file"
+
+
+class ArchiveUnsafePathError(ArchiveError):
+    code = "archive_unsafe_path"
+
+
+class ArchiveDuplicateError(ArchiveError):
+    """The same member name twice, or two names equal after case folding or NFC."""
+
+    code = "archive_duplicate_member"
+
+
+class MediaError(OperationalError):
+    """The media is absent, unreadable, or vanished mid-read."""
+
+    code = "media_unreadable"
+
+
+# --- artifacts ------------------------------------------------------------------
+
+
+class ArtifactError(RejectedError):
+    code = "artifact_rejected"
+
+
+class DigestMismatchError(ArtifactError):
+    code = "digest_mismatch"
+
+
+class ArtifactTooLongError(ArtifactError):
+    """The file on media is longer than the signed size (endless data)."""
+
+    code = "artifact_too_long"
+
+
+class ArtifactTruncatedError(ArtifactError):
+    code = "artifact_truncated"
+
+
+class ArtifactMissingError(ArtifactError):
+    code = "artifact_missing"
+
+
+class UnlistedFileError(ArtifactError):
+    code = "unlisted_file"

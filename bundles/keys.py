@@ -1,0 +1,146 @@
+"""Ed25519 keys: generate, save, load, key ids.
+
+Private keys are PKCS#8 PEM written with mode 0600; public keys are
+SubjectPublicKeyInfo PEM. A key id is the SHA-256 hex of the raw 32-byte
+public key, so it never depends on how the key was encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from bundles.errors import KeyFormatError, OperationalError
+
+MAX_KEY_FILE_BYTES = 16 * 1024
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A verified-format Ed25519 public key with its id."""
+
+    key: Ed25519PublicKey
+    keyid: str
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> PublicKey:
+        try:
+            loaded = serialization.load_pem_public_key(pem)
+        except (ValueError, TypeError) as e:
+            raise KeyFormatError(f"not a PEM public key: {e}") from e
+        if not isinstance(loaded, Ed25519PublicKey):
+            raise KeyFormatError("public key is not Ed25519")
+        return cls(loaded, key_id(loaded))
+
+    def to_pem(self) -> bytes:
+        return self.key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        """True when ``signature`` is valid for ``message``; never raises on bad input."""
+        try:
+            self.key.verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class PrivateKey:
+    key: Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls) -> PrivateKey:
+        return cls(Ed25519PrivateKey.generate())
+
+    @property
+    def public(self) -> PublicKey:
+        pub = self.key.public_key()
+        return PublicKey(pub, key_id(pub))
+
+    @property
+    def keyid(self) -> str:
+        return self.public.keyid
+
+    def sign(self, message: bytes) -> bytes:
+        return self.key.sign(message)
+
+    def to_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> PrivateKey:
+        try:
+            loaded = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError) as e:
+            raise KeyFormatError(f"not an unencrypted PEM private key: {e}") from e
+        if not isinstance(loaded, Ed25519PrivateKey):
+            raise KeyFormatError("private key is not Ed25519")
+        return cls(loaded)
+
+
+def _read_key_file(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_KEY_FILE_BYTES + 1)
+    except FileNotFoundError as e:
+        raise OperationalError(f"key file {path} not found", code="key_not_found") from e
+    except OSError as e:
+        raise OperationalError(f"cannot read key file {path}: {e.strerror}") from e
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise KeyFormatError(f"key file {path} is too large to be a key")
+    return data
+
+
+def load_public_key(path: Path) -> PublicKey:
+    """Load a public key; a private key file is accepted and its public half used."""
+    data = _read_key_file(path)
+    if b"PRIVATE KEY" in data:
+        return PrivateKey.from_pem(data).public
+    return PublicKey.from_pem(data)
+
+
+def load_private_key(path: Path) -> PrivateKey:
+    return PrivateKey.from_pem(_read_key_file(path))
+
+
+def save_keypair(key: PrivateKey, directory: Path, name: str) -> tuple[Path, Path]:
+    """Write ``NAME.key`` (0600, never overwritten) and ``NAME.pub``; return both paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    priv_path = directory / f"{name}.key"
+    pub_path = directory / f"{name}.pub"
+    try:
+        fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as e:
+        raise OperationalError(
+            f"{priv_path} exists; refusing to overwrite a key", code="key_exists"
+        ) from e
+    except OSError as e:
+        raise OperationalError(f"cannot create {priv_path}: {e.strerror}") from e
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, key.to_pem())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    pub_path.write_bytes(key.public.to_pem())
+    return priv_path, pub_path
