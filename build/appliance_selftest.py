@@ -1,0 +1,120 @@
+"""Self-test of the frozen binary: is everything it needs inside it?
+
+Run as ``APPLIANCE_SELFTEST=1 appliance``. It prints one JSON object and exits 0
+when every check passed, 1 otherwise. It touches no appliance state; it writes
+only a scratch sqlite database under the temporary directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+
+def _hash_in_worker(data: bytes) -> str:
+    import blake3
+
+    return str(blake3.blake3(data).hexdigest())
+
+
+def _check_blake3() -> str:
+    import blake3
+
+    want = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+    got = blake3.blake3(b"").hexdigest()
+    assert got == want, got
+    return f"blake3 {blake3.__version__}"
+
+
+def _check_cryptography() -> str:
+    import cryptography
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    key.public_key().verify(key.sign(b"x"), b"x")
+    return f"cryptography {cryptography.__version__}"
+
+
+def _check_sqlite() -> str:
+    import sqlite3
+
+    import sqlite_utils
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = sqlite_utils.Database(Path(tmp) / "t.db")
+        db["t"].insert({"a": 1})
+        count = db["t"].count
+        db.conn.close()
+    assert count == 1
+    return f"sqlite {sqlite3.sqlite_version}"
+
+
+def _check_process_pool() -> str:
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        digests = list(pool.map(_hash_in_worker, [b"a", b"b", b"a"]))
+    assert digests[0] == digests[2] != digests[1], digests
+    return "2 worker processes"
+
+
+def _check_packages() -> str:
+    names = ["appliance.cli", "bundles.keys", "bundles.dsse", "bundles.manifest", "rfc8785"]
+    for name in names:
+        importlib.import_module(name)
+    return ", ".join(names)
+
+
+def _check_textual() -> str:
+    import textual
+    from textual.app import App
+    from textual.css.stylesheet import Stylesheet
+
+    sheet = Stylesheet()
+    count = 0
+    tui_dir = Path(getattr(sys, "_MEIPASS", "")) / "tui"
+    for path in sorted(tui_dir.glob("**/*.tcss")):
+        sheet.read(path)
+        count += 1
+    sheet.parse()
+
+    class _Probe(App[None]):
+        def on_mount(self) -> None:
+            self.exit()
+
+    _Probe().run(headless=True, size=(80, 24))
+    return f"textual {textual.__version__}, {count} tui stylesheets parsed, headless app ran"
+
+
+CHECKS: list[tuple[str, Callable[[], str]]] = [
+    ("blake3", _check_blake3),
+    ("cryptography", _check_cryptography),
+    ("sqlite", _check_sqlite),
+    ("process_pool", _check_process_pool),
+    ("packages", _check_packages),
+    ("textual", _check_textual),
+]
+
+
+def selftest() -> int:
+    results: dict[str, dict[str, object]] = {}
+    for name, check in CHECKS:
+        try:
+            results[name] = {"ok": True, "detail": check()}
+        except Exception as e:  # noqa: BLE001 - every failure is reported, none hidden
+            results[name] = {"ok": False, "detail": f"{type(e).__name__}: {e}"}
+            traceback.print_exc(file=sys.stderr)
+    ok = all(bool(r["ok"]) for r in results.values())
+    report = {
+        "ok": ok,
+        "frozen": bool(getattr(sys, "frozen", False)),
+        "tmp": os.environ.get("TMPDIR", ""),
+        "checks": results,
+    }
+    print(json.dumps(report, sort_keys=True))
+    return 0 if ok else 1
