@@ -1,10 +1,91 @@
-"""CLI commands: audit (not built yet; see the open issues)."""
+"""``appliance audit verify|show|export`` and ``appliance witness reset|show``.
+
+``audit verify`` JSON: ``events``, ``head`` (hash), ``witness`` (status).
+``audit show`` JSON: ``events`` (each ``{seq, ts, type, outcome, code, name,
+version, detail, prev_hash, hash}``). ``audit export`` prints JSON Lines, one
+event a line; with ``--json``, one object with ``events``.
+``witness reset`` JSON: ``path``, ``witness`` (the counters written).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
+
+from appliance import audit, witness
+from appliance.cli.context import Context
+from appliance.db import set_meta, transaction
+from appliance.errors import AuditChainError
+from appliance.home import Home, HomeLock
+from bundles.errors import UsageError
 
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
-    """No commands registered yet."""
+    a = subs.add_parser("audit", parents=[common], help="the hash-chained audit log")
+    a_subs = a.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=type(a))
+    v = a_subs.add_parser("verify", parents=[common], help="check the whole chain")
+    v.set_defaults(func=run_verify)
+    s = a_subs.add_parser("show", parents=[common], help="recent events")
+    s.add_argument("--limit", type=int, default=50, help="last N events (0: all)")
+    s.set_defaults(func=run_show)
+    e = a_subs.add_parser("export", parents=[common], help="every event as JSON Lines")
+    e.set_defaults(func=run_export)
+
+    w = subs.add_parser("witness", parents=[common], help="the state witness")
+    w_subs = w.add_subparsers(dest="witness_command", metavar="ACTION", parser_class=type(w))
+    r = w_subs.add_parser(
+        "reset", parents=[common], help="accept the home as it is and rewrite the witness (audited)"
+    )
+    r.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    r.set_defaults(func=run_witness_reset)
+
+
+def run_verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    db = Home(ctx.home).db()
+    count, head = audit.verify_chain(db)
+    wcheck = witness.check(db, witness.configured_path(db, ctx.witness))
+    if wcheck.status is witness.WitnessStatus.BEHIND:
+        raise AuditChainError(f"audit chain is intact but behind its witness: {wcheck.detail}")
+    ctx.say(f"audit chain intact: {count} events, head {head[:16]}; witness {wcheck.status.value}")
+    return {"events": count, "head": head, "witness": wcheck.status.value}
+
+
+def _line(e: dict[str, Any]) -> str:
+    what = f"{e['name']}@{e['version']}" if e["name"] else (e["version"] or "")
+    code = f" [{e['code']}]" if e["code"] else ""
+    return f"{e['seq']:>6} {e['ts']} {e['type']:<14} {e['outcome']:<9}{code} {what}"
+
+
+def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    if args.limit < 0:
+        raise UsageError("--limit must be 0 or more")
+    events = [audit.public_event(e) for e in audit.rows(Home(ctx.home).db())]
+    if args.limit:
+        events = events[-args.limit :]
+    for e in events:
+        ctx.say(_line(e))
+    return {"events": events}
+
+
+def run_export(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    events = [audit.public_event(e) for e in audit.rows(Home(ctx.home).db())]
+    if not ctx.json:
+        for e in events:
+            ctx.stdout.write(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n")
+    return {"events": events}
+
+
+def run_witness_reset(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    home = Home(ctx.home)
+    db = home.db()
+    path = witness.configured_path(db, ctx.witness)
+    if path is None:
+        raise UsageError("no witness configured: give --witness PATH or set APPLIANCE_WITNESS")
+    with HomeLock(home):
+        with transaction(db):
+            witness.record_reset(db, path, args.reason)
+            set_meta(db, "witness_path", str(path.resolve()))
+        doc = witness.write(db, path)
+    ctx.say(f"witness {path} reset to this home's state (recorded in the audit log)")
+    return {"path": str(path), "witness": doc}

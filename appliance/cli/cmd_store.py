@@ -1,10 +1,81 @@
-"""CLI commands: store (not built yet; see the open issues)."""
+"""``appliance list``, ``appliance verify [NAME[@VERSION] ...]``.
+
+``list`` JSON: ``artifacts``: records ``{name, version, digest: {blake3}, size,
+media_type, release, stream, sequence, signers, imported_at, active}``.
+``verify`` JSON: ``results`` (``{name, version, digest, status: ok|tampered|
+untrusted, code, message}``), ``tampered``, ``untrusted``, ``checked``. Exit 4
+when any object is tampered, else 1 when any record's signers no longer meet
+today's trust, else 0; with ``--json`` the failing run still prints its
+``results`` inside the error object's sibling fields.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from appliance.cli.context import Context
+from appliance.errors import ObjectTamperedError, PolicyError
+from appliance.home import Home
+from appliance.store import find, parse_ref, records
+from appliance.truststore import load_trust
+from appliance.verify import verify_record
+
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
-    """No commands registered yet."""
+    ls = subs.add_parser("list", parents=[common], help="what is in the store")
+    ls.set_defaults(func=run_list)
+    v = subs.add_parser("verify", parents=[common], help="re-hash what is in the store")
+    v.add_argument("refs", nargs="*", metavar="NAME[@VERSION]")
+    v.set_defaults(func=run_verify)
+
+
+def run_list(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    recs = records(Home(ctx.home).db())
+    if not recs:
+        ctx.say("the store is empty")
+    for r in recs:
+        mark = "*" if r.active else " "
+        ctx.say(
+            f"{mark} {r.name}@{r.version:<14} {r.size:>14,} B  {r.digest[:16]}  "
+            f"stream {r.stream} seq {r.sequence}"
+        )
+    return {"artifacts": [r.to_dict() for r in recs]}
+
+
+def run_verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    home = Home(ctx.home)
+    db = home.db()
+    trust = load_trust(db)
+    if args.refs:
+        targets = [find(db, *parse_ref(ref)) for ref in args.refs]
+    else:
+        targets = records(db)
+    results = [verify_record(home, trust, r) for r in targets]
+    for res in results:
+        line = f"{res.status.upper():<9} {res.record.name}@{res.record.version}"
+        ctx.say(line if res.message is None else f"{line}: {res.message}")
+    tampered = [r for r in results if r.status == "tampered"]
+    untrusted = [r for r in results if r.status == "untrusted"]
+    summary = {
+        "results": [r.to_dict() for r in results],
+        "checked": len(results),
+        "tampered": len(tampered),
+        "untrusted": len(untrusted),
+    }
+    if tampered:
+        ctx.extra = summary
+        raise ObjectTamperedError(
+            f"{len(tampered)} of {len(results)} stored object(s) tampered: "
+            + ", ".join(f"{r.record.name}@{r.record.version}" for r in tampered)
+        )
+    if untrusted:
+        ctx.extra = summary
+        first = untrusted[0]
+        raise PolicyError(
+            f"{len(untrusted)} record(s) no longer meet today's trust "
+            f"({first.record.name}@{first.record.version}: {first.message})",
+            code=first.code or "untrusted",
+        )
+    ctx.say(f"{len(results)} artifact(s) verified")
+    return summary

@@ -28,6 +28,7 @@ class Context:
     witness: Path | None = None
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    extra: dict[str, Any] = field(default_factory=dict)  # fields kept in a failure's JSON
 
     def say(self, text: str) -> None:
         """Human text: stdout normally, stderr under ``--json`` (stdout is for JSON)."""

@@ -1,0 +1,99 @@
+"""Append-only, hash-chained audit log in the state database.
+
+Each event's hash is SHA-256 over the previous hash and the RFC 8785 bytes of
+the event's fields, so editing, removing or reordering any past event breaks
+every later link. ``verify_chain`` walks the whole log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import sqlite_utils
+
+from appliance.errors import AuditChainError
+from bundles.canonical import canonical_bytes
+from bundles.timeutil import format_time, utcnow
+
+GENESIS = "0" * 64
+FIELDS = ("seq", "ts", "type", "outcome", "code", "name", "version", "detail")
+
+
+def event_hash(prev_hash: str, event: dict[str, Any]) -> str:
+    body = canonical_bytes({k: event[k] for k in FIELDS})
+    return hashlib.sha256(bytes.fromhex(prev_hash) + body).hexdigest()
+
+
+def head(db: sqlite_utils.Database) -> tuple[int, str]:
+    row = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    return (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
+
+
+def append(
+    db: sqlite_utils.Database,
+    type: str,
+    *,
+    outcome: str,
+    code: str | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Append one event; call inside the transaction that makes the change it records."""
+    seq, prev = head(db)
+    event: dict[str, Any] = {
+        "seq": seq + 1,
+        "ts": format_time(utcnow()),
+        "type": type,
+        "outcome": outcome,
+        "code": code,
+        "name": name,
+        "version": version,
+        "detail": json.dumps(detail or {}, sort_keys=True, separators=(",", ":")),
+    }
+    event["prev_hash"] = prev
+    event["hash"] = event_hash(prev, event)
+    db.execute(
+        "INSERT INTO audit (seq, ts, type, outcome, code, name, version, detail, prev_hash, hash)"
+        " VALUES (:seq, :ts, :type, :outcome, :code, :name, :version, :detail, :prev_hash, :hash)",
+        event,
+    )
+    return event
+
+
+def _row(row: tuple[Any, ...]) -> dict[str, Any]:
+    return dict(zip((*FIELDS, "prev_hash", "hash"), row, strict=True))
+
+
+def rows(db: sqlite_utils.Database, name: str | None = None) -> list[dict[str, Any]]:
+    cols = ", ".join((*FIELDS, "prev_hash", "hash"))
+    if name is None:
+        cur = db.execute(f"SELECT {cols} FROM audit ORDER BY seq")
+    else:
+        cur = db.execute(f"SELECT {cols} FROM audit WHERE name=? ORDER BY seq", [name])
+    return [_row(r) for r in cur.fetchall()]
+
+
+def public_event(event: dict[str, Any]) -> dict[str, Any]:
+    """An event as shown to users: detail parsed back into an object."""
+    out = dict(event)
+    out["detail"] = json.loads(event["detail"])
+    return out
+
+
+def verify_chain(db: sqlite_utils.Database) -> tuple[int, str]:
+    """Walk the log; return (events, head hash) or raise ``AuditChainError``."""
+    prev = GENESIS
+    expected_seq = 1
+    for event in rows(db):
+        if event["seq"] != expected_seq:
+            raise AuditChainError(
+                f"audit event {expected_seq} is missing (found {event['seq']} next)"
+            )
+        if event["prev_hash"] != prev or event_hash(prev, event) != event["hash"]:
+            raise AuditChainError(f"audit event {event['seq']} was altered: chain broken")
+        prev = event["hash"]
+        expected_seq += 1
+    return expected_seq - 1, prev

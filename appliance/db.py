@@ -1,0 +1,119 @@
+"""The appliance's one SQLite file: trust, refs, counters and the audit log.
+
+All state lives in ``HOME/appliance.db`` so that one transaction moves refs,
+active versions, high-water marks and the audit chain together.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import sqlite_utils
+
+from appliance.errors import OperationalError, StoreCorruptError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    keyid TEXT PRIMARY KEY, public_pem TEXT NOT NULL, role TEXT NOT NULL, stream TEXT,
+    added_version INTEGER NOT NULL, revoked_version INTEGER);
+CREATE TABLE IF NOT EXISTS thresholds (
+    role TEXT NOT NULL, stream TEXT NOT NULL DEFAULT '', threshold INTEGER NOT NULL,
+    PRIMARY KEY (role, stream));
+CREATE TABLE IF NOT EXISTS trust_documents (
+    version INTEGER PRIMARY KEY, envelope BLOB NOT NULL, applied_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS streams (
+    stream TEXT PRIMARY KEY, sequence INTEGER NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS names (
+    name TEXT PRIMARY KEY, stream TEXT NOT NULL, release INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS artifacts (
+    name TEXT NOT NULL, version TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
+    media_type TEXT NOT NULL, release INTEGER NOT NULL, stream TEXT NOT NULL,
+    sequence INTEGER NOT NULL, signers TEXT NOT NULL, imported_at TEXT NOT NULL,
+    PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS active (
+    name TEXT PRIMARY KEY, version TEXT NOT NULL, moved_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS used_authorizations (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, used_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY, ts TEXT NOT NULL, type TEXT NOT NULL, outcome TEXT NOT NULL,
+    code TEXT, name TEXT, version TEXT, detail TEXT NOT NULL,
+    prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_name ON audit (name);
+"""
+
+
+def connect(path: Path, *, create: bool = False) -> sqlite_utils.Database:
+    """Open the state database; refuse a file that is not ours."""
+    if not create and not path.exists():
+        raise OperationalError(f"no appliance state at {path}", code="not_initialized")
+    try:
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        if create:
+            conn.executescript(_SCHEMA)
+        else:
+            row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None or int(row[0]) != SCHEMA_VERSION:
+                raise StoreCorruptError(f"{path} is not an appliance state database")
+    except sqlite3.DatabaseError as e:
+        if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+            raise OperationalError(f"state database {path} is busy: {e}", code="lock_held") from e
+        if isinstance(e, sqlite3.OperationalError) and "readonly" in str(e):
+            raise OperationalError(
+                f"state database {path} is read-only: {e}", code="read_only"
+            ) from e
+        raise StoreCorruptError(f"state database {path} is unreadable or corrupt: {e}") from e
+    return sqlite_utils.Database(conn)
+
+
+def get_meta(db: sqlite_utils.Database, key: str) -> str | None:
+    row = db.execute("SELECT value FROM meta WHERE key=?", [key]).fetchone()
+    return None if row is None else str(row[0])
+
+
+def set_meta(db: sqlite_utils.Database, key: str, value: str) -> None:
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
+
+
+class transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; roll back on any error; map SQLite errors."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.conn = db.conn
+
+    def __enter__(self) -> None:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise translate_sqlite_error(e) from e
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is not None:
+            self.conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise translate_sqlite_error(exc) from exc
+            return
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            self.conn.execute("ROLLBACK")
+            raise translate_sqlite_error(e) from e
+
+
+def translate_sqlite_error(e: sqlite3.Error) -> Exception:
+    text = str(e)
+    if "full" in text:
+        return OperationalError(f"disk full while writing state: {text}", code="disk_full")
+    if "readonly" in text or "read-only" in text:
+        return OperationalError(f"state is read-only: {text}", code="read_only")
+    if "locked" in text or "busy" in text:
+        return OperationalError(f"state database is busy: {text}", code="lock_held")
+    if isinstance(e, sqlite3.DatabaseError) and "malformed" in text or "not a database" in text:
+        return StoreCorruptError(f"state database is corrupt: {text}")
+    return OperationalError(f"state database error: {text}", code="io_error")

@@ -1,0 +1,359 @@
+"""Import a bundle from media: authenticate, decide, stage, promote all or nothing.
+
+media -> trust updates carried by the bundle (each verified and applied on its
+own merit) -> authenticate the manifest against today's keys -> policy ->
+one pass per artifact into staging (several at once) -> promote every object
+-> one transaction for records, active versions, high-water marks, trusted
+time and audit events. A crash before that transaction leaves the old state
+(unreferenced objects at most); after it, the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from appliance import audit, witness
+from appliance.db import transaction
+from appliance.errors import StateRolledBackError, TrustUpdateReplayError
+from appliance.home import Home, HomeLock
+from appliance.policy import Decision, StoreView, check_bundle
+from appliance.staging import Progress, stage_artifact
+from appliance.store import io_error, promote
+from appliance.trust import TrustState, apply_update
+from appliance.truststore import (
+    counters,
+    load_trust,
+    raise_time_floor,
+    save_trust,
+    site,
+    stream_sequences,
+    trusted_now,
+)
+from bundles.documents import TrustUpdate
+from bundles.dsse import Envelope
+from bundles.errors import RejectedError
+from bundles.manifest import Artifact
+from bundles.media import MediaSource, open_media
+from bundles.reader import Bundle, read_trust_updates
+from bundles.timeutil import format_time, utcnow
+
+PARALLEL_ARTIFACTS = 2
+
+
+@dataclass
+class ImportResult:
+    path: str
+    stream: str
+    sequence: int
+    dry_run: bool
+    signers: list[str]
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    trust_updates: list[int] = field(default_factory=list)
+    bytes_verified: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "stream": self.stream,
+            "sequence": self.sequence,
+            "dry_run": self.dry_run,
+            "signers": self.signers,
+            "artifacts": self.artifacts,
+            "trust_updates_applied": self.trust_updates,
+            "bytes_verified": self.bytes_verified,
+        }
+
+
+def store_view(db: sqlite_utils.Database) -> StoreView:
+    owners = {
+        name: (stream, int(release))
+        for name, stream, release in db.execute("SELECT name, stream, release FROM names")
+    }
+    digests = {(n, v): d for n, v, d in db.execute("SELECT name, version, digest FROM artifacts")}
+    return StoreView(site(db), stream_sequences(db), owners, digests)
+
+
+def apply_trust_envelope(
+    db: sqlite_utils.Database, state: TrustState, env: Envelope, source: str
+) -> TrustState:
+    """Verify one trust update against ``state`` and commit it; refusals are audited."""
+    try:
+        new, update = apply_update(state, env)
+    except RejectedError as e:
+        record_refusal(db, "trust_update", e, {"source": source})
+        raise
+    commit_trust_update(db, new, update, env, source)
+    return new
+
+
+def commit_trust_update(
+    db: sqlite_utils.Database, new: TrustState, update: TrustUpdate, env: Envelope, source: str
+) -> None:
+    with transaction(db):
+        save_trust(db, new)
+        db.execute(
+            "INSERT INTO trust_documents (version, envelope, applied_at) VALUES (?, ?, ?)",
+            [new.version, env.to_bytes(), format_time(utcnow())],
+        )
+        raise_time_floor(db, update.issued_at)
+        audit.append(
+            db,
+            "trust_update",
+            outcome="accepted",
+            version=str(new.version),
+            detail={"source": source, "operations": [op.to_dict() for op in update.operations]},
+        )
+
+
+def record_refusal(
+    db: sqlite_utils.Database,
+    type: str,
+    error: RejectedError,
+    detail: dict[str, Any],
+    *,
+    name: str | None = None,
+    version: str | None = None,
+) -> None:
+    """A refusal changes no state, but it is an event: record it in the audit log."""
+    with transaction(db):
+        audit.append(
+            db,
+            type,
+            outcome="rejected",
+            code=error.code,
+            name=name,
+            version=version,
+            detail={**detail, "message": error.message},
+        )
+
+
+def _apply_carried_updates(
+    db: sqlite_utils.Database, source: MediaSource, state: TrustState, dry_run: bool
+) -> tuple[TrustState, list[int]]:
+    """Trust updates first, each on its own merit: a broken bundle must not hide a revocation.
+
+    Updates already applied (bundles carry the latest ones every time) are skipped.
+    In a dry run they are verified and applied in memory only.
+    """
+    applied: list[int] = []
+    for env in read_trust_updates(source):
+        try:
+            new, update = apply_update(state, env)
+        except TrustUpdateReplayError:
+            continue
+        except RejectedError as e:
+            if not dry_run:
+                record_refusal(db, "trust_update", e, {"source": source.location})
+            raise
+        if not dry_run:
+            commit_trust_update(db, new, update, env, source.location)
+        state = new
+        applied.append(state.version)
+    return state, applied
+
+
+def import_bundle(
+    home: Home,
+    path: str | os.PathLike[str],
+    *,
+    dry_run: bool = False,
+    wait: bool = False,
+    witness_path: Path | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> ImportResult:
+    db = home.db()
+    with HomeLock(home, wait=wait):
+        home.clean_staging()
+        wpath = witness.configured_path(db, witness_path)
+        wcheck = witness.check(db, wpath)
+        if wcheck.status is witness.WitnessStatus.MISSING:
+            witness.require_current(db, wpath)
+        with open_media(path) as source:
+            state, applied = _apply_carried_updates(db, source, load_trust(db), dry_run)
+            try:
+                bundle = Bundle(source, state.resolver())
+                bundle.check_files()
+                decision = check_bundle(
+                    state, store_view(db), bundle.manifest, bundle.signers, trusted_now(db)
+                )
+                _check_resync(db, wcheck, bundle)
+            except RejectedError as e:
+                if not dry_run:
+                    record_refusal(db, "import", e, {"path": os.fspath(path)})
+                raise
+            result = ImportResult(
+                path=os.fspath(path),
+                stream=bundle.manifest.stream,
+                sequence=bundle.manifest.sequence,
+                dry_run=dry_run,
+                signers=sorted(decision.counted_signers),
+                trust_updates=applied,
+            )
+            staged = _stage_all(home, bundle, decision, dry_run, progress, cancel, db, path)
+        result.bytes_verified = sum(a.size for a in bundle.manifest.artifacts)
+        for a in bundle.manifest.artifacts:
+            result.artifacts.append(
+                {
+                    "name": a.name,
+                    "version": a.version,
+                    "size": a.size,
+                    "digest": {"blake3": a.blake3},
+                    "status": "new" if a in decision.new else "present",
+                }
+            )
+        if dry_run:
+            return result
+        try:
+            for a, staged_path in staged.items():
+                promote(home, staged_path, a.blake3)
+            _commit(db, bundle, decision)
+        finally:
+            home.clean_staging()
+        if wcheck.status is not witness.WitnessStatus.OFF:
+            witness.refresh(db, wpath)
+    return result
+
+
+def _check_resync(db: sqlite_utils.Database, wcheck: witness.WitnessCheck, bundle: Bundle) -> None:
+    """A home behind its witness takes only a bundle that brings it up to date."""
+    if wcheck.status is not witness.WitnessStatus.BEHIND or wcheck.witness is None:
+        return
+    after = counters(db)
+    streams = dict(after["streams"])  # type: ignore[call-overload]
+    streams[bundle.manifest.stream] = bundle.manifest.sequence
+    after["streams"] = streams
+    if not witness.signed_counters_reach(after, wcheck.witness):
+        raise StateRolledBackError(
+            f"appliance state was rolled back behind its witness ({wcheck.detail}); "
+            "this bundle does not bring it up to date, so it is refused"
+        )
+
+
+def _stage_all(
+    home: Home,
+    bundle: Bundle,
+    decision: Decision,
+    dry_run: bool,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+    db: sqlite_utils.Database,
+    path: str | os.PathLike[str],
+) -> dict[Artifact, Path]:
+    """Hash every artifact (present ones too: the bundle must be whole); stage new ones."""
+    if not dry_run:
+        try:
+            home.staging.mkdir(mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise io_error(e, "creating the staging folder") from e
+    stop = cancel or threading.Event()
+    new = set(decision.new)
+    staged: dict[Artifact, Path] = {}
+
+    def one(a: Artifact) -> Path | None:
+        target_dir = None if dry_run or a not in new else home.staging
+        try:
+            return stage_artifact(bundle, a, target_dir, progress=progress, cancel=stop)
+        except BaseException:
+            stop.set()
+            raise
+
+    order = sorted(bundle.manifest.artifacts, key=lambda a: -a.size)
+    with ThreadPoolExecutor(max_workers=PARALLEL_ARTIFACTS) as pool:
+        futures = [(a, pool.submit(one, a)) for a in order]
+    first_error: BaseException | None = None
+    for a, fut in futures:
+        exc = fut.exception()
+        if exc is not None:
+            if first_error is None or (
+                isinstance(exc, RejectedError) and not isinstance(first_error, RejectedError)
+            ):
+                first_error = exc
+            continue
+        p = fut.result()
+        if p is not None:
+            staged[a] = p
+    if first_error is not None:
+        if not dry_run:
+            home.clean_staging()
+            if isinstance(first_error, RejectedError):
+                record_refusal(db, "import", first_error, {"path": os.fspath(path)})
+        raise first_error
+    return staged
+
+
+def _commit(db: sqlite_utils.Database, bundle: Bundle, decision: Decision) -> None:
+    m = bundle.manifest
+    now = format_time(utcnow())
+    signers = json.dumps(sorted(bundle.signers))
+    with transaction(db):
+        for a in decision.new:
+            db.execute(
+                "INSERT INTO artifacts (name, version, digest, size, media_type, release, stream,"
+                " sequence, signers, imported_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    a.name,
+                    a.version,
+                    a.blake3,
+                    a.size,
+                    a.media_type,
+                    a.release,
+                    m.stream,
+                    m.sequence,
+                    signers,
+                    now,
+                ],
+            )
+            db.execute(
+                "INSERT INTO names (name, stream, release) VALUES (?, ?, ?) ON CONFLICT(name)"
+                " DO UPDATE SET release = excluded.release",
+                [a.name, m.stream, a.release],
+            )
+            db.execute(
+                "INSERT INTO active (name, version, moved_at) VALUES (?, ?, ?) ON CONFLICT(name)"
+                " DO UPDATE SET version = excluded.version, moved_at = excluded.moved_at",
+                [a.name, a.version, now],
+            )
+            audit.append(
+                db,
+                "import",
+                outcome="accepted",
+                name=a.name,
+                version=a.version,
+                detail={
+                    "digest": a.blake3,
+                    "size": a.size,
+                    "stream": m.stream,
+                    "sequence": m.sequence,
+                    "release": a.release,
+                    "signers": sorted(bundle.signers),
+                    "activated": True,
+                },
+            )
+        db.execute(
+            "INSERT INTO streams (stream, sequence, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(stream) DO UPDATE SET sequence = excluded.sequence,"
+            " updated_at = excluded.updated_at",
+            [m.stream, m.sequence, now],
+        )
+        raise_time_floor(db, m.issued_at)
+        audit.append(
+            db,
+            "bundle_import",
+            outcome="accepted",
+            detail={
+                "stream": m.stream,
+                "sequence": m.sequence,
+                "signers": sorted(bundle.signers),
+                "new": [a.ref for a in decision.new],
+                "present": [a.ref for a in decision.present],
+            },
+        )

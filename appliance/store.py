@@ -1,0 +1,143 @@
+"""The immutable, content-addressed object store and its records.
+
+Objects live at ``objects/<first two hex>/<blake3 hex>``, written once: a
+staging file in the same filesystem is fsynced, made read-only (0444) and
+renamed into place. Records (name, version -> digest, signers) live in the
+state database; an object is reachable only through a committed record.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from appliance.errors import DiskFullError, NotFoundError, OperationalError
+from appliance.home import Home
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str
+    version: str
+    digest: str
+    size: int
+    media_type: str
+    release: int
+    stream: str
+    sequence: int
+    signers: tuple[str, ...]
+    imported_at: str
+    active: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "digest": {"blake3": self.digest},
+            "size": self.size,
+            "media_type": self.media_type,
+            "release": self.release,
+            "stream": self.stream,
+            "sequence": self.sequence,
+            "signers": list(self.signers),
+            "imported_at": self.imported_at,
+            "active": self.active,
+        }
+
+
+_COLS = (
+    "a.name, a.version, a.digest, a.size, a.media_type, a.release, a.stream, a.sequence, "
+    "a.signers, a.imported_at, (act.version IS NOT NULL)"
+)
+
+
+def _record(row: tuple[Any, ...]) -> Record:
+    return Record(
+        name=row[0],
+        version=row[1],
+        digest=row[2],
+        size=int(row[3]),
+        media_type=row[4],
+        release=int(row[5]),
+        stream=row[6],
+        sequence=int(row[7]),
+        signers=tuple(json.loads(row[8])),
+        imported_at=row[9],
+        active=bool(row[10]),
+    )
+
+
+def records(db: sqlite_utils.Database, name: str | None = None) -> list[Record]:
+    sql = (
+        f"SELECT {_COLS} FROM artifacts a LEFT JOIN active act "
+        "ON act.name = a.name AND act.version = a.version"
+    )
+    params: list[str] = []
+    if name is not None:
+        sql += " WHERE a.name = ?"
+        params.append(name)
+    return [_record(r) for r in db.execute(sql + " ORDER BY a.name, a.release", params)]
+
+
+def active_version(db: sqlite_utils.Database, name: str) -> str | None:
+    row = db.execute("SELECT version FROM active WHERE name = ?", [name]).fetchone()
+    return None if row is None else str(row[0])
+
+
+def find(db: sqlite_utils.Database, name: str, version: str | None = None) -> Record:
+    """The record for NAME@VERSION, or the active one; ``NotFoundError`` (exit 2) if none."""
+    if version is None:
+        version = active_version(db, name)
+        if version is None:
+            raise NotFoundError(f"no artifact named {name!r} in the store")
+    for rec in records(db, name):
+        if rec.version == version:
+            return rec
+    raise NotFoundError(f"no version {version!r} of {name!r} in the store")
+
+
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    name, sep, version = ref.partition("@")
+    return name, (version if sep else None)
+
+
+def object_path(home: Home, digest: str) -> Path:
+    return home.objects / digest[:2] / digest
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def io_error(e: OSError, what: str) -> OperationalError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"disk full while {what}")
+    if e.errno == errno.EROFS:
+        return OperationalError(f"read-only file system while {what}", code="read_only")
+    return OperationalError(f"{what}: {e.strerror or e}", code="io_error")
+
+
+def promote(home: Home, staged: Path, digest: str) -> Path:
+    """Move a verified, fsynced staging file into the store (once per digest)."""
+    target = object_path(home, digest)
+    try:
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(staged, 0o444)
+        if target.exists():
+            os.unlink(staged)  # same digest already stored: content-addressed, immutable
+            return target
+        os.rename(staged, target)
+        _fsync_dir(target.parent)
+    except OSError as e:
+        raise io_error(e, f"promoting {digest[:16]} into the store") from e
+    return target

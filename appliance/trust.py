@@ -1,0 +1,190 @@
+"""The trust state machine: roles, thresholds, revocation, root rotation.
+
+Pure: no I/O. ``TrustState`` is loaded and saved by ``appliance.truststore``.
+Policy questions ("do these signers meet the publisher threshold of stream
+S?") and trust updates ("does this root-signed document move us to N+1?") are
+answered here and tested directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from appliance.errors import (
+    KeyNotAuthorizedError,
+    RevokedKeyError,
+    RevokedKeyReuseError,
+    RootRotationError,
+    ThresholdError,
+    TrustUpdateError,
+    TrustUpdateReplayError,
+    TrustUpdateUnauthorizedError,
+    TrustUpdateVersionError,
+)
+from bundles.documents import (
+    TRUST_PAYLOAD_TYPE,
+    AddKey,
+    RevokeKey,
+    RotateRoot,
+    SetThreshold,
+    TrustUpdate,
+)
+from bundles.dsse import Envelope, KeyResolver, verify_envelope
+from bundles.errors import RejectedError, SignatureError, UnknownKeyError
+from bundles.keys import PublicKey
+
+RoleKey = tuple[str, str]  # (role, stream); stream is "" for root and rollback
+
+
+def role_key(role: str, stream: str | None = None) -> RoleKey:
+    return (role, stream or "")
+
+
+def describe(role: RoleKey) -> str:
+    return f"{role[0]}:{role[1]}" if role[1] else role[0]
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    key: PublicKey
+    role: RoleKey
+    added_version: int
+    revoked_version: int | None = None
+
+
+@dataclass(frozen=True)
+class TrustState:
+    version: int
+    keys: dict[str, KeyEntry] = field(default_factory=dict)
+    thresholds: dict[RoleKey, int] = field(default_factory=dict)
+    revoked: frozenset[str] = frozenset()  # includes ids never added (pre-emptive revocation)
+
+    @classmethod
+    def initial(cls, root_keys: list[PublicKey], threshold: int) -> TrustState:
+        if not root_keys:
+            raise ValueError("at least one root key is required")
+        if not 1 <= threshold <= len(root_keys):
+            raise ValueError(f"root threshold must be between 1 and {len(root_keys)}")
+        keys = {k.keyid: KeyEntry(k, ("root", ""), 1) for k in root_keys}
+        return cls(version=1, keys=keys, thresholds={("root", ""): threshold})
+
+    def resolver(self) -> KeyResolver:
+        """Every key we ever knew, revoked ones too (so revocation gets its own error)."""
+        return lambda keyid: self.keys[keyid].key if keyid in self.keys else None
+
+    def members(self, role: RoleKey) -> set[str]:
+        return {kid for kid, e in self.keys.items() if e.role == role and kid not in self.revoked}
+
+    def threshold(self, role: RoleKey) -> int:
+        return self.thresholds.get(role, 1)
+
+    def check_signers(self, signers: frozenset[str], role: RoleKey) -> frozenset[str]:
+        """The signers that count for ``role``; raise when they do not meet its threshold."""
+        counted = frozenset(s for s in signers if s in self.members(role))
+        need = self.threshold(role)
+        if len(counted) >= need:
+            return counted
+        revoked = signers & self.revoked
+        if revoked:
+            raise RevokedKeyError(
+                f"signed by revoked key {sorted(revoked)[0][:16]}; "
+                f"{len(counted)} of {need} valid {describe(role)} signatures"
+            )
+        if not counted:
+            holders = sorted({describe(self.keys[s].role) for s in signers if s in self.keys})
+            raise KeyNotAuthorizedError(
+                f"no signature by a {describe(role)} key (signed by {', '.join(holders)} keys)"
+            )
+        raise ThresholdError(f"{len(counted)} of {need} required {describe(role)} signatures")
+
+
+def _root_signers(envelope: Envelope, resolver: KeyResolver) -> frozenset[str]:
+    try:
+        return verify_envelope(envelope, resolver, TRUST_PAYLOAD_TYPE)
+    except UnknownKeyError as e:
+        raise TrustUpdateUnauthorizedError(
+            "trust update is not signed by any key of the root in force"
+        ) from e
+
+
+def apply_update(state: TrustState, envelope: Envelope) -> tuple[TrustState, TrustUpdate]:
+    """Verify a trust update against ``state`` and return the next state.
+
+    Verify before parse: the envelope is authenticated against the current
+    keys first; only then is the payload parsed. A root rotation must also be
+    signed by a threshold of the new root set.
+    """
+    signers = _root_signers(envelope, state.resolver())
+    try:
+        state.check_signers(signers, ("root", ""))
+    except RejectedError as e:
+        raise TrustUpdateUnauthorizedError(f"trust update not authorized by root: {e}") from e
+    update = TrustUpdate.from_payload(envelope.payload)
+    if update.version <= state.version:
+        raise TrustUpdateReplayError(
+            f"trust update version {update.version} is not newer than {state.version}"
+        )
+    if update.version != state.version + 1:
+        raise TrustUpdateVersionError(
+            f"trust update version {update.version} skips ahead of {state.version} + 1"
+        )
+    new_root = update.new_root
+    if new_root is not None:
+        table = {k.keyid: k for k in new_root.keys}
+        try:
+            new_signers = verify_envelope(envelope, table.get, TRUST_PAYLOAD_TYPE)
+        except (UnknownKeyError, SignatureError) as e:
+            raise RootRotationError("new root set did not sign the rotation") from e
+        if len(new_signers) < new_root.threshold:
+            raise RootRotationError(
+                f"{len(new_signers)} of {new_root.threshold} new root signatures"
+            )
+    return _apply_operations(state, update), update
+
+
+def _apply_operations(state: TrustState, update: TrustUpdate) -> TrustState:
+    keys = dict(state.keys)
+    thresholds = dict(state.thresholds)
+    revoked = set(state.revoked)
+    v = update.version
+    for op in update.operations:
+        if isinstance(op, AddKey):
+            kid = op.key.keyid
+            if kid in revoked:
+                raise RevokedKeyReuseError(f"key {kid[:16]} was revoked and cannot be re-added")
+            role = role_key(op.role, op.stream)
+            if kid in keys and keys[kid].role != role:
+                raise TrustUpdateError(
+                    f"key {kid[:16]} already holds role {describe(keys[kid].role)}; "
+                    "one key, one role",
+                    code="role_conflict",
+                )
+            keys[kid] = KeyEntry(op.key, role, v)
+        elif isinstance(op, RevokeKey):
+            revoked.add(op.keyid)
+            if op.keyid in keys:
+                keys[op.keyid] = replace(keys[op.keyid], revoked_version=v)
+        elif isinstance(op, SetThreshold):
+            thresholds[role_key(op.role, op.stream)] = op.threshold
+        elif isinstance(op, RotateRoot):
+            for kid, entry in list(keys.items()):
+                if entry.role == ("root", "") and kid not in {k.keyid for k in op.keys}:
+                    del keys[kid]
+            for k in op.keys:
+                if k.keyid in revoked:
+                    raise RevokedKeyReuseError(f"root key {k.keyid[:16]} was revoked")
+                if k.keyid in keys and keys[k.keyid].role != ("root", ""):
+                    raise TrustUpdateError(
+                        f"key {k.keyid[:16]} holds another role", code="role_conflict"
+                    )
+                keys[k.keyid] = KeyEntry(k, ("root", ""), v)
+            thresholds[("root", "")] = op.threshold
+    new = TrustState(v, keys, thresholds, frozenset(revoked))
+    roots = new.members(("root", ""))
+    if new.threshold(("root", "")) > len(roots):
+        raise TrustUpdateError(
+            f"update would leave {len(roots)} root keys for a threshold of "
+            f"{new.threshold(('root', ''))}",
+            code="root_unusable",
+        )
+    return new
