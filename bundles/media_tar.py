@@ -1,0 +1,216 @@
+"""One uncompressed tar, read by offsets; ``tarfile`` only parses the headers.
+
+Nothing is extracted and ``extractfile`` is never called: member data is read
+with ``os.preadv`` from ``offset_data``. Every member is checked while the
+headers are walked: only regular files and directories, safe and unique names,
+data inside the file, a bounded member count, and a proper end-of-archive
+block. Whatever ``tarfile`` raises on hostile bytes becomes an ``ArchiveError``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import tarfile
+import types
+from collections.abc import Mapping
+from typing import IO, cast
+
+from bundles.errors import (
+    ArchiveError,
+    ArchiveLinkError,
+    ArchiveSpecialFileError,
+    ArtifactMissingError,
+    MediaError,
+    NestingTooDeepError,
+    TooManyArtifactsError,
+)
+from bundles.media import (
+    MAX_DEPTH,
+    MAX_ENTRIES,
+    MediaSource,
+    MemberReader,
+    NameTable,
+    check_member_name,
+    media_error,
+)
+
+BLOCK = 512
+# No header record (pax or GNU long name) needs more than this; a bigger read is hostile.
+MAX_HEADER_READ = 1024 * 1024
+_COMPRESSED = (
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"PK\x03\x04", "zip"),
+)
+# What tarfile may raise on hostile header bytes (besides our own errors).
+_TAR_ERRORS = (
+    tarfile.TarError,
+    EOFError,
+    UnicodeError,
+    ValueError,
+    OverflowError,
+    struct.error,
+    KeyError,
+    IndexError,
+    TypeError,
+    RecursionError,
+)
+
+
+class _HeaderFile:
+    """A minimal read-only file object over ``os.pread`` for ``tarfile``'s header walk."""
+
+    def __init__(self, fd: int, size: int, location: str) -> None:
+        self._fd = fd
+        self._size = size
+        self._pos = 0
+        self._location = location
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self._size - self._pos
+        if n > MAX_HEADER_READ:
+            raise ArchiveError(
+                f"{self._location}: a tar header record of {n} bytes is over the limit"
+            )
+        try:
+            data = os.pread(self._fd, n, self._pos)
+        except OSError as e:
+            raise media_error(self._location, e) from e
+        self._pos += len(data)
+        return data
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
+class TarSource(MediaSource):
+    def __init__(self, location: str) -> None:
+        self.location = location
+        try:
+            self._fd = os.open(location, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        except OSError as e:
+            raise media_error(location, e) from e
+        try:
+            st = os.fstat(self._fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise MediaError(f"{location} is not a regular file", code="not_a_bundle")
+            self._members: dict[str, tuple[int, int]] = {}
+            self._scan(st.st_size)
+        except OSError as e:
+            os.close(self._fd)
+            raise media_error(location, e) from e
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._files = types.MappingProxyType({k: v[1] for k, v in self._members.items()})
+
+    def _scan(self, file_size: int) -> None:
+        head = os.pread(self._fd, 8, 0)
+        for magic, kind in _COMPRESSED:
+            if head.startswith(magic):
+                raise ArchiveError(
+                    f"{self.location} is {kind}-compressed; only an uncompressed tar is read"
+                )
+        header = _HeaderFile(self._fd, file_size, self.location)
+        names = NameTable()
+        count = 0
+        try:
+            tf = tarfile.open(
+                fileobj=cast(IO[bytes], header),
+                mode="r:",
+                encoding="utf-8",
+                errors="surrogateescape",
+            )
+            while True:
+                member = tf.next()
+                if member is None:
+                    break
+                count += 1
+                if count > MAX_ENTRIES:
+                    raise TooManyArtifactsError(
+                        f"{self.location} holds more than {MAX_ENTRIES} members"
+                    )
+                self._member(member, names, file_size)
+            end = tf.offset
+        except _TAR_ERRORS as e:
+            raise ArchiveError(f"{self.location} is not a readable tar: {e}") from e
+        self._check_end(end, file_size)
+
+    def _member(self, member: tarfile.TarInfo, names: NameTable, file_size: int) -> None:
+        raw = member.name
+        is_dir = member.type == tarfile.DIRTYPE
+        if is_dir and raw.endswith("/"):
+            raw = raw[:-1]
+        if raw.startswith("./"):
+            raw = raw[2:]
+        if is_dir and raw in (".", ""):
+            return  # the archive's own root, as "tar -C DIR ." writes it
+        name = check_member_name(raw)
+        if member.type in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+            raise ArchiveLinkError(f"refusing link member {name!r} in {self.location}")
+        if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE) or (
+            member.sparse is not None
+        ):
+            kind = {
+                tarfile.CHRTYPE: "character device",
+                tarfile.BLKTYPE: "block device",
+                tarfile.FIFOTYPE: "FIFO",
+                tarfile.CONTTYPE: "contiguous file",
+                tarfile.GNUTYPE_SPARSE: "sparse file",
+            }.get(member.type, "special")
+            raise ArchiveSpecialFileError(f"refusing {kind} member {name!r}")
+        if name.count("/") + 1 > MAX_DEPTH:
+            raise NestingTooDeepError(f"{name!r} is nested deeper than {MAX_DEPTH} levels")
+        if member.size < 0 or member.offset_data + member.size > file_size:
+            raise ArchiveError(f"member {name!r} extends past the end of {self.location}")
+        names.add(name, is_dir)
+        if is_dir:
+            if member.size:
+                raise ArchiveError(f"directory member {name!r} carries data")
+            return
+        self._members[name] = (member.offset_data, member.size)
+
+    def _check_end(self, end: int, file_size: int) -> None:
+        block = os.pread(self._fd, BLOCK, end) if end < file_size else b""
+        if len(block) < BLOCK:
+            raise ArchiveError(f"{self.location} ends without an end-of-archive block (truncated?)")
+        if block.count(0) != BLOCK:
+            raise ArchiveError(f"{self.location} has a corrupt tar header at byte {end}")
+
+    def files(self) -> Mapping[str, int]:
+        return self._files
+
+    def open(self, path: str) -> MemberReader:
+        entry = self._members.get(path)
+        if entry is None:
+            raise ArtifactMissingError(f"{path!r} is not in {self.location}")
+        offset, size = entry
+        return MemberReader(
+            self._fd,
+            offset,
+            size,
+            owns_fd=False,
+            growable=False,
+            location=f"{self.location}:{path}",
+        )
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
