@@ -1,10 +1,261 @@
-"""CLI commands: bundle (not built yet; see the open issues)."""
+"""``appliance bundle create`` and ``appliance bundle inspect`` (connected side).
+
+JSON fields (with ``--json``; besides ``"ok": true``):
+
+``bundle create OUT ...``
+    ``path`` (str, OUT), ``format`` ("directory" | "tar"), ``stream`` (str),
+    ``sequence`` (int), ``issued_at`` / ``expires`` (str, ``YYYY-MM-DDTHH:MM:SSZ``),
+    ``sites`` (list of str), ``any_site`` (bool), ``signers`` (list of key ids,
+    sorted), ``trust_updates`` (int, how many were carried), ``artifacts`` (list,
+    see below).
+
+``bundle inspect PATH [--key PUB ...] [--verify]``
+    the same manifest fields (``path``, ``format``, ``stream``, ``sequence``,
+    ``issued_at``, ``expires``, ``sites``, ``any_site``, ``artifacts``,
+    ``trust_updates``), plus ``verified`` (bool: true only when a signature
+    verified under a given ``--key``; without ``--key`` it is false, a warning
+    goes to stderr and the exit code is 0), ``signers`` (key ids that verified,
+    sorted), ``signatures`` (list of ``{"keyid": str, "known": bool,
+    "verified": bool}``: ``known`` when the key id is one of the ``--key`` keys)
+    and ``artifacts_verified`` (bool: true only after ``--verify`` re-hashed
+    every artifact and found the files complete). With ``--key`` given and no
+    signature verifying, the command fails with exit 1 and the specific code
+    (``unknown_key``, ``bad_signature``, ``unsigned``...).
+
+Each entry of ``artifacts``: ``name``, ``version``, ``release`` (int), ``size``
+(int, bytes), ``media_type``, ``path`` (in the bundle), ``blake3`` (hex),
+``sha256`` (hex or null), ``parts`` (int, 0 when not split).
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from appliance.cli.context import Context
+from bundles.errors import OperationalError, UsageError
+
+if TYPE_CHECKING:
+    from bundles.dsse import Envelope
+    from bundles.manifest import Manifest
+
+_SIZE = re.compile(r"^([0-9]{1,19})([KMGT]?)(?:i?B)?$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_MAX_TRUST_INPUT = 4 * 1024 * 1024
+
+
+def parse_size(text: str) -> int:
+    """``4G``, ``512M``, ``64K``, ``1000`` (binary units) -> bytes; at least 1."""
+    m = _SIZE.match(text.strip())
+    if not m or int(m.group(1)) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 4G, 512M or 1000")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
 
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
-    """No commands registered yet."""
+    bundle = subs.add_parser("bundle", parents=[common], help="make and inspect transfer bundles")
+    bsubs = bundle.add_subparsers(
+        dest="bundle_command", metavar="ACTION", parser_class=type(bundle)
+    )
+
+    create = bsubs.add_parser("create", parents=[common], help="write a signed bundle")
+    create.add_argument("out", type=Path, help="bundle directory to make (or tar file with --tar)")
+    create.add_argument("--stream", required=True, help="the publisher stream")
+    create.add_argument("--sequence", required=True, type=int, help="bundle sequence (>= 1)")
+    create.add_argument("--key", action="append", required=True, type=Path, help="signing key")
+    create.add_argument("--expires", default="30d", help="duration (30d, 12h) or ISO 8601")
+    where = create.add_mutually_exclusive_group()
+    where.add_argument("--site", action="append", default=[], help="a target site id")
+    where.add_argument("--any-site", action="store_true", help="valid at every site")
+    create.add_argument("--trust-update", action="append", default=[], type=Path)
+    create.add_argument("--tar", action="store_true", help="write one uncompressed tar")
+    create.add_argument("--part-size", type=parse_size, help="split bigger files (4000M, 1G)")
+    create.add_argument("--media-type", action="append", default=[], metavar="NAME=TYPE")
+    create.add_argument("--sha256", action="store_true", help="also list SHA-256 digests")
+    create.add_argument("artifacts", nargs="+", metavar="NAME@VERSION=PATH")
+    create.set_defaults(func=bundle_create)
+
+    inspect = bsubs.add_parser("inspect", parents=[common], help="show what a bundle holds")
+    inspect.add_argument("path", type=Path, help="bundle directory or tar")
+    inspect.add_argument("--key", action="append", default=[], type=Path, help="public key")
+    inspect.add_argument("--verify", action="store_true", help="also re-hash every artifact")
+    inspect.set_defaults(func=bundle_inspect)
+
+
+def _parse_artifact(text: str) -> tuple[str, str, Path]:
+    ref, sep, path = text.partition("=")
+    name, at, version = ref.rpartition("@")
+    if not sep or not at or not name or not version or not path:
+        raise UsageError(f"artifact {text!r} must be NAME@VERSION=PATH")
+    return name, version, Path(path)
+
+
+def _read_trust_update(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_TRUST_INPUT + 1)
+    except FileNotFoundError as e:
+        raise OperationalError(f"{path}: no such file", code="file_not_found") from e
+    except OSError as e:
+        raise OperationalError(f"cannot read {path}: {e.strerror}") from e
+    if len(data) > _MAX_TRUST_INPUT:
+        raise UsageError(f"{path} is too large to be a trust update")
+    return data
+
+
+def _artifact_rows(manifest: Manifest) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": a.name,
+            "version": a.version,
+            "release": a.release,
+            "size": a.size,
+            "media_type": a.media_type,
+            "path": a.path,
+            "blake3": a.blake3,
+            "sha256": a.sha256,
+            "parts": len(a.parts),
+        }
+        for a in manifest.artifacts
+    ]
+
+
+def _manifest_fields(manifest: Manifest) -> dict[str, Any]:
+    from bundles.timeutil import format_time
+
+    return {
+        "stream": manifest.stream,
+        "sequence": manifest.sequence,
+        "issued_at": format_time(manifest.issued_at),
+        "expires": format_time(manifest.expires),
+        "sites": list(manifest.sites),
+        "any_site": manifest.any_site,
+        "artifacts": _artifact_rows(manifest),
+    }
+
+
+def _human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _say_manifest(ctx: Context, fields: dict[str, Any]) -> None:
+    sites = "any site" if fields["any_site"] else ", ".join(fields["sites"])
+    ctx.say(f"stream    {fields['stream']}  sequence {fields['sequence']}")
+    ctx.say(f"issued    {fields['issued_at']}  expires {fields['expires']}")
+    ctx.say(f"sites     {sites}")
+    rows = fields["artifacts"]
+    ctx.say(f"artifacts ({len(rows)}):")
+    width = max(len(r["name"]) for r in rows)
+    vwidth = max(len(r["version"]) for r in rows)
+    for r in rows:
+        parts = f"  ({r['parts']} parts)" if r["parts"] else ""
+        ctx.say(
+            f"  {r['name']:<{width}}  {r['version']:<{vwidth}}  {_human_size(r['size']):>10}"
+            f"  blake3:{r['blake3'][:16]}{parts}"
+        )
+
+
+def bundle_create(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    from bundles.keys import load_private_key
+    from bundles.timeutil import parse_expiry
+    from bundles.writer import ArtifactSpec, create_bundle
+
+    if not args.site and not args.any_site:
+        raise UsageError("bundle create: name the target sites with --site ID or say --any-site")
+    specs = [ArtifactSpec(*_parse_artifact(a)) for a in args.artifacts]
+    by_name = {s.name: s for s in specs}
+    for item in args.media_type:
+        name, sep, mtype = item.partition("=")
+        if not sep or name not in by_name:
+            raise UsageError(f"--media-type {item!r}: use NAME=TYPE with a NAME being bundled")
+        by_name[name].media_type = mtype
+    try:
+        expires = parse_expiry(args.expires)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    keys = [load_private_key(p) for p in args.key]
+    trust = [_read_trust_update(p) for p in args.trust_update]
+    manifest = create_bundle(
+        args.out,
+        specs,
+        stream=args.stream,
+        sequence=args.sequence,
+        keys=keys,
+        expires=expires,
+        sites=args.site,
+        any_site=args.any_site,
+        trust_updates=trust,
+        tar=args.tar,
+        part_size=args.part_size,
+        sha256=args.sha256,
+    )
+    fields = _manifest_fields(manifest)
+    signers = sorted({k.keyid for k in keys})
+    ctx.say(f"wrote {'tar' if args.tar else 'bundle directory'} {args.out}")
+    _say_manifest(ctx, fields)
+    for keyid in signers:
+        ctx.say(f"signed by {keyid}")
+    return {
+        "path": str(args.out),
+        "format": "tar" if args.tar else "directory",
+        **fields,
+        "signers": signers,
+        "trust_updates": len(trust),
+    }
+
+
+def bundle_inspect(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    from bundles.keys import load_public_key
+    from bundles.media import open_media
+    from bundles.media_tar import TarSource
+    from bundles.reader import Bundle, peek, read_trust_updates, verify_artifacts
+
+    if args.verify and not args.key:
+        raise UsageError("bundle inspect --verify needs --key PUB: signatures are checked first")
+    keys = {k.keyid: k for k in (load_public_key(p) for p in args.key)}
+    envelope: Envelope
+    with open_media(args.path) as source:
+        signers: frozenset[str] = frozenset()
+        if keys:
+            bundle = Bundle(source, keys.get)
+            envelope, manifest, signers = bundle.envelope, bundle.manifest, bundle.signers
+            if args.verify:
+                bundle.check_files()
+                verify_artifacts(bundle)
+        else:
+            envelope, manifest = peek(source)
+        trust_count = len(read_trust_updates(source))
+        fmt = "tar" if isinstance(source, TarSource) else "directory"
+    fields = _manifest_fields(manifest)
+    signatures = [
+        {"keyid": s.keyid, "known": s.keyid in keys, "verified": s.keyid in signers}
+        for s in envelope.signatures
+    ]
+    ctx.say(f"bundle    {args.path} ({fmt})")
+    if not signers:
+        ctx.warn("NOT VERIFIED: no signature was checked (give --key PUB to verify)")
+    _say_manifest(ctx, fields)
+    ctx.say(f"trust updates carried: {trust_count}")
+    ctx.say(f"signatures ({len(signatures)}):")
+    for s in signatures:
+        state = "verified" if s["verified"] else ("not checked" if not keys else "unknown key")
+        ctx.say(f"  {s['keyid']}  {state}")
+    if args.verify:
+        ctx.say("artifacts verified: every file present, every BLAKE3 digest matches")
+    return {
+        "path": str(args.path),
+        "format": fmt,
+        **fields,
+        "verified": bool(signers),
+        "signers": sorted(signers),
+        "signatures": signatures,
+        "trust_updates": trust_count,
+        "artifacts_verified": bool(args.verify),
+    }
