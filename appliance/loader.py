@@ -1,0 +1,228 @@
+"""Verify on every load: the caller gets an open descriptor whose bytes were hashed.
+
+``load(name, version=None)`` goes: witness check (when one is configured:
+exit 4 semantics) -> the trust record (active version unless one is named) ->
+open the store object (never through a symlink) -> copy it into a private
+copy no one else can change (``appliance.sealed``: a sealed memfd, or an
+unnamed file above the RAM cap) -> BLAKE3 of that copy, compared with the
+record -> the record's signers checked against *today's* trust store (a key
+revoked since import fails the load) -> one audit event ``load`` with outcome
+``verified`` or ``rejected`` (and the error code) -> the descriptor handed
+over. No cache: every call hashes again.
+
+Why a copy: store objects are 0444 and only the appliance writes them, but
+the threat model includes a writer who can change store files between check
+and use (overwrite in place after a chmod, or replace by rename). Hashing the
+store file and then handing it over would leave that gap; hashing a sealed
+copy closes it: the handed-over bytes are exactly the hashed bytes, and a
+writer racing the copy produces a hash mismatch (``ObjectTamperedError``),
+never other bytes that pass. Replacement by rename is harmless once the
+descriptor is held. Residual risk: see ``appliance.sealed`` and
+``docs/LOADING.md``.
+
+Cost: a verified load of a tiny artifact is dominated by the audit event's
+SQLite commit (``synchronous=FULL``: several fsyncs); ``record=False`` skips
+the event for hot loops (the bytes are still copied, hashed and trust-checked).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import sqlite_utils
+
+from appliance import audit, witness
+from appliance.db import transaction
+from appliance.home import Home
+from appliance.sealed import private_copy
+from appliance.store import Record, find, parse_ref
+from appliance.truststore import load_trust
+from appliance.verify import check_hash, check_trust, open_object
+from bundles.errors import ApplianceError, RejectedError, StateSuspectError
+
+__all__ = ["LoadedArtifact", "default_home", "load", "resolve_home"]
+
+
+def default_home() -> Path:
+    """``$APPLIANCE_HOME``, else ``/var/lib/appliance`` for root, else a per-user folder."""
+    env = os.environ.get("APPLIANCE_HOME")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/appliance")
+    return Path.home() / ".local" / "share" / "appliance"
+
+
+def resolve_home(home: Home | str | os.PathLike[str] | None) -> Home:
+    if isinstance(home, Home):
+        return home
+    return Home(Path(home) if home is not None else default_home())
+
+
+@dataclass
+class LoadedArtifact:
+    """A verified artifact: ``fd`` is the open descriptor whose bytes were hashed.
+
+    Use it as a context manager (``with appliance.load("model") as art:``) or
+    call ``close()``. ``path`` (``/dev/fd/N``) names the same open file for
+    code that wants a path; it is valid while the descriptor is open.
+    """
+
+    name: str
+    version: str
+    digest: str
+    size: int
+    fd: int
+    sealed: bool
+    record: Record
+    _closed: bool = field(default=False, repr=False)
+
+    @property
+    def path(self) -> str:
+        return f"/dev/fd/{self.fd}"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def read(self) -> bytes:
+        """All verified bytes (read with ``pread`` from offset 0; the offset is not moved)."""
+        chunks: list[bytes] = []
+        offset = 0
+        while offset < self.size:
+            chunk = os.pread(self.fd, min(self.size - offset, 1 << 30), offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "digest": {"blake3": self.digest},
+            "size": self.size,
+            "copy": "sealed_memfd" if self.sealed else "unnamed_file",
+        }
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self.fd)
+
+    def __enter__(self) -> LoadedArtifact:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_verified(home: Home, record: Record) -> LoadedArtifact:
+    """Private copy of the record's object, hashed; ``ObjectTamperedError`` on mismatch."""
+    what = f"{record.name}@{record.version}"
+    src = open_object(home, record)
+    try:
+        fd, sealed = private_copy(src, record.size, home.staging, what)
+    finally:
+        os.close(src)
+    try:
+        check_hash(fd, record)
+    except BaseException:
+        os.close(fd)
+        raise
+    return LoadedArtifact(
+        record.name, record.version, record.digest, record.size, fd, sealed, record
+    )
+
+
+def _record_event(
+    db: sqlite_utils.Database,
+    name: str,
+    version: str | None,
+    error: ApplianceError | None,
+    detail: dict[str, Any],
+) -> None:
+    with transaction(db):
+        audit.append(
+            db,
+            "load",
+            outcome="rejected" if error else "verified",
+            code=error.code if error else None,
+            name=name,
+            version=version,
+            detail=detail if error is None else {**detail, "message": error.message},
+        )
+
+
+def load_from_db(
+    home: Home,
+    db: sqlite_utils.Database,
+    name: str,
+    version: str | None = None,
+    *,
+    witness_path: Path | None = None,
+    record: bool = True,
+) -> LoadedArtifact:
+    """``load`` on an open state database (the CLI and the demo share one connection)."""
+    rec: Record | None = None
+    try:
+        witness.require_current(db, witness.configured_path(db, witness_path))
+        rec = find(db, name, version)
+        art = open_verified(home, rec)
+        try:
+            check_trust(load_trust(db), rec)
+        except BaseException:
+            art.close()
+            raise
+    except (RejectedError, StateSuspectError) as e:
+        if record:
+            detail = {} if rec is None else {"digest": rec.digest, "size": rec.size}
+            _record_event(db, name, rec.version if rec else version, e, detail)
+        raise
+    if record:
+        try:
+            _record_event(db, name, rec.version, None, art.to_dict())
+        except BaseException:
+            art.close()
+            raise
+    return art
+
+
+def load(
+    name: str,
+    version: str | None = None,
+    *,
+    home: Home | str | os.PathLike[str] | None = None,
+    witness: Path | None = None,
+    record: bool = True,
+) -> LoadedArtifact:
+    """Verify NAME (the active version, or VERSION) and return it open.
+
+    ``name`` may also be ``NAME@VERSION``. Raises ``NotFoundError`` (exit 2),
+    ``ObjectTamperedError``/``StateRolledBackError``/``WitnessMissingError``
+    (exit 4), a ``RejectedError`` such as ``RevokedKeyError`` when today's
+    trust no longer accepts the signers (exit 1), ``OperationalError`` (exit 3).
+    ``record=False`` skips the audit event (hot loops); refusals are recorded
+    either way only when ``record`` is true.
+    """
+    if version is None and "@" in name:
+        name, version = parse_ref(name)
+    h = resolve_home(home)
+    db = h.db()
+    try:
+        return load_from_db(h, db, name, version, witness_path=witness, record=record)
+    finally:
+        db.conn.close()
