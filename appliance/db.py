@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS artifacts (
     PRIMARY KEY (name, version));
 CREATE TABLE IF NOT EXISTS active (
     name TEXT PRIMARY KEY, version TEXT NOT NULL, moved_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS manifests (
+    stream TEXT NOT NULL, sequence INTEGER NOT NULL, envelope BLOB NOT NULL,
+    imported_at TEXT NOT NULL, PRIMARY KEY (stream, sequence));
 CREATE TABLE IF NOT EXISTS used_authorizations (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, used_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (

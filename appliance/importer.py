@@ -339,6 +339,10 @@ def _commit(db: sqlite_utils.Database, bundle: Bundle, decision: Decision) -> No
                 },
             )
         db.execute(
+            "INSERT INTO manifests (stream, sequence, envelope, imported_at) VALUES (?, ?, ?, ?)",
+            [m.stream, m.sequence, bundle.envelope.to_bytes(), now],
+        )
+        db.execute(
             "INSERT INTO streams (stream, sequence, updated_at) VALUES (?, ?, ?)"
             " ON CONFLICT(stream) DO UPDATE SET sequence = excluded.sequence,"
             " updated_at = excluded.updated_at",

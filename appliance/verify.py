@@ -12,11 +12,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import sqlite_utils
+
 from appliance.errors import ObjectTamperedError
 from appliance.home import Home
+from appliance.provenance import check_pointer, check_record
 from appliance.store import Record, object_path
 from appliance.trust import TrustState, role_key
-from bundles.errors import RejectedError
+from bundles.errors import RejectedError, StateSuspectError
 from bundles.hashing import hash_fd
 
 
@@ -54,7 +57,7 @@ def check_trust(trust: TrustState, record: Record) -> frozenset[str]:
 @dataclass(frozen=True)
 class RecordStatus:
     record: Record
-    status: str  # ok | tampered | untrusted
+    status: str  # ok | tampered | unauthorized | untrusted
     code: str | None = None
     message: str | None = None
 
@@ -69,7 +72,21 @@ class RecordStatus:
         }
 
 
-def verify_record(home: Home, trust: TrustState, record: Record) -> RecordStatus:
+def check_provenance(
+    db: sqlite_utils.Database, trust: TrustState, record: Record
+) -> frozenset[str]:
+    """The record is backed by its stored signed manifest, and, when active, its pointer by
+    an authorized move; returns the signers that count today (see ``appliance.provenance``).
+    """
+    if record.active:
+        check_pointer(db, trust, record.name)
+    return check_record(db, trust, record)
+
+
+def verify_record(
+    home: Home, db: sqlite_utils.Database, trust: TrustState, record: Record
+) -> RecordStatus:
+    """Re-hash the object and re-check its provenance and today's trust; never raises."""
     try:
         fd = open_object(home, record)
         try:
@@ -79,7 +96,9 @@ def verify_record(home: Home, trust: TrustState, record: Record) -> RecordStatus
     except ObjectTamperedError as e:
         return RecordStatus(record, "tampered", e.code, e.message)
     try:
-        check_trust(trust, record)
+        check_provenance(db, trust, record)
+    except StateSuspectError as e:
+        return RecordStatus(record, "unauthorized", e.code, e.message)
     except RejectedError as e:
         return RecordStatus(record, "untrusted", e.code, e.message)
     return RecordStatus(record, "ok")

@@ -3,10 +3,12 @@
 ``list`` JSON: ``artifacts``: records ``{name, version, digest: {blake3}, size,
 media_type, release, stream, sequence, signers, imported_at, active}``.
 ``verify`` JSON: ``results`` (``{name, version, digest, status: ok|tampered|
-untrusted, code, message}``), ``tampered``, ``untrusted``, ``checked``. Exit 4
-when any object is tampered, else 1 when any record's signers no longer meet
-today's trust, else 0; with ``--json`` the failing run still prints its
-``results`` inside the error object's sibling fields.
+unauthorized|untrusted, code, message}``), ``tampered`` (tampered or
+unauthorized), ``untrusted``, ``checked``. Exit 4 when any object is tampered
+or any record or active pointer is not backed by signed evidence
+(``record_unauthorized``, ``pointer_unauthorized``), else 1 when any record's
+signers no longer meet today's trust, else 0; a failing run's JSON keeps
+``results`` beside ``error``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import argparse
 from typing import Any
 
 from appliance.cli.context import Context
-from appliance.errors import ObjectTamperedError, PolicyError
+from appliance.errors import PolicyError, StateSuspectError
 from appliance.home import Home
 from appliance.store import find, parse_ref, records
 from appliance.truststore import load_trust
@@ -51,11 +53,11 @@ def run_verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         targets = [find(db, *parse_ref(ref)) for ref in args.refs]
     else:
         targets = records(db)
-    results = [verify_record(home, trust, r) for r in targets]
+    results = [verify_record(home, db, trust, r) for r in targets]
     for res in results:
         line = f"{res.status.upper():<9} {res.record.name}@{res.record.version}"
         ctx.say(line if res.message is None else f"{line}: {res.message}")
-    tampered = [r for r in results if r.status == "tampered"]
+    tampered = [r for r in results if r.status in ("tampered", "unauthorized")]
     untrusted = [r for r in results if r.status == "untrusted"]
     summary = {
         "results": [r.to_dict() for r in results],
@@ -65,9 +67,10 @@ def run_verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     }
     if tampered:
         ctx.extra = summary
-        raise ObjectTamperedError(
-            f"{len(tampered)} of {len(results)} stored object(s) tampered: "
-            + ", ".join(f"{r.record.name}@{r.record.version}" for r in tampered)
+        raise StateSuspectError(
+            f"{len(tampered)} of {len(results)} stored artifact(s) tampered or unauthorized: "
+            + ", ".join(f"{r.record.name}@{r.record.version} ({r.code})" for r in tampered),
+            code=tampered[0].code,
         )
     if untrusted:
         ctx.extra = summary

@@ -1,0 +1,180 @@
+"""Is what the database says backed by signed evidence?
+
+An attacker who can write the state database could point ``active`` at another
+version, insert a record, or edit a record's signers. So records and pointers
+are not taken on the database's word:
+
+* a record must be listed, with the same version, digest and size, in the
+  signed manifest stored at import; its signers are recomputed from that
+  envelope and checked against today's trust (never read from a column);
+* the active pointer must equal the target of the last pointer-moving audit
+  event for the name (an import that activated it, or an authorized
+  rollback); those events must hash correctly and link to their neighbours;
+  imports must go up in release; each rollback must cite a distinct stored
+  authorization that verifies under a key of the rollback role.
+
+A failure here means the appliance's own state is suspect (exit 4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import sqlite_utils
+
+from appliance import audit
+from appliance.errors import StateSuspectError
+from appliance.store import Record, active_version
+from appliance.trust import TrustState, role_key
+from bundles.documents import ROLLBACK_PAYLOAD_TYPE
+from bundles.dsse import Envelope, verify_envelope
+from bundles.errors import RejectedError
+from bundles.manifest import PAYLOAD_TYPE, Manifest
+
+
+class RecordUnauthorizedError(StateSuspectError):
+    """A store record that no stored signed manifest backs."""
+
+    code = "record_unauthorized"
+
+
+class PointerUnauthorizedError(StateSuspectError):
+    """An active-version pointer that no authorized, audited move explains."""
+
+    code = "pointer_unauthorized"
+
+
+_manifest_cache: dict[bytes, Manifest] = {}
+
+
+def _parse_manifest(env: Envelope) -> Manifest:
+    """Parse a (verified) stored manifest; parsed results are cached by payload hash.
+
+    Only parsing is cached: the signature is verified on every call.
+    """
+    key = hashlib.sha256(env.payload).digest()
+    manifest = _manifest_cache.get(key)
+    if manifest is None:
+        manifest = Manifest.from_payload(env.payload)
+        if len(_manifest_cache) > 64:
+            _manifest_cache.clear()
+        _manifest_cache[key] = manifest
+    return manifest
+
+
+def check_record(db: sqlite_utils.Database, trust: TrustState, record: Record) -> frozenset[str]:
+    """Signers of ``record`` that count today; exit 4 when the record is not backed."""
+    ref = f"{record.name}@{record.version}"
+    row = db.execute(
+        "SELECT envelope FROM manifests WHERE stream = ? AND sequence = ?",
+        [record.stream, record.sequence],
+    ).fetchone()
+    if row is None:
+        raise RecordUnauthorizedError(
+            f"{ref}: no signed manifest for stream {record.stream} sequence {record.sequence}"
+        )
+    try:
+        env = Envelope.from_bytes(bytes(row[0]))
+        signers = verify_envelope(env, trust.resolver(), PAYLOAD_TYPE)
+        manifest = _parse_manifest(env)
+    except RejectedError as e:
+        raise RecordUnauthorizedError(f"{ref}: stored manifest does not verify ({e.code})") from e
+    a = manifest.artifact(record.name)
+    if (
+        a is None
+        or manifest.stream != record.stream
+        or a.version != record.version
+        or a.blake3 != record.digest
+        or a.size != record.size
+    ):
+        raise RecordUnauthorizedError(f"{ref}: record differs from its signed manifest")
+    return trust.check_signers(signers, role_key("publisher", record.stream))
+
+
+def _pointer_events(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]]:
+    out = []
+    for e in audit.rows(db, name):
+        if e["outcome"] != "accepted":
+            continue
+        detail = json.loads(e["detail"])
+        if (e["type"] == "import" and detail.get("activated")) or e["type"] == "rollback":
+            out.append({**e, "detail": detail})
+    return out
+
+
+def _check_links(db: sqlite_utils.Database, event: dict[str, Any]) -> None:
+    raw = {**event, "detail": json.dumps(event["detail"], sort_keys=True, separators=(",", ":"))}
+    if audit.event_hash(event["prev_hash"], raw) != event["hash"]:
+        raise PointerUnauthorizedError(f"audit event {event['seq']} was altered")
+    prev = db.execute("SELECT hash FROM audit WHERE seq = ?", [event["seq"] - 1]).fetchone()
+    if event["seq"] > 1 and (prev is None or prev[0] != event["prev_hash"]):
+        raise PointerUnauthorizedError(f"audit event {event['seq']} does not link to its past")
+    nxt = db.execute("SELECT prev_hash FROM audit WHERE seq = ?", [event["seq"] + 1]).fetchone()
+    if nxt is not None and nxt[0] != event["hash"]:
+        raise PointerUnauthorizedError(f"audit event {event['seq']} was replaced")
+
+
+def _check_rollback(
+    db: sqlite_utils.Database,
+    trust: TrustState,
+    name: str,
+    event: dict[str, Any],
+    seen: set[str],
+) -> None:
+    auth_id = event["detail"].get("authorization_id")
+    if not isinstance(auth_id, str) or auth_id in seen:
+        raise PointerUnauthorizedError(
+            f"{name}: rollback event {event['seq']} cites no authorization or reuses one"
+        )
+    seen.add(auth_id)
+    row = db.execute("SELECT envelope FROM used_authorizations WHERE id = ?", [auth_id]).fetchone()
+    if row is None or row[0] is None:
+        raise PointerUnauthorizedError(f"{name}: authorization {auth_id} is not on record")
+    try:
+        env = Envelope.from_bytes(bytes(row[0]))
+        signers = verify_envelope(env, trust.resolver(), ROLLBACK_PAYLOAD_TYPE)
+    except RejectedError as e:
+        raise PointerUnauthorizedError(
+            f"{name}: stored authorization {auth_id} does not verify ({e.code})"
+        ) from e
+    # Authorized then: the signers held the rollback role (revocation since does not undo it).
+    holders = {s for s in signers if s in trust.keys and trust.keys[s].role == ("rollback", "")}
+    if len(holders) < trust.threshold(("rollback", "")):
+        raise PointerUnauthorizedError(
+            f"{name}: authorization {auth_id} is not signed by the rollback role"
+        )
+    payload = json.loads(env.payload)
+    if payload.get("name") != name or payload.get("to_version") != event["version"]:
+        raise PointerUnauthorizedError(
+            f"{name}: authorization {auth_id} does not authorize a move to {event['version']}"
+        )
+
+
+def check_pointer(db: sqlite_utils.Database, trust: TrustState, name: str) -> None:
+    """The active version of ``name`` is where the last authorized, audited move put it."""
+    active = active_version(db, name)
+    events = _pointer_events(db, name)
+    if not events:
+        if active is not None:
+            raise PointerUnauthorizedError(f"{name}: active version {active} was never imported")
+        return
+    last_release = 0
+    seen: set[str] = set()
+    for e in events:
+        _check_links(db, e)
+        if e["type"] == "import":
+            release = int(e["detail"].get("release", 0))
+            if release <= last_release:
+                raise PointerUnauthorizedError(
+                    f"{name}: audit event {e['seq']} imports release {release} after {last_release}"
+                )
+            last_release = release
+        else:
+            _check_rollback(db, trust, name, e, seen)
+    if events[-1]["version"] != active:
+        raise PointerUnauthorizedError(
+            f"{name}: active version {active} was not set by an authorized move "
+            f"(last authorized: {events[-1]['version']})"
+        )
