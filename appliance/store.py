@@ -133,9 +133,9 @@ def promote(home: Home, staged: Path, digest: str) -> Path:
     try:
         target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         os.chmod(staged, 0o444)
-        if target.exists():
-            os.unlink(staged)  # same digest already stored: content-addressed, immutable
-            return target
+        # Always rename, even over an object of the same digest: ours was just verified,
+        # while one left by an interrupted import was never referenced and may have been
+        # altered since. Loaders holding the old inode keep it.
         os.rename(staged, target)
         _fsync_dir(target.parent)
     except OSError as e:
