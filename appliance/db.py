@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS manifests (
     stream TEXT NOT NULL, sequence INTEGER NOT NULL, envelope BLOB NOT NULL,
     imported_at TEXT NOT NULL, PRIMARY KEY (stream, sequence));
 CREATE TABLE IF NOT EXISTS used_authorizations (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, used_at TEXT NOT NULL);
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, used_at TEXT NOT NULL,
+    to_version TEXT NOT NULL, envelope BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY, ts TEXT NOT NULL, type TEXT NOT NULL, outcome TEXT NOT NULL,
     code TEXT, name TEXT, version TEXT, detail TEXT NOT NULL,
