@@ -1,10 +1,132 @@
-"""CLI commands: load (not built yet; see the open issues)."""
+"""``appliance load NAME[@VERSION] [-o FILE]`` and ``appliance exec NAME[@VERSION] -- CMD ARG ...``.
+
+Both verify first (witness, full re-hash of a private sealed copy, today's
+trust) and record a ``load`` event in the audit log.
+
+``load`` writes the verified bytes to FILE (a temporary file beside it, then
+renamed into place) or to stdout. With ``--json``, ``-o FILE`` is required
+(stdout carries the JSON) and the object holds: ``name``, ``version``,
+``digest`` (``{blake3}``), ``size``, ``copy`` (``sealed_memfd`` or
+``unnamed_file``: what was hashed and handed over), ``output`` (FILE or null).
+
+``exec`` runs CMD with the verified descriptor inherited: ``{}`` in its
+arguments becomes ``/dev/fd/N`` and ``APPLIANCE_FD=N`` is set. It then
+replaces itself with CMD (the exit status is CMD's, and nothing is printed on
+success). When it refuses, CMD never runs; exit 1, 3 or 4 (2 for an unknown
+name). A tampered object: exit 4 ``object_tampered``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
+import sys
+from pathlib import Path
 from typing import Any
+
+from appliance.cli.context import Context
+from appliance.home import Home
+from appliance.loader import LoadedArtifact, load_from_db
+from appliance.store import parse_ref
+from bundles.errors import OperationalError, UsageError
 
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
-    """No commands registered yet."""
+    p = subs.add_parser("load", parents=[common], help="verify and write out an artifact's bytes")
+    p.add_argument("ref", metavar="NAME[@VERSION]")
+    p.add_argument("-o", "--output", type=Path, help="write the verified bytes here")
+    p.set_defaults(func=run_load)
+    e = subs.add_parser(
+        "exec", parents=[common], help="verify, then run a command on the verified descriptor"
+    )
+    e.add_argument("ref", metavar="NAME[@VERSION]")
+    e.set_defaults(func=run_exec, takes_rest=True)
+
+
+def _load(ctx: Context, ref: str) -> LoadedArtifact:
+    name, version = parse_ref(ref)
+    if not name:
+        raise UsageError("give an artifact name: NAME[@VERSION]")
+    home = Home(ctx.home)
+    db = home.db()
+    try:
+        return load_from_db(home, db, name, version, witness_path=ctx.witness)
+    finally:
+        db.conn.close()
+
+
+def _copy_out(src: int, dst: int, size: int) -> None:
+    offset = 0
+    while offset < size:
+        try:
+            n = os.sendfile(dst, src, offset, min(size - offset, 1 << 30))
+        except OSError:
+            chunk = os.pread(src, min(size - offset, 1 << 20), offset)
+            n = len(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(dst, view) :]
+        if n == 0:
+            raise OperationalError("the verified copy ended early", code="io_error")
+        offset += n
+
+
+def _write_file(art: LoadedArtifact, out: Path) -> None:
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise OperationalError(f"cannot write {out}: {e.strerror}", code="io_error") from e
+    try:
+        try:
+            _copy_out(art.fd, fd, art.size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise OperationalError(f"cannot write {out}: {e.strerror}", code="io_error") from e
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def run_load(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    if ctx.json and args.output is None:
+        raise UsageError("with --json, give -o FILE (stdout carries the JSON)")
+    with _load(ctx, args.ref) as art:
+        if args.output is not None:
+            _write_file(art, args.output)
+            ctx.say(
+                f"verified {art.name}@{art.version} ({art.size:,} B, BLAKE3 "
+                f"{art.digest[:16]}) -> {args.output}"
+            )
+        else:
+            sys.stdout.flush()
+            try:
+                _copy_out(art.fd, sys.stdout.fileno(), art.size)
+            except BrokenPipeError:
+                raise
+            except OSError as e:
+                raise OperationalError(f"cannot write to stdout: {e.strerror}") from e
+            ctx.warn(f"verified {art.name}@{art.version} ({art.size:,} B)")
+        return {**art.to_dict(), "output": str(args.output) if args.output else None}
+
+
+def run_exec(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    command: list[str] = list(args.rest)
+    if not command:
+        raise UsageError("give the command after --: appliance exec NAME -- CMD ARG ...")
+    art = _load(ctx, args.ref)
+    os.set_inheritable(art.fd, True)
+    argv = [art.path if a == "{}" else a.replace("{}", art.path) for a in command]
+    env = {**os.environ, "APPLIANCE_FD": str(art.fd)}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        art.close()
+        raise OperationalError(f"cannot run {argv[0]!r}: {e.strerror}", code="exec_failed") from e
+    raise AssertionError("unreachable")  # pragma: no cover
