@@ -96,3 +96,5 @@ def parse_json(
         raise NestingTooDeepError(f"{what} nested too deeply") from e
     except json.JSONDecodeError as e:
         raise error(f"{what} is not valid JSON: {e.msg} at byte {e.pos}") from e
+    except ValueError as e:  # e.g. an integer over Python's 4,300-digit conversion limit
+        raise error(f"{what} is not acceptable JSON: {e}") from e

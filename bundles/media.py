@@ -146,6 +146,12 @@ class MediaSource:
         self.close()
 
 
+def printable(text: str, limit: int = 200) -> str:
+    """Hostile text made safe for one line of a message (escapes, bounded length)."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return out + ("..." if len(text) > limit else "")
+
+
 def media_error(location: str, e: OSError) -> MediaError:
     """An ``OSError`` on media, as a one-line ``MediaError``."""
     reason = e.strerror or type(e).__name__

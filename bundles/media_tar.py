@@ -34,6 +34,7 @@ from bundles.media import (
     NameTable,
     check_member_name,
     media_error,
+    printable,
 )
 
 BLOCK = 512
@@ -149,7 +150,8 @@ class TarSource(MediaSource):
                 self._member(member, names, file_size)
             end = tf.offset
         except _TAR_ERRORS as e:
-            raise ArchiveError(f"{self.location} is not a readable tar: {e}") from e
+            reason = printable(str(e)) or type(e).__name__
+            raise ArchiveError(f"{self.location} is not a readable tar: {reason}") from e
         self._check_end(end, file_size)
 
     def _member(self, member: tarfile.TarInfo, names: NameTable, file_size: int) -> None:

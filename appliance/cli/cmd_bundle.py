@@ -213,7 +213,7 @@ def bundle_create(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
 
 def bundle_inspect(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     from bundles.keys import load_public_key
-    from bundles.media import open_media
+    from bundles.media import open_media, printable
     from bundles.media_tar import TarSource
     from bundles.reader import Bundle, peek, read_trust_updates, verify_artifacts
 
@@ -234,8 +234,8 @@ def bundle_inspect(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         trust_count = len(read_trust_updates(source))
         fmt = "tar" if isinstance(source, TarSource) else "directory"
     fields = _manifest_fields(manifest)
-    signatures = [
-        {"keyid": s.keyid, "known": s.keyid in keys, "verified": s.keyid in signers}
+    signatures = [  # key ids come from the media: escape them before they are shown
+        {"keyid": printable(s.keyid, 80), "known": s.keyid in keys, "verified": s.keyid in signers}
         for s in envelope.signatures
     ]
     ctx.say(f"bundle    {args.path} ({fmt})")
