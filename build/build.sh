@@ -3,7 +3,7 @@
 # dist/appliance-static (staticx over it). Records BLAKE3 and SHA-256 digests
 # beside each output (NAME.b3 in b3sum format, NAME.sha256 in sha256sum format).
 # Usage: build/build.sh [--static] [--force]    (make binary / make binary-static)
-# Env:   PYINSTALLER, STATICX, PYTHON (default: the project's .venv), SOURCE_DATE_EPOCH
+# Env:   PYINSTALLER, PYTHON (default: the project's .venv), SOURCE_DATE_EPOCH
 #        (default: the commit time of HEAD), DIST (default: dist), WORK (default: build/work).
 set -euo pipefail
 
@@ -23,7 +23,8 @@ done
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-$VENV/bin/python}
 PYINSTALLER=${PYINSTALLER:-$VENV/bin/pyinstaller}
-STATICX=${STATICX:-$VENV/bin/staticx}
+# Absolute (not resolved: the venv's python is a symlink that must stay one).
+[[ $PYTHON == /* ]] || PYTHON=$ROOT/$PYTHON
 DIST=${DIST:-dist}
 WORK=${WORK:-build/work}
 
@@ -56,7 +57,7 @@ write_digests() {
     base=$(basename "$file")
     (
         cd "$dir"
-        "$ROOT/$PYTHON" - "$base" <<'PY'
+        "$PYTHON" - "$base" <<'PY'
 import hashlib
 import sys
 
@@ -109,13 +110,15 @@ ensure_patchelf() {
 build_static() {
     local start end
     ensure_patchelf
-    if [[ ! -x $STATICX ]]; then
-        log "$STATICX missing: run 'make venv' first (it installs the [build] extra)"
+    if ! "$PYTHON" -c 'import staticx' 2>/dev/null; then
+        log "staticx missing from $PYTHON: run 'make venv' first (it installs the [build] extra)"
         exit 3
     fi
     start=$(date +%s%N)
     log "staticx -> $DIST/appliance-static"
-    "$STATICX" "$DIST/appliance" "$DIST/appliance-static.partial"
+    # Through build/staticx_repro.py: staticx itself stamps its archive with
+    # temporary files' mtimes; the wrapper pins them to SOURCE_DATE_EPOCH.
+    "$PYTHON" build/staticx_repro.py "$DIST/appliance" "$DIST/appliance-static.partial"
     chmod 0755 "$DIST/appliance-static.partial"
     mv -f "$DIST/appliance-static.partial" "$DIST/appliance-static"
     log "staticx took $(elapsed "$start") s"
