@@ -196,7 +196,8 @@ def load_from_db(
         raise
     if record:
         try:
-            _record_event(db, name, rec.version, None, art.to_dict())
+            detail = {"digest": rec.digest, "size": rec.size, "copy": art.to_dict()["copy"]}
+            _record_event(db, name, rec.version, None, detail)
         except BaseException:
             art.close()
             raise
