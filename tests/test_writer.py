@@ -1,0 +1,314 @@
+"""The bundle writer: layout, parts, tar format, refusals, and digests equal to b3sum's."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from bundle_factory import make_bundle, make_key, resolver_for
+
+import bundles.writer
+from bundles.dsse import sign_envelope
+from bundles.errors import (
+    ApplianceError,
+    EnvelopeFormatError,
+    OperationalError,
+    UsageError,
+)
+from bundles.keys import PrivateKey
+from bundles.reader import MANIFEST_FILE, open_bundle, verify_artifacts
+from bundles.writer import ArtifactSpec, create_bundle
+
+ISSUED = datetime(2025, 1, 1, tzinfo=UTC)
+EXPIRES = ISSUED + timedelta(days=30)
+
+
+def _src(tmp_path: Path, name: str, data: bytes) -> Path:
+    p = tmp_path / "src" / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return p
+
+
+def _create(out: Path, specs: list[ArtifactSpec], key: PrivateKey, **kw: object) -> object:
+    args: dict[str, object] = {
+        "stream": "main",
+        "sequence": 4,
+        "keys": [key],
+        "expires": EXPIRES,
+        "issued_at": ISSUED,
+        "any_site": True,
+    }
+    args.update(kw)
+    return create_bundle(out, specs, **args)  # type: ignore[arg-type]
+
+
+def test_directory_layout_and_defaults(tmp_path: Path) -> None:
+    key = make_key()
+    specs = [
+        ArtifactSpec("org/model", "2.1", _src(tmp_path, "weights.safetensors", b"w" * 10)),
+        ArtifactSpec("tok", "1", _src(tmp_path, "t.json", b"{}"), media_type="application/json"),
+        ArtifactSpec("pinned", "1", _src(tmp_path, "p", b"p"), release=2),
+    ]
+    m = create_bundle(
+        tmp_path / "out",
+        specs,
+        stream="main",
+        sequence=4,
+        keys=[key],
+        expires=EXPIRES,
+        issued_at=ISSUED,
+        sites=["site-a"],
+    )
+    files = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*"))
+    assert files == [
+        "artifacts",
+        "artifacts/org",
+        "artifacts/org/model",
+        "artifacts/org/model/2.1",
+        "artifacts/org/model/2.1/weights.safetensors",
+        "artifacts/pinned",
+        "artifacts/pinned/1",
+        "artifacts/pinned/1/p",
+        "artifacts/tok",
+        "artifacts/tok/1",
+        "artifacts/tok/1/t.json",
+        MANIFEST_FILE,
+    ]
+    assert [a.release for a in m.artifacts] == [4, 4, 2]  # release defaults to the sequence
+    assert m.sites == ("site-a",) and not m.any_site
+    assert m.artifacts[1].media_type == "application/json"
+    with open_bundle(tmp_path / "out", resolver_for(key)) as b:
+        assert b.manifest == m
+        b.check_files()
+        verify_artifacts(b)
+
+
+def test_parts_naming_and_sizes(tmp_path: Path) -> None:
+    data = os.urandom(2500)
+    m = _create(
+        tmp_path / "out", [ArtifactSpec("m", "1", _src(tmp_path, "m.bin", data))], make_key(),
+        part_size=1000,
+    )  # fmt: skip
+    art = m.artifacts[0]  # type: ignore[attr-defined]
+    assert art.path == "artifacts/m/1/m.bin"
+    assert [(p.path, p.size) for p in art.parts] == [
+        ("artifacts/m/1/m.bin.part0000", 1000),
+        ("artifacts/m/1/m.bin.part0001", 1000),
+        ("artifacts/m/1/m.bin.part0002", 500),
+    ]
+    joined = b"".join((tmp_path / "out" / p.path).read_bytes() for p in art.parts)
+    assert joined == data
+    assert not (tmp_path / "out" / art.path).exists()
+
+
+def test_part_size_equal_to_file_is_not_split(tmp_path: Path) -> None:
+    m = _create(
+        tmp_path / "out", [ArtifactSpec("m", "1", _src(tmp_path, "m", b"x" * 1000))], make_key(),
+        part_size=1000,
+    )  # fmt: skip
+    assert m.artifacts[0].parts == ()  # type: ignore[attr-defined]
+
+
+def test_bad_basename_becomes_data(tmp_path: Path) -> None:
+    m = _create(
+        tmp_path / "out", [ArtifactSpec("m", "1", _src(tmp_path, "e\u0301\x01", b"x"))], make_key()
+    )
+    assert m.artifacts[0].path == "artifacts/m/1/data"  # type: ignore[attr-defined]
+
+
+def test_tar_format_is_deterministic_pax_root_owned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    key = make_key()
+    specs = [ArtifactSpec("m", "1", _src(tmp_path, "m.bin", os.urandom(3000)))]
+    trust = [sign_envelope("x/trust", b"{}", [key]).to_bytes()]
+    for out in ("a.tar", "b.tar"):
+        _create(tmp_path / out, specs, key, tar=True, part_size=1000, trust_updates=trust)
+    a, b = (tmp_path / "a.tar").read_bytes(), (tmp_path / "b.tar").read_bytes()
+    assert a == b  # Ed25519 is deterministic: same inputs, same bytes
+    with tarfile.open(tmp_path / "a.tar") as tf:
+        members = tf.getmembers()
+    names = [m.name for m in members]
+    assert names == sorted(names)
+    assert "trust/0001.dsse.json" in names
+    for m in members:
+        assert (m.uid, m.gid, m.uname, m.gname, m.mtime) == (0, 0, "", "", 1700000000)
+        assert m.mode == (0o755 if m.isdir() else 0o644)
+        assert m.isdir() or m.isreg()
+    assert not list(tmp_path.glob(".*.tmp"))
+    with open_bundle(tmp_path / "a.tar", resolver_for(key)) as bundle:
+        bundle.check_files()
+        verify_artifacts(bundle)
+
+
+def test_tar_mtime_defaults_to_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    _create(tmp_path / "a.tar", [ArtifactSpec("m", "1", _src(tmp_path, "m", b"1"))], make_key(),
+            tar=True)  # fmt: skip
+    with tarfile.open(tmp_path / "a.tar") as tf:
+        assert {m.mtime for m in tf.getmembers()} == {0}
+
+
+def test_sha256_listed(tmp_path: Path) -> None:
+    data = os.urandom(5000)
+    m = _create(
+        tmp_path / "out", [ArtifactSpec("m", "1", _src(tmp_path, "m", data))], make_key(),
+        sha256=True, part_size=999,
+    )  # fmt: skip
+    assert m.artifacts[0].sha256 == hashlib.sha256(data).hexdigest()  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(shutil.which("b3sum") is None, reason="b3sum is not installed")
+def test_digests_equal_b3sum(tmp_path: Path) -> None:
+    sources = {
+        "empty": b"",
+        "one": b"1",
+        "chunk": os.urandom(1024),
+        "chunk1": os.urandom(1025),
+        "big": os.urandom(3 * 1024 * 1024 + 17),  # over the multithreaded threshold
+    }
+    specs = [ArtifactSpec(n, "1", _src(tmp_path, n, d)) for n, d in sources.items()]
+    m = _create(tmp_path / "out", specs, make_key(), part_size=1 << 20)
+    out = subprocess.run(
+        ["b3sum", "--no-names", *(str(s.path) for s in specs)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert [a.blake3 for a in m.artifacts] == out  # type: ignore[attr-defined]
+
+
+# --- refusals ------------------------------------------------------------------------
+
+
+def _refuse(tmp_path: Path, cls: type[ApplianceError], code: str, **kw: object) -> None:
+    src = _src(tmp_path, "f", b"x")
+    specs = kw.pop("specs", [ArtifactSpec("m", "1", src)])
+    with pytest.raises(cls) as info:
+        _create(tmp_path / "out", specs, make_key(), **kw)  # type: ignore[arg-type]
+    assert info.value.code == code
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not list(tmp_path.glob(".out.*"))  # no staging left behind
+
+
+def test_no_sites_is_usage_error(tmp_path: Path) -> None:
+    _refuse(tmp_path, UsageError, "usage", any_site=False)
+
+
+def test_sites_and_any_site_is_usage_error(tmp_path: Path) -> None:
+    _refuse(tmp_path, UsageError, "usage", sites=["a"], any_site=True)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ("Bad Name", "1", "application/octet-stream", None),
+        ("../x", "1", "application/octet-stream", None),
+        ("m", "1/2", "application/octet-stream", None),
+        ("m", "1", "not a type", None),
+        ("m", "1", "application/octet-stream", 0),
+    ],
+)
+def test_bad_input_is_usage_error(tmp_path: Path, spec: tuple[str, str, str, int | None]) -> None:
+    name, version, mtype, release = spec
+    src = _src(tmp_path, "f", b"x")
+    _refuse(
+        tmp_path, UsageError, "usage",
+        specs=[ArtifactSpec(name, version, src, media_type=mtype, release=release)],
+    )  # fmt: skip
+
+
+def test_case_fold_duplicate_names_are_usage_error(tmp_path: Path) -> None:
+    src = _src(tmp_path, "f", b"x")
+    _refuse(
+        tmp_path, UsageError, "usage", specs=[ArtifactSpec("m", "1", src), ArtifactSpec("M", "1", src)]
+    )  # fmt: skip
+
+
+def test_colliding_layout_is_usage_error(tmp_path: Path) -> None:
+    a, b = _src(tmp_path, "c", b"1"), _src(tmp_path, "x", b"2")
+    _refuse(
+        tmp_path, UsageError, "usage", specs=[ArtifactSpec("a", "b", a), ArtifactSpec("a/b", "c", b)]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"sequence": 0}, {"sequence": 2**53}, {"part_size": 0}, {"keys": []},
+     {"expires": ISSUED - timedelta(seconds=1)}, {"specs": []}],
+    ids=["seq0", "seq-huge", "part0", "no-keys", "expired", "no-artifacts"],
+)  # fmt: skip
+def test_bad_arguments_are_usage_errors(tmp_path: Path, kw: dict[str, object]) -> None:
+    _refuse(tmp_path, UsageError, "usage", **kw)
+
+
+def test_missing_source(tmp_path: Path) -> None:
+    _refuse(
+        tmp_path, OperationalError, "file_not_found",
+        specs=[ArtifactSpec("m", "1", tmp_path / "absent")],
+    )  # fmt: skip
+
+
+def test_source_directory_is_usage_error(tmp_path: Path) -> None:
+    _refuse(tmp_path, UsageError, "usage", specs=[ArtifactSpec("m", "1", tmp_path)])
+
+
+def test_bad_trust_update(tmp_path: Path) -> None:
+    _refuse(tmp_path, EnvelopeFormatError, "malformed_envelope", trust_updates=[b"{}"])
+
+
+def test_existing_output_is_not_overwritten(tmp_path: Path) -> None:
+    src = _src(tmp_path, "f", b"x")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep").write_bytes(b"mine")
+    with pytest.raises(OperationalError) as info:
+        _create(tmp_path / "out", [ArtifactSpec("m", "1", src)], make_key())
+    assert info.value.code == "output_exists"
+    assert (tmp_path / "out" / "keep").read_bytes() == b"mine"
+    (tmp_path / "o.tar").write_bytes(b"mine")
+    with pytest.raises(OperationalError):
+        _create(tmp_path / "o.tar", [ArtifactSpec("m", "1", src)], make_key(), tar=True)
+    assert (tmp_path / "o.tar").read_bytes() == b"mine"
+
+
+def test_empty_output_directory_is_used(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    _create(tmp_path / "out", [ArtifactSpec("m", "1", _src(tmp_path, "f", b"x"))], make_key())
+    assert (tmp_path / "out" / MANIFEST_FILE).is_file()
+
+
+@pytest.mark.parametrize("tar", [False, True])
+def test_source_changed_while_bundling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tar: bool
+) -> None:
+    src = _src(tmp_path, "f", b"x" * 100)
+    real = bundles.writer.hash_paths
+
+    def hash_then_change(paths: list[Path]) -> list[tuple[str, int]]:
+        result = real(paths)
+        with open(src, "ab") as f:
+            f.write(b"more")
+        return result
+
+    monkeypatch.setattr(bundles.writer, "hash_paths", hash_then_change)
+    out = tmp_path / ("o.tar" if tar else "out")
+    with pytest.raises(OperationalError) as info:
+        _create(out, [ArtifactSpec("m", "1", src)], make_key(), tar=tar)
+    assert info.value.code == "source_changed"
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_factory_knobs(tmp_path: Path) -> None:
+    past = datetime.now(UTC) - timedelta(days=2)
+    b = make_bundle(tmp_path, sequence=9, stream="s2", sites=("x",), expires=past)
+    assert b.manifest.sequence == 9 and b.manifest.stream == "s2"
+    assert b.manifest.sites == ("x",) and b.manifest.expires < datetime.now(UTC)
