@@ -228,16 +228,14 @@ def test_bad_input_is_usage_error(tmp_path: Path, spec: tuple[str, str, str, int
 
 def test_case_fold_duplicate_names_are_usage_error(tmp_path: Path) -> None:
     src = _src(tmp_path, "f", b"x")
-    _refuse(
-        tmp_path, UsageError, "usage", specs=[ArtifactSpec("m", "1", src), ArtifactSpec("M", "1", src)]
-    )  # fmt: skip
+    specs = [ArtifactSpec("m", "1", src), ArtifactSpec("M", "1", src)]
+    _refuse(tmp_path, UsageError, "usage", specs=specs)
 
 
 def test_colliding_layout_is_usage_error(tmp_path: Path) -> None:
     a, b = _src(tmp_path, "c", b"1"), _src(tmp_path, "x", b"2")
-    _refuse(
-        tmp_path, UsageError, "usage", specs=[ArtifactSpec("a", "b", a), ArtifactSpec("a/b", "c", b)]
-    )  # fmt: skip
+    specs = [ArtifactSpec("a", "b", a), ArtifactSpec("a/b", "c", b)]
+    _refuse(tmp_path, UsageError, "usage", specs=specs)
 
 
 @pytest.mark.parametrize(
