@@ -1,0 +1,50 @@
+"""``appliance demo`` is the README's main command: it must pass, fast, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from appliance.demo import run_demo
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_demo_exits_0() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.run(
+        [sys.executable, "-m", "appliance", "demo"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "demo passed" in p.stdout
+    assert "refused as expected [sequence_older]" in p.stdout
+    assert "refused as expected [object_tampered]" in p.stdout
+    assert "refused as expected [key_not_authorized]" in p.stdout
+    assert "Traceback" not in p.stderr
+
+
+def test_demo_json() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.run(
+        [sys.executable, "-m", "appliance", "demo", "--json"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["ok"] and doc["passed"]
+    assert all(s["ok"] for s in doc["steps"])
+    assert {s["expected"] for s in doc["steps"]} == {
+        "ok", "sequence_older", "object_tampered", "key_not_authorized",
+    }  # fmt: skip
+    assert not Path(doc["home"]).exists()  # the throwaway home is removed
+
+
+def test_demo_story_in_process(tmp_path: Path) -> None:
+    lines: list[str] = []
+    result = run_demo(tmp_path, lines.append)
+    assert result.ok, "\n".join(lines)
+    assert len(lines) == 2 * len(result.steps)  # one title line and one detail line per step
