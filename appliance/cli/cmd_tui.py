@@ -1,10 +1,39 @@
-"""CLI commands: tui (not built yet; see the open issues)."""
+"""``appliance tui [--media DIR ...]``: the operator's terminal UI.
+
+Textual is imported inside the command function only, so no other command
+pays for it (or needs it). JSON: ``{"exit_code": N}`` after the UI closes.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+from appliance.cli.context import Context
+from appliance.home import Home
+from bundles.errors import UsageError
 
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
-    """No commands registered yet."""
+    p = subs.add_parser("tui", parents=[common], help="the operator's terminal UI")
+    p.add_argument(
+        "--media",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder that counts as removable media (repeatable)",
+    )
+    p.set_defaults(func=cmd_tui)
+
+
+def cmd_tui(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    for folder in args.media:
+        if not Path(folder).is_dir():
+            raise UsageError(f"--media {folder}: not a folder")
+    Home(ctx.home).require()
+    import tui  # lazy: only this command imports textual
+
+    code = tui.run_app(ctx.home, list(args.media), ctx.witness)
+    return {"exit_code": code}

@@ -1,0 +1,220 @@
+"""A small, deterministic appliance world for the TUI tests and the latency bench.
+
+Keys come from fixed seeds, artifacts from fixed bytes and, when ``frozen``
+is given, every clock in ``appliance``/``bundles``/``tui`` reads that fixed
+time: the same world gives the same key ids, digests, signatures, audit time
+stamps and so the same screenshots.
+
+The world: a home (site ``site-a``) trusting a root key, a publisher of stream
+``models`` and a rollback key (trust v2); ``models`` #1 and #2 imported
+(``llm-weights`` 1.0 then 1.1, ``tokenizer`` 1.0); media holding a good bundle
+(#3), the replayed #2, one for another site (#4), one with a tampered artifact
+(#5), and rollback authorizations (a valid one and one signed by the publisher).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+import bundles.timeutil
+from appliance.home import Home
+from appliance.importer import apply_trust_envelope, import_bundle
+from appliance.initialize import init_home
+from appliance.rollback import authorize_rollback
+from appliance.truststore import load_trust
+from bundles.documents import TRUST_PAYLOAD_TYPE, AddKey, TrustUpdate
+from bundles.dsse import sign_envelope
+from bundles.keys import PrivateKey
+from bundles.writer import ArtifactSpec, create_bundle
+
+FIXED_NOW = datetime(2026, 3, 2, 9, 30, 0, tzinfo=UTC)
+STREAM = "models"
+SITE = "site-a"
+
+
+def seeded_key(seed: int) -> PrivateKey:
+    return PrivateKey(Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32))
+
+
+def data(label: str, size: int) -> bytes:
+    """``size`` deterministic bytes."""
+    unit = (label.encode() + b"\x00") * 8
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+@contextlib.contextmanager
+def frozen_clock(now: datetime) -> Iterator[None]:
+    """Every ``utcnow`` imported by our packages returns ``now``; restored after."""
+    import appliance.audit  # noqa: F401  (make sure every user of utcnow is loaded)
+    import appliance.history  # noqa: F401
+    import appliance.importer  # noqa: F401
+    import appliance.initialize  # noqa: F401
+    import appliance.rollback  # noqa: F401
+    import appliance.truststore  # noqa: F401
+    import appliance.witness  # noqa: F401
+    import bundles.writer  # noqa: F401
+
+    original = bundles.timeutil.utcnow
+
+    def fake() -> datetime:
+        return now
+
+    patched: list[object] = []
+    for name, mod in list(sys.modules.items()):
+        if name.split(".")[0] in ("appliance", "bundles", "tui") and mod is not None:
+            if getattr(mod, "utcnow", None) is original:
+                mod.utcnow = fake  # type: ignore[attr-defined]
+                patched.append(mod)
+    try:
+        yield
+    finally:
+        for mod in patched:
+            mod.utcnow = original  # type: ignore[attr-defined]
+
+
+@dataclass
+class World:
+    base: Path
+    home: Home
+    media: Path
+    root: PrivateKey
+    publisher: PrivateKey
+    rollback: PrivateKey
+    now: datetime
+    bundles: dict[str, Path] = field(default_factory=dict)
+    auths: dict[str, Path] = field(default_factory=dict)
+
+    def make_bundle(
+        self,
+        out: Path,
+        artifacts: dict[str, bytes],
+        sequence: int,
+        *,
+        sites: tuple[str, ...] = (),
+        keys: list[PrivateKey] | None = None,
+        tar: bool = False,
+    ) -> Path:
+        src = self.base / "src" / out.name
+        src.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        specs = []
+        for ref, content in artifacts.items():
+            name, _, version = ref.partition("@")
+            p = src / f"{name}-{version}.bin"
+            p.write_bytes(content)
+            specs.append(ArtifactSpec(name, version, p))
+        create_bundle(
+            out,
+            specs,
+            stream=STREAM,
+            sequence=sequence,
+            keys=keys or [self.publisher],
+            expires=self.now + timedelta(days=30),
+            sites=sites,
+            any_site=not sites,
+            issued_at=self.now - timedelta(hours=1),
+            tar=tar,
+        )
+        return out
+
+    def import_(self, path: Path) -> None:
+        import_bundle(self.home, path)
+
+
+def build_world(base: Path, *, frozen: datetime | None = None, big: int = 0) -> World:
+    """Build the world under ``base`` (emptied first). ``big``: bytes of an extra bundle."""
+    if base.exists():
+        shutil.rmtree(base)
+    base.mkdir(parents=True)
+    ctx: contextlib.AbstractContextManager[None] = (
+        frozen_clock(frozen) if frozen else contextlib.nullcontext()
+    )
+    with ctx:
+        return _build(base, frozen or bundles.timeutil.utcnow(), big)
+
+
+def _build(base: Path, now: datetime, big: int) -> World:
+    root, publisher, rollback = seeded_key(1), seeded_key(2), seeded_key(3)
+    home = Home(base / "home")
+    init_home(home, [root.public], site=SITE)
+    db = home.db()
+    update = TrustUpdate(
+        2,
+        now - timedelta(days=1),
+        (AddKey(publisher.public, "publisher", STREAM), AddKey(rollback.public, "rollback", None)),
+    )
+    env = sign_envelope(TRUST_PAYLOAD_TYPE, update.to_payload(), [root])
+    apply_trust_envelope(db, load_trust(db), env, "tests")
+    db.conn.close()
+    media = base / "media"
+    media.mkdir()
+    w = World(base, home, media, root, publisher, rollback, now)
+    first = w.make_bundle(
+        base / "shipped" / "models-1",
+        {"llm-weights@1.0": data("w10", 300_000), "tokenizer@1.0": data("tok", 20_000)},
+        1,
+    )
+    w.import_(first)
+    w.bundles["replay"] = w.make_bundle(
+        media / "models-2", {"llm-weights@1.1": data("w11", 310_000)}, 2
+    )
+    w.import_(w.bundles["replay"])
+    w.bundles["good"] = w.make_bundle(
+        media / "models-3",
+        {
+            "llm-weights@1.2": data("w12", 2_500_000),
+            "tokenizer@1.1": data("tok11", 21_000),
+            "config@1.0": data("cfg", 900),
+        },
+        3,
+    )
+    w.bundles["wrong_site"] = w.make_bundle(
+        media / "models-4-site-b", {"config@2.0": data("cfg2", 800)}, 4, sites=("site-b",)
+    )
+    tampered = w.make_bundle(
+        media / "models-5-tampered", {"config@3.0": data("cfg3", 1000)}, 5
+    )
+    victim = next((tampered / "artifacts" / "config" / "3.0").iterdir())
+    raw = bytearray(victim.read_bytes())
+    raw[10] ^= 0x01
+    victim.chmod(0o644)
+    victim.write_bytes(bytes(raw))
+    w.bundles["tampered"] = tampered
+    if big:
+        w.bundles["big"] = w.make_bundle(
+            base / "bigmedia" / "models-9-big", {"big-model@9.0": data("big", big)}, 9
+        )
+    w.auths["valid"] = _authorize(w, "rollback-llm-weights.json", [rollback], "1.1 regressed")
+    w.auths["publisher"] = _authorize(
+        w, "rollback-by-publisher.json", [publisher], "signed by the wrong role"
+    )
+    return w
+
+
+def _authorize(w: World, name: str, keys: list[PrivateKey], reason: str) -> Path:
+    out = w.media / name
+    import appliance.rollback as rb
+
+    token: Callable[[int], str] = rb.secrets.token_hex
+    rb.secrets.token_hex = lambda n=16: (name.encode().hex() * 4)[: 2 * n]  # type: ignore[assignment]
+    try:
+        authorize_rollback(
+            out,
+            "llm-weights",
+            "1.0",
+            keys,
+            reason=reason,
+            issued_at=w.now - timedelta(minutes=5),
+            expires=w.now + timedelta(days=7),
+        )
+    finally:
+        rb.secrets.token_hex = token  # type: ignore[assignment]
+    return out

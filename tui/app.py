@@ -1,0 +1,138 @@
+"""The operator's application: screens over the appliance's public API."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.theme import Theme
+
+from appliance.home import Home
+from tui.mediascan import MediaInfo, MediaScanner
+
+ProgressHook = Callable[[str, int, int], None]
+
+STYLE_VARS = ("text-success", "text-error", "text-warning", "text-accent")
+
+
+class ApplianceApp(App[int]):
+    """``appliance tui``: media and bundles, review, verify and import, inventory, audit."""
+
+    TITLE = "appliance"
+    CSS_PATH = ["app.tcss"]
+    ENABLE_COMMAND_PALETTE = True
+    BINDINGS = [
+        Binding("q", "quit", "Quit", id="app.quit"),
+        Binding("f2", "toggle_theme", "Light/Dark", id="app.theme", show=False),
+    ]
+
+    def __init__(
+        self,
+        home: Path,
+        media: Iterable[Path] = (),
+        witness: Path | None = None,
+        *,
+        auto_media: bool = True,
+        poll_interval: float = 2.0,
+        cursor_blink: bool = True,
+    ) -> None:
+        super().__init__()
+        self.home = Home(Path(home))
+        self.witness = witness
+        self.scanner = MediaScanner(media, auto=auto_media)
+        self.poll_interval = poll_interval
+        self.cursor_blink = cursor_blink
+        self.progress_hook: ProgressHook | None = None  # tests: called in the import thread
+        self.clock: Callable[[], float] = time.monotonic
+        self.media: list[MediaInfo] = []  # the latest scan (Home keeps it current)
+        self.running_imports: set[threading.Event] = set()
+        self._styles: dict[str, str] = {}
+
+    def on_mount(self) -> None:
+        self.theme_changed_signal.subscribe(self, self._theme_changed)
+
+    # --- screens -----------------------------------------------------------------
+
+    def get_default_screen(self) -> Screen[None]:
+        from tui.screen_home import HomeScreen
+
+        return HomeScreen()
+
+    def back_to_home(self) -> None:
+        while len(self.screen_stack) > 1:
+            self.pop_screen()
+
+    def show(self, screen: Screen[None]) -> None:
+        """Open a top-level screen over Home (whatever was open is closed)."""
+        self.back_to_home()
+        self.push_screen(screen)
+
+    def action_inventory(self) -> None:
+        from tui.screen_inventory import InventoryScreen
+
+        self.show(InventoryScreen())
+
+    def action_audit(self) -> None:
+        from tui.screen_audit import AuditScreen
+
+        self.show(AuditScreen())
+
+    def action_keys(self) -> None:
+        from tui.screen_keys import KeysScreen
+
+        self.show(KeysScreen())
+
+    def action_home(self) -> None:
+        self.back_to_home()
+
+    async def action_quit(self) -> None:
+        for cancel in list(self.running_imports):
+            cancel.set()  # a running import stops at its next chunk; nothing is promoted
+        await super().action_quit()
+
+    def action_toggle_theme(self) -> None:
+        self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        yield SystemCommand("Home", "Media, bundles and the latest audit events", self.action_home)
+        yield SystemCommand("Inventory", "Installed artifacts and versions", self.action_inventory)
+        yield SystemCommand(
+            "Audit log", "Every decision, and the chain's status", self.action_audit
+        )
+        yield SystemCommand(
+            "Keys and roles", "Trust: roles, thresholds, revocations", self.action_keys
+        )
+        yield SystemCommand(
+            "Light / dark", "Switch between the light and dark theme", self.action_toggle_theme
+        )
+        yield from super().get_system_commands(screen)
+
+    # --- colours for rich Text cells (DataTable) -------------------------------------
+
+    def _theme_changed(self, theme: Theme) -> None:
+        self._styles = {}
+        for screen in self.screen_stack:
+            refresh = getattr(screen, "refresh_data", None)
+            if callable(refresh) and screen.is_mounted:
+                refresh()
+
+    def tone(self, text: str, tone: str) -> Text:
+        """``text`` as a table cell in a theme colour: ok, bad, warn, muted, accent."""
+        if not self._styles:
+            variables = self.get_css_variables()
+            self._styles = {v: variables.get(v, "") for v in STYLE_VARS}
+        var = {
+            "ok": "text-success",
+            "bad": "text-error",
+            "warn": "text-warning",
+            "muted": "",
+            "accent": "text-accent",
+        }[tone]
+        style = "dim" if tone == "muted" else self._styles.get(var, "")
+        return Text(text, style=f"bold {style}" if tone in ("ok", "bad") else style)

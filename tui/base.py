@@ -1,0 +1,37 @@
+"""What every screen shares: the typed app, a Back binding, plain-text table cells."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.screen import Screen
+
+if TYPE_CHECKING:
+    from tui.app import ApplianceApp
+
+
+def cell(text: str) -> Text:
+    """A table cell that shows ``text`` as it is: names on media are never markup."""
+    return Text(text, no_wrap=True, overflow="ellipsis")
+
+
+class ApplianceScreen(Screen[None]):
+    """Base screen; subclasses that show data implement ``refresh_data``."""
+
+    @property
+    def app_(self) -> ApplianceApp:
+        return cast("ApplianceApp", self.app)
+
+    def refresh_data(self) -> None:
+        """Reload what the screen shows (called on resume and on a theme change)."""
+
+
+class SubScreen(ApplianceScreen):
+    """A screen over Home: Escape goes back."""
+
+    BINDINGS = [Binding("escape", "back", "Back", id="back")]
+
+    def action_back(self) -> None:
+        self.app.pop_screen()

@@ -1,0 +1,63 @@
+"""Small text formatters shared by the screens (no textual here)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from bundles.timeutil import format_time
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def size(n: int) -> str:
+    """A byte count for people: ``512 B``, ``1.5 MiB``, ``64.0 GiB``."""
+    value = float(n)
+    for unit in _UNITS:
+        if value < 1024 or unit == _UNITS[-1]:
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def rate(bytes_per_s: float) -> str:
+    return f"{size(int(bytes_per_s))}/s"
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h10m``, ``4d3h``."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600}h"
+
+
+def short_id(keyid: str, n: int = 16) -> str:
+    return keyid[:n]
+
+
+def when(dt: datetime) -> str:
+    return format_time(dt)
+
+
+def relative(dt: datetime, now: datetime) -> str:
+    """``in 29d23h`` or ``3m05s ago``."""
+    delta = (dt - now).total_seconds()
+    return f"in {duration(delta)}" if delta >= 0 else f"{duration(-delta)} ago"
+
+
+def tail(text: str, n: int) -> str:
+    """The end of ``text`` in at most ``n`` characters: ``…/media/usb0``."""
+    return text if len(text) <= n else "…" + text[-(n - 1) :]
+
+
+def stamp(text: str) -> str:
+    """A stored ``YYYY-MM-DDTHH:MM:SSZ`` as ``YYYY-MM-DD HH:MM`` (UTC) for narrow tables."""
+    return text.replace("T", " ")[:16]
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

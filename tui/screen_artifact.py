@@ -1,0 +1,183 @@
+"""One artifact: its versions, its history (who signed, who authorized moves), verify now."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.content import Content
+from textual.widgets import DataTable, Footer, Header, Static
+
+from appliance.history import artifact_history
+from appliance.store import find
+from appliance.truststore import load_trust
+from appliance.verify import verify_record
+from bundles.errors import ApplianceError
+from tui import fmt
+from tui.base import SubScreen, cell
+from tui.messages import VerifyFinished
+from tui.model import Problem, opened
+
+
+class ArtifactScreen(SubScreen):
+    BINDINGS = [
+        Binding("v", "verify", "Verify now", id="artifact.verify"),
+        Binding("b", "rollback", "Rollback", id="artifact.rollback"),
+        Binding("escape", "back", "Back", id="back"),
+    ]
+
+    def __init__(self, name: str, version: str | None = None) -> None:
+        super().__init__()
+        self.artifact = name
+        self.selected = version
+        self.versions: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.active: str | None = None
+        self.verifying = False
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="artifact-info")
+        yield DataTable(id="versions", cursor_type="row")
+        yield Static("History", classes="section-title")
+        yield DataTable(id="history", cursor_type="row", zebra_stripes=True)
+        yield Static(id="event-summary")
+        yield Static(id="verify-result")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "Artifact"
+        self.sub_title = self.artifact
+        self.query_one("#versions", DataTable).add_columns(
+            "Version", "Rel.", "Size", "Active", "Imported (UTC)", "BLAKE3"
+        )
+        self.query_one("#history", DataTable).add_columns(
+            "#", "Time (UTC)", "Event", "Version", "Outcome"
+        )
+        self.refresh_data()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_data()
+
+    def refresh_data(self) -> None:
+        info = self.query_one("#artifact-info", Static)
+        try:
+            with opened(self.app_.home) as db:
+                h = artifact_history(db, self.artifact)
+        except ApplianceError as e:
+            info.update(Content.styled(f"[{e.code}] {e.message}", "$text-error"))
+            return
+        self.active = h["active"]
+        self.versions = h["versions"]
+        self.events = h["events"]
+        stream = self.versions[-1]["stream"] if self.versions else "-"
+        info.update(
+            Content.assemble(
+                (self.artifact, "bold"),
+                f" · active {self.active or 'none'} · stream {stream} · "
+                f"{len(self.versions)} versions stored",
+            )
+        )
+        tone = self.app_.tone
+        versions = self.query_one("#versions", DataTable)
+        versions.clear()
+        for v in self.versions:
+            versions.add_row(
+                cell(v["version"]),
+                str(v["release"]),
+                fmt.size(v["size"]),
+                tone("● active", "ok") if v["active"] else tone("-", "muted"),
+                fmt.stamp(v["imported_at"]),
+                v["digest"]["blake3"][:12],
+            )
+        row = next(
+            (i for i, v in enumerate(self.versions) if v["version"] == self.selected),
+            next((i for i, v in enumerate(self.versions) if v["active"]), 0),
+        )
+        if self.versions:
+            versions.move_cursor(row=row)
+        history = self.query_one("#history", DataTable)
+        history.clear()
+        for ev in reversed(self.events):
+            outcome = ev["outcome"]
+            history.add_row(
+                str(ev["seq"]),
+                ev["ts"].replace("T", " ").rstrip("Z"),
+                cell(ev["type"]),
+                cell(ev["version"] or ""),
+                tone(outcome, "bad" if outcome == "rejected" else "ok"),
+            )
+        self._show_event(0)
+
+    @on(DataTable.RowHighlighted, "#history")
+    def _event_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_event(event.cursor_row)
+
+    def _show_event(self, row: int) -> None:
+        summary = self.query_one("#event-summary", Static)
+        if not self.events:
+            summary.update(Content.styled("No events yet.", "$text-muted"))
+            return
+        e = list(reversed(self.events))[max(0, min(row, len(self.events) - 1))]
+        summary.update(Content(e["summary"]))
+
+    def _selected_version(self) -> str | None:
+        if not self.versions:
+            return None
+        row = self.query_one("#versions", DataTable).cursor_row
+        return str(self.versions[max(0, min(row, len(self.versions) - 1))]["version"])
+
+    # --- verify now (worker thread) --------------------------------------------------
+
+    def action_verify(self) -> None:
+        version = self._selected_version()
+        if version is None or self.verifying:
+            return
+        self.verifying = True
+        self.query_one("#verify-result", Static).update(
+            Content.styled(f"Verifying {self.artifact}@{version}: re-hashing…", "$text-warning")
+        )
+        self.verify_now(version)
+
+    @work(thread=True, exclusive=True, group="verify")
+    def verify_now(self, version: str) -> None:
+        try:
+            with opened(self.app_.home) as db:
+                trust = load_trust(db)
+                record = find(db, self.artifact, version)
+                status = verify_record(self.app_.home, db, trust, record)
+        except ApplianceError as e:
+            self.post_message(VerifyFinished(None, Problem.of(e)))
+            return
+        self.post_message(VerifyFinished(status, None))
+
+    def on_verify_finished(self, message: VerifyFinished) -> None:
+        self.verifying = False
+        out = self.query_one("#verify-result", Static)
+        s = message.status
+        if s is not None and s.status == "ok":
+            out.update(
+                Content.assemble(
+                    ("✓ VERIFIED ", "bold $text-success"),
+                    f"{s.record.name}@{s.record.version}: BLAKE3 {s.record.digest[:16]}… "
+                    f"matches, {fmt.size(s.record.size)}; signers meet today's trust",
+                )
+            )
+            return
+        if s is not None:
+            code, text = s.code or s.status, s.message or s.status
+        else:
+            assert message.problem is not None
+            code, text = message.problem.code, message.problem.message
+        out.update(
+            Content.assemble(("✗ FAILED ", "bold $text-error"), (f"[{code}] ", "$text-error"), text)
+        )
+
+    # --- rollback -----------------------------------------------------------------
+
+    def action_rollback(self) -> None:
+        from tui.screen_rollback import RollbackScreen
+
+        self.app.push_screen(RollbackScreen(self.artifact))

@@ -1,0 +1,183 @@
+"""Home: removable media and the bundles on them, a trust summary, the latest audit events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.content import Content
+from textual.widgets import DataTable, Footer, Header, Static
+
+from bundles.errors import ApplianceError
+from tui import fmt
+from tui.base import ApplianceScreen, cell
+from tui.mediascan import MediaInfo
+from tui.messages import MediaScanned
+from tui.model import audit_log, event_subject, trust_summary
+
+LATEST_EVENTS = 6
+
+
+class HomeScreen(ApplianceScreen):
+    BINDINGS = [
+        Binding("enter", "review", "Review", id="home.review", priority=True),
+        Binding("r", "rescan", "Rescan", id="home.rescan"),
+        Binding("i", "app.inventory", "Inventory", id="home.inventory"),
+        Binding("a", "app.audit", "Audit", id="home.audit"),
+        Binding("k", "app.keys", "Keys", id="home.keys"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.media: list[MediaInfo] = []
+        self._bundle_paths: list[Path] = []
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="trust-summary")
+        yield Static("Media and bundles (unverified until reviewed)", classes="section-title")
+        yield DataTable(id="bundles", cursor_type="row", zebra_stripes=True)
+        yield Static(id="no-media", classes="muted")
+        yield Static("Latest audit events", classes="section-title")
+        yield DataTable(id="events", cursor_type="none", show_cursor=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "appliance"
+        self.sub_title = str(self.app_.home.root)
+        table = self.query_one("#bundles", DataTable)
+        table.add_columns("Bundle", "Stream", "Seq", "Art.", "Size", "Media")
+        events = self.query_one("#events", DataTable)
+        events.add_columns("#", "Time (UTC)", "Event", "Outcome", "Subject")
+        self.refresh_data()
+        self.show_media()
+        self.scan_media()
+        self.set_interval(self.app_.poll_interval, self.scan_media)
+
+    def on_screen_resume(self) -> None:
+        self.refresh_data()
+
+    # --- media polling (worker thread; the UI hears about it by message) ---------
+
+    @work(thread=True, exclusive=True, group="media")
+    def scan_media(self) -> None:
+        media = self.app_.scanner.scan()
+        self.post_message(MediaScanned(media))
+
+    def on_media_scanned(self, message: MediaScanned) -> None:
+        if message.media != self.media:
+            self.media = message.media
+            self.app_.media = message.media
+            self.show_media()
+
+    def action_rescan(self) -> None:
+        self.scan_media()
+        self.notify("Looking for media…", timeout=2)
+
+    def show_media(self) -> None:
+        table = self.query_one("#bundles", DataTable)
+        keep = table.cursor_row
+        table.clear()
+        self._bundle_paths = []
+        tone = self.app_.tone
+        for medium in self.media:
+            where = fmt.tail(str(medium.path), 24)
+            for b in medium.bundles:
+                self._bundle_paths.append(b.path)
+                if b.error_code:
+                    table.add_row(
+                        cell(b.name),
+                        tone(f"unreadable: {b.error_code}", "bad"),
+                        "",
+                        "",
+                        "",
+                        cell(where),
+                        key=str(b.path),
+                    )
+                    continue
+                table.add_row(
+                    cell(b.name + ("" if b.kind == "dir" else " (tar)")),
+                    cell(b.stream or ""),
+                    str(b.sequence),
+                    str(b.artifacts),
+                    fmt.size(b.total_size),
+                    cell(where),
+                    key=str(b.path),
+                )
+        note = self.query_one("#no-media", Static)
+        if not self.media:
+            note.update("No media found. Plug in removable media, or start with --media DIR.")
+        elif not self._bundle_paths:
+            note.update(Content("No bundles on: " + ", ".join(str(m.path) for m in self.media)))
+        else:
+            note.update("")
+        note.display = not self._bundle_paths
+        if self._bundle_paths:
+            table.move_cursor(row=min(keep, len(self._bundle_paths) - 1))
+
+    # --- trust summary and events --------------------------------------------------
+
+    def refresh_data(self) -> None:
+        summary = self.query_one("#trust-summary", Static)
+        events = self.query_one("#events", DataTable)
+        events.clear()
+        try:
+            t = trust_summary(self.app_.home, self.app_.witness)
+            log = audit_log(self.app_.home, last=LATEST_EVENTS)
+        except ApplianceError as e:
+            summary.update(
+                Content.styled(f"Cannot read the home: [{e.code}] {e.message}", "$text-error")
+            )
+            return
+        streams = ", ".join(f"{s} #{n}" for s, n in sorted(t.streams.items())) or "none yet"
+        chain = (
+            Content.styled(f"BROKEN: {t.audit_problem.message}", "bold $text-error")
+            if t.audit_problem
+            else Content.styled(f"{t.audit_events} events, chain intact", "$text-success")
+        )
+        witness = Content.styled(
+            t.witness_status,
+            "bold $text-error" if t.witness_status in ("home_behind", "missing") else "",
+        )
+        revoked = f", {t.revoked_keys} revoked" if t.revoked_keys else ""
+        summary.update(
+            Content.assemble(
+                ("Trust ", "bold"),
+                f"v{t.version} · site {t.site or '-'} · {t.active_keys} keys{revoked} · "
+                f"{t.artifacts} artifacts · witness ",
+                witness,
+                "\n",
+                ("Streams ", "bold"),
+                f"{streams} · ",
+                ("Audit ", "bold"),
+                chain,
+            )
+        )
+        tone = self.app_.tone
+        for ev in reversed(log.events):
+            outcome = ev["outcome"]
+            events.add_row(
+                str(ev["seq"]),
+                str(ev["ts"]).replace("T", " ").rstrip("Z"),
+                cell(ev["type"]),
+                tone(outcome, "ok" if outcome == "accepted" else "bad"),
+                cell(event_subject(ev) + (f" [{ev['code']}]" if ev.get("code") else "")),
+            )
+
+    # --- actions -------------------------------------------------------------------
+
+    @on(DataTable.RowSelected, "#bundles")
+    def _selected(self) -> None:
+        self.action_review()
+
+    def action_review(self) -> None:
+        if not self._bundle_paths:
+            self.notify("No bundle to review", severity="warning")
+            return
+        from tui.screen_review import ReviewScreen
+
+        row = self.query_one("#bundles", DataTable).cursor_row
+        path = self._bundle_paths[max(0, min(row, len(self._bundle_paths) - 1))]
+        self.app.push_screen(ReviewScreen(path))

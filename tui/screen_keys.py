@@ -1,0 +1,68 @@
+"""Keys and roles: the trust version, each role's threshold, every key and revocation."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.content import Content
+from textual.widgets import DataTable, Footer, Header, Static
+
+from bundles.errors import ApplianceError
+from tui import fmt
+from tui.base import SubScreen, cell
+from tui.model import trust_summary
+
+
+class KeysScreen(SubScreen):
+    BINDINGS = [Binding("escape", "back", "Back", id="back")]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="trust-info")
+        yield Static("Roles", classes="section-title")
+        yield DataTable(id="roles", cursor_type="none", show_cursor=False)
+        yield Static("Keys", classes="section-title")
+        yield DataTable(id="keys", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "Keys and roles"
+        self.query_one("#roles", DataTable).add_columns("Role", "Threshold", "Keys", "Status")
+        self.query_one("#keys", DataTable).add_columns("Key id", "Role", "Added", "Status")
+        self.refresh_data()
+
+    def refresh_data(self) -> None:
+        info = self.query_one("#trust-info", Static)
+        try:
+            t = trust_summary(self.app_.home, self.app_.witness)
+        except ApplianceError as e:
+            info.update(Content.styled(f"[{e.code}] {e.message}", "bold $text-error"))
+            return
+        info.update(
+            Content.assemble(
+                ("Trust version ", "bold"),
+                f"{t.version} · site {t.site or '-'} · trusted time {fmt.when(t.trusted_time)}\n",
+                ("Witness ", "bold"),
+                f"{t.witness_status}: {t.witness_detail}",
+            )
+        )
+        tone = self.app_.tone
+        roles = self.query_one("#roles", DataTable)
+        roles.clear()
+        for r in t.roles:
+            roles.add_row(
+                cell(r.role),
+                f"{r.threshold} of {r.members}",
+                str(r.members),
+                tone("usable", "ok") if r.usable else tone("BELOW THRESHOLD", "bad"),
+            )
+        keys = self.query_one("#keys", DataTable)
+        keys.clear()
+        for k in t.keys:
+            added = f"v{k.added_version}" if k.added_version is not None else "-"
+            status = (
+                tone(f"revoked in v{k.revoked_version}", "bad")
+                if k.revoked_version is not None
+                else tone("active", "ok")
+            )
+            keys.add_row(fmt.short_id(k.keyid, 24), cell(k.role), added, status)
