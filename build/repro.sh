@@ -10,7 +10,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COMMIT=${1:-HEAD}
 VENV=${VENV:-$ROOT/.venv}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/appliance-repro.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
+[[ -n ${KEEP:-} ]] && echo "repro: keeping $TMP" >&2 || trap 'rm -rf "$TMP"' EXIT
 
 SOURCE_DATE_EPOCH=$(git -C "$ROOT" log -1 --format=%ct "$COMMIT")
 export SOURCE_DATE_EPOCH VENV
