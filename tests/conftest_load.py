@@ -48,7 +48,13 @@ class Site:
     def h(self) -> Home:
         return Home(self.home)
 
-    def bundle(self, artifacts: dict[str, bytes], *, sequence: int | None = None) -> Path:
+    def bundle(
+        self,
+        artifacts: dict[str, bytes],
+        *,
+        sequence: int | None = None,
+        trust_updates: tuple[bytes, ...] = (),
+    ) -> Path:
         """Sign a bundle of NAME@VERSION -> bytes onto the media folder (not imported)."""
         seq = sequence if sequence is not None else self.sequence + 1
         self.sequence = max(self.sequence, seq)
@@ -69,6 +75,7 @@ class Site:
             keys=[self.publisher],
             expires=utcnow() + timedelta(days=30),
             any_site=True,
+            trust_updates=trust_updates,
         )
         self.bundles[seq] = out
         return out
