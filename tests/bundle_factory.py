@@ -1,8 +1,9 @@
 """Build signed bundles in tests, with knobs to change one thing at a time.
 
-Typical use::
+Typical use (pytest puts ``tests/`` on ``sys.path``: the first folder up from a
+test file without an ``__init__.py``, so this works from ``tests/*/`` too)::
 
-    from tests.bundle_factory import make_bundle, resolver_for
+    from bundle_factory import make_bundle, resolver_for
     b = make_bundle(tmp_path, sequence=7, sites=("site-a",))
     bundle = open_bundle(b.path, resolver_for(*b.keys))
 
