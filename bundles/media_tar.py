@@ -203,11 +203,15 @@ class TarSource(MediaSource):
         if entry is None:
             raise ArtifactMissingError(f"{path!r} is not in {self.location}")
         offset, size = entry
+        try:
+            fd = os.dup(self._fd)  # the reader's own: valid even after the source is closed
+        except OSError as e:
+            raise media_error(self.location, e) from e
         return MemberReader(
-            self._fd,
+            fd,
             offset,
             size,
-            owns_fd=False,
+            owns_fd=True,
             growable=False,
             location=f"{self.location}:{path}",
         )

@@ -71,7 +71,9 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
     where.add_argument("--any-site", action="store_true", help="valid at every site")
     create.add_argument("--trust-update", action="append", default=[], type=Path)
     create.add_argument("--tar", action="store_true", help="write one uncompressed tar")
-    create.add_argument("--part-size", type=parse_size, help="split bigger files (4000M, 1G)")
+    create.add_argument(
+        "--part-size", type=parse_size, help="split bigger files (FAT32 holds under 4G: 4000M)"
+    )
     create.add_argument("--media-type", action="append", default=[], metavar="NAME=TYPE")
     create.add_argument("--sha256", action="store_true", help="also list SHA-256 digests")
     create.add_argument("artifacts", nargs="+", metavar="NAME@VERSION=PATH")
