@@ -22,12 +22,23 @@ from bundles.timeutil import parse_stamp, utcnow
 V1, V2 = b"model one", b"model two"
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Site:
-    s = make_site(tmp_path)
+def _site(tmp: Path) -> Site:
+    s = make_site(tmp)
     s.ship({"model@1.0": V1})
     s.ship({"model@2.0": V2})
     return s
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    """A fresh site, for tests that change state."""
+    return _site(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Site:
+    """One site for the refusals: they change nothing but the audit log."""
+    return _site(tmp_path_factory.mktemp("refusals"))
 
 
 def auth_file(site: Site, key: PrivateKey | None = None, name: str = "model", **kw: Any) -> Path:
@@ -77,51 +88,51 @@ def refused(site: Site, auth: Path, code: str, exit_code: int = 1, cli: bool = F
     assert (last["type"], last["outcome"], last["code"]) == ("rollback", "rejected", code)
 
 
-def test_publisher_signed_is_not_a_rollback_authorization(site: Site) -> None:
-    refused(site, auth_file(site, site.publisher), "key_not_authorized", cli=True)
+def test_publisher_signed_is_not_a_rollback_authorization(shared: Site) -> None:
+    refused(shared, auth_file(shared, shared.publisher), "key_not_authorized", cli=True)
 
 
-def test_unsigned_file_is_refused(site: Site) -> None:
-    refused(site, unsigned_file(site), "rollback_not_authorized")
+def test_unsigned_file_is_refused(shared: Site) -> None:
+    refused(shared, unsigned_file(shared), "rollback_not_authorized")
 
 
-def test_bundle_manifest_is_not_an_authorization(site: Site) -> None:
-    refused(site, site.bundles[1] / "manifest.dsse.json", "rollback_not_authorized")
+def test_bundle_manifest_is_not_an_authorization(shared: Site) -> None:
+    refused(shared, shared.bundles[1] / "manifest.dsse.json", "rollback_not_authorized")
 
 
-def test_root_key_is_the_wrong_role(site: Site) -> None:
-    refused(site, auth_file(site, site.root), "key_not_authorized")
+def test_root_key_is_the_wrong_role(shared: Site) -> None:
+    refused(shared, auth_file(shared, shared.root), "key_not_authorized")
 
 
-def test_unknown_key_is_refused(site: Site) -> None:
-    refused(site, auth_file(site, PrivateKey.generate()), "rollback_not_authorized")
+def test_unknown_key_is_refused(shared: Site) -> None:
+    refused(shared, auth_file(shared, PrivateKey.generate()), "rollback_not_authorized")
 
 
-def test_expired_authorization(site: Site) -> None:
+def test_expired_authorization(shared: Site) -> None:
     past = utcnow() - timedelta(days=10)
-    path = auth_file(site, issued_at=past, expires=past + timedelta(days=1))
-    refused(site, path, "authorization_expired")
+    path = auth_file(shared, issued_at=past, expires=past + timedelta(days=1))
+    refused(shared, path, "authorization_expired")
 
 
-def test_authorization_for_another_artifact(site: Site) -> None:
-    refused(site, auth_file(site, name="other"), "authorization_mismatch")
+def test_authorization_for_another_artifact(shared: Site) -> None:
+    refused(shared, auth_file(shared, name="other"), "authorization_mismatch")
 
 
-def test_authorization_for_another_site(site: Site) -> None:
-    refused(site, auth_file(site, sites=("site-b",)), "authorization_mismatch")
+def test_authorization_for_another_site(shared: Site) -> None:
+    refused(shared, auth_file(shared, sites=("site-b",)), "authorization_mismatch")
 
 
-def test_digest_must_match_the_stored_record(site: Site) -> None:
-    refused(site, auth_file(site, digest="0" * 64), "authorization_mismatch")
+def test_digest_must_match_the_stored_record(shared: Site) -> None:
+    refused(shared, auth_file(shared, digest="0" * 64), "authorization_mismatch")
 
 
-def test_tampered_authorization_signature(site: Site) -> None:
-    path = auth_file(site)
+def test_tampered_authorization_signature(shared: Site) -> None:
+    path = auth_file(shared)
     env = Envelope.from_bytes(path.read_bytes())
     forged = RollbackAuthorization.from_payload(env.payload)
     payload = forged.to_payload().replace(b"2.0 misbehaves", b"2.0 misbehaved")
     path.write_bytes(Envelope(env.payload_type, payload, env.signatures).to_bytes())
-    refused(site, path, "bad_signature")
+    refused(shared, path, "bad_signature")
 
 
 def test_revoked_rollback_key(site: Site) -> None:
@@ -137,15 +148,15 @@ def test_used_twice(site: Site) -> None:
     refused(site, path, "authorization_reused")
 
 
-def test_target_absent_or_already_active(site: Site) -> None:
-    refused(site, auth_file(site, to="9.9"), "not_found", exit_code=2)
-    refused(site, auth_file(site, to="2.0"), "already_active", exit_code=2)
+def test_target_absent_or_already_active(shared: Site) -> None:
+    refused(shared, auth_file(shared, to="9.9"), "not_found", exit_code=2)
+    refused(shared, auth_file(shared, to="2.0"), "already_active", exit_code=2)
 
 
-def test_usage_errors(site: Site) -> None:
-    assert site.cli("rollback", "model").code == 2  # no --authorization
-    assert site.cli("rollback", "model", "--authorization", "x", "--to", "1.0").code == 2
-    assert site.cli("rollback", "model", "--authorization", site.tmp / "absent").code == 3
+def test_usage_errors(shared: Site) -> None:
+    assert shared.cli("rollback", "model").code == 2  # no --authorization
+    assert shared.cli("rollback", "model", "--authorization", "x", "--to", "1.0").code == 2
+    assert shared.cli("rollback", "model", "--authorization", shared.tmp / "absent").code == 3
 
 
 def test_authorized_rollback_then_first_load_verified(site: Site, tmp_path: Path) -> None:
