@@ -31,3 +31,16 @@ test: lint unit
 
 clean:
 	rm -rf build/work dist .pytest_cache .mypy_cache .ruff_cache
+
+# --- the one-file binary (issue 6; docs/BINARY.md); these targets belong to build/ ---
+.PHONY: binary binary-static smoke
+BINARY_BUILD := build/build.sh
+
+binary: $(STAMP)
+	$(BINARY_BUILD)
+
+binary-static: $(STAMP)
+	$(BINARY_BUILD) --static
+
+smoke: binary-static
+	build/smoke.sh

@@ -1,8 +1,10 @@
 """Self-test of the frozen binary: is everything it needs inside it?
 
 Run as ``APPLIANCE_SELFTEST=1 appliance``. It prints one JSON object and exits 0
-when every check passed, 1 otherwise. It touches no appliance state; it writes
-only a scratch sqlite database under the temporary directory.
+when every check passed, 1 otherwise. ``APPLIANCE_SELFTEST=tui appliance`` shows
+a small textual app on the real terminal instead (ctrl+q or q quits, exit 0).
+It touches no appliance state; it writes only a scratch sqlite database under
+the temporary directory.
 """
 
 from __future__ import annotations
@@ -101,7 +103,27 @@ CHECKS: list[tuple[str, Callable[[], str]]] = [
 ]
 
 
-def selftest() -> int:
+def _interactive_app() -> int:
+    from textual.app import App, ComposeResult
+    from textual.binding import Binding
+    from textual.widgets import Footer, Header, Static
+
+    class SelfTestApp(App[int]):
+        TITLE = "appliance self-test"
+        BINDINGS = [Binding("ctrl+q", "quit", "Quit"), Binding("q", "quit", "Quit")]
+
+        def compose(self) -> ComposeResult:
+            yield Header()
+            yield Static("The frozen binary runs textual on this terminal. Press q to quit.")
+            yield Footer()
+
+    SelfTestApp().run()
+    return 0
+
+
+def selftest(mode: str = "1") -> int:
+    if mode == "tui":
+        return _interactive_app()
     results: dict[str, dict[str, object]] = {}
     for name, check in CHECKS:
         try:

@@ -8,6 +8,7 @@ with the ``spawn`` or ``forkserver`` method is this same executable, and
 ``APPLIANCE_SELFTEST=1`` runs the frozen self-test (build/appliance_selftest.py)
 instead of the CLI; the smoke test uses it to check inside an empty chroot that
 the native modules, sqlite, process pools and textual's stylesheets are bundled.
+``APPLIANCE_SELFTEST=tui`` shows a small textual app on the terminal (ctrl+q quits).
 """
 
 import multiprocessing
@@ -16,10 +17,10 @@ import sys
 
 if __name__ == "__main__":
     multiprocessing.freeze_support()
-    if os.environ.get("APPLIANCE_SELFTEST") == "1":
+    if os.environ.get("APPLIANCE_SELFTEST") in ("1", "tui"):
         from appliance_selftest import selftest
 
-        sys.exit(selftest())
+        sys.exit(selftest(os.environ["APPLIANCE_SELFTEST"]))
     from appliance.cli import main
 
     sys.exit(main())

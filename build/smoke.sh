@@ -1,0 +1,354 @@
+#!/usr/bin/env bash
+# Smoke test of the frozen binaries (issue 6; docs/BINARY.md, "Smoke test").
+#
+# Each binary (dist/appliance, dist/appliance-static) runs inside an empty
+# chroot that holds only the binary, /tmp, a mounted /proc, /dev/shm (POSIX
+# semaphores for process pools) and a work folder /w; the dynamic one also
+# gets the host's C library and loader (per ldd), the static one nothing at
+# all. No Python and no project file is reachable there. In it, the binary
+# goes through both sides' journey: keys, bundles, init, trust update, import,
+# load, authorized rollback, load again, and the TUI in tmux.
+#
+# A step whose command is not built yet is reported "SKIP: command X not
+# available yet" (detected by `appliance X --help` exiting 2, usage error); a
+# built command that fails fails the smoke test. Closing line:
+#   smoke: N passed, N failed, N skipped
+# Usage: build/smoke.sh            (make smoke builds both binaries first)
+# Env:   SMOKE_BINARIES  which to test (default "appliance appliance-static")
+#        SMOKE_DIR       scratch folder (default build/work/smoke, git-ignored)
+#        DIST, VENV      (defaults dist, .venv)
+# Needs root (chroot, mount); runs itself in a private mount namespace so no
+# mount outlives it, and unmounts in an EXIT trap as well.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+DIST=${DIST:-dist}
+VENV=${VENV:-.venv}
+SMOKE_DIR=${SMOKE_DIR:-$ROOT/build/work/smoke}
+SMOKE_BINARIES=${SMOKE_BINARIES:-appliance appliance-static}
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "smoke: needs root (chroot and mount); run it as root or in CI" >&2
+    echo "smoke: 0 passed, 1 failed"
+    exit 1
+fi
+
+# A private mount namespace: every mount below vanishes with this process.
+if [[ -z ${SMOKE_IN_NS:-} ]] && command -v unshare >/dev/null 2>&1 &&
+    unshare --mount --propagation private true 2>/dev/null; then
+    SMOKE_IN_NS=1 exec unshare --mount --propagation private "$0" "$@"
+fi
+
+PASS=0
+FAIL=0
+SKIP=0
+declare -A DONE=()   # step id -> 1 when it passed
+declare -A WHY=()    # step id -> why it did not pass (for dependants' SKIP lines)
+declare -A HAVE=()   # CLI command -> 0 built, 1 not built yet, 2 broken
+MOUNTS=()
+TMUX_SOCK="appliance-smoke-$$"
+LOG=$SMOKE_DIR/smoke.log
+
+cleanup() {
+    local m
+    tmux -L "$TMUX_SOCK" kill-server >/dev/null 2>&1 || true
+    for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
+        m=${MOUNTS[$i]}
+        umount -l "$m" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+
+say() { echo "$*"; }
+pass() { PASS=$((PASS + 1)); DONE[$1]=1; say "PASS: $2"; }
+fail() { FAIL=$((FAIL + 1)); WHY[$1]="step '$2' failed"; say "FAIL: $2${3:+: $3}"; }
+skip() { SKIP=$((SKIP + 1)); WHY[$1]=$3; say "SKIP: $2: $3"; }
+
+rm -rf "$SMOKE_DIR"
+mkdir -p "$SMOKE_DIR"
+: >"$LOG"
+
+# ---- which commands are built -------------------------------------------------
+
+# have "bundle create": 0 built, 1 not built yet (usage error 2 on --help), 2 broken.
+have() {
+    local cmd=$1 rc=0
+    if [[ -z ${HAVE[$cmd]:-} ]]; then
+        # shellcheck disable=SC2086 # the command is words on purpose
+        "$DIST/appliance" $cmd --help >>"$LOG" 2>&1 || rc=$?
+        case $rc in
+            0) HAVE[$cmd]=0 ;;
+            2) HAVE[$cmd]=1 ;;
+            *) HAVE[$cmd]=2 ;;
+        esac
+    fi
+    return "${HAVE[$cmd]}"
+}
+
+# ---- the steps ----------------------------------------------------------------
+
+# step ID LABEL "REQUIRES" FUNCTION ARGS...
+# REQUIRES: space-separated "cmd:COMMAND WORDS" (with _ for spaces) and "step:ID".
+# The function returns 0 (pass) or non-zero (fail); its output goes to the log.
+step() {
+    local id=$1 label=$2 requires=$3 req rc=0
+    shift 3
+    for req in $requires; do
+        case $req in
+            cmd:*)
+                local cmd=${req#cmd:}
+                cmd=${cmd//_/ }
+                local h=0
+                have "$cmd" || h=$?
+                if [[ $h -eq 1 ]]; then
+                    skip "$id" "$label" "command $cmd not available yet"
+                    return 0
+                elif [[ $h -eq 2 ]]; then
+                    fail "$id" "$label" "'appliance $cmd --help' crashed (see $LOG)"
+                    return 0
+                fi
+                ;;
+            step:*)
+                if [[ -z ${DONE[${req#step:}]:-} ]]; then
+                    skip "$id" "$label" "${WHY[${req#step:}]:-needs step ${req#step:}}"
+                    return 0
+                fi
+                ;;
+        esac
+    done
+    echo "=== $label" >>"$LOG"
+    "$@" >>"$LOG" 2>&1 || rc=$?
+    if [[ $rc -eq 0 ]]; then
+        pass "$id" "$label"
+    else
+        fail "$id" "$label" "exit $rc (see $LOG)"
+    fi
+}
+
+# ---- chroots ------------------------------------------------------------------
+
+CH=""      # the current chroot
+VARIANT="" # appliance or appliance-static
+
+mount_into() { # mount_into TARGET MOUNT-ARGS...
+    local target=$1
+    shift
+    mkdir -p "$target"
+    mount "$@" "$target"
+    MOUNTS+=("$target")
+}
+
+make_chroot() {
+    local variant=$1 lib
+    CH=$SMOKE_DIR/chroot-$variant
+    mkdir -p "$CH/tmp" "$CH/proc" "$CH/dev/shm" "$CH/w/art"
+    chmod 1777 "$CH/tmp"
+    cp "$DIST/$variant" "$CH/appliance"
+    if [[ $variant == appliance ]]; then
+        # The host's libraries the bootloader and the bundled objects need.
+        for lib in $("$VENV/bin/python" build/chroot_libs.py libs "$DIST/$variant"); do
+            cp -L --parents "$lib" "$CH/"
+        done
+    fi
+    mount_into "$CH/proc" -t proc proc
+    mount_into "$CH/dev/shm" -t tmpfs -o size=16m,mode=1777 tmpfs
+    head -c 1500000 /dev/urandom >"$CH/w/art/model-v1.bin"
+    head -c 2500000 /dev/urandom >"$CH/w/art/model-v2.bin"
+}
+
+# in_chroot ARGS...: the binary in the chroot, with an empty environment.
+in_chroot() {
+    env -i PATH=/ HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 TERM=dumb \
+        chroot "$CH" /appliance --home /w/home "$@"
+}
+
+check_contents() {
+    local found
+    found=$(cd "$CH" && find . -path ./proc -prune -o \( -name 'python*' -o -name '*.py' \) -print)
+    if [[ -n $found ]]; then
+        echo "python files in the chroot: $found"
+        return 1
+    fi
+    echo "chroot holds: $(cd "$CH" && find . -path ./proc -prune -o -type f -print | sort | tr '\n' ' ')"
+    if [[ $VARIANT == appliance-static ]]; then
+        found=$(cd "$CH" && find . -path ./proc -prune -o \( -name 'libc.so*' -o -name 'ld-linux*' -o -name '*.so*' \) -print)
+        if [[ -n $found ]]; then
+            echo "shared libraries in the static chroot: $found"
+            return 1
+        fi
+        local interp
+        interp=$("$VENV/bin/python" build/chroot_libs.py interp "$CH/appliance")
+        if [[ -n $interp ]]; then
+            echo "the static binary asks for a loader: $interp"
+            return 1
+        fi
+    fi
+}
+
+t_version() {
+    local out
+    out=$(env -i PATH=/ HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 chroot "$CH" /appliance --version)
+    echo "$out"
+    [[ $out =~ ^appliance\ [0-9] ]]
+}
+
+t_selftest() {
+    local out
+    out=$(env -i PATH=/ HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 APPLIANCE_SELFTEST=1 chroot "$CH" /appliance) || return
+    echo "$out"
+    [[ $out == *'"ok": true'* ]] || return 1
+    # process pools need /dev/shm (POSIX semaphores): show what happens without it
+    umount "$CH/dev/shm"
+    local rc=0
+    out=$(env -i PATH=/ HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 APPLIANCE_SELFTEST=1 chroot "$CH" /appliance 2>/dev/null) || rc=$?
+    mount -t tmpfs -o size=16m,mode=1777 tmpfs "$CH/dev/shm"
+    echo "without /dev/shm (exit $rc): $out"
+    NOSHM_NOTE=$(printf '%s' "$out" | "$VENV/bin/python" -c \
+        'import json,sys; d=json.load(sys.stdin)["checks"]["process_pool"]; print("ok" if d["ok"] else d["detail"])' \
+        2>/dev/null || echo "unknown")
+}
+
+t_noexec() {
+    # /tmp of the chroot becomes a noexec tmpfs; then the binary, which
+    # extracts itself to $TMPDIR (default /tmp), is run both ways.
+    mount_into "$CH/tmp" -t tmpfs -o size=256m,mode=1777,noexec,nosuid,nodev tmpfs
+    mkdir -p "$CH/w/run"
+    local rc=0 err
+    err=$(env -i PATH=/ HOME=/tmp LANG=C.UTF-8 chroot "$CH" /appliance --version 2>&1 >/dev/null) || rc=$?
+    NOEXEC_NOTE="noexec /tmp, no TMPDIR: exit $rc: $(echo "$err" | grep -v '^$' | head -2 | tr '\n' ' ')"
+    echo "$NOEXEC_NOTE"
+    local out
+    out=$(env -i PATH=/ HOME=/tmp TMPDIR=/w/run LANG=C.UTF-8 chroot "$CH" /appliance --version) || out="failed: exit $?"
+    echo "noexec /tmp, TMPDIR=/w/run: $out"
+    umount "$CH/tmp"
+    [[ $out =~ ^appliance\ [0-9] ]]
+}
+
+t_keys() {
+    local k
+    for k in root publisher rollbacker; do
+        in_chroot key new "$k" --out /w/keys || return
+    done
+    [[ -s $CH/w/keys/root.key && -s $CH/w/keys/publisher.pub && -s $CH/w/keys/rollbacker.key ]]
+}
+
+t_bundle() { # t_bundle SEQUENCE VERSION
+    in_chroot bundle create "/w/bundle-$1" --stream models --sequence "$1" \
+        --key /w/keys/publisher.key --any-site "model@$2=/w/art/model-v${2%%.*}.bin" &&
+        [[ -e $CH/w/bundle-$1 ]]
+}
+
+t_init() { in_chroot init --root-key /w/keys/root.pub --site site-a; }
+
+t_trust_update() {
+    in_chroot trust update /w/trust-v2 --version 2 --key /w/keys/root.key \
+        --add-key /w/keys/publisher.pub --role publisher --stream models \
+        --add-key /w/keys/rollbacker.pub --role rollback &&
+        [[ -s $CH/w/trust-v2 ]]
+}
+
+t_trust_apply() { in_chroot trust apply /w/trust-v2; }
+
+t_import() { in_chroot import "/w/bundle-$1"; }
+
+t_load() { # t_load EXPECTED-VERSION OUTNAME
+    in_chroot load model -o "/w/$2" &&
+        cmp "$CH/w/$2" "$CH/w/art/model-v$1.bin"
+}
+
+t_rb_authorize() {
+    in_chroot rollback authorize /w/rollback-auth model --to 1.0 --key /w/keys/rollbacker.key \
+        --reason "smoke test" &&
+        [[ -s $CH/w/rollback-auth ]]
+}
+
+t_rollback() { in_chroot rollback model --authorization /w/rollback-auth; }
+
+# t_tmux LABEL ENV COMMAND...: run in tmux (80x24) inside the chroot, wait for a
+# screen, press ctrl+q (then q, then escape q), expect exit 0.
+t_tmux() {
+    local label=$1 extra_env=$2
+    shift 2
+    local exitf=$CH/w/tmux-$label.exit screen=$SMOKE_DIR/$VARIANT-$label.screen
+    rm -f "$exitf"
+    tmux -L "$TMUX_SOCK" -f /dev/null new-session -d -s "$label" -x 80 -y 24 \
+        "env -i PATH=/ HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 TERM=xterm-256color $extra_env \
+         chroot '$CH' /appliance $* 2>'$CH/w/tmux-$label.err'; echo \$? >'$exitf'"
+    local i content=""
+    for ((i = 0; i < 100; i++)); do # up to 20 s for a screen
+        sleep 0.2
+        content=$(tmux -L "$TMUX_SOCK" capture-pane -p -t "$label" 2>/dev/null || true)
+        [[ -e $exitf ]] && break
+        [[ $(printf '%s' "$content" | tr -d ' \n' | wc -c) -gt 20 ]] && break
+    done
+    sleep 1 # let it finish drawing
+    tmux -L "$TMUX_SOCK" capture-pane -p -t "$label" >"$screen" 2>/dev/null || true
+    echo "--- screen"
+    cat "$screen" 2>/dev/null || true
+    local key
+    for key in C-q q Escape; do
+        [[ -e $exitf ]] && break
+        tmux -L "$TMUX_SOCK" send-keys -t "$label" "$key" 2>/dev/null || true
+        [[ $key == Escape ]] && tmux -L "$TMUX_SOCK" send-keys -t "$label" q 2>/dev/null || true
+        for ((i = 0; i < 25; i++)); do
+            [[ -e $exitf ]] && break
+            sleep 0.2
+        done
+    done
+    tmux -L "$TMUX_SOCK" kill-session -t "$label" >/dev/null 2>&1 || true
+    echo "--- stderr"
+    cat "$CH/w/tmux-$label.err" 2>/dev/null || true
+    [[ -e $exitf ]] || { echo "did not quit"; return 1; }
+    echo "exit $(cat "$exitf")"
+    [[ $(cat "$exitf") == 0 ]] && [[ $(tr -d ' \n' <"$screen" | wc -c) -gt 20 ]]
+}
+
+run_variant() {
+    VARIANT=$1
+    local p=$VARIANT: # step label prefix
+    local s=${VARIANT}_
+    say "--- $VARIANT ($(stat -c %s "$DIST/$VARIANT") bytes) in an empty chroot"
+    make_chroot "$VARIANT"
+    step "${s}contents" "$p chroot holds no Python${VARIANT/appliance-static/ and no C library}" "" check_contents
+    step "${s}version" "$p --version" "" t_version
+    step "${s}selftest" "$p self-test (blake3, cryptography, sqlite, process pool, textual)" "" t_selftest
+    step "${s}noexec" "$p runs with /tmp noexec and TMPDIR on an exec-allowed folder" "" t_noexec
+    step "${s}keys" "$p key new (root, publisher, rollback)" "cmd:key_new" t_keys
+    step "${s}bundle1" "$p bundle create (sequence 1, model 1.0)" "cmd:bundle_create step:${s}keys" t_bundle 1 1.0
+    step "${s}bundle2" "$p bundle create (sequence 2, model 2.0)" "cmd:bundle_create step:${s}keys" t_bundle 2 2.0
+    step "${s}init" "$p init" "cmd:init step:${s}keys" t_init
+    step "${s}trust_update" "$p trust update (version 2: publisher, rollback)" \
+        "cmd:trust_update step:${s}keys" t_trust_update
+    step "${s}trust_apply" "$p trust apply" "cmd:trust_apply step:${s}init step:${s}trust_update" t_trust_apply
+    step "${s}import1" "$p import bundle 1" "cmd:import step:${s}bundle1 step:${s}trust_apply" t_import 1
+    step "${s}import2" "$p import bundle 2" "cmd:import step:${s}bundle2 step:${s}import1" t_import 2
+    step "${s}load2" "$p load (model 2.0, bytes match)" "cmd:load step:${s}import2" t_load 2 loaded-2.bin
+    step "${s}rb_auth" "$p rollback authorize (model to 1.0)" "cmd:rollback_authorize step:${s}keys" t_rb_authorize
+    step "${s}rollback" "$p rollback (authorized)" "cmd:rollback step:${s}rb_auth step:${s}import2" t_rollback
+    step "${s}load1" "$p load after rollback (model 1.0, bytes match)" "cmd:load step:${s}rollback" t_load 1 loaded-1.bin
+    step "${s}textual_tmux" "$p textual app in tmux (frozen self-test app)" "" \
+        t_tmux selftest-tui "APPLIANCE_SELFTEST=tui"
+    step "${s}tui" "$p tui in tmux, then quit" "cmd:tui step:${s}init" t_tmux tui "" --home /w/home tui
+}
+
+NOEXEC_NOTE=""
+NOSHM_NOTE=""
+start=$(date +%s)
+for variant in $SMOKE_BINARIES; do
+    if [[ ! -x $DIST/$variant ]]; then
+        FAIL=$((FAIL + 1))
+        say "FAIL: $DIST/$variant missing (make binary-static builds both)"
+        continue
+    fi
+    run_variant "$variant"
+    say "NOTE: $variant: $NOEXEC_NOTE"
+    say "NOTE: $variant: process pool without /dev/shm: $NOSHM_NOTE"
+    cleanup
+    MOUNTS=()
+done
+say "smoke: log in $LOG; took $(($(date +%s) - start)) s"
+line="smoke: $PASS passed, $FAIL failed"
+[[ $SKIP -gt 0 ]] && line+=", $SKIP skipped"
+echo "$line"
+[[ $FAIL -eq 0 ]]
