@@ -13,42 +13,54 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NoReturn
 
-from appliance.cli import (
-    cmd_audit,
-    cmd_bundle,
-    cmd_demo,
-    cmd_history,
-    cmd_import,
-    cmd_init,
-    cmd_keys,
-    cmd_load,
-    cmd_rollback,
-    cmd_store,
-    cmd_trust,
-    cmd_tui,
-)
-from appliance.cli.context import Context, default_home
+from appliance.cli.context import Context
 from appliance.errors import ExitCode, exit_code_for
+from appliance.home import default_home
 from appliance.version import __version__
 from bundles.errors import ApplianceError, UsageError
 
 Command = Callable[[argparse.Namespace, Context], dict[str, Any]]
-GROUPS = (
-    cmd_keys,
-    cmd_bundle,
-    cmd_init,
-    cmd_trust,
-    cmd_import,
-    cmd_store,
-    cmd_load,
-    cmd_rollback,
-    cmd_history,
-    cmd_audit,
-    cmd_demo,
-    cmd_tui,
-)
+
+
+def command_groups() -> tuple[ModuleType, ...]:
+    """The ``cmd_*`` modules, imported only when a parser is built.
+
+    ``appliance --version`` never builds one, so its start-up skips every command
+    module and what they import (sqlite_utils, cryptography, ...): DESIGN section 8.
+    The imports are written out (not ``importlib``) so PyInstaller still finds them.
+    """
+    from appliance.cli import (
+        cmd_audit,
+        cmd_bundle,
+        cmd_demo,
+        cmd_history,
+        cmd_import,
+        cmd_init,
+        cmd_keys,
+        cmd_load,
+        cmd_rollback,
+        cmd_store,
+        cmd_trust,
+        cmd_tui,
+    )
+
+    return (
+        cmd_keys,
+        cmd_bundle,
+        cmd_init,
+        cmd_trust,
+        cmd_import,
+        cmd_store,
+        cmd_load,
+        cmd_rollback,
+        cmd_history,
+        cmd_audit,
+        cmd_demo,
+        cmd_tui,
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="appliance", description="Offline verification appliance")
     _globals(parser, top=True)
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for group in GROUPS:
+    for group in command_groups():
         group.register(subs, common)
     return parser
 
@@ -137,7 +149,12 @@ def run(argv: Sequence[str]) -> int:
 def _fail(ctx: Context, code: str, message: str, exit_code: ExitCode) -> int:
     if ctx.json:
         ctx.emit_json(
-            {"ok": False, "error": {"code": code, "message": message}, "exit_code": int(exit_code)}
+            {
+                **ctx.extra,
+                "ok": False,
+                "error": {"code": code, "message": message},
+                "exit_code": int(exit_code),
+            }
         )
     print(f"appliance: error [{code}]: {message}", file=sys.stderr)
     return int(exit_code)
