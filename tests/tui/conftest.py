@@ -2,36 +2,55 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tui_world import FIXED_NOW, World, build_world, frozen_clock  # noqa: E402
+from tui_world import FIXED_NOW, World, build_world, frozen_clock
 
-from tui.app import ApplianceApp  # noqa: E402
+from tui.app import ApplianceApp
 
 SNAP_ROOT = Path("/tmp/appliance-tui-snapshots")
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    return build_world(tmp_path / "w")
+@pytest.fixture(scope="session")
+def world_template(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return build_world(tmp_path_factory.mktemp("world") / "template")
+
+
+@pytest.fixture(scope="session")
+def big_template(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return build_world(tmp_path_factory.mktemp("big") / "template", big=16 << 20)
 
 
 @pytest.fixture
-def big_world(tmp_path: Path) -> World:
-    return build_world(tmp_path / "w", big=16 << 20)
+def world(tmp_path: Path, world_template: World) -> World:
+    """A fresh copy of the world (real clock: its bundles expire in 30 days)."""
+    return world_template.copy_to(tmp_path / "w")
 
 
 @pytest.fixture
-def snap_world(request: pytest.FixtureRequest) -> Iterator[World]:
-    """A world at a fixed path with a frozen clock, for screenshots."""
-    base = SNAP_ROOT / request.node.name.replace("[", "-").replace("]", "")
-    w = build_world(base, frozen=FIXED_NOW)
+def big_world(tmp_path: Path, big_template: World) -> World:
+    return big_template.copy_to(tmp_path / "w")
+
+
+@pytest.fixture(scope="session")
+def snap_template(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return build_world(tmp_path_factory.mktemp("snap") / "template", frozen=FIXED_NOW)
+
+
+@pytest.fixture
+def snap_world(request: pytest.FixtureRequest, snap_template: World) -> Iterator[World]:
+    """A copy of the frozen world at a fixed path (per test), for stable screenshots."""
+    name = request.node.name.replace("[", "-").replace("]", "").replace("test_", "")
+    w = snap_template.copy_to(SNAP_ROOT / name)
     with frozen_clock(FIXED_NOW):
         yield w
 
@@ -47,3 +66,13 @@ def make_app(world: World, **kw: object) -> ApplianceApp:
     )
     app.clock = lambda: 0.0
     return app
+
+
+def sync(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test with ``asyncio.run`` (no async plugin is installed)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(fn(*args, **kwargs))
+
+    return wrapper

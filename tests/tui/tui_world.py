@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sys
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -53,21 +54,21 @@ def data(label: str, size: int) -> bytes:
 @contextlib.contextmanager
 def frozen_clock(now: datetime) -> Iterator[None]:
     """Every ``utcnow`` imported by our packages returns ``now``; restored after."""
-    import appliance.audit  # noqa: F401  (make sure every user of utcnow is loaded)
-    import appliance.history  # noqa: F401
-    import appliance.importer  # noqa: F401
-    import appliance.initialize  # noqa: F401
-    import appliance.rollback  # noqa: F401
-    import appliance.truststore  # noqa: F401
+    import appliance.audit
+    import appliance.history
+    import appliance.importer
+    import appliance.initialize
+    import appliance.rollback
+    import appliance.truststore
     import appliance.witness  # noqa: F401
-    import bundles.writer  # noqa: F401
+    import bundles.writer
 
     original = bundles.timeutil.utcnow
 
     def fake() -> datetime:
         return now
 
-    patched: list[object] = []
+    patched: list[types.ModuleType] = []
     for name, mod in list(sys.modules.items()):
         if name.split(".")[0] in ("appliance", "bundles", "tui") and mod is not None:
             if getattr(mod, "utcnow", None) is original:
@@ -128,6 +129,27 @@ class World:
     def import_(self, path: Path) -> None:
         import_bundle(self.home, path)
 
+    def copy_to(self, base: Path) -> World:
+        """The same world at another place (nothing in the store records these paths)."""
+        if base.exists():
+            shutil.rmtree(base)
+        shutil.copytree(self.base, base, symlinks=True)
+
+        def moved(p: Path) -> Path:
+            return base / p.relative_to(self.base)
+
+        return World(
+            base,
+            Home(moved(self.home.root)),
+            moved(self.media),
+            self.root,
+            self.publisher,
+            self.rollback,
+            self.now,
+            {k: moved(v) for k, v in self.bundles.items()},
+            {k: moved(v) for k, v in self.auths.items()},
+        )
+
 
 def build_world(base: Path, *, frozen: datetime | None = None, big: int = 0) -> World:
     """Build the world under ``base`` (emptied first). ``big``: bytes of an extra bundle."""
@@ -179,9 +201,7 @@ def _build(base: Path, now: datetime, big: int) -> World:
     w.bundles["wrong_site"] = w.make_bundle(
         media / "models-4-site-b", {"config@2.0": data("cfg2", 800)}, 4, sites=("site-b",)
     )
-    tampered = w.make_bundle(
-        media / "models-5-tampered", {"config@3.0": data("cfg3", 1000)}, 5
-    )
+    tampered = w.make_bundle(media / "models-5-tampered", {"config@3.0": data("cfg3", 1000)}, 5)
     victim = next((tampered / "artifacts" / "config" / "3.0").iterdir())
     raw = bytearray(victim.read_bytes())
     raw[10] ^= 0x01
@@ -201,10 +221,10 @@ def _build(base: Path, now: datetime, big: int) -> World:
 
 def _authorize(w: World, name: str, keys: list[PrivateKey], reason: str) -> Path:
     out = w.media / name
-    import appliance.rollback as rb
+    import secrets as rb_secrets
 
-    token: Callable[[int], str] = rb.secrets.token_hex
-    rb.secrets.token_hex = lambda n=16: (name.encode().hex() * 4)[: 2 * n]  # type: ignore[assignment]
+    token: Callable[[int], str] = getattr(rb_secrets, "token_hex")  # noqa: B009
+    setattr(rb_secrets, "token_hex", lambda n=16: (name.encode().hex() * 4)[: 2 * n])  # noqa: B010
     try:
         authorize_rollback(
             out,
@@ -216,5 +236,5 @@ def _authorize(w: World, name: str, keys: list[PrivateKey], reason: str) -> Path
             expires=w.now + timedelta(days=7),
         )
     finally:
-        rb.secrets.token_hex = token  # type: ignore[assignment]
+        setattr(rb_secrets, "token_hex", token)  # noqa: B010
     return out
