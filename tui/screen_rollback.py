@@ -67,7 +67,7 @@ class RollbackScreen(SubScreen):
         options = self.query_one("#auth-files", OptionList)
         options.clear_options()
         for p in self.files:
-            options.add_option(Option(Content(str(p))))
+            options.add_option(Option(Content(f"{p.name}  ({fmt.tail(str(p.parent), 40)})")))
         if not self.files:
             options.add_option(Option(Content("(none found: type a path above)"), disabled=True))
         else:
