@@ -76,6 +76,17 @@ def rows(db: sqlite_utils.Database, name: str | None = None) -> list[dict[str, A
     return [_row(r) for r in cur.fetchall()]
 
 
+def pointer_rows(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]]:
+    """Accepted imports and rollbacks of ``name``: the events that may move its pointer."""
+    cols = ", ".join((*FIELDS, "prev_hash", "hash"))
+    cur = db.execute(
+        f"SELECT {cols} FROM audit WHERE name = ? AND outcome = 'accepted'"
+        " AND type IN ('import', 'rollback') ORDER BY seq",
+        [name],
+    )
+    return [_row(r) for r in cur.fetchall()]
+
+
 def public_event(event: dict[str, Any]) -> dict[str, Any]:
     """An event as shown to users: detail parsed back into an object."""
     out = dict(event)

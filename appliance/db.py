@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY, ts TEXT NOT NULL, type TEXT NOT NULL, outcome TEXT NOT NULL,
     code TEXT, name TEXT, version TEXT, detail TEXT NOT NULL,
     prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS audit_name ON audit (name);
+CREATE INDEX IF NOT EXISTS audit_name ON audit (name, type);
 """
 
 

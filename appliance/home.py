@@ -18,6 +18,16 @@ from appliance.errors import LockHeldError, NotInitializedError, OperationalErro
 DB_FILE = "appliance.db"
 
 
+def default_home() -> Path:
+    """``$APPLIANCE_HOME``, else ``/var/lib/appliance`` for root, else a per-user folder."""
+    env = os.environ.get("APPLIANCE_HOME")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/appliance")
+    return Path.home() / ".local" / "share" / "appliance"
+
+
 @dataclass(frozen=True)
 class Home:
     root: Path

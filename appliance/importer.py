@@ -170,14 +170,37 @@ def import_bundle(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
 ) -> ImportResult:
+    """Import (or with ``dry_run`` only verify) the bundle at ``path`` into ``home``."""
     db = home.db()
+    try:
+        return _import(home, db, path, dry_run, wait, witness_path, progress, cancel)
+    finally:
+        db.conn.close()
+
+
+def _import(
+    home: Home,
+    db: sqlite_utils.Database,
+    path: str | os.PathLike[str],
+    dry_run: bool,
+    wait: bool,
+    witness_path: Path | None,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+) -> ImportResult:
     with HomeLock(home, wait=wait):
         home.clean_staging()
         wpath = witness.configured_path(db, witness_path)
         wcheck = witness.check(db, wpath)
         if wcheck.status is witness.WitnessStatus.MISSING:
             witness.require_current(db, wpath)
-        with open_media(path) as source:
+        try:
+            source = open_media(path)
+        except RejectedError as e:  # archive tricks are refusals too: audit them
+            if not dry_run:
+                record_refusal(db, "import", e, {"path": os.fspath(path)})
+            raise
+        with source:
             state, applied = _apply_carried_updates(db, source, load_trust(db), dry_run)
             try:
                 bundle = Bundle(source, state.resolver())

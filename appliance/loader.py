@@ -39,7 +39,7 @@ import sqlite_utils
 
 from appliance import audit, witness
 from appliance.db import transaction
-from appliance.home import Home
+from appliance.home import Home, default_home
 from appliance.sealed import private_copy
 from appliance.store import Record, find, parse_ref
 from appliance.truststore import load_trust
@@ -47,16 +47,6 @@ from appliance.verify import check_hash, check_provenance, open_object
 from bundles.errors import ApplianceError, RejectedError, StateSuspectError
 
 __all__ = ["LoadedArtifact", "default_home", "load", "resolve_home"]
-
-
-def default_home() -> Path:
-    """``$APPLIANCE_HOME``, else ``/var/lib/appliance`` for root, else a per-user folder."""
-    env = os.environ.get("APPLIANCE_HOME")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/appliance")
-    return Path.home() / ".local" / "share" / "appliance"
 
 
 def resolve_home(home: Home | str | os.PathLike[str] | None) -> Home:

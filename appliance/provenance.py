@@ -95,9 +95,7 @@ def check_record(db: sqlite_utils.Database, trust: TrustState, record: Record) -
 
 def _pointer_events(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]]:
     out = []
-    for e in audit.rows(db, name):
-        if e["outcome"] != "accepted":
-            continue
+    for e in audit.pointer_rows(db, name):
         detail = json.loads(e["detail"])
         if (e["type"] == "import" and detail.get("activated")) or e["type"] == "rollback":
             out.append({**e, "detail": detail})

@@ -65,8 +65,11 @@ def test_key_of_another_stream_is_not_authorized(root: PrivateKey, state: TrustS
 
 def test_threshold_not_met(root: PrivateKey, state: TrustState) -> None:
     a, b = PrivateKey.generate(), PrivateKey.generate()
-    ops: list[Operation] = [AddKey(a.public, "publisher", "s"), AddKey(b.public, "publisher", "s"),
-                            SetThreshold("publisher", "s", 2)]
+    ops: list[Operation] = [
+        AddKey(a.public, "publisher", "s"),
+        AddKey(b.public, "publisher", "s"),
+        SetThreshold("publisher", "s", 2),
+    ]
     new, _ = apply_update(state, update(2, ops, root))
     with pytest.raises(ThresholdError):
         new.check_signers(frozenset({a.keyid}), ("publisher", "s"))
@@ -98,8 +101,9 @@ def test_update_signed_by_publisher_is_not_authorized(root: PrivateKey, state: T
 
 def test_tampered_update_is_bad_signature(root: PrivateKey, state: TrustState) -> None:
     env = update(2, [SetThreshold("rollback", None, 1)], root)
-    forged = Envelope(env.payload_type, env.payload.replace(b'"threshold":1', b'"threshold":2'),
-                      env.signatures)
+    forged = Envelope(
+        env.payload_type, env.payload.replace(b'"threshold":1', b'"threshold":2'), env.signatures
+    )
     with pytest.raises(SignatureError):
         apply_update(state, forged)
 

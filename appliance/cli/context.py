@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-
-
-def default_home() -> Path:
-    env = os.environ.get("APPLIANCE_HOME")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/appliance")
-    return Path.home() / ".local" / "share" / "appliance"
 
 
 @dataclass
