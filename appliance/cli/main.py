@@ -141,6 +141,16 @@ def run(argv: Sequence[str]) -> int:
         return _fail(ctx, e.code, e.message, exit_code_for(e))
     except KeyboardInterrupt:
         return _fail(ctx, "interrupted", "interrupted; nothing was changed", ExitCode.OPERATIONAL)
+    except Exception as e:  # last line of defence: one line, not a traceback
+        if os.environ.get("APPLIANCE_DEBUG"):
+            raise
+        return _fail(
+            ctx,
+            "internal_error",
+            f"internal error ({type(e).__name__}: {e}); this is a bug — rerun with "
+            "APPLIANCE_DEBUG=1 for a traceback. Store changes are all-or-nothing.",
+            ExitCode.OPERATIONAL,
+        )
     if ctx.json:
         ctx.emit_json({"ok": True, **result})
     return ExitCode.OK
