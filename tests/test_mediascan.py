@@ -1,0 +1,280 @@
+"""``appliance media``: removable media from a fake /proc and /sys, and --media folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from import_env import cli_argv, cli_env, parse_output, tar_directory
+
+from appliance.mediascan import Mount, is_removable, parse_mountinfo, scan, unescape
+from bundles.keys import PrivateKey
+from bundles.timeutil import utcnow
+from bundles.writer import ArtifactSpec, create_bundle
+
+KEY = PrivateKey.generate()
+
+
+def make_bundle(out: Path, stream: str = "models", sequence: int = 7, count: int = 2) -> Path:
+    src = out.parent / f".{out.name}.src"
+    src.mkdir()
+    specs = []
+    for i in range(count):
+        f = src / f"a{i}.bin"
+        f.write_bytes(os.urandom(100 + i))
+        specs.append(ArtifactSpec(f"art{i}", "1", f))
+    create_bundle(
+        out,
+        specs,
+        stream=stream,
+        sequence=sequence,
+        keys=[KEY],
+        expires=utcnow() + timedelta(days=1),
+        any_site=True,
+    )
+    for f in src.iterdir():
+        f.unlink()
+    src.rmdir()
+    return out
+
+
+def tree_state(root: Path) -> list[tuple[str, int, int, int]]:
+    """Every entry under root: (path, mode, size, mtime_ns), links not followed."""
+    out = []
+    for dirpath, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            st = os.lstat(os.path.join(dirpath, name))
+            out.append((os.path.join(dirpath, name), st.st_mode, st.st_size, st.st_mtime_ns))
+    return sorted(out)
+
+
+# --- mountinfo parsing ---------------------------------------------------------------
+
+MOUNTINFO = (
+    "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+    "40 27 8:17 / /media/USB\\040STICK rw,nosuid shared:12 master:3 - vfat /dev/sdb1 rw\n"
+    "41 27 8:32 / /media/whole\\011disk rw - exfat /dev/sdc rw\n"
+    "garbage line without separator\n"
+    "42 27 0:50 / /run/user tmpfs - tmpfs tmpfs rw\n"
+    "\n"
+    "43 27 8:17 / /media/caf\\303\\251\\134x rw - vfat /dev/sdb1 rw\n"
+)
+
+
+def test_parse_mountinfo_fields_and_escapes() -> None:
+    mounts = parse_mountinfo(MOUNTINFO)
+    assert [m.mount_point for m in mounts] == [
+        "/",
+        "/media/USB STICK",
+        "/media/whole\tdisk",
+        "/run/user",
+        "/media/café\\x",
+    ]
+    usb = mounts[1]
+    assert (usb.source, usb.fstype, usb.device) == ("/dev/sdb1", "vfat", "8:17")
+
+
+def test_unescape_leaves_non_escapes_alone() -> None:
+    assert unescape("a\\040b") == "a b"
+    assert unescape("a\\9999") == "a\\9999"
+    assert unescape("end\\04") == "end\\04"
+    assert unescape("plain") == "plain"
+
+
+# --- a fake /sys ---------------------------------------------------------------------
+
+
+def fake_sys(root: Path) -> Path:
+    """sdb (removable, partition sdb1), sdc (removable, no partitions), vda (fixed)."""
+    sys_root = root / "sys"
+    devices = sys_root / "devices" / "pci0000:00" / "usb1" / "block"
+    for disk, removable in (("sdb", "1"), ("sdc", "1"), ("vda", "0")):
+        d = devices / disk
+        d.mkdir(parents=True)
+        (d / "removable").write_text(removable + "\n")
+    (devices / "sdb" / "sdb1").mkdir()
+    (devices / "sdb" / "sdb1" / "partition").write_text("1\n")
+    (devices / "vda" / "vda1").mkdir()
+    (devices / "vda" / "vda1" / "partition").write_text("1\n")
+    cls = sys_root / "class" / "block"
+    cls.mkdir(parents=True)
+    blk = sys_root / "block"
+    blk.mkdir()
+    devblock = sys_root / "dev" / "block"
+    devblock.mkdir(parents=True)
+    for name, rel in (
+        ("sdb", "sdb"),
+        ("sdb1", "sdb/sdb1"),
+        ("sdc", "sdc"),
+        ("vda", "vda"),
+        ("vda1", "vda/vda1"),
+    ):
+        os.symlink(os.path.relpath(devices / rel, cls), cls / name)
+    for disk in ("sdb", "sdc", "vda"):
+        os.symlink(os.path.relpath(devices / disk, blk), blk / disk)
+    for num, rel in (("8:17", "sdb/sdb1"), ("8:32", "sdc"), ("254:1", "vda/vda1")):
+        os.symlink(os.path.relpath(devices / rel, devblock), devblock / num)
+    return sys_root
+
+
+def test_partition_maps_to_its_removable_disk(tmp_path: Path) -> None:
+    sys_root = fake_sys(tmp_path)
+    assert is_removable(Mount("/m", "/dev/sdb1", "vfat", "8:17"), sys_root)
+    assert is_removable(Mount("/m", "/dev/sdc", "exfat", "8:32"), sys_root)
+    assert not is_removable(Mount("/m", "/dev/vda1", "ext4", "254:1"), sys_root)
+    # By name alone (device number unknown to sysfs), the partition still maps to its disk.
+    assert is_removable(Mount("/m", "/dev/sdb1", "vfat", "99:99"), sys_root)
+    assert not is_removable(Mount("/m", "tmpfs", "tmpfs", "0:50"), sys_root)
+    assert not is_removable(Mount("/m", "/dev/../../etc", "x", "0:51"), sys_root)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """A fake /sys, a mountinfo naming real folders, and the media contents."""
+    sys_root = fake_sys(tmp_path)
+    usb = tmp_path / "media" / "USB STICK"
+    disk = tmp_path / "media" / "whole disk"
+    fixed = tmp_path / "srv"
+    for d in (usb, disk, fixed):
+        d.mkdir(parents=True)
+    good = make_bundle(usb / "release-7", sequence=7, count=3)
+    tar_directory(good, usb / "release-7.tar")
+    make_bundle(usb / "tools-2", stream="tools", sequence=2, count=1)
+    broken = usb / "broken"
+    broken.mkdir()
+    (broken / "manifest.dsse.json").write_text("{not json")
+    linked = make_bundle(usb / "linked", sequence=9)
+    os.symlink("/etc/passwd", linked / "evil")  # a symlink inside a bundle: refused
+    (usb / "notes").mkdir()  # no manifest: not a bundle
+    (usb / "readme.txt").write_text("hello")
+    (usb / "fake.tar").write_bytes(b"this is not a tar archive at all" * 40)
+    outside = make_bundle(tmp_path / "outside-bundle", sequence=99)
+    os.symlink(outside, usb / "symlinked-dir")  # never followed out of the medium
+    tar_directory(outside, tmp_path / "outside.tar")
+    os.symlink(tmp_path / "outside.tar", usb / "symlinked.tar")
+    make_bundle(fixed / "on-fixed-disk")
+    esc = str(usb).replace(" ", "\\040")
+    esc_disk = str(disk).replace(" ", "\\040")
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "27 1 254:0 / / rw - ext4 /dev/vda rw\n"
+        f"40 27 8:17 / {esc} rw,nosuid shared:12 - vfat /dev/sdb1 rw\n"
+        f"41 27 8:32 / {esc_disk} rw - exfat /dev/sdc rw\n"
+        f"42 27 254:1 / {fixed} rw - ext4 /dev/vda1 rw\n"
+    )
+    return mountinfo, sys_root, usb, disk
+
+
+def test_scan_lists_removable_media_and_their_bundles(
+    world: tuple[Path, Path, Path, Path],
+) -> None:
+    mountinfo, sys_root, usb, disk = world
+    before = tree_state(usb.parent)
+    media = scan(mountinfo=mountinfo, sys_root=sys_root)
+    assert [(m.path, m.removable, m.source) for m in media] == [
+        (str(usb), True, "/dev/sdb1"),
+        (str(disk), True, "/dev/sdc"),
+    ]
+    found = {Path(b.path).name: b.to_dict() for b in media[0].bundles}
+    assert set(found) == {"broken", "fake.tar", "linked", "release-7", "release-7.tar", "tools-2"}
+    assert found["release-7"] == {
+        "path": str(usb / "release-7"),
+        "format": "dir",
+        "stream": "models",
+        "sequence": 7,
+        "artifacts": 3,
+        "verified": False,
+        "error": None,
+    }
+    assert (found["release-7.tar"]["format"], found["release-7.tar"]["artifacts"]) == ("tar", 3)
+    assert (found["tools-2"]["stream"], found["tools-2"]["sequence"]) == ("tools", 2)
+    assert found["broken"]["error"]["code"] == "malformed_envelope"
+    assert found["broken"]["stream"] is None
+    assert found["linked"]["error"]["code"] == "archive_link"
+    assert found["fake.tar"]["error"]["code"] == "archive_corrupt"
+    assert media[1].bundles == ()
+    assert tree_state(usb.parent) == before  # nothing written, not even a timestamp moved
+
+
+def test_media_folder_given_twice_or_also_mounted_is_listed_once(
+    world: tuple[Path, Path, Path, Path],
+) -> None:
+    mountinfo, sys_root, usb, _disk = world
+    media = scan([usb, str(usb) + "/"], mountinfo=mountinfo, sys_root=sys_root)
+    assert [m.path for m in media].count(str(usb)) == 1
+
+
+def test_mounted_over_by_a_fixed_disk_is_not_removable(tmp_path: Path) -> None:
+    sys_root = fake_sys(tmp_path)
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "40 1 8:17 / /mnt rw - vfat /dev/sdb1 rw\n41 40 254:1 / /mnt rw - ext4 /dev/vda1 rw\n"
+    )
+    assert scan(mountinfo=mountinfo, sys_root=sys_root) == []
+
+
+def test_unreadable_mountinfo_means_no_removable_media(tmp_path: Path) -> None:
+    assert scan(mountinfo=tmp_path / "absent", sys_root=tmp_path / "nosys") == []
+
+
+# --- the CLI ---------------------------------------------------------------------------
+
+
+def media_cli(tmp_path: Path, *args: str | Path) -> tuple[int, dict[str, object]]:
+    argv = cli_argv(tmp_path / "unused-home", "media", *args)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=cli_env(), check=False)
+    return proc.returncode, parse_output(proc.returncode, proc.stdout, proc.stderr, argv)
+
+
+def test_cli_media_folders(tmp_path: Path) -> None:
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    make_bundle(stick / "b1", sequence=3, count=2)
+    tar_directory(stick / "b1", stick / "b1.tar")
+    (stick / "empty").mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
+    before = tree_state(tmp_path)
+    rc, doc = media_cli(tmp_path, "--media", stick, "--media", other)
+    assert rc == 0 and doc["ok"] is True
+    media = doc["media"]
+    assert isinstance(media, list)
+    mine = [m for m in media if not m["removable"]]
+    assert [(m["path"], m["source"]) for m in mine] == [
+        (str(stick), "--media"),
+        (str(other), "--media"),
+    ]
+    assert [
+        (b["path"], b["format"], b["stream"], b["sequence"], b["artifacts"], b["verified"])
+        for b in mine[0]["bundles"]
+    ] == [
+        (str(stick / "b1"), "dir", "models", 3, 2, False),
+        (str(stick / "b1.tar"), "tar", "models", 3, 2, False),
+    ]
+    assert mine[1]["bundles"] == []
+    assert tree_state(tmp_path) == before
+
+
+def test_cli_media_folder_that_is_absent_is_exit_3(tmp_path: Path) -> None:
+    rc, doc = media_cli(tmp_path, "--media", tmp_path / "gone")
+    assert rc == 3 and doc["ok"] is False
+    assert doc["error"]["code"] == "bundle_not_found"  # type: ignore[index]
+
+
+def test_cli_media_human_output_says_unverified(tmp_path: Path) -> None:
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    make_bundle(stick / "b1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "appliance", "media", "--media", str(stick)],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        check=False,
+    )
+    assert proc.returncode == 0
+    assert "UNVERIFIED" in proc.stdout
