@@ -257,8 +257,8 @@ def pack_tar(
                 data = path.read_bytes()
                 info, _ = tar_member(prefix + rel, data)
                 tf.addfile(info, io.BytesIO(data))
-        for info, data in extra:
-            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+        for member, blob in extra:
+            tf.addfile(member, io.BytesIO(blob) if blob is not None else None)
     return out
 
 

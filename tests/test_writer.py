@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from bundle_factory import make_bundle, make_key, resolver_for
 
+import bundles.hashing
 import bundles.writer
 from bundles.dsse import sign_envelope
 from bundles.errors import (
@@ -288,7 +289,7 @@ def test_source_changed_while_bundling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tar: bool
 ) -> None:
     src = _src(tmp_path, "f", b"x" * 100)
-    real = bundles.writer.hash_paths
+    real = bundles.hashing.hash_paths
 
     def hash_then_change(paths: list[Path]) -> list[tuple[str, int]]:
         result = real(paths)
