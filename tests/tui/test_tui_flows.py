@@ -49,7 +49,13 @@ def text(app: ApplianceApp, selector: str) -> str:
 
 
 async def settle(app: ApplianceApp, pilot: Any) -> None:
+    """Workers done and their last messages handled (an import screen shows its result)."""
     await app.workers.wait_for_complete()
+    for _ in range(200):
+        await pilot.pause()
+        if not getattr(app.screen, "running", False):
+            break
+        await pilot.pause(0.02)
     await pilot.pause()
 
 

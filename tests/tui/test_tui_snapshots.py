@@ -25,7 +25,13 @@ Before = Callable[[Pilot[Any]], Awaitable[None]]
 
 
 async def settle(pilot: Pilot[Any]) -> None:
+    """Workers done and their last messages handled (an import screen shows its result)."""
     await pilot.app.workers.wait_for_complete()
+    for _ in range(200):
+        await pilot.pause()
+        if not getattr(pilot.app.screen, "running", False):
+            break
+        await pilot.pause(0.02)
     await pilot.pause()
 
 
