@@ -77,7 +77,8 @@ def _check_textual() -> str:
     from textual.app import App
     from textual.css.stylesheet import Stylesheet
 
-    sheet = Stylesheet()
+    # The tui's stylesheets use the theme's variables ($text-accent, ...).
+    sheet = Stylesheet(variables=App[None]().get_css_variables())
     count = 0
     tui_dir = Path(getattr(sys, "_MEIPASS", "")) / "tui"
     for path in sorted(tui_dir.glob("**/*.tcss")):

@@ -118,16 +118,21 @@ step() {
         esac
     done
     echo "=== $label" >>"$LOG"
+    local t0 took
+    t0=$(date +%s%N)
     "$@" >>"$LOG" 2>&1 || rc=$?
+    took=$((($(date +%s%N) - t0) / 1000000))
+    echo "=== took $took ms, exit $rc" >>"$LOG"
     if [[ $rc -eq 0 ]]; then
-        pass "$id" "$label"
+        pass "$id" "$label ($took ms)"
     else
-        fail "$id" "$label" "exit $rc (see $LOG)"
+        fail "$id" "$label" "exit $rc after $took ms (see $LOG)"
     fi
 }
 
 # ---- chroots ------------------------------------------------------------------
 
+CHROOT=$(command -v chroot) # env -i PATH=/ cannot find it
 CH=""      # the current chroot
 VARIANT="" # appliance or appliance-static
 
@@ -160,7 +165,7 @@ make_chroot() {
 # in_chroot ARGS...: the binary in the chroot, with an empty environment.
 in_chroot() {
     env -i PATH=/ HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 TERM=dumb \
-        chroot "$CH" /appliance --home /w/home "$@"
+        "$CHROOT" "$CH" /appliance --home /w/home "$@"
 }
 
 check_contents() {
@@ -188,20 +193,22 @@ check_contents() {
 
 t_version() {
     local out
-    out=$(env -i PATH=/ HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 chroot "$CH" /appliance --version)
+    out=$(env -i PATH=/ HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 "$CHROOT" "$CH" /appliance --version)
     echo "$out"
     [[ $out =~ ^appliance\ [0-9] ]]
 }
 
 t_selftest() {
     local out
-    out=$(env -i PATH=/ HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 APPLIANCE_SELFTEST=1 chroot "$CH" /appliance) || return
+    out=$(env -i PATH=/ HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 APPLIANCE_SELFTEST=1 "$CHROOT" "$CH" /appliance) || return
     echo "$out"
     [[ $out == *'"ok": true'* ]] || return 1
     # process pools need /dev/shm (POSIX semaphores): show what happens without it
     umount "$CH/dev/shm"
+    rmdir "$CH/dev/shm"
     local rc=0
-    out=$(env -i PATH=/ HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 APPLIANCE_SELFTEST=1 chroot "$CH" /appliance 2>/dev/null) || rc=$?
+    out=$(env -i PATH=/ HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 APPLIANCE_SELFTEST=1 "$CHROOT" "$CH" /appliance 2>/dev/null) || rc=$?
+    mkdir "$CH/dev/shm"
     mount -t tmpfs -o size=16m,mode=1777 tmpfs "$CH/dev/shm"
     echo "without /dev/shm (exit $rc): $out"
     NOSHM_NOTE=$(printf '%s' "$out" | "$VENV/bin/python" -c \
@@ -215,11 +222,11 @@ t_noexec() {
     mount_into "$CH/tmp" -t tmpfs -o size=256m,mode=1777,noexec,nosuid,nodev tmpfs
     mkdir -p "$CH/w/run"
     local rc=0 err
-    err=$(env -i PATH=/ HOME=/tmp LANG=C.UTF-8 chroot "$CH" /appliance --version 2>&1 >/dev/null) || rc=$?
+    err=$(env -i PATH=/ HOME=/tmp LANG=C.UTF-8 "$CHROOT" "$CH" /appliance --version 2>&1 >/dev/null) || rc=$?
     NOEXEC_NOTE="noexec /tmp, no TMPDIR: exit $rc: $(echo "$err" | grep -v '^$' | head -2 | tr '\n' ' ')"
     echo "$NOEXEC_NOTE"
     local out
-    out=$(env -i PATH=/ HOME=/tmp TMPDIR=/w/run LANG=C.UTF-8 chroot "$CH" /appliance --version) || out="failed: exit $?"
+    out=$(env -i PATH=/ HOME=/tmp TMPDIR=/w/run LANG=C.UTF-8 "$CHROOT" "$CH" /appliance --version) || out="failed: exit $?"
     echo "noexec /tmp, TMPDIR=/w/run: $out"
     umount "$CH/tmp"
     [[ $out =~ ^appliance\ [0-9] ]]
@@ -266,7 +273,8 @@ t_rb_authorize() {
 t_rollback() { in_chroot rollback model --authorization /w/rollback-auth; }
 
 # t_tmux LABEL ENV COMMAND...: run in tmux (80x24) inside the chroot, wait for a
-# screen, press ctrl+q (then q, then escape q), expect exit 0.
+# screen, press ctrl+q (then q, then escape q), expect exit 0. (textual draws on
+# stderr, so that stays on the terminal.)
 t_tmux() {
     local label=$1 extra_env=$2
     shift 2
@@ -274,7 +282,7 @@ t_tmux() {
     rm -f "$exitf"
     tmux -L "$TMUX_SOCK" -f /dev/null new-session -d -s "$label" -x 80 -y 24 \
         "env -i PATH=/ HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 TERM=xterm-256color $extra_env \
-         chroot '$CH' /appliance $* 2>'$CH/w/tmux-$label.err'; echo \$? >'$exitf'"
+         '$CHROOT' '$CH' /appliance $*; echo \$? >'$exitf'"
     local i content=""
     for ((i = 0; i < 100; i++)); do # up to 20 s for a screen
         sleep 0.2
@@ -297,8 +305,6 @@ t_tmux() {
         done
     done
     tmux -L "$TMUX_SOCK" kill-session -t "$label" >/dev/null 2>&1 || true
-    echo "--- stderr"
-    cat "$CH/w/tmux-$label.err" 2>/dev/null || true
     [[ -e $exitf ]] || { echo "did not quit"; return 1; }
     echo "exit $(cat "$exitf")"
     [[ $(cat "$exitf") == 0 ]] && [[ $(tr -d ' \n' <"$screen" | wc -c) -gt 20 ]]
@@ -310,7 +316,9 @@ run_variant() {
     local s=${VARIANT}_
     say "--- $VARIANT ($(stat -c %s "$DIST/$VARIANT") bytes) in an empty chroot"
     make_chroot "$VARIANT"
-    step "${s}contents" "$p chroot holds no Python${VARIANT/appliance-static/ and no C library}" "" check_contents
+    local what="no Python, only the C library per ldd"
+    [[ $VARIANT == appliance-static ]] && what="no Python and no C library"
+    step "${s}contents" "$p chroot holds $what" "" check_contents
     step "${s}version" "$p --version" "" t_version
     step "${s}selftest" "$p self-test (blake3, cryptography, sqlite, process pool, textual)" "" t_selftest
     step "${s}noexec" "$p runs with /tmp noexec and TMPDIR on an exec-allowed folder" "" t_noexec
