@@ -14,7 +14,9 @@ assert the exact error code and that local state did not move.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import os
 import shutil
@@ -99,6 +101,21 @@ def run_many(home: Path, commands: Sequence[Sequence[str]]) -> list[tuple[int, J
     return results
 
 
+def run_in_process(home: Path, *args: str | os.PathLike[str]) -> tuple[int, Json]:
+    """The same CLI entry point, in this process: for loops that run many read-only checks.
+
+    No interpreter start-up per command; the code path from argument parsing to
+    the JSON object is the one the subprocess runs.
+    """
+    from appliance.cli.main import run
+
+    argv = ["--home", str(home), "--json", *map(str, args)]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = run(argv)
+    return rc, parse_output(rc, out.getvalue(), err.getvalue(), argv)
+
+
 def error_code(doc: Json) -> str | None:
     err = doc.get("error")
     return err.get("code") if isinstance(err, dict) else None
@@ -155,11 +172,19 @@ class Snapshot:
         return self.listing, self.verify, self.verify_rc, self.objects
 
 
-def snapshot(home: Path) -> Snapshot:
-    """``list``, ``verify``, ``trust show`` and the audit log (run at once), and objects/."""
-    (lrc, listing), (vrc, verify), (trc, trust), (arc, audit) = run_many(
-        home, [["list"], ["verify"], ["trust", "show"], ["audit", "show", "--limit", "0"]]
-    )
+def snapshot(home: Path, *, in_process: bool = True) -> Snapshot:
+    """``list``, ``verify``, ``trust show`` and the audit log, and the files under objects/.
+
+    The four read-only commands go through the CLI entry point in this process
+    (no interpreter start-up each); the command under test always runs as a
+    real subprocess (``run_cli``). ``in_process=False`` runs them as subprocesses too.
+    """
+    commands = [["list"], ["verify"], ["trust", "show"], ["audit", "show", "--limit", "0"]]
+    if in_process:
+        results = [run_in_process(home, *c) for c in commands]
+    else:
+        results = run_many(home, commands)
+    (lrc, listing), (vrc, verify), (trc, trust), (arc, audit) = results
     assert lrc == 0, listing
     assert trc == 0, trust
     assert arc == 0, audit

@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from import_env import Env, Snapshot, manifest_of, staging_files, tar_directory
@@ -177,18 +178,38 @@ def test_others_hashed_and_staged_first_then_nothing_promoted(
     assert after.store_part() == template[1].store_part()
 
 
-def test_file_growing_while_read_is_endless_data(template: tuple[Env, Snapshot], env: Env) -> None:
-    """A file that grows after its size was checked is refused at its signed end."""
-    bundle = env.bundle({"alpha@1": BIG, "delta@1": SMALL_D}, sequence=2)
-    target = _file(bundle, LAST)
+@pytest.mark.parametrize("dry_run", [False, True], ids=["import", "dry-run"])
+def test_file_growing_while_read_is_endless_data(
+    template: tuple[Env, Snapshot], env: Env, monkeypatch: pytest.MonkeyPatch, dry_run: bool
+) -> None:
+    """A file that grows after its size was checked, while it is read, is refused."""
+    bundle = env.bundle({"alpha@1": BIG + BIG + BIG, "delta@1": SMALL_D}, sequence=2)
+    target = os.path.realpath(_file(bundle, "alpha"))
+    grown = threading.Event()
 
-    def progress(name: str, n: int, size: int) -> None:
-        if name == LAST and n == size:
+    def grow_after_first_read(fd: int) -> None:
+        if not grown.is_set() and os.readlink(f"/proc/self/fd/{fd}") == target:
+            grown.set()
             with open(target, "ab") as f:
-                f.write(b"more")
+                f.write(b"endless data")
 
+    real_preadv, real_cfr = os.preadv, os.copy_file_range
+
+    def preadv(fd: int, buffers: Any, offset: int, *flags: int) -> int:
+        n: int = real_preadv(fd, buffers, offset, *flags)
+        grow_after_first_read(fd)
+        return n
+
+    def copy_file_range(src: int, dst: int, count: int, *args: Any, **kw: Any) -> int:
+        n: int = real_cfr(src, dst, count, *args, **kw)
+        grow_after_first_read(src)
+        return n
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
     with pytest.raises(ArtifactTooLongError):
-        import_bundle(Home(env.home), bundle, progress=progress)
+        import_bundle(Home(env.home), bundle, dry_run=dry_run)
+    assert grown.is_set()
     assert staging_files(env.home) == []
     after = env.snapshot()
     assert after.store_part() == template[1].store_part()
