@@ -492,24 +492,12 @@ def test_tui_absent_media_is_exit_3(world: World, results: dict[str, Result]) ->
     assert res.returncode == 3 and doc["exit_code"] == 3, res.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="appliance/cli/main.py: argparse's --help prints usage text on stdout even with "
-    "--json (DESIGN 9: with --json, stdout holds exactly one JSON object)",
-)
 def test_help_under_json_is_one_object(world: World) -> None:
     res = run_cli(["--json", "list", "--help"], world.tmp)
     assert res.returncode == 0
     assert one_object(res)["ok"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="appliance/cli/cmd_keys.py key_new: check_identifier's BadNameError (a RejectedError) "
-    "escapes, so a malformed NAME on the command line is exit 1 bad_name; every other command "
-    "(init --site, trust update --stream, bundle create, rollback authorize) turns it into a "
-    "UsageError, exit 2",
-)
 def test_key_new_bad_name_is_usage(world: World) -> None:
     res = run_cli(["--json", "key", "new", "bad/name", "--out", str(world.tmp / "k")], world.tmp)
     doc = one_object(res)

@@ -1,10 +1,13 @@
-"""``appliance audit verify|show|export`` and ``appliance witness reset|show``.
+"""``appliance audit verify|show|export`` and ``appliance witness reset``.
 
 ``audit verify`` JSON: ``events``, ``head`` (hash), ``witness`` (status).
 ``audit show`` JSON: ``events`` (each ``{seq, ts, type, outcome, code, name,
 version, detail, prev_hash, hash}``). ``audit export`` prints JSON Lines, one
 event a line; with ``--json``, one object with ``events``.
 ``witness reset`` JSON: ``path``, ``witness`` (the counters written).
+``audit verify`` exits 4 when the chain is broken, when the home is behind its
+witness (``audit_chain_broken``) or when a configured witness is absent
+(``witness_missing``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from appliance import audit, witness
 from appliance.cli.context import Context
 from appliance.db import set_meta, transaction
-from appliance.errors import AuditChainError
+from appliance.errors import AuditChainError, WitnessMissingError
 from appliance.home import Home, HomeLock
 from bundles.errors import UsageError
 
@@ -47,6 +50,8 @@ def run_verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     wcheck = witness.check(db, witness.configured_path(db, ctx.witness))
     if wcheck.status is witness.WitnessStatus.BEHIND:
         raise AuditChainError(f"audit chain is intact but behind its witness: {wcheck.detail}")
+    if wcheck.status is witness.WitnessStatus.MISSING:
+        raise WitnessMissingError(f"audit chain is intact but {wcheck.detail}")
     ctx.say(f"audit chain intact: {count} events, head {head[:16]}; witness {wcheck.status.value}")
     return {"events": count, "head": head, "witness": wcheck.status.value}
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.cli.context import Context
+from bundles.errors import BadNameError, UsageError
 from bundles.keys import PrivateKey, save_keypair
 from bundles.names import check_identifier
 
@@ -21,7 +22,10 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
 
 
 def key_new(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
-    name = check_identifier(args.name, "key name")
+    try:
+        name = check_identifier(args.name, "key name")
+    except BadNameError as e:
+        raise UsageError(e.message) from e
     key = PrivateKey.generate()
     priv, pub = save_keypair(key, args.out, name)
     ctx.say(f"key id {key.keyid}")

@@ -55,8 +55,12 @@ def run_verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         targets = records(db)
     results = [verify_record(home, db, trust, r) for r in targets]
     for res in results:
-        line = f"{res.status.upper():<9} {res.record.name}@{res.record.version}"
-        ctx.say(line if res.message is None else f"{line}: {res.message}")
+        ref = f"{res.record.name}@{res.record.version}"
+        line = f"{res.status.upper():<12} {ref}"
+        if res.message is not None:
+            # messages start with the ref (or the name) already; do not say it twice
+            line += f"  [{res.code}] {res.message.removeprefix(ref + ': ')}"
+        ctx.say(line)
     tampered = [r for r in results if r.status in ("tampered", "unauthorized")]
     untrusted = [r for r in results if r.status == "untrusted"]
     summary = {

@@ -34,7 +34,7 @@ from bundles.documents import (
     TrustUpdate,
 )
 from bundles.dsse import Envelope, sign_envelope
-from bundles.errors import BadNameError, MediaError, UsageError
+from bundles.errors import BadNameError, MediaError, OperationalError, UsageError
 from bundles.keys import load_private_key, load_public_key
 from bundles.names import check_identifier
 from bundles.timeutil import format_time, utcnow
@@ -167,7 +167,7 @@ def _write_new(path: Path, data: bytes) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError as e:
-        raise UsageError(f"{path} exists; refusing to overwrite") from e
+        raise OperationalError(f"{path} exists; refusing to overwrite", code="output_exists") from e
     except OSError as e:
         raise MediaError(f"cannot write {path}: {e.strerror}", code="io_error") from e
     with os.fdopen(fd, "wb") as f:

@@ -65,11 +65,22 @@ def command_groups() -> tuple[ModuleType, ...]:
     )
 
 
+class _HelpRequested(Exception):
+    """``--help`` was asked for; carries the text so ``--json`` can wrap it."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting, so usage errors get our format."""
+    """argparse that raises instead of exiting, so usage errors and help get our format."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
+
+    def print_help(self, file: Any = None) -> None:
+        raise _HelpRequested(self.format_help())
 
 
 def _globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -139,6 +150,12 @@ def run(argv: Sequence[str]) -> int:
             raise UsageError(f"appliance {args.command}: unexpected arguments after --")
         ctx = _context(args)
         result = args.func(args, ctx)
+    except _HelpRequested as h:
+        if ctx.json:
+            ctx.emit_json({"ok": True, "help": h.text})
+        else:
+            sys.stdout.write(h.text)
+        return ExitCode.OK
     except ApplianceError as e:
         return _fail(ctx, e.code, e.message, exit_code_for(e))
     except KeyboardInterrupt:
