@@ -25,7 +25,7 @@ from appliance.db import transaction
 from appliance.errors import StateRolledBackError, TrustUpdateReplayError
 from appliance.home import Home, HomeLock
 from appliance.policy import Decision, StoreView, check_bundle
-from appliance.staging import Progress, stage_artifact
+from appliance.staging import CancelledError, Progress, stage_artifact
 from appliance.store import io_error, promote
 from appliance.trust import TrustState, apply_update
 from appliance.truststore import (
@@ -296,9 +296,7 @@ def _stage_all(
     for a, fut in futures:
         exc = fut.exception()
         if exc is not None:
-            if first_error is None or (
-                isinstance(exc, RejectedError) and not isinstance(first_error, RejectedError)
-            ):
+            if first_error is None or _error_rank(exc) > _error_rank(first_error):
                 first_error = exc
             continue
         p = fut.result()
@@ -311,6 +309,15 @@ def _stage_all(
                 record_refusal(db, "import", first_error, {"path": os.fspath(path)})
         raise first_error
     return staged
+
+
+def _error_rank(exc: BaseException) -> int:
+    """Which failure of the parallel artifact passes to report: a refusal, then the real
+    I/O error, and only last the cancellation that the first failure caused in the others.
+    """
+    if isinstance(exc, RejectedError):
+        return 2
+    return 0 if isinstance(exc, CancelledError) else 1
 
 
 def _commit(db: sqlite_utils.Database, bundle: Bundle, decision: Decision) -> None:
