@@ -1,0 +1,106 @@
+"""Non-TUI code never imports textual (DESIGN 3 and 8; issue 6).
+
+``python -X importtime`` cannot be used inside the frozen binary, so the rule is
+checked here on the Python entry: each core module (``appliance.*``,
+``bundles.*``) is imported in a fresh interpreter, and a few CLI runs
+(``--version``, ``key new``, every command's ``--help`` but ``tui``'s) happen in
+a fresh interpreter; afterwards neither ``textual`` nor ``tui`` may be in
+``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import appliance
+import bundles
+
+ROOT = Path(__file__).resolve().parent.parent
+FORBIDDEN = ("textual", "tui")
+
+# Printed by every probe: the forbidden modules that got imported.
+_REPORT = """
+import json, sys
+bad = sorted(m for m in sys.modules if m.split(".")[0] in {forbidden!r})
+print("HYGIENE " + json.dumps(bad))
+"""
+
+
+def _core_modules() -> list[str]:
+    names = []
+    for package in (appliance, bundles):
+        names.append(package.__name__)
+        for info in pkgutil.walk_packages(package.__path__, prefix=package.__name__ + "."):
+            names.append(info.name)
+    return sorted(set(names))
+
+
+def _probe(code: str, tmp_path: Path) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env["APPLIANCE_HOME"] = str(tmp_path / "home")
+    full = code + _REPORT.format(forbidden=set(FORBIDDEN))
+    proc = subprocess.run(
+        [sys.executable, "-c", full],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("HYGIENE ")]
+    assert lines, f"probe did not finish (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    result: list[str] = json.loads(lines[-1].removeprefix("HYGIENE "))
+    return result
+
+
+@pytest.mark.parametrize("module", _core_modules())
+def test_core_module_does_not_import_textual(module: str, tmp_path: Path) -> None:
+    assert _probe(f"import {module}\n", tmp_path) == []
+
+
+def _cli(argv: list[str]) -> str:
+    return (
+        "from appliance.cli import main\n"
+        "try:\n"
+        f"    code = main({argv!r})\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        "print('EXIT', code)\n"
+    )
+
+
+def test_version_does_not_import_textual(tmp_path: Path) -> None:
+    assert _probe(_cli(["--version"]), tmp_path) == []
+
+
+def test_key_new_does_not_import_textual(tmp_path: Path) -> None:
+    argv = ["key", "new", "hygiene", "--out", str(tmp_path / "keys")]
+    assert _probe(_cli(argv), tmp_path) == []
+    assert (tmp_path / "keys" / "hygiene.key").exists()
+
+
+def _commands() -> list[str]:
+    from appliance.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    choices: dict[str, object] = subs.choices  # type: ignore[assignment]
+    return sorted(name for name in choices if name != "tui")
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_command_help_does_not_import_textual(command: str, tmp_path: Path) -> None:
+    assert _probe(_cli([command, "--help"]), tmp_path) == []
+
+
+def test_probe_sees_textual(tmp_path: Path) -> None:
+    """The probe itself works: an import of textual is seen."""
+    assert "textual" in _probe("import textual.app\n", tmp_path)
