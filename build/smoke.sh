@@ -69,6 +69,13 @@ rm -rf "$SMOKE_DIR"
 mkdir -p "$SMOKE_DIR"
 : >"$LOG"
 
+# tmux drives the TUI steps; install it when missing (root in CI).
+if ! command -v tmux >/dev/null 2>&1; then
+    echo "smoke: installing tmux" >&2
+    (export DEBIAN_FRONTEND=noninteractive && apt-get update -qq && apt-get install -y -qq tmux) \
+        >>"$LOG" 2>&1 || echo "smoke: could not install tmux (see $LOG)" >&2
+fi
+
 # ---- which commands are built -------------------------------------------------
 
 # have "bundle create": 0 built, 1 not built yet (usage error 2 on --help), 2 broken.
@@ -89,7 +96,7 @@ have() {
 # ---- the steps ----------------------------------------------------------------
 
 # step ID LABEL "REQUIRES" FUNCTION ARGS...
-# REQUIRES: space-separated "cmd:COMMAND WORDS" (with _ for spaces) and "step:ID".
+# REQUIRES: space-separated "cmd:COMMAND_WORDS" (_ for spaces), "step:ID", "tool:PROGRAM".
 # The function returns 0 (pass) or non-zero (fail); its output goes to the log.
 step() {
     local id=$1 label=$2 requires=$3 req rc=0
@@ -106,6 +113,12 @@ step() {
                     return 0
                 elif [[ $h -eq 2 ]]; then
                     fail "$id" "$label" "'appliance $cmd --help' crashed (see $LOG)"
+                    return 0
+                fi
+                ;;
+            tool:*)
+                if ! command -v "${req#tool:}" >/dev/null 2>&1; then
+                    skip "$id" "$label" "${req#tool:} is not installed"
                     return 0
                 fi
                 ;;
@@ -160,6 +173,7 @@ make_chroot() {
     mount_into "$CH/dev/shm" -t tmpfs -o size=16m,mode=1777 tmpfs
     head -c 1500000 /dev/urandom >"$CH/w/art/model-v1.bin"
     head -c 2500000 /dev/urandom >"$CH/w/art/model-v2.bin"
+    head -c 700000 /dev/urandom >"$CH/w/art/model-v3.bin"
 }
 
 # in_chroot ARGS...: the binary in the chroot, with an empty environment.
@@ -272,6 +286,43 @@ t_rb_authorize() {
 
 t_rollback() { in_chroot rollback model --authorization /w/rollback-auth; }
 
+# expect_exit CODE ARGS...: the binary in the chroot must exit with CODE.
+expect_exit() {
+    local want=$1 rc=0
+    shift
+    in_chroot "$@" || rc=$?
+    echo "exit $rc (want $want)"
+    [[ $rc -eq $want ]]
+}
+
+t_tampered() {
+    # sequence 3 with one bit flipped in its artifact: refused (exit 1)
+    in_chroot bundle create /w/bundle-bad --stream models --sequence 3 \
+        --key /w/keys/publisher.key --any-site model@3.0=/w/art/model-v3.bin || return
+    local f
+    f=$(find "$CH/w/bundle-bad" -type f -size +100k | head -1)
+    [[ -n $f ]] || { echo "no artifact file found in the bundle"; return 1; }
+    printf '\x01' | dd of="$f" bs=1 seek=1000 count=1 conv=notrunc status=none
+    expect_exit 1 import /w/bundle-bad
+}
+
+t_json_ok() { # t_json_ok ARGS...: exit 0 and {"ok": true, ...} on stdout
+    local out
+    out=$(in_chroot --json "$@") || return
+    echo "$out"
+    [[ $out == '{'*'"ok": true'* ]]
+}
+
+t_tar() {
+    in_chroot bundle create /w/bundle-3.tar --tar --stream models --sequence 3 \
+        --key /w/keys/publisher.key --any-site model@3.0=/w/art/model-v3.bin &&
+        in_chroot import /w/bundle-3.tar &&
+        in_chroot load model -o /w/loaded-3.bin &&
+        cmp "$CH/w/loaded-3.bin" "$CH/w/art/model-v3.bin"
+}
+
+t_demo() { env -i PATH=/ HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 TERM=dumb "$CHROOT" "$CH" /appliance demo; }
+
 # t_tmux LABEL ENV COMMAND...: run in tmux (80x24) inside the chroot, wait for a
 # screen, press ctrl+q (then q, then escape q), expect exit 0. (textual draws on
 # stderr, so that stays on the terminal.)
@@ -332,12 +383,23 @@ run_variant() {
     step "${s}import1" "$p import bundle 1" "cmd:import step:${s}bundle1 step:${s}trust_apply" t_import 1
     step "${s}import2" "$p import bundle 2" "cmd:import step:${s}bundle2 step:${s}import1" t_import 2
     step "${s}load2" "$p load (model 2.0, bytes match)" "cmd:load step:${s}import2" t_load 2 loaded-2.bin
+    step "${s}tampered" "$p import of a bundle with one flipped byte is refused (exit 1)" \
+        "cmd:bundle_create cmd:import step:${s}import2" t_tampered
+    step "${s}replay" "$p replay of bundle 1 is refused (exit 1)" "cmd:import step:${s}import2" \
+        expect_exit 1 import /w/bundle-1
     step "${s}rb_auth" "$p rollback authorize (model to 1.0)" "cmd:rollback_authorize step:${s}keys" t_rb_authorize
     step "${s}rollback" "$p rollback (authorized)" "cmd:rollback step:${s}rb_auth step:${s}import2" t_rollback
     step "${s}load1" "$p load after rollback (model 1.0, bytes match)" "cmd:load step:${s}rollback" t_load 1 loaded-1.bin
-    step "${s}textual_tmux" "$p textual app in tmux (frozen self-test app)" "" \
+    step "${s}verify" "$p verify --json (store re-hashed)" "cmd:verify step:${s}load1" t_json_ok verify
+    step "${s}audit" "$p audit verify --json (chain intact)" "cmd:audit_verify step:${s}load1" \
+        t_json_ok audit verify
+    step "${s}history" "$p history model --json" "cmd:history step:${s}load1" t_json_ok history model
+    step "${s}tar" "$p bundle create --tar, import the tar, load (model 3.0)" \
+        "cmd:bundle_create cmd:import cmd:load step:${s}load1" t_tar
+    step "${s}demo" "$p demo (throwaway home)" "cmd:demo" t_demo
+    step "${s}textual_tmux" "$p textual app in tmux (frozen self-test app)" "tool:tmux" \
         t_tmux selftest-tui "APPLIANCE_SELFTEST=tui"
-    step "${s}tui" "$p tui in tmux, then quit" "cmd:tui step:${s}init" t_tmux tui "" --home /w/home tui
+    step "${s}tui" "$p tui in tmux, then quit" "tool:tmux cmd:tui step:${s}init" t_tmux tui "" --home /w/home tui
 }
 
 NOEXEC_NOTE=""
