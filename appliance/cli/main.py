@@ -18,7 +18,6 @@ from typing import Any, NoReturn
 
 from appliance.cli.context import Context
 from appliance.errors import ExitCode, exit_code_for
-from appliance.home import default_home
 from appliance.version import __version__
 from bundles.errors import ApplianceError, UsageError
 
@@ -117,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _context(args: argparse.Namespace) -> Context:
+    from appliance.home import default_home  # sqlite_utils: kept out of --version
+
     witness = args.witness
     if witness is None and os.environ.get("APPLIANCE_WITNESS"):
         witness = Path(os.environ["APPLIANCE_WITNESS"])
