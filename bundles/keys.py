@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -40,7 +40,7 @@ class PublicKey:
     def from_pem(cls, pem: bytes) -> PublicKey:
         try:
             loaded = serialization.load_pem_public_key(pem)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as e:
             raise KeyFormatError(f"not a PEM public key: {e}") from e
         if not isinstance(loaded, Ed25519PublicKey):
             raise KeyFormatError("public key is not Ed25519")
@@ -91,7 +91,7 @@ class PrivateKey:
     def from_pem(cls, pem: bytes) -> PrivateKey:
         try:
             loaded = serialization.load_pem_private_key(pem, password=None)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as e:
             raise KeyFormatError(f"not an unencrypted PEM private key: {e}") from e
         if not isinstance(loaded, Ed25519PrivateKey):
             raise KeyFormatError("private key is not Ed25519")
