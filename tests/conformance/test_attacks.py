@@ -12,6 +12,7 @@ for the one thing the case changed.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import tarfile
@@ -389,6 +390,31 @@ def _tu_rotate(ctx: Ctx) -> list[str | os.PathLike[str]]:
 def _tu_rotate_new(ctx: Ctx) -> list[str | os.PathLike[str]]:
     op = RotateRoot((ctx.repo.key("root3").public,), 1)
     return _apply(ctx, ctx.repo.trust_update(4, [op], signers=("root3",)))
+
+
+def bad_oid_pem(ctx: Ctx) -> str:
+    """An Ed25519 key whose algorithm OID was changed: a key type no one supports."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    der = bytearray(
+        ctx.repo.key("odd").public.key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    der[8] = 0x7F  # 1.3.101.112 (Ed25519) -> 1.3.101.127
+    b64 = base64.b64encode(bytes(der)).decode()
+    return f"-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n"
+
+
+@case("trust-update-key-of-unknown-algorithm", 1, "bad_key")
+def _tu_odd_key(ctx: Ctx) -> list[str | os.PathLike[str]]:
+    # found by fuzz/fuzz_documents.py: cryptography's UnsupportedAlgorithm escaped
+    doc = ctx.repo.trust_update(4, [_add_pub(ctx)])
+    payload = json.loads(doc.payload)
+    payload["operations"][0]["public_key"] = bad_oid_pem(ctx)
+    return _apply(ctx, ctx.repo.sign(canonical_bytes(payload), ("root",), TRUST_PAYLOAD_TYPE))
 
 
 @case("forged-trust-update-carried-in-bundle", 1, "trust_update_not_authorized")
