@@ -29,6 +29,12 @@ unit: $(STAMP)
 
 test: lint unit
 
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
+
 clean:
 	rm -rf build/work dist .pytest_cache .mypy_cache .ruff_cache
 
@@ -44,3 +50,9 @@ binary-static: $(STAMP)
 
 smoke: binary-static
 	build/smoke.sh
+
+# --- coverage-guided fuzzing (issue 7; docs/SECURITY.md); atheris is installed here only ---
+FUZZ_MINUTES ?= 1
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check 'atheris>=2.3'
+	$(BIN)/python fuzz/run.py --minutes $(FUZZ_MINUTES)
