@@ -78,9 +78,11 @@ def main() -> int:
     args = ap.parse_args()
     results = [run(n, max(1, int(args.minutes * 60))) for n in (args.only or HARNESSES)]
     for r in results:
+        found = r["findings"]
+        assert isinstance(found, list)
         print(
             f"{r['harness']:<10} {r['executions']:>10,} execs  {r['exec_per_s']:>6}/s  "
-            f"corpus {r['corpus']:>5}  findings {len(r['findings'])}  (exit {r['exit_code']})"
+            f"corpus {r['corpus']:>5}  findings {len(found)}  (exit {r['exit_code']})"
         )
     (HERE / "findings" / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
     return 1 if any(r["findings"] or r["exit_code"] for r in results) else 0
