@@ -26,7 +26,7 @@ from appliance.errors import StateRolledBackError, TrustUpdateReplayError
 from appliance.home import Home, HomeLock
 from appliance.policy import Decision, StoreView, check_bundle
 from appliance.staging import CancelledError, Progress, stage_artifact
-from appliance.store import io_error, promote
+from appliance.store import io_error, promote, sweep_orphans
 from appliance.trust import TrustState, apply_update
 from appliance.truststore import (
     counters,
@@ -194,6 +194,9 @@ def _import(
         wcheck = witness.check(db, wpath)
         if wcheck.status is witness.WitnessStatus.MISSING:
             witness.require_current(db, wpath)
+        if not dry_run and wcheck.status is not witness.WitnessStatus.BEHIND:
+            # A home behind its witness keeps every object, as evidence for responders.
+            sweep_orphans(home, db)
         try:
             source = open_media(path)
         except RejectedError as e:  # archive tricks are refusals too: audit them

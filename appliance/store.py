@@ -127,6 +127,28 @@ def io_error(e: OSError, what: str) -> OperationalError:
     return OperationalError(f"{what}: {e.strerror or e}", code="io_error")
 
 
+def sweep_orphans(home: Home, db: sqlite_utils.Database) -> int:
+    """Remove objects no record references (left by an import killed before its commit).
+
+    Call only while holding the home lock, before staging anything.
+    """
+    referenced = {str(r[0]) for r in db.execute("SELECT DISTINCT digest FROM artifacts")}
+    removed = 0
+    if not home.objects.is_dir():
+        return 0
+    for sub in os.scandir(home.objects):
+        if not sub.is_dir(follow_symlinks=False):
+            continue
+        for entry in os.scandir(sub.path):
+            if entry.name not in referenced:
+                try:
+                    os.unlink(entry.path)
+                except OSError as e:
+                    raise io_error(e, f"removing unreferenced object {entry.name[:16]}") from e
+                removed += 1
+    return removed
+
+
 def promote(home: Home, staged: Path, digest: str) -> Path:
     """Move a verified, fsynced staging file into the store (once per digest)."""
     target = object_path(home, digest)
