@@ -25,7 +25,7 @@ class ApplianceApp(App[int]):
     """``appliance tui``: media and bundles, review, verify and import, inventory, audit."""
 
     TITLE = "appliance"
-    CSS_PATH = ["app.tcss"]
+    CSS_PATH = [Path(__file__).with_name("app.tcss")]  # absolute: subclasses live elsewhere
     ENABLE_COMMAND_PALETTE = True
     BINDINGS = [
         Binding("q", "quit", "Quit", id="app.quit"),

@@ -25,7 +25,7 @@ from tui.base import SubScreen, cell
 from tui.messages import ImportFinished, ImportProgress
 from tui.model import Problem, Review
 
-THROTTLE_S = 0.05  # at most 20 progress messages a second per artifact
+THROTTLE_S = 0.1  # at most 10 progress messages a second per artifact
 
 
 class ImportScreen(SubScreen):
