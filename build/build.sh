@@ -3,7 +3,8 @@
 # dist/appliance-static (staticx over it). Records BLAKE3 and SHA-256 digests
 # beside each output (NAME.b3 in b3sum format, NAME.sha256 in sha256sum format).
 # Usage: build/build.sh [--static] [--force]    (make binary / make binary-static)
-# Env:   PYINSTALLER, PYTHON (default: the project's .venv), SOURCE_DATE_EPOCH
+# Env:   APPLIANCE_BINARY_COMPRESS=1 (smaller binaries that start slower; default 0),
+#        PYINSTALLER, PYTHON (default: the project's .venv), SOURCE_DATE_EPOCH
 #        (default: the commit time of HEAD), DIST (default: dist), WORK (default: build/work).
 set -euo pipefail
 
@@ -26,6 +27,9 @@ PYINSTALLER=${PYINSTALLER:-$VENV/bin/pyinstaller}
 # Absolute (not resolved: the venv's python is a symlink that must stay one).
 [[ $PYTHON == /* ]] || PYTHON=$ROOT/$PYTHON
 DIST=${DIST:-dist}
+# 1: compress the bundled objects (smaller files, slower start); read by the spec too.
+COMPRESS=${APPLIANCE_BINARY_COMPRESS:-0}
+export APPLIANCE_BINARY_COMPRESS=$COMPRESS
 WORK=${WORK:-build/work}
 
 log() { echo "build: $*" >&2; }
@@ -118,7 +122,12 @@ build_static() {
     log "staticx -> $DIST/appliance-static"
     # Through build/staticx_repro.py: staticx itself stamps its archive with
     # temporary files' mtimes; the wrapper pins them to SOURCE_DATE_EPOCH.
-    "$PYTHON" build/staticx_repro.py "$DIST/appliance" "$DIST/appliance-static.partial"
+    # Not compressed again by default: xz-decoding 20 MB at every start doubled
+    # the static binary's start-up (docs/BINARY.md); APPLIANCE_BINARY_COMPRESS=1
+    # gives the small one.
+    local nocompress=--no-compress
+    [[ $COMPRESS == 1 ]] && nocompress=""
+    "$PYTHON" build/staticx_repro.py $nocompress "$DIST/appliance" "$DIST/appliance-static.partial"
     chmod 0755 "$DIST/appliance-static.partial"
     mv -f "$DIST/appliance-static.partial" "$DIST/appliance-static"
     log "staticx took $(elapsed "$start") s"
