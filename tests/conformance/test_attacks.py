@@ -424,6 +424,62 @@ def _tu_carried(ctx: Ctx) -> list[str | os.PathLike[str]]:
     return importing(b.path)
 
 
+# --- rollback authorizations (the pointer moves only with one) ------------------------------
+
+
+def _rollback(ctx: Ctx, env: Envelope) -> list[str | os.PathLike[str]]:
+    return ["rollback", "m", "--authorization", ctx.repo.write(env, "auth")]
+
+
+@case("rollback-authorized-by-publisher-key", 1, "key_not_authorized")
+def _rb_pub(ctx: Ctx) -> list[str | os.PathLike[str]]:
+    return _rollback(ctx, ctx.repo.rollback_auth("m", "1.0", signers=("pub",)))
+
+
+@case("rollback-authorized-by-revoked-key", 1, "revoked_key")
+def _rb_old(ctx: Ctx) -> list[str | os.PathLike[str]]:
+    # "old" is revoked (it was a publisher key): revocation is reported first
+    return _rollback(ctx, ctx.repo.rollback_auth("m", "1.0", signers=("old",)))
+
+
+@case("rollback-authorization-unsigned", 1, "rollback_not_authorized")
+def _rb_unsigned(ctx: Ctx) -> list[str | os.PathLike[str]]:
+    env = ctx.repo.rollback_auth("m", "1.0")
+    return _rollback(ctx, Envelope(env.payload_type, env.payload, ()))
+
+
+@case("rollback-authorization-expired", 1, "authorization_expired")
+def _rb_expired(ctx: Ctx) -> list[str | os.PathLike[str]]:
+    now = utcnow()
+    env = ctx.repo.rollback_auth(
+        "m", "1.0", issued_at=now - timedelta(days=8), expires=now - timedelta(days=1)
+    )
+    return _rollback(ctx, env)
+
+
+@case("rollback-authorization-other-site", 1, "authorization_mismatch")
+def _rb_site(ctx: Ctx) -> list[str | os.PathLike[str]]:
+    return _rollback(ctx, ctx.repo.rollback_auth("m", "1.0", sites=("site-b",)))
+
+
+@case("rollback-authorization-other-artifact", 1, "authorization_mismatch")
+def _rb_name(ctx: Ctx) -> list[str | os.PathLike[str]]:
+    return _rollback(ctx, ctx.repo.rollback_auth("tok", "1.0"))
+
+
+@case("rollback-authorization-wrong-digest", 1, "authorization_mismatch")
+def _rb_digest(ctx: Ctx) -> list[str | os.PathLike[str]]:
+    return _rollback(ctx, ctx.repo.rollback_auth("m", "1.0", digest="0" * 64))
+
+
+@case("rollback-authorization-reused", 1, "authorization_reused")
+def _rb_reused(ctx: Ctx) -> list[str | os.PathLike[str]]:
+    args = _rollback(ctx, ctx.repo.rollback_auth("m", "1.0"))
+    ok(cli(ctx.home, *args))
+    ctx.before = snapshot(ctx.home)
+    return args
+
+
 # --- archive tricks: tar -----------------------------------------------------------------
 
 TAR_TRICKS: dict[str, tuple[str, Callable[[Ctx, Built], Any]]] = {
