@@ -138,9 +138,11 @@ build_static() {
 inputs_newer_than() {
     local out=$1
     [[ -e $out ]] || return 0
-    [[ -n $(find appliance bundles tui build pyproject.toml \
-        \( -path build/work -prune \) -o \( -type f -newer "$out" ! -name '*.pyc' -print \) \
-        2>/dev/null | head -1) ]]
+    local inputs=(appliance bundles tui pyproject.toml build/appliance.spec build/entry.py
+        build/appliance_selftest.py build/build.sh)
+    [[ -e $VENV/.installed ]] && inputs+=("$VENV/.installed") # dependencies reinstalled
+    [[ -n $(find "${inputs[@]}" -type f -newer "$out" ! -name '*.pyc' -print 2>/dev/null |
+        head -1) ]]
 }
 
 if [[ $FORCE -eq 1 ]] || inputs_newer_than "$DIST/appliance"; then
@@ -149,7 +151,9 @@ else
     log "$DIST/appliance is up to date"
 fi
 if [[ $STATIC -eq 1 ]]; then
-    if [[ $FORCE -eq 1 ]] || [[ ! -e $DIST/appliance-static ]] || [[ $DIST/appliance -nt $DIST/appliance-static ]]; then
+    if [[ $FORCE -eq 1 ]] || [[ ! -e $DIST/appliance-static ]] ||
+        [[ $DIST/appliance -nt $DIST/appliance-static ]] ||
+        [[ build/staticx_repro.py -nt $DIST/appliance-static ]]; then
         build_static
     else
         log "$DIST/appliance-static is up to date"
