@@ -59,13 +59,21 @@ cleanup() {
     done
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP # through the EXIT trap
 
 say() { echo "$*"; }
 pass() { PASS=$((PASS + 1)); DONE[$1]=1; say "PASS: $2"; }
 fail() { FAIL=$((FAIL + 1)); WHY[$1]="step '$2' failed"; say "FAIL: $2${3:+: $3}"; }
 skip() { SKIP=$((SKIP + 1)); WHY[$1]=$3; say "SKIP: $2: $3"; }
 
-rm -rf "$SMOKE_DIR"
+# Leftover mounts of an earlier run that was killed (only possible outside a
+# private namespace): unmount them before removing anything.
+if [[ -d $SMOKE_DIR ]]; then
+    while read -r m; do
+        umount -l "$m" 2>/dev/null || true
+    done < <(awk -v d="$SMOKE_DIR/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r)
+    rm -rf --one-file-system "$SMOKE_DIR"
+fi
 mkdir -p "$SMOKE_DIR"
 : >"$LOG"
 
