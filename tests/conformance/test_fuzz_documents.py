@@ -56,7 +56,14 @@ roles = st.sampled_from(["root", "publisher", "rollback", "Publisher", "", None,
 streams = st.sampled_from(["models", "other", "a/b", "", None, "x" * 200, "\u0000", 3])
 thresholds = st.sampled_from([0, 1, 2, 3, 65, -1, 2**53, True, "1", None])
 keyids = st.sampled_from([*IDS, "0" * 64, "F" * 64, "abc", None])
-pems = st.sampled_from([*PEMS, "", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"])
+# the last one: an Ed25519 key under an unknown algorithm OID (the atheris finding)
+ODD_PEM = (
+    "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2V/AyEA5/FioQvsVZr+oZXk3OhLaVaNXSywlj60RsBoXisX8vA=\n"
+    "-----END PUBLIC KEY-----\n"
+)
+pems = st.sampled_from(
+    [*PEMS, "", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", ODD_PEM]
+)
 
 
 def op() -> st.SearchStrategy[Any]:
