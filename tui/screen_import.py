@@ -15,13 +15,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.content import Content
-from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
+from textual.widgets import Footer, Header, ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
 from appliance.importer import ImportResult, import_bundle
 from bundles.errors import ApplianceError
 from tui import fmt
-from tui.base import SubScreen, cell
+from tui.base import SubScreen
 from tui.messages import ImportFinished, ImportProgress
 from tui.model import Problem, Review
 
@@ -47,6 +47,7 @@ class ImportScreen(SubScreen):
         self.running = True
         self.started = 0.0
         self.finished: ImportFinished | None = None
+        self.results: list[tuple[str, str, str]] = []  # artifact, pass/FAIL/..., reason
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -60,7 +61,7 @@ class ImportScreen(SubScreen):
                     yield Static(Content(f"{a.ref} {fmt.size(a.size)}"), classes="art-label")
                     yield ProgressBar(total=max(a.size, 1), show_eta=False, id=f"art-{i}")
             yield Static(id="import-result")
-            yield DataTable(id="import-results", cursor_type="none", show_cursor=False)
+            yield Static(id="import-results")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -68,7 +69,6 @@ class ImportScreen(SubScreen):
         assert m is not None
         self.title = "Verify only" if self.dry_run else "Verify and import"
         self.sub_title = f"{m.stream} #{m.sequence}"
-        self.query_one("#import-results", DataTable).display = False
         self.app_.running_imports.add(self.cancel)
         self.started = self.app_.clock()
         self._status()
@@ -153,15 +153,24 @@ class ImportScreen(SubScreen):
         self._status()
         self.refresh_bindings()
         self.query_one("#import-result", Static).update(self._summary(message))
-        table = self.query_one("#import-results", DataTable)
-        table.clear(columns=True)
-        table.add_columns("Artifact", "Result", "Reason")
-        tone = self.app_.tone
-        for a in self.artifacts:
-            result, reason, ok = self._artifact_result(a.name, a.ref, a.size, message)
-            table.add_row(cell(a.ref), tone(result, "ok" if ok else "bad"), cell(reason))
-        table.display = True
-        self.query_one("#import", VerticalScroll).scroll_end(animate=False)
+        rows = [
+            (a.ref, *self._artifact_result(a.name, a.ref, a.size, message)) for a in self.artifacts
+        ]
+        self.results = [(ref, result, reason) for ref, result, reason, _ in rows]
+        width = max([len("Artifact"), *(len(ref) for ref, *_ in rows)]) + 2
+        lines: list[str | tuple[str, str]] = [
+            (f"{'Artifact':<{width}}{'Result':<13}Reason", "bold")
+        ]
+        for ref, result, reason, ok in rows:
+            lines += [
+                "\n",
+                f"{ref:<{width}}",
+                (f"{result:<13}", "bold $text-success" if ok else "bold $text-error"),
+                reason,
+            ]
+        self.query_one("#import-results", Static).update(Content.assemble(*lines))
+        scroll = self.query_one("#import", VerticalScroll)
+        self.call_after_refresh(scroll.scroll_end, animate=False)
 
     def _summary(self, message: ImportFinished) -> Content:
         r: ImportResult | None = message.result

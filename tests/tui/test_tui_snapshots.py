@@ -32,6 +32,7 @@ async def settle(pilot: Pilot[Any]) -> None:
         if not getattr(pilot.app.screen, "running", False):
             break
         await pilot.pause(0.02)
+    await pilot.pause(0.05)  # a table shown with the result is laid out on the next refresh
     await pilot.pause()
 
 
