@@ -99,15 +99,20 @@ class transaction:
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if exc is not None:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             if isinstance(exc, sqlite3.Error):
                 raise translate_sqlite_error(exc) from exc
             return
         try:
             self.conn.execute("COMMIT")
         except sqlite3.Error as e:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             raise translate_sqlite_error(e) from e
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back (a COMMIT that hit a full disk).
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
 
 def translate_sqlite_error(e: sqlite3.Error) -> Exception:

@@ -170,8 +170,9 @@ def load_from_db(
 ) -> LoadedArtifact:
     """``load`` on an open state database (the CLI and the demo share one connection)."""
     rec: Record | None = None
+    wpath = witness.configured_path(db, witness_path)
     try:
-        witness.require_current(db, witness.configured_path(db, witness_path))
+        witness.require_current(db, wpath)
         rec = find(db, name, version)
         art = open_verified(home, rec)
         try:
@@ -183,11 +184,15 @@ def load_from_db(
         if record:
             detail = {} if rec is None else {"digest": rec.digest, "size": rec.size}
             _record_event(db, name, rec.version if rec else version, e, detail)
+            if not isinstance(e, StateSuspectError):
+                witness.refresh(db, wpath)
         raise
     if record:
         try:
             detail = {"digest": rec.digest, "size": rec.size, "copy": art.to_dict()["copy"]}
             _record_event(db, name, rec.version, None, detail)
+            # With a witness, load events are witnessed too: none can vanish unnoticed.
+            witness.refresh(db, wpath)
         except BaseException:
             art.close()
             raise

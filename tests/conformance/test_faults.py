@@ -252,12 +252,6 @@ def test_full_disk_at_database_commit_nothing_lost(site: Site, tmp_path: Path) -
     _database_commit_on_full_disk(site, tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="appliance/db.py transaction.__exit__ runs ROLLBACK after a failed COMMIT that "
-    "SQLite already rolled back (SQLITE_FULL): 'cannot rollback - no transaction is "
-    "active' escapes as internal_error instead of disk_full (reported to the lead)",
-)
 def test_full_disk_at_database_commit_says_disk_full(site: Site, tmp_path: Path) -> None:
     assert _database_commit_on_full_disk(site, tmp_path) == "disk_full"
 

@@ -244,11 +244,6 @@ def test_witness_is_current_after_normal_work(wsite: Site, tmp_path: Path) -> No
     assert ok(cli(home, "audit", "verify", witness=w))["witness"] in ("current", "home_ahead")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load and exec append an audit event but do not refresh the witness, so the "
-    "trailing load events can be deleted without trace (reported to the lead)",
-)
 def test_removed_trailing_load_event_is_evident(wsite: Site, tmp_path: Path) -> None:
     home, w = _whome(wsite, tmp_path)
     ok(cli(home, "load", "m", "-o", tmp_path / "o.bin", witness=w))
