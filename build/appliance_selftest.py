@@ -65,6 +65,18 @@ def _check_process_pool() -> str:
     return "2 worker processes"
 
 
+def _check_process_pool_spawn() -> str:
+    # A spawned worker is this executable run again: only the entry's
+    # multiprocessing.freeze_support() turns it into a worker instead of a CLI run.
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
+        digests = list(pool.map(_hash_in_worker, [b"a", b"b"]))
+    assert digests[0] != digests[1], digests
+    return "2 spawned worker processes"
+
+
 def _check_packages() -> str:
     names = ["appliance.cli", "bundles.keys", "bundles.dsse", "bundles.manifest", "rfc8785"]
     for name in names:
@@ -99,6 +111,7 @@ CHECKS: list[tuple[str, Callable[[], str]]] = [
     ("cryptography", _check_cryptography),
     ("sqlite", _check_sqlite),
     ("process_pool", _check_process_pool),
+    ("process_pool_spawn", _check_process_pool_spawn),
     ("packages", _check_packages),
     ("textual", _check_textual),
 ]
