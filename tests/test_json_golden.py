@@ -476,12 +476,6 @@ def test_every_golden_is_used() -> None:
 # --- contract violations found while writing this file (see the reasons) -------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="appliance/cli/cmd_tui.py cmd_tui: an absent --media folder raises UsageError "
-    "(exit 2, code usage); DESIGN 9.1 says absent or unreadable media is exit 3 "
-    "(as `appliance media --media DIR` does, with a MediaError)",
-)
 def test_tui_absent_media_is_exit_3(world: World, results: dict[str, Result]) -> None:
     res = run_cli(
         ["--home", str(world.home), "--json", "tui", "--media", str(world.tmp / "no-such-usb")],

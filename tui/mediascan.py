@@ -1,7 +1,7 @@
 """Find removable media and the bundles on them (no textual here; read only).
 
-Media are the mounted file systems the kernel calls removable (sysfs), plus
-anything mounted under ``/media`` or ``/run/media``, plus folders given with
+Media are the mounted file systems the kernel calls removable (found by
+``appliance.mediascan``, as ``appliance media`` does), plus folders given with
 ``--media``. A bundle is the media folder itself, any immediate subdirectory,
 or any immediate ``.tar`` file holding ``manifest.dsse.json``. What is shown
 of a bundle here comes from ``bundles.reader.peek``: UNVERIFIED, and labelled
@@ -18,13 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from appliance import mediascan as appliance_mediascan
 from bundles.errors import ApplianceError
 from bundles.media import open_media
 from bundles.reader import MANIFEST_FILE, peek
 
-MOUNTS = Path("/proc/self/mounts")
-SYS_BLOCK = Path("/sys/class/block")
-REMOVABLE_ROOTS = ("/media/", "/run/media/")
 MAX_LISTED = 200  # entries looked at per media folder
 
 
@@ -55,48 +53,9 @@ class MediaInfo:
     documents: tuple[Path, ...]  # *.json files: candidate rollback authorizations
 
 
-def _unescape(field: str) -> str:
-    """Mount points in /proc/mounts escape space, tab, newline and backslash as octal."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def _device_removable(device: str) -> bool:
-    if not device.startswith("/dev/"):
-        return False
-    name = os.path.basename(os.path.realpath(device))
-    node = SYS_BLOCK / name
-    for candidate in (node / "removable", node.resolve().parent / "removable"):
-        try:
-            if candidate.read_text().strip() == "1":
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def removable_mounts(mounts_file: Path = MOUNTS) -> list[Path]:
-    """Mount points of removable media, from the kernel's mount table."""
-    try:
-        text = mounts_file.read_text()
-    except OSError:
-        return []
-    found: list[Path] = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        device, mountpoint = fields[0], _unescape(fields[1])
-        if mountpoint.startswith(REMOVABLE_ROOTS) or _device_removable(device):
-            found.append(Path(mountpoint))
-    return sorted(set(found))
+def removable_mounts() -> list[Path]:
+    """Mount points of removable media: the same detection as ``appliance media``."""
+    return [Path(m.mount_point) for m in appliance_mediascan.removable_mounts()]
 
 
 class MediaScanner:

@@ -11,7 +11,6 @@ detail}``; ``expected`` and ``outcome`` are ``ok`` or an error code).
 from __future__ import annotations
 
 import argparse
-import importlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,17 +27,9 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _open_tui(home: Path, media: Path, witness: Path) -> int:
-    try:
-        tui = importlib.import_module("tui")
-    except ImportError as e:
-        raise OperationalError("the TUI is not built yet", code="tui_unavailable") from e
-    run_app = getattr(tui, "run_app", None)
-    if run_app is None:
-        raise OperationalError("the TUI is not built yet", code="tui_unavailable")
-    try:
-        return int(run_app(home=home, media=[media], witness=witness))
-    except TypeError:  # an older run_app(home, media) without the witness
-        return int(run_app(home=home, media=[media]))
+    from tui import run_app  # lazy: only --tui imports textual
+
+    return run_app(home=home, media=[media], witness=witness)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:

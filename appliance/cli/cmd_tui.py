@@ -1,18 +1,21 @@
 """``appliance tui [--media DIR ...]``: the operator's terminal UI.
 
 Textual is imported inside the command function only, so no other command
-pays for it (or needs it). JSON: ``{"exit_code": N}`` after the UI closes.
+pays for it (or needs it). JSON: ``{"tui_exit_code": N}`` after the UI closes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from appliance.cli.context import Context
 from appliance.home import Home
 from bundles.errors import UsageError
+from bundles.media import media_error
 
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
@@ -30,10 +33,14 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
 
 def cmd_tui(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     for folder in args.media:
-        if not Path(folder).is_dir():
+        try:
+            st = os.stat(folder)
+        except OSError as e:
+            raise media_error(str(folder), e) from e  # absent media: exit 3, as `media`
+        if not stat.S_ISDIR(st.st_mode):
             raise UsageError(f"--media {folder}: not a folder")
     Home(ctx.home).require()
     import tui  # lazy: only this command imports textual
 
     code = tui.run_app(ctx.home, list(args.media), ctx.witness)
-    return {"exit_code": code}
+    return {"tui_exit_code": code}
