@@ -329,6 +329,14 @@ t_tar() {
         cmp "$CH/w/loaded-3.bin" "$CH/w/art/model-v3.bin"
 }
 
+t_exec() {
+    # exec verifies, then becomes the command: here the binary itself again
+    local out
+    out=$(in_chroot exec model -- /appliance --version) || return
+    echo "$out"
+    [[ $out =~ ^appliance\ [0-9] ]]
+}
+
 t_demo() { env -i PATH=/ HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 TERM=dumb "$CHROOT" "$CH" /appliance demo; }
 
 # t_tmux LABEL ENV COMMAND...: run in tmux (80x24) inside the chroot, wait for a
@@ -402,6 +410,11 @@ run_variant() {
     step "${s}audit" "$p audit verify --json (chain intact)" "cmd:audit_verify step:${s}load1" \
         t_json_ok audit verify
     step "${s}history" "$p history model --json" "cmd:history step:${s}load1" t_json_ok history model
+    step "${s}list" "$p list --json" "cmd:list step:${s}load1" t_json_ok list
+    step "${s}trust_show" "$p trust show --json" "cmd:trust_show step:${s}trust_apply" t_json_ok trust show
+    step "${s}media" "$p media --media /w --json (bundles found, unverified)" "cmd:media step:${s}bundle2" \
+        t_json_ok media --media /w
+    step "${s}exec" "$p exec model -- CMD (verified, then replaced by CMD)" "cmd:exec step:${s}load1" t_exec
     step "${s}tar" "$p bundle create --tar, import the tar, load (model 3.0)" \
         "cmd:bundle_create cmd:import cmd:load step:${s}load1" t_tar
     step "${s}demo" "$p demo (throwaway home)" "cmd:demo" t_demo
