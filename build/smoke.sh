@@ -160,28 +160,30 @@ VARIANT="" # appliance or appliance-static
 mount_into() { # mount_into TARGET MOUNT-ARGS...
     local target=$1
     shift
-    mkdir -p "$target"
-    mount "$@" "$target"
+    mkdir -p "$target" || return
+    mount "$@" "$target" || return
     MOUNTS+=("$target")
 }
 
 make_chroot() {
     local variant=$1 lib
     CH=$SMOKE_DIR/chroot-$variant
-    mkdir -p "$CH/tmp" "$CH/proc" "$CH/dev/shm" "$CH/w/art"
-    chmod 1777 "$CH/tmp"
-    cp "$DIST/$variant" "$CH/appliance"
+    mkdir -p "$CH/tmp" "$CH/proc" "$CH/dev/shm" "$CH/w/art" || return
+    chmod 1777 "$CH/tmp" || return
+    cp "$DIST/$variant" "$CH/appliance" || return
     if [[ $variant == appliance ]]; then
         # The host's libraries the bootloader and the bundled objects need.
-        for lib in $("$VENV/bin/python" build/chroot_libs.py libs "$DIST/$variant"); do
-            cp -L --parents "$lib" "$CH/"
+        local libs
+        libs=$("$VENV/bin/python" build/chroot_libs.py libs "$DIST/$variant") || return
+        for lib in $libs; do
+            cp -L --parents "$lib" "$CH/" || return
         done
     fi
-    mount_into "$CH/proc" -t proc proc
-    mount_into "$CH/dev/shm" -t tmpfs -o size=16m,mode=1777 tmpfs
-    head -c 1500000 /dev/urandom >"$CH/w/art/model-v1.bin"
-    head -c 2500000 /dev/urandom >"$CH/w/art/model-v2.bin"
-    head -c 700000 /dev/urandom >"$CH/w/art/model-v3.bin"
+    mount_into "$CH/proc" -t proc proc || return
+    mount_into "$CH/dev/shm" -t tmpfs -o size=16m,mode=1777 tmpfs || return
+    head -c 1500000 /dev/urandom >"$CH/w/art/model-v1.bin" &&
+        head -c 2500000 /dev/urandom >"$CH/w/art/model-v2.bin" &&
+        head -c 700000 /dev/urandom >"$CH/w/art/model-v3.bin"
 }
 
 # in_chroot ARGS...: the binary in the chroot, with an empty environment.
@@ -382,7 +384,11 @@ run_variant() {
     local p=$VARIANT: # step label prefix
     local s=${VARIANT}_
     say "--- $VARIANT ($(stat -c %s "$DIST/$VARIANT") bytes) in an empty chroot"
-    make_chroot "$VARIANT"
+    if ! make_chroot "$VARIANT" >>"$LOG" 2>&1; then
+        FAIL=$((FAIL + 1))
+        say "FAIL: $VARIANT: could not set up the chroot (see $LOG)"
+        return 0
+    fi
     local what="no Python, only the C library per ldd"
     [[ $VARIANT == appliance-static ]] && what="no Python and no C library"
     step "${s}contents" "$p chroot holds $what" "" check_contents
