@@ -71,9 +71,11 @@ DEFAULT_VALIDITY = timedelta(days=7)
 MAX_AUTHORIZATION_BYTES = 1 << 20
 
 __all__ = [
+    "RollbackCheck",
     "RollbackResult",
     "apply_rollback",
     "authorize_rollback",
+    "evaluate_authorization",
     "read_authorization",
     "verify_authorization",
 ]
@@ -199,41 +201,105 @@ def verify_authorization(
     return auth, counted
 
 
+@dataclass(frozen=True)
+class RollbackCheck:
+    """One check of an authenticated authorization; ``error`` is what a refusal raises."""
+
+    label: str
+    ok: bool
+    detail: str
+    error: ApplianceError | None = None
+
+
+def evaluate_authorization(
+    db: sqlite_utils.Database, name: str, auth: RollbackAuthorization
+) -> list[RollbackCheck]:
+    """Every check after the signature, in order, none skipped (for previews and refusals)."""
+    here = site(db)
+    now = trusted_now(db)
+    used = db.execute("SELECT used_at FROM used_authorizations WHERE id = ?", [auth.id]).fetchone()
+    current = active_version(db, name)
+    try:
+        target_digest: str | None = find(db, name, auth.to_version).digest
+        missing: NotFoundError | None = None
+    except NotFoundError as e:
+        target_digest, missing = None, e
+    sites = ", ".join(auth.sites) if auth.sites else "any site"
+
+    def check(label: str, ok: bool, detail: str, error: ApplianceError) -> RollbackCheck:
+        return RollbackCheck(label, ok, detail, None if ok else error)
+
+    digest_ok = auth.digest is None or auth.digest == target_digest
+    return [
+        check(
+            "artifact",
+            auth.name == name,
+            f"{auth.name} (rolling back {name})",
+            AuthorizationMismatchError(f"the authorization is for {auth.name!r}, not {name!r}"),
+        ),
+        check(
+            "site",
+            auth.allows_site(here),
+            f"{sites}; this appliance: {here or 'unnamed'}",
+            AuthorizationMismatchError(
+                f"the authorization is for site(s) {sites}, this appliance is {here or 'unnamed'}"
+            ),
+        ),
+        check(
+            "expiry",
+            now < auth.expires,
+            f"expires {format_time(auth.expires)}; trusted time {format_time(now)}",
+            AuthorizationExpiredError(
+                f"the authorization expired at {format_time(auth.expires)} "
+                f"(trusted time is {format_time(now)})"
+            ),
+        ),
+        check(
+            "single use",
+            used is None,
+            "not used before" if used is None else f"already used at {used[0]}",
+            AuthorizationReusedError(
+                f"authorization {auth.id} was already used at {used[0] if used else ''}; "
+                "each is single use"
+            ),
+        ),
+        check(
+            "target",
+            missing is None,
+            f"{name}@{auth.to_version} "
+            + ("is in the store" if missing is None else "is not in the store"),
+            missing or NotFoundError(f"no version {auth.to_version!r} of {name!r}"),
+        ),
+        check(
+            "not active",
+            current != auth.to_version,
+            f"active now: {current or '-'}",
+            UsageError(
+                f"{name}@{auth.to_version} is already the active version", code="already_active"
+            ),
+        ),
+        check(
+            "digest",
+            digest_ok,
+            "not pinned (the next load re-hashes anyway)"
+            if auth.digest is None
+            else f"{auth.digest[:16]}... " + ("matches" if digest_ok else "does not match"),
+            AuthorizationMismatchError(
+                f"the authorization names digest {(auth.digest or '')[:16]}..., the stored "
+                f"{name}@{auth.to_version} is {(target_digest or 'absent')[:16]}..."
+            ),
+        ),
+    ]
+
+
 def _check(
     db: sqlite_utils.Database, name: str, auth: RollbackAuthorization
 ) -> tuple[str | None, str]:
-    """Everything after the signature; returns (from_version, target digest)."""
-    if auth.name != name:
-        raise AuthorizationMismatchError(f"the authorization is for {auth.name!r}, not {name!r}")
-    here = site(db)
-    if not auth.allows_site(here):
-        raise AuthorizationMismatchError(
-            f"the authorization is for site(s) {', '.join(auth.sites)}, "
-            f"this appliance is {here or 'unnamed'}"
-        )
-    now = trusted_now(db)
-    if now >= auth.expires:
-        raise AuthorizationExpiredError(
-            f"the authorization expired at {format_time(auth.expires)} "
-            f"(trusted time is {format_time(now)})"
-        )
-    used = db.execute("SELECT used_at FROM used_authorizations WHERE id = ?", [auth.id]).fetchone()
-    if used is not None:
-        raise AuthorizationReusedError(
-            f"authorization {auth.id} was already used at {used[0]}; each is single use"
-        )
-    record = find(db, name, auth.to_version)
-    current = active_version(db, name)
-    if current == auth.to_version:
-        raise UsageError(
-            f"{name}@{auth.to_version} is already the active version", code="already_active"
-        )
-    if auth.digest is not None and auth.digest != record.digest:
-        raise AuthorizationMismatchError(
-            f"the authorization names digest {auth.digest[:16]}..., the stored "
-            f"{name}@{auth.to_version} is {record.digest[:16]}..."
-        )
-    return current, record.digest
+    """Raise the first failing check; returns (from_version, target digest)."""
+    for c in evaluate_authorization(db, name, auth):
+        if c.error is not None:
+            raise c.error
+    return active_version(db, name), find(db, name, auth.to_version).digest
 
 
 def _refuse(

@@ -24,7 +24,12 @@ from appliance.errors import TrustUpdateReplayError
 from appliance.home import Home
 from appliance.importer import store_view
 from appliance.policy import Decision, StoreView, check_bundle
-from appliance.rollback import MAX_AUTHORIZATION_BYTES, read_authorization, verify_authorization
+from appliance.rollback import (
+    MAX_AUTHORIZATION_BYTES,
+    evaluate_authorization,
+    read_authorization,
+    verify_authorization,
+)
 from appliance.store import Record, active_version, records
 from appliance.trust import TrustState, apply_update, describe, role_key
 from appliance.truststore import load_trust, site, stream_sequences, trusted_now
@@ -481,71 +486,14 @@ def preview_rollback(
             auth, signers = verify_authorization(db, data)
         except ApplianceError as e:
             return RollbackPreview(path, name, current, _claimed(data), problem=Problem.of(e))
-        here = site(db)
-        now = trusted_now(db)
-        used = db.execute(
-            "SELECT used_at FROM used_authorizations WHERE id = ?", [auth.id]
-        ).fetchone()
-        stored = {r.version: r for r in records(db, name)}
+        core = evaluate_authorization(db, name, auth)
         wcheck = witness.check(db, witness.configured_path(db, witness_path))
-    target = stored.get(auth.to_version)
-    sites = ", ".join(auth.sites) if auth.sites else "any site"
-    checks = [
-        (
-            "Artifact",
-            auth.name == name,
-            f"{auth.name} (rolling back {name})",
-            "authorization_mismatch",
-        ),
-        ("Site", auth.allows_site(here), f"{sites}; here: {here or '-'}", "authorization_mismatch"),
-        (
-            "Expires",
-            now < auth.expires,
-            f"{fmt.when(auth.expires)} ({fmt.relative(auth.expires, now)})",
-            "authorization_expired",
-        ),
-        (
-            "Single use",
-            used is None,
-            "not used before" if used is None else f"ALREADY USED at {used[0]}",
-            "authorization_reused",
-        ),
-        (
-            "Target",
-            target is not None and auth.to_version != current,
-            f"{auth.to_version}: "
-            + (
-                "not in the store"
-                if target is None
-                else "already active"
-                if auth.to_version == current
-                else f"stored (active now: {current or '-'})"
-            ),
-            "not_found" if target is None else "already_active",
-        ),
-        (
-            "Digest",
-            auth.digest is None or (target is not None and auth.digest == target.digest),
-            "not pinned; the next load re-hashes anyway"
-            if auth.digest is None
-            else f"{auth.digest[:16]}… "
-            + (
-                "matches the stored record"
-                if target is not None and auth.digest == target.digest
-                else "DOES NOT MATCH"
-            ),
-            "authorization_mismatch",
-        ),
-        (
-            "Witness",
-            wcheck.status not in (witness.WitnessStatus.MISSING, witness.WitnessStatus.BEHIND),
-            wcheck.status.value,
-            "state_rolled_back",
-        ),
-    ]
-    problem = next(
-        (Problem(code, f"{label}: {text}") for label, ok, text, code in checks if not ok), None
-    )
+    checks = [(c.label.capitalize(), c.ok, c.detail, c.error) for c in core]
+    witness_ok = wcheck.status not in (witness.WitnessStatus.MISSING, witness.WitnessStatus.BEHIND)
+    checks.append(("Witness", witness_ok, wcheck.status.value, None))
+    problem = next((Problem.of(err) for _, ok, _, err in checks if not ok and err), None)
+    if problem is None and not witness_ok:
+        problem = Problem("state_rolled_back", f"Witness: {wcheck.detail}")
     return RollbackPreview(
         path,
         name,
