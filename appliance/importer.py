@@ -239,6 +239,8 @@ def _import(
         if dry_run:
             return result
         try:
+            if cancel is not None and cancel.is_set():  # the last moment a cancel can count
+                raise CancelledError("import cancelled before promotion; nothing was changed")
             for a, staged_path in staged.items():
                 promote(home, staged_path, a.blake3)
             _commit(db, bundle, decision)
