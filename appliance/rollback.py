@@ -27,7 +27,6 @@ load after it is an ordinary load (full re-hash and today's trust).
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -56,7 +55,6 @@ from bundles.errors import (
     EnvelopeFormatError,
     ManifestFormatError,
     NotFoundError,
-    OperationalError,
     PayloadTypeError,
     RejectedError,
     StateSuspectError,
@@ -64,6 +62,7 @@ from bundles.errors import (
     UnsignedError,
     UsageError,
 )
+from bundles.files import read_input_file, write_new_file
 from bundles.keys import PrivateKey
 from bundles.timeutil import format_time, utcnow
 
@@ -147,19 +146,8 @@ def authorize_rollback(
         raise UsageError(f"rollback authorization: {e.message}") from e
     data = sign_envelope(ROLLBACK_PAYLOAD_TYPE, payload, keys).to_bytes()
     if out is not None:
-        _write_new(out, data)
+        write_new_file(out, data)
     return auth, data
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    except FileExistsError as e:
-        raise OperationalError(f"{path} exists; refusing to overwrite", code="output_exists") from e
-    except OSError as e:
-        raise OperationalError(f"cannot write {path}: {e.strerror}", code="io_error") from e
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 # --- appliance side -----------------------------------------------------------------
@@ -167,14 +155,7 @@ def _write_new(path: Path, data: bytes) -> None:
 
 def read_authorization(path: Path) -> bytes:
     """The authorization file's bytes (absent or unreadable: exit 3)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_AUTHORIZATION_BYTES + 1)
-    except FileNotFoundError as e:
-        raise OperationalError(f"{path} not found", code="file_not_found") from e
-    except OSError as e:
-        raise OperationalError(f"cannot read {path}: {e.strerror}", code="io_error") from e
-    return data
+    return read_input_file(path, MAX_AUTHORIZATION_BYTES, "authorization")
 
 
 def verify_authorization(

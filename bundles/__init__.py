@@ -89,6 +89,7 @@ if TYPE_CHECKING:
         fail,
         require_object,
     )
+    from bundles.files import read_input_file, write_new_file
     from bundles.hashing import (
         EMPTY_DIGEST,
         MULTITHREAD_MIN,
@@ -258,6 +259,8 @@ _MODULES: dict[str, str] = {
     "TrustUpdate": "documents",
     "RollbackAuthorization": "documents",
     "MULTITHREAD_MIN": "hashing",
+    "read_input_file": "files",
+    "write_new_file": "files",
     "EMPTY_DIGEST": "hashing",
     "new_hasher": "hashing",
     "hash_fd": "hashing",
@@ -427,6 +430,7 @@ __all__ = [
     "parse_stamp",
     "peek",
     "pretty",
+    "read_input_file",
     "read_trust_updates",
     "require_object",
     "save_keypair",
@@ -434,4 +438,5 @@ __all__ = [
     "utcnow",
     "verify_artifacts",
     "verify_envelope",
+    "write_new_file",
 ]

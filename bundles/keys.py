@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from bundles.errors import KeyFormatError, OperationalError
+from bundles.files import read_input_file
 
 MAX_KEY_FILE_BYTES = 16 * 1024
 
@@ -99,13 +100,7 @@ class PrivateKey:
 
 
 def _read_key_file(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_KEY_FILE_BYTES + 1)
-    except FileNotFoundError as e:
-        raise OperationalError(f"key file {path} not found", code="key_not_found") from e
-    except OSError as e:
-        raise OperationalError(f"cannot read key file {path}: {e.strerror}") from e
+    data = read_input_file(path, MAX_KEY_FILE_BYTES, "key file", missing_code="key_not_found")
     if len(data) > MAX_KEY_FILE_BYTES:
         raise KeyFormatError(f"key file {path} is too large to be a key")
     return data

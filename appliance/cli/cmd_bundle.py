@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.cli.context import Context
-from bundles.errors import OperationalError, UsageError
+from bundles.errors import UsageError
+from bundles.files import read_input_file
 
 if TYPE_CHECKING:
     from bundles.dsse import Envelope
@@ -95,13 +96,7 @@ def _parse_artifact(text: str) -> tuple[str, str, Path]:
 
 
 def _read_trust_update(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_TRUST_INPUT + 1)
-    except FileNotFoundError as e:
-        raise OperationalError(f"{path}: no such file", code="file_not_found") from e
-    except OSError as e:
-        raise OperationalError(f"cannot read {path}: {e.strerror}") from e
+    data = read_input_file(path, _MAX_TRUST_INPUT, "trust update")
     if len(data) > _MAX_TRUST_INPUT:
         raise UsageError(f"{path} is too large to be a trust update")
     return data

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,8 @@ from bundles.documents import (
     TrustUpdate,
 )
 from bundles.dsse import Envelope, sign_envelope
-from bundles.errors import BadNameError, MediaError, OperationalError, UsageError
+from bundles.errors import BadNameError, UsageError
+from bundles.files import read_input_file, write_new_file
 from bundles.keys import load_private_key, load_public_key
 from bundles.names import check_identifier
 from bundles.timeutil import format_time, utcnow
@@ -153,7 +153,7 @@ def run_update(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     keys = [load_private_key(p) for p in args.key]
     update = TrustUpdate(args.version, utcnow(), tuple(ops))
     env = sign_envelope(TRUST_PAYLOAD_TYPE, update.to_payload(), keys)
-    _write_new(args.out, env.to_bytes())
+    write_new_file(args.out, env.to_bytes())
     ctx.say(f"wrote trust update version {args.version} ({len(ops)} operation(s)) to {args.out}")
     return {
         "out": str(args.out),
@@ -163,32 +163,10 @@ def run_update(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     }
 
 
-def _write_new(path: Path, data: bytes) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError as e:
-        raise OperationalError(f"{path} exists; refusing to overwrite", code="output_exists") from e
-    except OSError as e:
-        raise MediaError(f"cannot write {path}: {e.strerror}", code="io_error") from e
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
-def read_document(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE + 1)
-    except FileNotFoundError as e:
-        raise MediaError(f"{path} not found", code="file_not_found") from e
-    except OSError as e:
-        raise MediaError(f"cannot read {path}: {e.strerror}") from e
-    return data
-
-
 def run_apply(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     home = Home(ctx.home)
     db = home.db()
-    env = Envelope.from_bytes(read_document(args.file))
+    env = Envelope.from_bytes(read_input_file(args.file, MAX_FILE, "trust update"))
     with HomeLock(home, wait=args.wait):
         wpath = witness.configured_path(db, ctx.witness)
         check = witness.check(db, wpath)
