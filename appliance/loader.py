@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import sqlite_utils
@@ -44,6 +43,7 @@ from appliance.sealed import private_copy
 from appliance.store import Record, find, parse_ref
 from appliance.truststore import load_trust
 from appliance.verify import check_hash, check_provenance, open_object
+from bundles.closing import Closing
 from bundles.errors import ApplianceError, RejectedError, StateSuspectError
 
 __all__ = ["LoadedArtifact", "default_home", "load", "resolve_home"]
@@ -56,7 +56,7 @@ def resolve_home(home: Home | str | os.PathLike[str] | None) -> Home:
 
 
 @dataclass
-class LoadedArtifact:
+class LoadedArtifact(Closing):
     """A verified artifact: ``fd`` is the open descriptor whose bytes were hashed.
 
     Use it as a context manager (``with appliance.load("model") as art:``) or
@@ -109,17 +109,6 @@ class LoadedArtifact:
         if not self._closed:
             self._closed = True
             os.close(self.fd)
-
-    def __enter__(self) -> LoadedArtifact:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_verified(home: Home, record: Record) -> LoadedArtifact:

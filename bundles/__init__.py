@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         parse_json,
         pretty,
     )
+    from bundles.closing import Closing
     from bundles.documents import (
         MAX_DOC_BYTES,
         MAX_OPERATIONS,
@@ -260,6 +261,7 @@ _MODULES: dict[str, str] = {
     "RollbackAuthorization": "documents",
     "MULTITHREAD_MIN": "hashing",
     "read_input_file": "files",
+    "Closing": "closing",
     "write_new_file": "files",
     "EMPTY_DIGEST": "hashing",
     "new_hasher": "hashing",
@@ -331,6 +333,7 @@ __all__ = [
     "BLOCK",
     "BadNameError",
     "Bundle",
+    "Closing",
     "DEFAULT_MEDIA_TYPE",
     "DigestMismatchError",
     "DirectorySource",

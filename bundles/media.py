@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Mapping
-from types import TracebackType
 
+from bundles.closing import Closing
 from bundles.errors import (
     ArchiveDuplicateError,
     ArchiveUnsafePathError,
@@ -32,7 +32,7 @@ MAX_ENTRIES = 100_000
 MAX_DEPTH = 32
 
 
-class MemberReader:
+class MemberReader(Closing):
     """Exactly one file (or tar member) on media, read by offset, never past its end.
 
     ``fd`` is an OS descriptor of the underlying file and ``offset`` where the
@@ -83,19 +83,8 @@ class MemberReader:
             if self._owns_fd:
                 os.close(self.fd)
 
-    def __enter__(self) -> MemberReader:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class MediaSource:
+class MediaSource(Closing):
     """Abstract: the regular files of one bundle on media."""
 
     location: str
@@ -133,17 +122,6 @@ class MediaSource:
                     f"{what} {path!r} in {self.location} shrank while read", code="media_changed"
                 )
         return bytes(buf[:got])
-
-    def __enter__(self) -> MediaSource:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def printable(text: str, limit: int = 200) -> str:

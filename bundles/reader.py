@@ -13,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from types import TracebackType
 
 from bundles.canonical import MAX_DOCUMENT_BYTES
+from bundles.closing import Closing
 from bundles.documents import MAX_DOC_BYTES
 from bundles.dsse import Envelope, KeyResolver, verify_envelope
 from bundles.errors import (
@@ -47,7 +47,7 @@ def _read_envelope(source: MediaSource) -> Envelope:
     return Envelope.from_bytes(data, max_bytes=MAX_MANIFEST_FILE_BYTES)
 
 
-class ArtifactReader:
+class ArtifactReader(Closing):
     """One artifact's bytes, across its parts in order, bounded to the signed size.
 
     Sizes are checked when it is made (``open_artifact`` raises) and again
@@ -121,19 +121,8 @@ class ArtifactReader:
             member.close()
         self._members = []
 
-    def __enter__(self) -> ArtifactReader:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class Bundle:
+class Bundle(Closing):
     """An authenticated bundle on media (the constructor verifies the signatures)."""
 
     def __init__(self, source: MediaSource, resolver: KeyResolver) -> None:
@@ -165,17 +154,6 @@ class Bundle:
 
     def close(self) -> None:
         self.source.close()
-
-    def __enter__(self) -> Bundle:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_bundle(path: str | os.PathLike[str], resolver: KeyResolver) -> Bundle:
