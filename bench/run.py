@@ -200,7 +200,22 @@ def quiet(argv: Sequence[str | os.PathLike[str]], cwd: Path | None = None) -> st
 
 
 def sync() -> None:
+    """Flush dirty pages and wait (up to 10 s) until the disk has taken them, so that no
+    case pays for the previous one's write-back (or its discards: ext4 here mounts with
+    ``discard``, and every run deletes a 2 GiB file)."""
     os.sync()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open("/proc/meminfo") as f:
+                info = {k: v for k, _, v in (line.partition(":") for line in f)}
+            pending = int(info["Dirty"].split()[0]) + int(info["Writeback"].split()[0])
+        except (OSError, KeyError, ValueError, IndexError):
+            break
+        if pending < 16 * 1024:  # KiB
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
 
 
 def rm(path: Path) -> Callable[[], None]:
