@@ -129,7 +129,11 @@ def hash_paths(paths: Sequence[str | Path], workers: int | None = None) -> list[
         return _hash_many(names)
     chunk = max(64, len(names) // (workers * 8))
     batches = [names[i : i + chunk] for i in range(0, len(names), chunk)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    try:
+        pool = ProcessPoolExecutor(max_workers=workers)
+    except OSError:  # no /dev/shm (minimal containers, chroots): hash in this process
+        return _hash_many(names)
+    with pool:
         results: list[tuple[str, int]] = []
         for part in pool.map(_hash_many, batches):
             results.extend(part)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,27 @@ def _copy_out(src: int, dst: int, size: int) -> None:
 
 
 def _write_file(art: LoadedArtifact, out: Path) -> None:
+    """A regular file is replaced atomically (temp file beside it, then rename); anything
+    else that exists (``/dev/null``, a FIFO, a terminal) is written in place, never replaced.
+    """
+    try:
+        st = os.stat(out)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise OperationalError(f"cannot write {out}: {e.strerror}", code="io_error") from e
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"-o {out} is a directory")
+        try:
+            fd = os.open(out, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                _copy_out(art.fd, fd, art.size)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise OperationalError(f"cannot write {out}: {e.strerror}", code="io_error") from e
+        return
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
