@@ -104,3 +104,13 @@ def test_command_help_does_not_import_textual(command: str, tmp_path: Path) -> N
 def test_probe_sees_textual(tmp_path: Path) -> None:
     """The probe itself works: an import of textual is seen."""
     assert "textual" in _probe("import textual.app\n", tmp_path)
+
+
+def test_command_name_skips_global_options() -> None:
+    from appliance.cli.main import GROUPS, command_name
+
+    assert command_name(["--home", "list", "--json", "verify", "x"]) == "verify"
+    assert command_name(["--witness", "w", "import", "p"]) == "import"
+    assert command_name(["--home=/h", "list"]) == "list"
+    assert command_name(["--json"]) is None
+    assert set(GROUPS) >= {"key", "bundle", "import", "load", "exec", "rollback", "tui"}

@@ -9,6 +9,7 @@ textual: the TUI is imported only by the ``tui`` command.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -24,44 +25,52 @@ from bundles.errors import ApplianceError, UsageError
 Command = Callable[[argparse.Namespace, Context], dict[str, Any]]
 
 
-def command_groups() -> tuple[ModuleType, ...]:
-    """The ``cmd_*`` modules, imported only when a parser is built.
+# Command name -> the ``cmd_*`` module that registers it (one module may own several).
+GROUPS: dict[str, str] = {
+    "key": "cmd_keys",
+    "bundle": "cmd_bundle",
+    "init": "cmd_init",
+    "trust": "cmd_trust",
+    "import": "cmd_import",
+    "media": "cmd_media",
+    "list": "cmd_store",
+    "verify": "cmd_store",
+    "load": "cmd_load",
+    "exec": "cmd_load",
+    "rollback": "cmd_rollback",
+    "history": "cmd_history",
+    "audit": "cmd_audit",
+    "witness": "cmd_audit",
+    "demo": "cmd_demo",
+    "tui": "cmd_tui",
+}
+_VALUED_GLOBALS = ("--home", "--witness")
 
-    ``appliance --version`` never builds one, so its start-up skips every command
-    module and what they import (sqlite_utils, cryptography, ...): DESIGN section 8.
-    The imports are written out (not ``importlib``) so PyInstaller still finds them.
+
+def command_name(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` (skipping the global options before it), if any."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _VALUED_GLOBALS:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def command_groups(command: str | None = None) -> tuple[ModuleType, ...]:
+    """The ``cmd_*`` modules to register: only the one owning ``command`` when known.
+
+    Importing a command module pulls in what it needs (sqlite_utils,
+    cryptography, ...), so ``--version`` imports none and a command imports only
+    its own (DESIGN section 8, start-up). Help and unknown commands get them all,
+    in the order ``GROUPS`` lists them. PyInstaller's spec collects every
+    submodule of ``appliance``, so these dynamic imports are in the binary.
     """
-    from appliance.cli import (
-        cmd_audit,
-        cmd_bundle,
-        cmd_demo,
-        cmd_history,
-        cmd_import,
-        cmd_init,
-        cmd_keys,
-        cmd_load,
-        cmd_media,
-        cmd_rollback,
-        cmd_store,
-        cmd_trust,
-        cmd_tui,
-    )
-
-    return (
-        cmd_keys,
-        cmd_bundle,
-        cmd_init,
-        cmd_trust,
-        cmd_import,
-        cmd_media,
-        cmd_store,
-        cmd_load,
-        cmd_rollback,
-        cmd_history,
-        cmd_audit,
-        cmd_demo,
-        cmd_tui,
-    )
+    names = [GROUPS[command]] if command in GROUPS else list(dict.fromkeys(GROUPS.values()))
+    return tuple(importlib.import_module(f"appliance.cli.{name}") for name in names)
 
 
 class _HelpRequested(Exception):
@@ -104,13 +113,14 @@ def _globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for every command, or only for ``command``'s group when given."""
     common = _Parser(add_help=False)
     _globals(common, top=False)
     parser = _Parser(prog="appliance", description="Offline verification appliance")
     _globals(parser, top=True)
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for group in command_groups():
+    for group in command_groups(command):
         group.register(subs, common)
     return parser
 
@@ -143,7 +153,7 @@ def run(argv: Sequence[str]) -> int:
     ctx = Context(home=Path(), json=wants_json)
     try:
         head, tail = _split_dashdash(argv)
-        args = build_parser().parse_args(head)
+        args = build_parser(command_name(head)).parse_args(head)
         args.rest = tail
         if not getattr(args, "func", None):
             raise UsageError("appliance: a command is required (see appliance --help)")
