@@ -41,8 +41,8 @@ from bundles.documents import TrustUpdate
 from bundles.dsse import Envelope
 from bundles.errors import RejectedError
 from bundles.manifest import Artifact
-from bundles.media import MediaSource, open_media
-from bundles.reader import Bundle, read_trust_updates
+from bundles.media import MediaSource
+from bundles.reader import Bundle, open_bundle_media, read_trust_updates
 from bundles.timeutil import format_time, utcnow
 
 PARALLEL_ARTIFACTS = 2
@@ -198,7 +198,7 @@ def _import(
             # A home behind its witness keeps every object, as evidence for responders.
             sweep_orphans(home, db)
         try:
-            source = open_media(path)
+            source = open_bundle_media(path)
         except RejectedError as e:  # archive tricks are refusals too: audit them
             if not dry_run:
                 record_refusal(db, "import", e, {"path": os.fspath(path)})

@@ -156,9 +156,24 @@ class Bundle(Closing):
         self.source.close()
 
 
+def open_bundle_media(path: str | os.PathLike[str]) -> MediaSource:
+    """``open_media`` for a bundle: a folder without a manifest is refused before it is walked.
+
+    Someone who points at a mount point instead of the bundle in it gets a clear
+    refusal at once, not a walk of the whole disk.
+    """
+    location = os.fspath(path)
+    if os.path.isdir(location) and not os.path.lexists(os.path.join(location, MANIFEST_FILE)):
+        raise ArtifactMissingError(
+            f"{location} holds no {MANIFEST_FILE}: not a bundle directory (give the bundle's "
+            "folder, not the media's; 'appliance media' lists the bundles on media)"
+        )
+    return open_media(location)
+
+
 def open_bundle(path: str | os.PathLike[str], resolver: KeyResolver) -> Bundle:
     """Open media and authenticate its manifest; the media is closed on refusal."""
-    source = open_media(path)
+    source = open_bundle_media(path)
     ok = False
     try:
         bundle = Bundle(source, resolver)
