@@ -145,7 +145,10 @@ class _Chaser:
                     return
             while self.hashed < end:
                 want = min(len(view), end - self.hashed)
-                n = os.preadv(self.fd, [view[:want]], self.hashed)
+                try:
+                    n = os.preadv(self.fd, [view[:want]], self.hashed)
+                except OSError as e:  # the home's disk failed under the staging file
+                    raise io_error(e, f"reading back {self.artifact.ref} from staging") from e
                 if n <= 0:
                     raise OperationalError(
                         f"{self.artifact.ref}: the staging file ended at {self.hashed} bytes",
