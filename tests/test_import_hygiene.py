@@ -114,3 +114,12 @@ def test_command_name_skips_global_options() -> None:
     assert command_name(["--home=/h", "list"]) == "list"
     assert command_name(["--json"]) is None
     assert set(GROUPS) >= {"key", "bundle", "import", "load", "exec", "rollback", "tui"}
+
+
+def test_public_api_resolves_without_textual() -> None:
+    code = (
+        "import appliance, sys\n"
+        "for n in appliance.__all__: getattr(appliance, n)\n"
+        "assert 'textual' not in sys.modules, 'textual imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
