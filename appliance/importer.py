@@ -22,14 +22,13 @@ import sqlite_utils
 
 from appliance import audit, witness
 from appliance.db import transaction
-from appliance.errors import StateRolledBackError, TrustUpdateReplayError
+from appliance.errors import TrustUpdateReplayError
 from appliance.home import Home, HomeLock
 from appliance.policy import Decision, StoreView, check_bundle
 from appliance.staging import CancelledError, Progress, stage_artifact
 from appliance.store import io_error, promote, sweep_orphans
 from appliance.trust import TrustState, apply_update
 from appliance.truststore import (
-    counters,
     load_trust,
     raise_time_floor,
     save_trust,
@@ -211,7 +210,9 @@ def _import(
                 decision = check_bundle(
                     state, store_view(db), bundle.manifest, bundle.signers, trusted_now(db)
                 )
-                _check_resync(db, wcheck, bundle)
+                witness.require_resync(
+                    db, wcheck, "bundle", stream=(bundle.manifest.stream, bundle.manifest.sequence)
+                )
             except RejectedError as e:
                 if not dry_run:
                     record_refusal(db, "import", e, {"path": os.fspath(path)})
@@ -249,21 +250,6 @@ def _import(
         if wcheck.status is not witness.WitnessStatus.OFF:
             witness.refresh(db, wpath)
     return result
-
-
-def _check_resync(db: sqlite_utils.Database, wcheck: witness.WitnessCheck, bundle: Bundle) -> None:
-    """A home behind its witness takes only a bundle that brings it up to date."""
-    if wcheck.status is not witness.WitnessStatus.BEHIND or wcheck.witness is None:
-        return
-    after = counters(db)
-    streams = dict(after["streams"])  # type: ignore[call-overload]
-    streams[bundle.manifest.stream] = bundle.manifest.sequence
-    after["streams"] = streams
-    if not witness.signed_counters_reach(after, wcheck.witness):
-        raise StateRolledBackError(
-            f"appliance state was rolled back behind its witness ({wcheck.detail}); "
-            "this bundle does not bring it up to date, so it is refused"
-        )
 
 
 def _stage_all(

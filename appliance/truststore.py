@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TypedDict
 
 import sqlite_utils
 
@@ -89,7 +90,14 @@ def stream_sequences(db: sqlite_utils.Database) -> dict[str, int]:
     return {s: int(n) for s, n in db.execute("SELECT stream, sequence FROM streams")}
 
 
-def counters(db: sqlite_utils.Database) -> dict[str, object]:
+class Counters(TypedDict):
+    trust_version: int
+    streams: dict[str, int]
+    audit_seq: int
+    audit_head: str
+
+
+def counters(db: sqlite_utils.Database) -> Counters:
     """The signed-state counters a witness records."""
     seq, head_hash = audit.head(db)
     return {

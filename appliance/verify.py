@@ -18,7 +18,7 @@ from appliance.errors import ObjectTamperedError
 from appliance.home import Home
 from appliance.provenance import check_pointer, check_record
 from appliance.store import Record, object_path
-from appliance.trust import TrustState, role_key
+from appliance.trust import TrustState
 from bundles.errors import RejectedError, StateSuspectError
 from bundles.hashing import hash_fd
 
@@ -47,11 +47,6 @@ def check_hash(fd: int, record: Record) -> None:
             f"(BLAKE3 {digest[:16]}..., expected {record.digest[:16]}...; "
             f"{size} bytes, expected {record.size})"
         )
-
-
-def check_trust(trust: TrustState, record: Record) -> frozenset[str]:
-    """Today's trust: do the signers recorded at import still meet the stream's threshold?"""
-    return trust.check_signers(frozenset(record.signers), role_key("publisher", record.stream))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import sqlite_utils
 from appliance import audit
 from appliance.db import get_meta
 from appliance.errors import OperationalError, StateRolledBackError, WitnessMissingError
-from appliance.truststore import counters
+from appliance.truststore import Counters, counters
 from bundles.timeutil import format_time, utcnow
 
 FORMAT = 1
@@ -97,12 +97,37 @@ def write(db: sqlite_utils.Database, path: Path) -> dict[str, Any]:
     return doc
 
 
-def signed_counters_reach(current: dict[str, Any], witness: dict[str, Any]) -> bool:
+def signed_counters_reach(current: Counters, witness: dict[str, Any]) -> bool:
     """True when trust version and every stream's sequence are at least the witness's."""
-    if int(current["trust_version"]) < int(witness.get("trust_version", 0)):
+    if current["trust_version"] < int(witness.get("trust_version", 0)):
         return False
-    streams: dict[str, int] = current["streams"]
+    streams = current["streams"]
     return all(streams.get(s, 0) >= int(n) for s, n in witness.get("streams", {}).items())
+
+
+def require_resync(
+    db: sqlite_utils.Database,
+    result: WitnessCheck,
+    what: str,
+    *,
+    trust_version: int | None = None,
+    stream: tuple[str, int] | None = None,
+) -> None:
+    """A home behind its witness takes only a change that brings its signed counters up to
+    the witness's (the new ``trust_version``, or ``stream`` at a new sequence); else exit 4.
+    """
+    if result.status is not WitnessStatus.BEHIND or result.witness is None:
+        return
+    after = counters(db)
+    if trust_version is not None:
+        after["trust_version"] = trust_version
+    if stream is not None:
+        after["streams"] = {**after["streams"], stream[0]: stream[1]}
+    if not signed_counters_reach(after, result.witness):
+        raise StateRolledBackError(
+            f"appliance state was rolled back behind its witness ({result.detail}); "
+            f"this {what} does not bring it up to date, so it is refused"
+        )
 
 
 def check(db: sqlite_utils.Database, path: Path | None) -> WitnessCheck:
@@ -117,7 +142,7 @@ def check(db: sqlite_utils.Database, path: Path | None) -> WitnessCheck:
             WitnessStatus.BEHIND, path, "signed counters are below the witness's", doc
         )
     seq, head = int(doc.get("audit_seq", 0)), str(doc.get("audit_head", ""))
-    if int(now["audit_seq"]) < seq:  # type: ignore[call-overload]
+    if now["audit_seq"] < seq:
         return WitnessCheck(
             WitnessStatus.BEHIND,
             path,
@@ -133,7 +158,7 @@ def check(db: sqlite_utils.Database, path: Path | None) -> WitnessCheck:
                 f"audit event {seq} differs from the witnessed head",
                 doc,
             )
-    if int(now["audit_seq"]) == seq:  # type: ignore[call-overload]
+    if now["audit_seq"] == seq:
         return WitnessCheck(WitnessStatus.CURRENT, path, "home matches its witness", doc)
     return WitnessCheck(WitnessStatus.AHEAD, path, "home is ahead of its witness", doc)
 

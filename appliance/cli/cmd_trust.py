@@ -16,11 +16,9 @@ from typing import Any
 
 from appliance import witness
 from appliance.cli.context import Context
-from appliance.errors import StateRolledBackError
 from appliance.home import Home, HomeLock
 from appliance.importer import apply_trust_envelope
 from appliance.trust import describe
-from appliance.truststore import counters as state_counters
 from appliance.truststore import load_trust, site, stream_sequences, trusted_now
 from bundles.documents import (
     ROLES,
@@ -173,14 +171,7 @@ def run_apply(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         if check.status is witness.WitnessStatus.MISSING:
             witness.require_current(db, wpath)
         state = load_trust(db)
-        if check.status is witness.WitnessStatus.BEHIND and check.witness is not None:
-            after = state_counters(db)
-            after["trust_version"] = state.version + 1
-            if not witness.signed_counters_reach(after, check.witness):
-                raise StateRolledBackError(
-                    f"appliance state was rolled back behind its witness ({check.detail}); "
-                    "this update does not bring it up to date, so it is refused"
-                )
+        witness.require_resync(db, check, "update", trust_version=state.version + 1)
         new = apply_trust_envelope(db, state, env, str(args.file))
         if wpath is not None:
             witness.refresh(db, wpath)
