@@ -43,7 +43,11 @@ def _core_modules() -> list[str]:
 
 
 def _probe(code: str, tmp_path: Path) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("APPLIANCE_") or k == "APPLIANCE_ANCHOR_DIR"
+    }
     env["APPLIANCE_HOME"] = str(tmp_path / "home")
     full = code + _REPORT.format(forbidden=set(FORBIDDEN))
     proc = subprocess.run(

@@ -68,7 +68,11 @@ class Result:
 
 
 def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("APPLIANCE_") or k == "APPLIANCE_ANCHOR_DIR"
+    }
     env["PYTHONPATH"] = str(REPO)
     env.update(extra or {})
     return env
