@@ -6,14 +6,22 @@ active versions, high-water marks and the audit chain together.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import urllib.parse
 from pathlib import Path
 
 import sqlite_utils
 
-from appliance.errors import OperationalError, StoreCorruptError
+from appliance.errors import OperationalError, ReadOnlyModeError, StoreCorruptError
 
-SCHEMA_VERSION = 1
+
+def read_only() -> bool:
+    """``--read-only`` / ``APPLIANCE_READ_ONLY=1``: write nothing at all (forensic copies)."""
+    return os.environ.get("APPLIANCE_READ_ONLY", "") not in ("", "0")
+
+
+SCHEMA_VERSION = 2  # 2: the trust anchor outside the home (home_id)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,10 +62,17 @@ def connect(path: Path, *, create: bool = False) -> sqlite_utils.Database:
     """Open the state database; refuse a file that is not ours."""
     if not create and not path.exists():
         raise OperationalError(f"no appliance state at {path}", code="not_initialized")
+    ro = read_only() and not create
     try:
-        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=DELETE")
-        conn.execute("PRAGMA synchronous=FULL")
+        if ro:  # a forensic copy: SQLite itself refuses every write
+            uri = "file:" + urllib.parse.quote(str(path.absolute())) + "?mode=ro"
+            conn = sqlite3.connect(
+                uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False
+            )
+        else:
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=DELETE")
+            conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         if create:
             conn.executescript(_SCHEMA)
@@ -92,6 +107,8 @@ class transaction:
         self.conn = db.conn
 
     def __enter__(self) -> None:
+        if read_only():
+            raise ReadOnlyModeError("--read-only: this would change the appliance's state")
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:

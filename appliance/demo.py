@@ -133,8 +133,14 @@ class _Story:
         return f"throwaway Ed25519 keys: {ids}"
 
     def init(self) -> str:
-        init_home(self.home, [self.keys["root"].public], 1, SITE, self.result.witness)
-        return f"home {self.home.root}, site {SITE}, state witness {self.result.witness}"
+        # A throwaway home gets a throwaway trust anchor (never one under /etc/appliance).
+        anchor = self.result.workdir / "anchor" / "anchor.json"
+        os.environ["APPLIANCE_ANCHOR"] = str(anchor)
+        init_home(self.home, [self.keys["root"].public], 1, SITE, self.result.witness, anchor)
+        return (
+            f"home {self.home.root}, site {SITE}, state witness {self.result.witness}, "
+            f"trust anchor {anchor}"
+        )
 
     def sign_bundles(self) -> str:
         update = TrustUpdate(
@@ -255,6 +261,17 @@ class _Story:
 
 def run_demo(workdir: Path, say: Callable[[str], None] = print) -> DemoResult:
     """Run the story in ``workdir`` (an empty folder the caller removes afterwards)."""
+    saved = os.environ.get("APPLIANCE_ANCHOR")
+    try:
+        return _run(workdir, say)
+    finally:
+        if saved is None:
+            os.environ.pop("APPLIANCE_ANCHOR", None)
+        else:
+            os.environ["APPLIANCE_ANCHOR"] = saved
+
+
+def _run(workdir: Path, say: Callable[[str], None]) -> DemoResult:
     s = _Story(workdir, say)
     s.step("make throwaway root, publisher and rollback keys", s.make_keys)
     s.step("initialise an appliance home", s.init)

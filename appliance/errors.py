@@ -191,7 +191,50 @@ class DiskFullError(OperationalError):
     code = "disk_full"
 
 
+# --- issues 13 and 14 (lead): trust anchor, signed evidence, forensics ---------------
+
+
+class TrustStateUnauthorizedError(StateSuspectError):
+    """A trust, counter or time table that disagrees with the anchor and signed documents."""
+
+    code = "trust_state_unauthorized"
+
+
+class AnchorMissingError(StateSuspectError):
+    code = "anchor_missing"
+
+
+class AnchorInvalidError(StateSuspectError):
+    """An anchor that is malformed, not a regular file, or writable by others."""
+
+    code = "anchor_invalid"
+
+
+class AnchorMismatchError(StateSuspectError):
+    """The anchor belongs to another home (or to the original of a copied home)."""
+
+    code = "anchor_mismatch"
+
+
+class WitnessForeignError(StateSuspectError):
+    """The witness records another home: a copy must never advance the original's witness."""
+
+    code = "witness_foreign"
+
+
+class ReadOnlyModeError(UsageError):
+    """A command that would write, asked for under ``--read-only``."""
+
+    code = "read_only_mode"
+
+
 __all__ = [
+    "AnchorInvalidError",
+    "AnchorMismatchError",
+    "AnchorMissingError",
+    "ReadOnlyModeError",
+    "TrustStateUnauthorizedError",
+    "WitnessForeignError",
     "AlreadyInitializedError",
     "ApplianceError",
     "AuditChainError",

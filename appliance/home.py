@@ -12,8 +12,13 @@ from types import TracebackType
 
 import sqlite_utils
 
-from appliance.db import connect
-from appliance.errors import LockHeldError, NotInitializedError, OperationalError
+from appliance.db import connect, read_only
+from appliance.errors import (
+    LockHeldError,
+    NotInitializedError,
+    OperationalError,
+    ReadOnlyModeError,
+)
 
 DB_FILE = "appliance.db"
 
@@ -88,6 +93,8 @@ class HomeLock:
         self.fd = -1
 
     def __enter__(self) -> HomeLock:
+        if read_only():
+            raise ReadOnlyModeError("--read-only: this command changes the home; refused")
         try:
             self.fd = os.open(self.home.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:

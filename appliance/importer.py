@@ -30,13 +30,12 @@ from appliance.store import io_error, promote, sweep_orphans
 from appliance.trust import TrustState, apply_update
 from appliance.truststore import (
     load_trust,
-    raise_time_floor,
     save_trust,
     site,
     stream_sequences,
     trusted_now,
 )
-from bundles.documents import TrustUpdate
+from bundles.documents import ResetStream, TrustUpdate
 from bundles.dsse import Envelope
 from bundles.errors import RejectedError
 from bundles.manifest import Artifact
@@ -102,7 +101,14 @@ def commit_trust_update(
             "INSERT INTO trust_documents (version, envelope, applied_at) VALUES (?, ?, ?)",
             [new.version, env.to_bytes(), format_time(utcnow())],
         )
-        raise_time_floor(db, update.issued_at)
+        for op in update.operations:
+            if isinstance(op, ResetStream):  # root-signed fast-forward recovery
+                db.execute(
+                    "INSERT INTO streams (stream, sequence, updated_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT(stream) DO UPDATE SET sequence = excluded.sequence,"
+                    " updated_at = excluded.updated_at",
+                    [op.stream, op.sequence, format_time(utcnow())],
+                )
         audit.append(
             db,
             "trust_update",
@@ -208,7 +214,11 @@ def _import(
                 bundle = Bundle(source, state.resolver())
                 bundle.check_files()
                 decision = check_bundle(
-                    state, store_view(db), bundle.manifest, bundle.signers, trusted_now(db)
+                    state,
+                    store_view(db),
+                    bundle.manifest,
+                    bundle.signers,
+                    trusted_now(db, stream=bundle.manifest.stream),
                 )
                 witness.require_resync(
                     db, wcheck, "bundle", stream=(bundle.manifest.stream, bundle.manifest.sequence)
@@ -369,7 +379,6 @@ def _commit(db: sqlite_utils.Database, bundle: Bundle, decision: Decision) -> No
             " updated_at = excluded.updated_at",
             [m.stream, m.sequence, now],
         )
-        raise_time_floor(db, m.issued_at)
         audit.append(
             db,
             "bundle_import",

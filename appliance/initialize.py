@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import audit, witness
+from appliance.anchor import Anchor, anchor_path, home_key, new_home_id, write_anchor
 from appliance.db import SCHEMA_VERSION, connect, set_meta, transaction
 from appliance.errors import AlreadyInitializedError
 from appliance.home import Home
@@ -23,10 +24,19 @@ def init_home(
     threshold: int = 1,
     site: str | None = None,
     witness_path: Path | None = None,
+    anchor: Path | None = None,
 ) -> dict[str, Any]:
+    """Make a home at trust version 1 and write its trust anchor outside it.
+
+    The anchor (``appliance.anchor``) holds the root keys, the site and the
+    witness's location; it is written before the home's database is linked into
+    place, and replaced only when no home exists at this place any more.
+    """
     if home.exists():
         raise AlreadyInitializedError(f"{home.root} is already an appliance home")
     state = TrustState.initial(root_keys, threshold)
+    if witness_path is not None:
+        witness_path = witness_path.resolve()
     try:
         home.root.mkdir(mode=0o755, parents=True, exist_ok=True)
         home.objects.mkdir(mode=0o755, exist_ok=True)
@@ -35,14 +45,24 @@ def init_home(
         raise io_error(e, f"creating {home.root}") from e
     tmp = home.root / f".{home.db_path.name}.{os.getpid()}.init"
     tmp.unlink(missing_ok=True)
+    created = format_time(utcnow())
+    record = Anchor(
+        path=anchor_path(home.root, anchor),
+        home=home_key(home.root),
+        home_id=new_home_id(),
+        root_keys=tuple(root_keys),
+        root_threshold=threshold,
+        site=site,
+        witness=witness_path,
+        created_at=created,
+    )
     db = connect(tmp, create=True)
     with transaction(db):
         set_meta(db, "schema", str(SCHEMA_VERSION))
-        set_meta(db, "created_at", format_time(utcnow()))
+        set_meta(db, "created_at", created)
+        set_meta(db, "home_id", record.home_id)
         if site:
             set_meta(db, "site", site)
-        if witness_path is not None:
-            set_meta(db, "witness_path", str(witness_path.resolve()))
         save_trust(db, state)
         audit.append(
             db,
@@ -57,14 +77,22 @@ def init_home(
         )
     db.conn.close()
     try:
+        write_anchor(record, replace=True)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
         os.link(tmp, home.db_path)  # fails if another init won the race
     except FileExistsError as e:
         raise AlreadyInitializedError(f"{home.root} is already an appliance home") from e
     finally:
         tmp.unlink(missing_ok=True)
     db = home.db()
-    if witness_path is not None:
-        witness.write(db, witness_path.resolve())
+    try:
+        if witness_path is not None:
+            witness.write(db, witness_path)
+    finally:
+        db.conn.close()
     return {
         "home": str(home.root),
         "site": site,
@@ -72,4 +100,5 @@ def init_home(
         "root_keys": sorted(state.keys),
         "root_threshold": threshold,
         "witness": str(witness_path) if witness_path else None,
+        "anchor": str(record.path),
     }

@@ -37,7 +37,7 @@ from typing import Any
 import sqlite_utils
 
 from appliance import audit, witness
-from appliance.db import transaction
+from appliance.db import read_only, transaction
 from appliance.home import Home, default_home
 from appliance.sealed import private_copy
 from appliance.store import Record, find, parse_ref
@@ -159,6 +159,7 @@ def load_from_db(
 ) -> LoadedArtifact:
     """``load`` on an open state database (the CLI and the demo share one connection)."""
     rec: Record | None = None
+    record = record and not read_only()  # a forensic copy: no load events, no witness
     wpath = witness.configured_path(db, witness_path)
     try:
         witness.require_current(db, wpath)

@@ -47,7 +47,7 @@ from appliance.errors import (
 from appliance.home import Home, HomeLock
 from appliance.store import active_version, find
 from appliance.trust import role_key
-from appliance.truststore import load_trust, raise_time_floor, site, trusted_now
+from appliance.truststore import load_trust, site, trusted_now
 from bundles.documents import ROLLBACK_PAYLOAD_TYPE, RollbackAuthorization
 from bundles.dsse import Envelope, sign_envelope, verify_envelope
 from bundles.errors import (
@@ -197,7 +197,7 @@ def evaluate_authorization(
 ) -> list[RollbackCheck]:
     """Every check after the signature, in order, none skipped (for previews and refusals)."""
     here = site(db)
-    now = trusted_now(db)
+    now = trusted_now(db, rollback=True)
     used = db.execute("SELECT used_at FROM used_authorizations WHERE id = ?", [auth.id]).fetchone()
     current = active_version(db, name)
     try:
@@ -365,7 +365,6 @@ def _commit(
             " VALUES (?, ?, ?, ?, ?)",
             [auth.id, result.name, now, result.to_version, envelope],
         )
-        raise_time_floor(db, auth.issued_at)
         audit.append(
             db,
             "rollback",

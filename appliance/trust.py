@@ -24,6 +24,8 @@ from appliance.errors import (
 from bundles.documents import (
     TRUST_PAYLOAD_TYPE,
     AddKey,
+    ResetStream,
+    ResetTime,
     RevokeKey,
     RotateRoot,
     SetThreshold,
@@ -58,6 +60,7 @@ class TrustState:
     keys: dict[str, KeyEntry] = field(default_factory=dict)
     thresholds: dict[RoleKey, int] = field(default_factory=dict)
     revoked: frozenset[str] = frozenset()  # includes ids never added (pre-emptive revocation)
+    labels: dict[str, str] = field(default_factory=dict)  # key id -> a name for people
 
     @classmethod
     def initial(cls, root_keys: list[PublicKey], threshold: int) -> TrustState:
@@ -71,6 +74,9 @@ class TrustState:
     def resolver(self) -> KeyResolver:
         """Every key we ever knew, revoked ones too (so revocation gets its own error)."""
         return lambda keyid: self.keys[keyid].key if keyid in self.keys else None
+
+    def label(self, keyid: str) -> str | None:
+        return self.labels.get(keyid)
 
     def members(self, role: RoleKey) -> set[str]:
         return {kid for kid, e in self.keys.items() if e.role == role and kid not in self.revoked}
@@ -146,6 +152,7 @@ def _apply_operations(state: TrustState, update: TrustUpdate) -> TrustState:
     keys = dict(state.keys)
     thresholds = dict(state.thresholds)
     revoked = set(state.revoked)
+    labels = dict(state.labels)
     v = update.version
     for op in update.operations:
         if isinstance(op, AddKey):
@@ -160,6 +167,8 @@ def _apply_operations(state: TrustState, update: TrustUpdate) -> TrustState:
                     code="role_conflict",
                 )
             keys[kid] = KeyEntry(op.key, role, v)
+            if op.name is not None:
+                labels[kid] = op.name
         elif isinstance(op, RevokeKey):
             revoked.add(op.keyid)
             if op.keyid in keys:
@@ -179,7 +188,16 @@ def _apply_operations(state: TrustState, update: TrustUpdate) -> TrustState:
                     )
                 keys[k.keyid] = KeyEntry(k, ("root", ""), v)
             thresholds[("root", "")] = op.threshold
-    new = TrustState(v, keys, thresholds, frozenset(revoked))
+        elif isinstance(op, ResetStream | ResetTime):
+            pass  # no key state: appliance.evidence applies resets to marks and time floors
+    new = replace(
+        state,
+        version=v,
+        keys=keys,
+        thresholds=thresholds,
+        revoked=frozenset(revoked),
+        labels=labels,
+    )
     roots = new.members(("root", ""))
     if new.threshold(("root", "")) > len(roots):
         raise TrustUpdateError(

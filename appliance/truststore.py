@@ -1,4 +1,9 @@
-"""Load and save the trust state, counters and trusted time in the state database."""
+"""The trust state, counters and trusted time of a home (derived in ``appliance.evidence``).
+
+``save_trust`` writes the trust tables that people inspect; decisions read
+``load_trust``, which derives the state from signed evidence and refuses tables
+that disagree with it.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,26 @@ from typing import TypedDict
 
 import sqlite_utils
 
-from appliance import audit
+from appliance import audit, evidence
 from appliance.db import get_meta, set_meta
 from appliance.trust import KeyEntry, TrustState
 from bundles.keys import PublicKey
-from bundles.timeutil import format_time, parse_stamp, utcnow
+from bundles.timeutil import utcnow
 
 
 def load_trust(db: sqlite_utils.Database) -> TrustState:
+    """Today's trust state, derived from the anchor and the stored root-signed documents.
+
+    Exit 4 (``trust_state_unauthorized``) when the trust tables disagree with that
+    evidence; see ``appliance.evidence``.
+    """
+    return evidence.verified_trust(db)
+
+
+def trust_tables(db: sqlite_utils.Database) -> TrustState:
+    """The trust state as the tables hold it (for comparison and display only: never decide
+    on it; a writer of the home can change these rows).
+    """
     keys: dict[str, KeyEntry] = {}
     revoked: set[str] = set()
     for kid, pem, role, stream, added, rev in db.execute(
@@ -65,28 +82,39 @@ def save_trust(db: sqlite_utils.Database, state: TrustState) -> None:
 
 
 def site(db: sqlite_utils.Database) -> str | None:
-    return get_meta(db, "site")
+    """This appliance's site, from its anchor."""
+    return evidence.anchor_of(db).site
 
 
-def trusted_time_floor(db: sqlite_utils.Database) -> datetime | None:
-    value = get_meta(db, "trusted_time")
-    return parse_stamp(value) if value else None
+def time_floors(db: sqlite_utils.Database) -> evidence.Floors:
+    return evidence.time_floors(db)
 
 
-def trusted_now(db: sqlite_utils.Database) -> datetime:
-    """max(system clock, newest signed time ever accepted): a clock set back cannot unfreeze."""
-    floor = trusted_time_floor(db)
+def trusted_now(
+    db: sqlite_utils.Database, *, stream: str | None = None, rollback: bool = False
+) -> datetime:
+    """max(system clock, the floor that applies): a clock set back cannot unfreeze.
+
+    The floor for a bundle of ``stream`` is the newest root-signed time or that stream's
+    newest accepted ``issued_at``; for a rollback authorization, the newest root-signed
+    time or the newest used authorization's. Other streams' times never count.
+    """
     now = utcnow()
+    if stream is None and not rollback:
+        floor = evidence.trust_chain(db).root_floor()
+    else:
+        floors = evidence.time_floors(db)
+        floor = floors.for_stream(stream) if stream is not None else floors.for_rollback()
     return max(now, floor) if floor else now
 
 
-def raise_time_floor(db: sqlite_utils.Database, signed_time: datetime) -> None:
-    floor = trusted_time_floor(db)
-    if floor is None or signed_time > floor:
-        set_meta(db, "trusted_time", format_time(signed_time))
-
-
 def stream_sequences(db: sqlite_utils.Database) -> dict[str, int]:
+    """Every stream's high-water mark, from the signed manifests (exit 4 if the table differs)."""
+    return evidence.stream_marks(db)
+
+
+def stream_table(db: sqlite_utils.Database) -> dict[str, int]:
+    """The streams table as stored (the witness's counters; never a policy decision)."""
     return {s: int(n) for s, n in db.execute("SELECT stream, sequence FROM streams")}
 
 
@@ -102,7 +130,7 @@ def counters(db: sqlite_utils.Database) -> Counters:
     seq, head_hash = audit.head(db)
     return {
         "trust_version": int(get_meta(db, "trust_version") or "0"),
-        "streams": stream_sequences(db),
+        "streams": stream_table(db),
         "audit_seq": seq,
         "audit_head": head_hash,
     }

@@ -25,8 +25,17 @@ from typing import Any
 import sqlite_utils
 
 from appliance import audit
-from appliance.db import get_meta
-from appliance.errors import OperationalError, StateRolledBackError, WitnessMissingError
+from appliance.anchor import home_key, replace_anchor_witness, write_anchor
+from appliance.db import get_meta, transaction
+from appliance.errors import (
+    OperationalError,
+    ReadOnlyModeError,
+    StateRolledBackError,
+    UsageError,
+    WitnessForeignError,
+    WitnessMissingError,
+)
+from appliance.evidence import anchor_of, home_root, read_only
 from appliance.truststore import Counters, counters
 from bundles.timeutil import format_time, utcnow
 
@@ -51,11 +60,39 @@ class WitnessCheck:
 
 
 def configured_path(db: sqlite_utils.Database, given: Path | None) -> Path | None:
-    """The path given now, else the one recorded when the witness was first set up."""
-    if given is not None:
+    """The witness named in the home's trust anchor (outside the home: a writer of the home
+    cannot switch it off); with none there, the path given now (``--witness``).
+
+    A ``--witness`` that names another file than the anchor's is a usage error.
+    """
+    recorded = anchor_of(db).witness
+    if recorded is None:
         return given
-    recorded = get_meta(db, "witness_path")
-    return Path(recorded) if recorded else None
+    if given is not None and Path(os.path.abspath(given)) != recorded:
+        raise UsageError(
+            f"the trust anchor names the witness {recorded}; --witness {given} differs "
+            "(change it with 'appliance witness reset --witness PATH')"
+        )
+    return recorded
+
+
+def _identity(db: sqlite_utils.Database) -> dict[str, str]:
+    return {"home": home_key(home_root(db)), "home_id": get_meta(db, "home_id") or ""}
+
+
+def check_belongs(db: sqlite_utils.Database, path: Path, doc: dict[str, Any]) -> None:
+    """A witness records the home it belongs to; a copy of a home must never use it."""
+    mine = _identity(db)
+    theirs = {k: doc.get(k) for k in mine}
+    if read_only():
+        theirs.pop("home")
+        mine.pop("home")
+    if theirs != mine:
+        raise WitnessForeignError(
+            f"witness {path} belongs to the home {doc.get('home')} (id "
+            f"{str(doc.get('home_id'))[:12]}), not this one ({mine.get('home', '')} id "
+            f"{mine['home_id'][:12]}): a copied home is examined with --read-only"
+        )
 
 
 def read(path: Path) -> dict[str, Any] | None:
@@ -75,9 +112,24 @@ def read(path: Path) -> dict[str, Any] | None:
     return doc
 
 
-def write(db: sqlite_utils.Database, path: Path) -> dict[str, Any]:
-    """Atomically write the home's current counters to ``path``."""
-    doc: dict[str, Any] = {"format": FORMAT, "written_at": format_time(utcnow()), **counters(db)}
+def write(db: sqlite_utils.Database, path: Path, *, adopt: bool = False) -> dict[str, Any]:
+    """Atomically write the home's current counters to ``path``.
+
+    An existing witness of another home is never overwritten (``adopt`` is for
+    ``witness reset``, which the audit log records).
+    """
+    if read_only():
+        raise ReadOnlyModeError("--read-only: the witness is never written")
+    if not adopt:
+        existing = read(path)
+        if existing is not None:
+            check_belongs(db, path, existing)
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "written_at": format_time(utcnow()),
+        **_identity(db),
+        **counters(db),
+    }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +188,7 @@ def check(db: sqlite_utils.Database, path: Path | None) -> WitnessCheck:
     doc = read(path)
     if doc is None:
         return WitnessCheck(WitnessStatus.MISSING, path, f"witness {path} is absent")
+    check_belongs(db, path, doc)
     now = counters(db)
     if not signed_counters_reach(now, doc):
         return WitnessCheck(
@@ -181,14 +234,45 @@ def require_current(db: sqlite_utils.Database, path: Path | None) -> WitnessChec
 
 
 def refresh(db: sqlite_utils.Database, path: Path | None) -> None:
-    """After a committed change: bring the witness forward (no-op when off)."""
-    if path is not None:
+    """After a committed change: bring the witness forward (no-op when off or read-only)."""
+    if path is not None and not read_only():
         write(db, path)
 
 
+def refresh_after_commit(db: sqlite_utils.Database, path: Path | None) -> list[str]:
+    """``refresh`` for a change that has already committed: a failure is a warning, not an
+    error, so that the command reports the change as done (a retry would be refused as a
+    replay). Returns the warnings (one line each) for the command's ``warnings`` list.
+    """
+    try:
+        refresh(db, path)
+    except (OperationalError, StateRolledBackError, WitnessForeignError) as e:
+        return [
+            f"witness_write_failed: the change was committed but the witness {path} was "
+            f"not brought forward ({e.code}: {e.message}); the next command re-writes it"
+        ]
+    return []
+
+
+def reset(home_db: sqlite_utils.Database, given: Path | None, reason: str) -> dict[str, Any]:
+    """``appliance witness reset``: accept the home as it is, audited; with ``--witness PATH``
+    other than the anchor's, the anchor is re-written to name PATH (this needs write access
+    to the anchor, which a writer of the home does not have). Call under the home lock.
+    """
+    anchor = anchor_of(home_db)
+    path = Path(os.path.abspath(given)) if given is not None else anchor.witness
+    if path is None:
+        raise UsageError("no witness configured: give --witness PATH or set APPLIANCE_WITNESS")
+    if path != anchor.witness:
+        write_anchor(replace_anchor_witness(anchor, path), replace=True)
+    with transaction(home_db):
+        record_reset(home_db, path, reason)
+    return write(home_db, path, adopt=True)
+
+
 def record_reset(db: sqlite_utils.Database, path: Path, reason: str) -> dict[str, Any]:
-    """``appliance witness reset``: accept the home as it is, audited."""
-    before = read(path) if path.exists() else None
+    """The audit event of a witness reset (inside the caller's transaction)."""
+    before = read(path)
     event = audit.append(
         db,
         "witness_reset",

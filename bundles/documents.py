@@ -26,6 +26,14 @@ MAX_DOC_BYTES = 1024 * 1024
 MAX_OPERATIONS = 1024
 ROLES = ("root", "publisher", "rollback")
 _ID = re.compile(r"^[0-9a-f]{32}$")
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@+-]{0,63}$")
+
+
+def check_label(value: Any, what: str) -> str:
+    """A key label: 1 to 64 printable ASCII letters, digits and ``._@+-`` or spaces."""
+    if not isinstance(value, str) or not _LABEL.match(value):
+        raise fail(f"{what}: a label is 1 to 64 letters, digits, spaces or ._@+- characters")
+    return value
 
 
 def _role_stream(role: Any, stream: Any, what: str) -> tuple[str, str | None]:
@@ -48,14 +56,18 @@ class AddKey:
     key: PublicKey
     role: str
     stream: str | None
+    name: str | None = None  # a label for people ("alice-laptop"); shown beside the key id
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "op": "add_key",
             "public_key": self.key.to_pem().decode(),
             "role": self.role,
             "stream": self.stream,
         }
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
 
 @dataclass(frozen=True)
@@ -94,7 +106,33 @@ class RotateRoot:
         }
 
 
-Operation = AddKey | RevokeKey | SetThreshold | RotateRoot
+@dataclass(frozen=True)
+class ResetStream:
+    """Fast-forward recovery: set a stream's high-water mark back to ``sequence``.
+
+    Manifests of the stream accepted before this update no longer count for its
+    high-water mark or its time floor (a compromised publisher key's huge sequence
+    or far-future ``issued_at`` is undone).
+    """
+
+    stream: str
+    sequence: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": "reset_stream", "stream": self.stream, "sequence": self.sequence}
+
+
+@dataclass(frozen=True)
+class ResetTime:
+    """Fast-forward recovery: set the trusted-time floor of every stream back to ``time``."""
+
+    time: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": "reset_time", "time": format_time(self.time)}
+
+
+Operation = AddKey | RevokeKey | SetThreshold | RotateRoot | ResetStream | ResetTime
 
 
 def _operation(i: int, raw: Any) -> Operation:
@@ -103,11 +141,14 @@ def _operation(i: int, raw: Any) -> Operation:
         raise fail(f"{what} must be an object with an op")
     op = raw["op"]
     if op == "add_key":
-        d = require_object(raw, what, {"op", "public_key", "role", "stream"})
+        d = require_object(
+            raw, what, {"op", "public_key", "role", "stream"}, frozenset({"name"})
+        )
         role, stream = _role_stream(d["role"], d["stream"], what)
         if role == "root":
             raise fail(f"{what}: root keys change only by rotate_root")
-        return AddKey(_pem(d["public_key"], f"{what}.public_key"), role, stream)
+        label = None if d.get("name") is None else check_label(d["name"], f"{what}.name")
+        return AddKey(_pem(d["public_key"], f"{what}.public_key"), role, stream, label)
     if op == "revoke":
         d = require_object(raw, what, {"op", "keyid"})
         return RevokeKey(as_hex(d["keyid"], f"{what}.keyid"))
@@ -126,6 +167,15 @@ def _operation(i: int, raw: Any) -> Operation:
         if threshold > len(keys):
             raise fail(f"{what}: threshold {threshold} exceeds {len(keys)} keys")
         return RotateRoot(keys, threshold)
+    if op == "reset_stream":
+        d = require_object(raw, what, {"op", "stream", "sequence"})
+        return ResetStream(
+            check_identifier(d["stream"], f"{what}.stream"),
+            as_int(d["sequence"], f"{what}.sequence", 0),
+        )
+    if op == "reset_time":
+        d = require_object(raw, what, {"op", "time"})
+        return ResetTime(as_time(d["time"], f"{what}.time"))
     raise fail(f"{what}: unknown op {op!r}")
 
 
@@ -182,9 +232,10 @@ class RollbackAuthorization:
     digest: str | None = None
     sites: tuple[str, ...] = ()
     any_site: bool = True
+    from_version: str | None = None  # valid only while this version is active
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "type": ROLLBACK_TYPE,
             "id": self.id,
             "name": self.name,
@@ -196,6 +247,9 @@ class RollbackAuthorization:
             "sites": list(self.sites),
             "any_site": self.any_site,
         }
+        if self.from_version is not None:
+            out["from_version"] = self.from_version
+        return out
 
     def to_payload(self) -> bytes:
         return canonical_bytes(self.to_dict())
@@ -220,6 +274,7 @@ class RollbackAuthorization:
                 "sites",
                 "any_site",
             },
+            frozenset({"from_version"}),
         )
         if d["type"] != ROLLBACK_TYPE:
             raise fail(f"rollback authorization type must be {ROLLBACK_TYPE}")
@@ -243,6 +298,9 @@ class RollbackAuthorization:
             digest=None if d["digest"] is None else as_hex(d["digest"], "digest"),
             sites=tuple(check_identifier(s, "site") for s in sites),
             any_site=d["any_site"],
+            from_version=None
+            if d.get("from_version") is None
+            else check_identifier(d["from_version"], "from_version"),
         )
 
 
@@ -251,9 +309,12 @@ __all__ = [
     "TRUST_PAYLOAD_TYPE",
     "AddKey",
     "Operation",
+    "ResetStream",
+    "ResetTime",
     "RevokeKey",
     "RollbackAuthorization",
     "RotateRoot",
     "SetThreshold",
     "TrustUpdate",
+    "check_label",
 ]

@@ -18,7 +18,6 @@ from typing import Any
 
 from appliance import audit, witness
 from appliance.cli.context import Context
-from appliance.db import set_meta, transaction
 from appliance.errors import AuditChainError, WitnessMissingError
 from appliance.home import Home, HomeLock
 from bundles.errors import UsageError
@@ -84,13 +83,8 @@ def run_export(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
 def run_witness_reset(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     home = Home(ctx.home)
     db = home.db()
-    path = witness.configured_path(db, ctx.witness)
-    if path is None:
-        raise UsageError("no witness configured: give --witness PATH or set APPLIANCE_WITNESS")
     with HomeLock(home):
-        with transaction(db):
-            witness.record_reset(db, path, args.reason)
-            set_meta(db, "witness_path", str(path.resolve()))
-        doc = witness.write(db, path)
+        doc = witness.reset(db, ctx.witness, args.reason)
+    path = witness.configured_path(db, None)
     ctx.say(f"witness {path} reset to this home's state (recorded in the audit log)")
     return {"path": str(path), "witness": doc}

@@ -44,7 +44,7 @@ GROUPS: dict[str, str] = {
     "demo": "cmd_demo",
     "tui": "cmd_tui",
 }
-_VALUED_GLOBALS = ("--home", "--witness")
+_VALUED_GLOBALS = ("--home", "--witness", "--anchor")
 
 
 def command_name(argv: Sequence[str]) -> str | None:
@@ -109,7 +109,22 @@ def _globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "--witness",
         type=Path,
         default=default,
-        help="state witness file (default: $APPLIANCE_WITNESS; off if unset)",
+        help="state witness file (default: the one the trust anchor names, else "
+        "$APPLIANCE_WITNESS; off if unset)",
+    )
+    parser.add_argument(
+        "--anchor",
+        type=Path,
+        default=default,
+        help="the home's trust anchor file (default: $APPLIANCE_ANCHOR, else its place "
+        "under /etc/appliance/anchors; see docs/SECURITY.md)",
+    )
+    parser.add_argument(
+        "--read-only",
+        dest="read_only",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="write nothing at all: no audit events, no witness (examine a copied home)",
     )
 
 
@@ -131,6 +146,11 @@ def _context(args: argparse.Namespace) -> Context:
     witness = args.witness
     if witness is None and os.environ.get("APPLIANCE_WITNESS"):
         witness = Path(os.environ["APPLIANCE_WITNESS"])
+    # The core reads these two from the environment, so every layer sees one setting.
+    if args.anchor is not None:
+        os.environ["APPLIANCE_ANCHOR"] = os.path.abspath(args.anchor)
+    if args.read_only:
+        os.environ["APPLIANCE_READ_ONLY"] = "1"
     return Context(home=args.home or default_home(), json=bool(args.json), witness=witness)
 
 
