@@ -43,15 +43,22 @@ def append(
 ) -> dict[str, Any]:
     """Append one event; call inside the transaction that makes the change it records."""
     seq, prev = head(db)
+    clock = format_time(utcnow())
+    last = db.execute("SELECT ts FROM audit WHERE seq = ?", [seq]).fetchone() if seq else None
+    body = dict(detail or {})
+    if last is not None and str(last[0]) > clock:
+        # Time stamps never run backwards along the chain; a clock that did is recorded.
+        body["clock"] = clock
+        clock = str(last[0])
     event: dict[str, Any] = {
         "seq": seq + 1,
-        "ts": format_time(utcnow()),
+        "ts": clock,
         "type": type,
         "outcome": outcome,
         "code": code,
         "name": name,
         "version": version,
-        "detail": json.dumps(detail or {}, sort_keys=True, separators=(",", ":")),
+        "detail": json.dumps(body, sort_keys=True, separators=(",", ":")),
     }
     event["prev_hash"] = prev
     event["hash"] = event_hash(prev, event)
@@ -94,6 +101,16 @@ def public_event(event: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def first_unvouched(db: sqlite_utils.Database) -> int | None:
+    """The first event the chain no longer vouches for (altered, missing before it, or
+    linked to an altered past), or None when the whole log verifies."""
+    try:
+        verify_chain(db)
+    except AuditChainError as e:
+        return e.seq
+    return None
+
+
 def verify_chain(db: sqlite_utils.Database) -> tuple[int, str]:
     """Walk the log; return (events, head hash) or raise ``AuditChainError``."""
     prev = GENESIS
@@ -101,10 +118,13 @@ def verify_chain(db: sqlite_utils.Database) -> tuple[int, str]:
     for event in rows(db):
         if event["seq"] != expected_seq:
             raise AuditChainError(
-                f"audit event {expected_seq} is missing (found {event['seq']} next)"
+                f"audit event {expected_seq} is missing (found {event['seq']} next)",
+                seq=expected_seq,
             )
         if event["prev_hash"] != prev or event_hash(prev, event) != event["hash"]:
-            raise AuditChainError(f"audit event {event['seq']} was altered: chain broken")
+            raise AuditChainError(
+                f"audit event {event['seq']} was altered: chain broken", seq=event["seq"]
+            )
         prev = event["hash"]
         expected_seq += 1
     return expected_seq - 1, prev

@@ -159,6 +159,10 @@ class ObjectTamperedError(StateSuspectError):
 class AuditChainError(StateSuspectError):
     code = "audit_chain_broken"
 
+    def __init__(self, message: str, *, seq: int | None = None) -> None:
+        super().__init__(message)
+        self.seq = seq  # the first event the chain no longer vouches for
+
 
 class StateRolledBackError(StateSuspectError):
     code = "state_rolled_back"

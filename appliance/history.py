@@ -18,14 +18,17 @@ the audit event's full detail object; ``summary`` is one human line.
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Any
 
 import sqlite_utils
 
 from appliance import audit
 from appliance.store import active_version, records
+from bundles.timeutil import format_time
 
-__all__ = ["artifact_history", "history_event"]
+__all__ = ["active_at", "artifact_history", "history_event"]
 
 
 def _summary(e: dict[str, Any], d: dict[str, Any]) -> str:
@@ -76,11 +79,54 @@ def history_event(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def artifact_history(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
-    """``{name, active, versions, events}`` for NAME; ``versions`` are store records."""
+def _moves(event: dict[str, Any]) -> bool:
+    """An audited event that set the active version (an activating import or a rollback)."""
+    if event["outcome"] != "accepted" or event["type"] not in ("import", "rollback"):
+        return False
+    return event["type"] == "rollback" or bool(json.loads(event["detail"]).get("activated"))
+
+
+def active_at(db: sqlite_utils.Database, at: datetime) -> dict[str, str]:
+    """Which version of each artifact was active at ``at``, replayed from the audit log in
+    chain order (time stamps never run backwards along the chain)."""
+    stamp = format_time(at)
+    active: dict[str, str] = {}
+    for e in audit.rows(db):
+        if e["ts"] > stamp:
+            break
+        if e["name"] and e["version"] and _moves(e):
+            active[e["name"]] = e["version"]
+    return active
+
+
+def artifact_history(
+    db: sqlite_utils.Database, name: str, at: datetime | None = None
+) -> dict[str, Any]:
+    """``{name, active, versions, events, unvouched_from}`` for NAME.
+
+    ``versions`` are store records; with ``at``, only what had happened by then (the
+    active version then, records imported by then, events up to then). Each event says
+    ``verified``: false from the first event that a broken audit chain no longer vouches
+    for (``unvouched_from``, null when the chain verifies).
+    """
+    broken = audit.first_unvouched(db)
+    stamp = format_time(at) if at is not None else None
+    events = []
+    for e in audit.rows(db, name):
+        if stamp is not None and e["ts"] > stamp:
+            break
+        h = history_event(e)
+        h["verified"] = broken is None or e["seq"] < broken
+        events.append(h)
+    versions = [r.to_dict() for r in records(db, name) if stamp is None or r.imported_at <= stamp]
+    active = active_version(db, name) if at is None else active_at(db, at).get(name)
+    for v in versions:
+        v["active"] = v["version"] == active
     return {
         "name": name,
-        "active": active_version(db, name),
-        "versions": [r.to_dict() for r in records(db, name)],
-        "events": [history_event(e) for e in audit.rows(db, name)],
+        "at": stamp,
+        "active": active,
+        "versions": versions,
+        "events": events,
+        "unvouched_from": broken,
     }

@@ -63,8 +63,17 @@ class Home:
             )
 
     def db(self) -> sqlite_utils.Database:
+        """The state database, once the home's trust anchor is found and belongs to it."""
+        from appliance.evidence import anchor_of  # (evidence imports this module's floor)
+
         self.require()
-        return connect(self.db_path)
+        db = connect(self.db_path)
+        try:
+            anchor_of(db)
+        except BaseException:
+            db.conn.close()
+            raise
+        return db
 
     def clean_staging(self) -> int:
         """Remove leftovers of an interrupted import; call only while holding the lock."""

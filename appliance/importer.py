@@ -56,9 +56,12 @@ class ImportResult:
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     trust_updates: list[int] = field(default_factory=list)
     bytes_verified: int = 0
+    warnings: list[str] = field(default_factory=list)  # after the commit (docs/CLI.md)
 
     def to_dict(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"warnings": self.warnings} if self.warnings else {}
         return {
+            **extra,
             "path": self.path,
             "stream": self.stream,
             "sequence": self.sequence,
@@ -258,7 +261,7 @@ def _import(
         finally:
             home.clean_staging()
         if wcheck.status is not witness.WitnessStatus.OFF:
-            witness.refresh(db, wpath)
+            result.warnings += witness.refresh_after_commit(db, wpath)
     return result
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import sqlite_utils
 
-from appliance import audit
+from appliance import audit, evidence
 from appliance.errors import StateSuspectError
 from appliance.store import Record, active_version
 from appliance.trust import TrustState, role_key
@@ -121,6 +121,8 @@ def _check_rollback(
     event: dict[str, Any],
     seen: set[str],
 ) -> None:
+    """``trust`` is the trust in force when the rollback was applied: rules are judged at
+    the time of the act, so raising the rollback threshold later does not void it."""
     auth_id = event["detail"].get("authorization_id")
     if not isinstance(auth_id, str) or auth_id in seen:
         raise PointerUnauthorizedError(
@@ -170,7 +172,9 @@ def check_pointer(db: sqlite_utils.Database, trust: TrustState, name: str) -> No
                 )
             last_release = release
         else:
-            _check_rollback(db, trust, name, e, seen)
+            chain = evidence.trust_chain(db)
+            version = evidence.trust_version_at(db, int(e["seq"]))
+            _check_rollback(db, chain.at(version), name, e, seen)
     if events[-1]["version"] != active:
         raise PointerUnauthorizedError(
             f"{name}: active version {active} was not set by an authorized move "

@@ -28,7 +28,7 @@ load after it is an ordinary load (full re-hash and today's trust).
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -89,9 +89,12 @@ class RollbackResult:
     authorized_by: list[str]
     reason: str
     digest: str
+    warnings: list[str] = field(default_factory=list)  # after the commit (docs/CLI.md)
 
     def to_dict(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"warnings": self.warnings} if self.warnings else {}
         return {
+            **extra,
             "name": self.name,
             "from_version": self.from_version,
             "to_version": self.to_version,
@@ -116,6 +119,7 @@ def authorize_rollback(
     digest: str | None = None,
     sites: tuple[str, ...] = (),
     issued_at: datetime | None = None,
+    from_version: str | None = None,
 ) -> tuple[RollbackAuthorization, bytes]:
     """Sign a single-use rollback authorization; write it to ``out`` (never overwritten).
 
@@ -138,6 +142,7 @@ def authorize_rollback(
         digest=digest.lower() if digest else None,
         sites=tuple(sites),
         any_site=not sites,
+        from_version=from_version,
     )
     payload = auth.to_payload()
     try:
@@ -217,6 +222,17 @@ def evaluate_authorization(
             auth.name == name,
             f"{auth.name} (rolling back {name})",
             AuthorizationMismatchError(f"the authorization is for {auth.name!r}, not {name!r}"),
+        ),
+        check(
+            "from",
+            auth.from_version is None or auth.from_version == current,
+            "any active version"
+            if auth.from_version is None
+            else f"only while {auth.from_version} is active; active now: {current or '-'}",
+            AuthorizationMismatchError(
+                f"the authorization undoes {name}@{auth.from_version}, but the active "
+                f"version is {current or 'none'}"
+            ),
         ),
         check(
             "site",
@@ -337,8 +353,7 @@ def apply_rollback(
                 digest=digest,
             )
             _commit(db, auth, data, result, source)
-            if wpath is not None:
-                witness.refresh(db, wpath)
+            result.warnings.extend(witness.refresh_after_commit(db, wpath))
         return result
     finally:
         db.conn.close()
@@ -351,8 +366,9 @@ def _commit(
     result: RollbackResult,
     source: str,
 ) -> None:
-    """One transaction: pointer, used authorization (with its envelope: provenance), time, audit."""
+    """One transaction: pointer, used authorization (with its envelope: provenance), audit."""
     now = format_time(utcnow())
+    trust = load_trust(db)
     with transaction(db):
         moved = db.execute(
             "UPDATE active SET version = ?, moved_at = ? WHERE name = ?",
@@ -381,5 +397,9 @@ def _commit(
                 "issued_at": format_time(auth.issued_at),
                 "expires": format_time(auth.expires),
                 "source": source,
+                "from_version_required": auth.from_version,
+                # the rule it met, judged at the time of the act (see appliance.provenance)
+                "trust_version": trust.version,
+                "threshold": trust.threshold(role_key("rollback")),
             },
         )

@@ -141,9 +141,7 @@ def _operation(i: int, raw: Any) -> Operation:
         raise fail(f"{what} must be an object with an op")
     op = raw["op"]
     if op == "add_key":
-        d = require_object(
-            raw, what, {"op", "public_key", "role", "stream"}, frozenset({"name"})
-        )
+        d = require_object(raw, what, {"op", "public_key", "role", "stream"}, frozenset({"name"}))
         role, stream = _role_stream(d["role"], d["stream"], what)
         if role == "root":
             raise fail(f"{what}: root keys change only by rotate_root")

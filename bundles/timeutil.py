@@ -25,6 +25,17 @@ def parse_stamp(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
+def parse_iso(text: str) -> datetime:
+    """An ISO 8601 time given by a person (no zone means UTC); raises ``ValueError``."""
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as e:
+        raise ValueError(f"{text!r} is not an ISO 8601 time (e.g. 2026-12-01T09:30:00Z)") from e
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).replace(microsecond=0)
+
+
 def parse_expiry(text: str, now: datetime | None = None) -> datetime:
     """``--expires``: a duration (90s, 15m, 12h, 30d, 2w) or ISO 8601 (no zone = UTC)."""
     now = now or utcnow()

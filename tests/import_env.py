@@ -30,6 +30,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import homecopy
+
 from bundles.documents import TRUST_PAYLOAD_TYPE, AddKey, Operation, TrustUpdate
 from bundles.dsse import Envelope, sign_envelope
 from bundles.keys import PrivateKey, save_keypair
@@ -258,6 +260,7 @@ class Env:
     def clone(self, work: Path) -> Env:
         """A copy of this environment (home, keys, files) under ``work``: cheap per-test setup."""
         shutil.copytree(self.work, work, symlinks=True)
+        homecopy.rebind_anchor(self.home, work / "home")
         new = copy.copy(self)
         new.work = work
         new.home = work / "home"

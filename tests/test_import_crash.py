@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import homecopy
 import pytest
 from import_env import (
     Env,
@@ -69,9 +69,7 @@ def _state(home: Path) -> tuple[list[Json], int]:
 
 
 def _copy_home(src: Path, dst: Path) -> None:
-    if dst.exists():
-        shutil.rmtree(dst)
-    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+    homecopy.copy_home(src, dst)
 
 
 def _corpus(env: Env) -> list[Path]:

@@ -18,8 +18,8 @@ from typing import Any
 
 from appliance import audit, witness
 from appliance.cli.context import Context
-from appliance.errors import AuditChainError, WitnessMissingError
 from appliance.home import Home, HomeLock
+from appliance.integrity import check_integrity
 from bundles.errors import UsageError
 
 
@@ -44,15 +44,13 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
-    db = Home(ctx.home).db()
-    count, head = audit.verify_chain(db)
-    wcheck = witness.check(db, witness.configured_path(db, ctx.witness))
-    if wcheck.status is witness.WitnessStatus.BEHIND:
-        raise AuditChainError(f"audit chain is intact but behind its witness: {wcheck.detail}")
-    if wcheck.status is witness.WitnessStatus.MISSING:
-        raise WitnessMissingError(f"audit chain is intact but {wcheck.detail}")
-    ctx.say(f"audit chain intact: {count} events, head {head[:16]}; witness {wcheck.status.value}")
-    return {"events": count, "head": head, "witness": wcheck.status.value}
+    report = check_integrity(Home(ctx.home).db(), ctx.witness)
+    ctx.say(
+        f"audit chain intact: {report.events} events, head {report.head[:16]}; trust version "
+        f"{report.trust_version} and {len(report.streams)} stream mark(s) match the signed "
+        f"evidence; witness {report.witness}"
+    )
+    return {"events": report.events, "head": report.head, "witness": report.witness}
 
 
 def _line(e: dict[str, Any]) -> str:

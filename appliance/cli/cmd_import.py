@@ -49,4 +49,6 @@ def run_import(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         )
     if result.trust_updates:
         ctx.say(f"  trust updates applied: {', '.join(map(str, result.trust_updates))}")
+    for w in result.warnings:
+        ctx.warn(f"appliance: warning: {w}")
     return result.to_dict()

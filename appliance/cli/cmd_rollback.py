@@ -33,7 +33,7 @@ from bundles.keys import load_private_key
 from bundles.names import check_artifact_name, check_identifier
 from bundles.timeutil import format_time, parse_expiry
 
-_AUTHORIZE_ONLY = ("to", "key", "reason", "expires", "digest", "site")
+_AUTHORIZE_ONLY = ("to", "key", "reason", "expires", "digest", "site", "from_version")
 
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
@@ -43,12 +43,17 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
         help="roll an artifact back (appliance) or authorize a rollback (connected side)",
         usage="appliance rollback NAME --authorization FILE [--wait]\n"
         "       appliance rollback authorize OUT NAME --to VERSION --key K.key [...] "
-        "[--reason TEXT] [--expires 7d|ISO] [--digest HEX] [--site ID ...]",
+        "[--from VERSION] [--reason TEXT] [--expires 7d|ISO] [--digest HEX] [--site ID ...]",
     )
     p.add_argument("target", nargs="+", metavar="NAME | authorize OUT NAME")
     p.add_argument("--authorization", type=Path, help="the signed authorization file")
     p.add_argument("--wait", action="store_true", help="wait for a running import")
     p.add_argument("--to", help="(authorize) the version to roll back to")
+    p.add_argument(
+        "--from",
+        dest="from_version",
+        help="(authorize) valid only while this version is active (the one being undone)",
+    )
     p.add_argument("--key", type=Path, action="append", help="(authorize) rollback private key")
     p.add_argument("--reason", help="(authorize) why; shown by history and the audit log")
     p.add_argument("--expires", help="(authorize) 7d (default), 12h, ... or ISO 8601")
@@ -66,7 +71,9 @@ def run_rollback(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             "use: appliance rollback NAME --authorization FILE, or "
             "appliance rollback authorize OUT NAME --to VERSION --key K.key"
         )
-    given = [f"--{o}" for o in _AUTHORIZE_ONLY if getattr(args, o) is not None]
+    given = [
+        f"--{o.replace('_version', '')}" for o in _AUTHORIZE_ONLY if getattr(args, o) is not None
+    ]
     if given:
         raise UsageError(f"{', '.join(given)}: only for 'rollback authorize'")
     if args.authorization is None:
@@ -85,6 +92,8 @@ def run_rollback(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         f"authorized by {', '.join(k[:16] for k in result.authorized_by)} "
         f"({result.reason or 'no reason given'}); the next load verifies it in full"
     )
+    for w in result.warnings:
+        ctx.warn(f"appliance: warning: {w}")
     return result.to_dict()
 
 
@@ -96,6 +105,7 @@ def run_authorize(args: argparse.Namespace, ctx: Context, out: Path, name: str) 
     try:
         name = check_artifact_name(name)
         version = check_identifier(args.to, "--to")
+        from_version = check_identifier(args.from_version, "--from") if args.from_version else None
         sites = tuple(check_identifier(s, "--site") for s in args.site or ())
     except BadNameError as e:
         raise UsageError(e.message) from e
@@ -118,6 +128,7 @@ def run_authorize(args: argparse.Namespace, ctx: Context, out: Path, name: str) 
         expires=expires,
         digest=digest,
         sites=sites,
+        from_version=from_version,
     )
     ctx.say(
         f"wrote rollback authorization {auth.id} for {name} -> {version} to {out} "

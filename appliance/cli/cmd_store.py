@@ -14,18 +14,23 @@ signers no longer meet today's trust, else 0; a failing run's JSON keeps
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
+from appliance.cli.cmd_history import parse_at
 from appliance.cli.context import Context
 from appliance.errors import PolicyError, StateSuspectError
+from appliance.history import active_at
 from appliance.home import Home
 from appliance.store import find, parse_ref, records
 from appliance.truststore import load_trust
 from appliance.verify import verify_record
+from bundles.timeutil import format_time
 
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
     ls = subs.add_parser("list", parents=[common], help="what is in the store")
+    ls.add_argument("--at", metavar="ISO8601", help="what was active then (from the audit log)")
     ls.set_defaults(func=run_list)
     v = subs.add_parser("verify", parents=[common], help="re-hash what is in the store")
     v.add_argument("refs", nargs="*", metavar="NAME[@VERSION]")
@@ -33,7 +38,17 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_list(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
-    recs = records(Home(ctx.home).db())
+    db = Home(ctx.home).db()
+    recs = records(db)
+    at = parse_at(args.at)
+    if at is not None:  # the store as it stood then: records imported by then, active then
+        stamp = format_time(at)
+        then = active_at(db, at)
+        recs = [
+            dataclasses.replace(r, active=then.get(r.name) == r.version)
+            for r in recs
+            if r.imported_at <= stamp
+        ]
     if not recs:
         ctx.say("the store is empty")
     for r in recs:
@@ -42,7 +57,10 @@ def run_list(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             f"{mark} {r.name}@{r.version:<14} {r.size:>14,} B  {r.digest[:16]}  "
             f"stream {r.stream} seq {r.sequence}"
         )
-    return {"artifacts": [r.to_dict() for r in recs]}
+    out: dict[str, Any] = {"artifacts": [r.to_dict() for r in recs]}
+    if at is not None:
+        out["at"] = format_time(at)
+    return out
 
 
 def run_verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:

@@ -16,26 +16,30 @@ from typing import Any
 
 from appliance import witness
 from appliance.cli.context import Context
+from appliance.evidence import anchor_of
 from appliance.home import Home, HomeLock
 from appliance.importer import apply_trust_envelope
 from appliance.trust import describe
-from appliance.truststore import load_trust, site, stream_sequences, trusted_now
+from appliance.truststore import load_trust, site, stream_sequences, time_floors, trusted_now
 from bundles.documents import (
     ROLES,
     TRUST_PAYLOAD_TYPE,
     AddKey,
     Operation,
+    ResetStream,
+    ResetTime,
     RevokeKey,
     RotateRoot,
     SetThreshold,
     TrustUpdate,
+    check_label,
 )
 from bundles.dsse import Envelope, sign_envelope
-from bundles.errors import BadNameError, UsageError
+from bundles.errors import BadNameError, ManifestFormatError, UsageError
 from bundles.files import read_input_file, write_new_file
 from bundles.keys import load_private_key, load_public_key
 from bundles.names import check_identifier
-from bundles.timeutil import format_time, utcnow
+from bundles.timeutil import format_time, parse_iso, utcnow
 
 MAX_FILE = 2 << 20
 
@@ -51,7 +55,7 @@ class _Op(argparse.Action):
         option: str | None = None,
     ) -> None:
         ops: list[dict[str, Any]] = getattr(ns, "ops", None) or []
-        if self.dest in ("role", "stream"):
+        if self.dest in ("role", "stream", "name"):
             if not ops or ops[-1]["op"] != "add_key":
                 raise UsageError(f"--{self.dest} must follow an --add-key")
             ops[-1][self.dest] = values
@@ -80,6 +84,23 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
     up.add_argument("--revoke", dest="revoke", action=_Op, metavar="KEYID")
     up.add_argument("--threshold", dest="threshold", action=_Op, metavar="ROLE[:STREAM]=N")
     up.add_argument("--rotate-root", dest="rotate_root", action=_Op, nargs="+", metavar="PUB")
+    up.add_argument(
+        "--name", dest="name", action=_Op, metavar="LABEL", help="a label for the --add-key before"
+    )
+    up.add_argument(
+        "--reset-stream",
+        dest="reset_stream",
+        action=_Op,
+        metavar="STREAM=N",
+        help="recovery: set STREAM's high-water mark back to N (undoes a compromised key's)",
+    )
+    up.add_argument(
+        "--reset-time",
+        dest="reset_time",
+        action=_Op,
+        metavar="ISO8601",
+        help="recovery: set every trusted-time floor back to this time",
+    )
     up.add_argument("--root-threshold", type=int)
     up.set_defaults(func=run_update, ops=None)
 
@@ -110,11 +131,18 @@ def _operations(args: argparse.Namespace) -> list[Operation]:
             stream = raw.get("stream")
             if (role == "publisher") != (stream is not None):
                 raise UsageError("--stream is required for publisher keys and only for them")
+            label = raw.get("name")
+            if label is not None:
+                try:
+                    check_label(label, "--name")
+                except ManifestFormatError as e:
+                    raise UsageError(e.message) from e
             ops.append(
                 AddKey(
                     load_public_key(Path(value)),
                     role,
                     _identifier(stream, "stream") if stream else None,
+                    label,
                 )
             )
         elif kind == "revoke":
@@ -131,6 +159,16 @@ def _operations(args: argparse.Namespace) -> list[Operation]:
             ops.append(
                 SetThreshold(role, _identifier(stream, "stream") if stream else None, int(number))
             )
+        elif kind == "reset_stream":
+            stream, sep, number = value.partition("=")
+            if not sep or not number.isdigit():
+                raise UsageError(f"--reset-stream {value!r}: use STREAM=N")
+            ops.append(ResetStream(_identifier(stream, "stream"), int(number)))
+        elif kind == "reset_time":
+            try:
+                ops.append(ResetTime(parse_iso(value)))
+            except ValueError as e:
+                raise UsageError(f"--reset-time {value!r}: {e}") from e
         elif kind == "rotate_root":
             keys = tuple(load_public_key(Path(v)) for v in value)
             threshold = args.root_threshold or 1
@@ -173,10 +211,11 @@ def run_apply(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         state = load_trust(db)
         witness.require_resync(db, check, "update", trust_version=state.version + 1)
         new = apply_trust_envelope(db, state, env, str(args.file))
-        if wpath is not None:
-            witness.refresh(db, wpath)
+        warnings = witness.refresh_after_commit(db, wpath)
     ctx.say(f"applied trust update version {new.version}")
-    return {"version": new.version}
+    for w in warnings:
+        ctx.warn(f"appliance: warning: {w}")
+    return {"version": new.version, **({"warnings": warnings} if warnings else {})}
 
 
 def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
@@ -185,7 +224,12 @@ def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     roles: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for kid, entry in sorted(state.keys.items()):
         roles.setdefault(entry.role, []).append(
-            {"keyid": kid, "added_version": entry.added_version, "revoked": kid in state.revoked}
+            {
+                "keyid": kid,
+                "label": state.label(kid),
+                "added_version": entry.added_version,
+                "revoked": kid in state.revoked,
+            }
         )
     for role in state.thresholds:
         roles.setdefault(role, [])
@@ -200,6 +244,8 @@ def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         "revoked": sorted(state.revoked),
         "streams": stream_sequences(db),
         "trusted_time": format_time(trusted_now(db)),
+        "time_floors": time_floors(db).to_dict(),
+        "anchor": anchor_of(db).describe(),
         "witness": {
             "status": wcheck.status.value,
             "path": str(wcheck.path) if wcheck.path else None,
@@ -217,8 +263,10 @@ def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             f"  keys {len(live)} live, {len(r['keys']) - len(live)} revoked"
         )
         for k in r["keys"]:
-            ctx.say(f"      {k['keyid'][:16]}  {'REVOKED' if k['revoked'] else 'live'}")
+            label = f"  ({k['label']})" if k["label"] else ""
+            ctx.say(f"      {k['keyid'][:16]}  {'REVOKED' if k['revoked'] else 'live'}{label}")
     for stream, seq in sorted(out["streams"].items()):
         ctx.say(f"  stream {stream}: sequence {seq}")
     ctx.say(f"  state witness: {wcheck.status.value} ({wcheck.detail})")
+    ctx.say(f"  trust anchor: {out['anchor']['path']}")
     return out

@@ -26,6 +26,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import homecopy
+
 from bundles.canonical import canonical_bytes
 from bundles.documents import (
     ROLLBACK_PAYLOAD_TYPE,
@@ -460,9 +462,9 @@ def assert_audited_rejection(before: Snapshot, after: Snapshot, code: str) -> di
 
 
 def copy_home(template: Path, dest: Path) -> Path:
-    """A fresh home from a prepared template (``cp -a``: modes, times, everything)."""
-    subprocess.run(["cp", "-a", str(template), str(dest)], check=True)
-    return dest
+    """A fresh home from a prepared template (``cp -a``: modes, times, everything), with
+    its own trust anchor (``tests/homecopy.py``)."""
+    return homecopy.copy_home(template, dest)
 
 
 def remove_tree(path: Path) -> None:

@@ -19,6 +19,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import homecopy
 import pytest
 
 from bundles.documents import RevokeKey
@@ -28,7 +29,6 @@ from .driver import (
     Site,
     assert_unchanged,
     cli,
-    copy_home,
     new_events,
     ok,
     snapshot,
@@ -175,9 +175,8 @@ def test_audit_tail_truncated_is_caught_by_witness(wsite: Site, tmp_path: Path) 
 
 def _whome(wsite: Site, tmp: Path) -> tuple[Path, Path]:
     assert wsite.witness is not None
-    home = copy_home(wsite.home, tmp / "home")
     w = tmp / "witness.json"
-    subprocess.run(["cp", "-a", str(wsite.witness), str(w)], check=True)
+    home = homecopy.copy_home(wsite.home, tmp / "home", witness_src=wsite.witness, witness_dst=w)
     return home, w
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import homecopy
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import bundles.timeutil
@@ -137,6 +138,8 @@ class World:
 
         def moved(p: Path) -> Path:
             return base / p.relative_to(self.base)
+
+        homecopy.rebind_anchor(self.home.root, moved(self.home.root))
 
         return World(
             base,
