@@ -63,6 +63,7 @@ __all__ = [
     "TrustChain",
     "anchor_of",
     "home_root",
+    "name_owners",
     "read_only",
     "stream_marks",
     "time_floors",
@@ -297,6 +298,23 @@ def _signed_by_publishers(env: Envelope, state: TrustState, stream: str, digest:
 class _StreamEvidence:
     marks: dict[str, int]
     floors: dict[str, datetime]
+    owners: dict[str, tuple[str, int]]  # artifact name -> (its stream, highest release)
+
+
+_releases: dict[bytes, tuple[tuple[str, int], ...]] = {}
+
+
+def _artifact_releases(payload: bytes) -> tuple[tuple[str, int], ...]:
+    key = hashlib.sha256(payload).digest()
+    hit = _releases.get(key)
+    if hit is None:
+        from appliance.provenance import parse_manifest
+
+        hit = tuple((a.name, a.release) for a in parse_manifest(payload).artifacts)
+        if len(_releases) > 4096:
+            _releases.clear()
+        _releases[key] = hit
+    return hit
 
 
 def _stream_evidence(db: sqlite_utils.Database, chain: TrustChain) -> _StreamEvidence:
@@ -311,6 +329,7 @@ def _stream_evidence(db: sqlite_utils.Database, chain: TrustChain) -> _StreamEvi
     time_reset = chain.time_reset()
     marks: dict[str, int] = {s: n for s, (_v, n) in resets.items()}
     floors: dict[str, datetime] = {}
+    owners: dict[str, tuple[str, int]] = {}
     for stream, sequence, env_bytes in db.execute(
         "SELECT stream, sequence, envelope FROM manifests"
     ).fetchall():
@@ -332,14 +351,20 @@ def _stream_evidence(db: sqlite_utils.Database, chain: TrustChain) -> _StreamEvi
                 f"{what} is not signed by the stream's publishers of trust version {version}"
             )
         reset = resets.get(stream)
-        if reset is not None and version < reset[0]:
-            continue  # undone by a root-signed reset of the stream
+        voided = reset is not None and version < reset[0]  # undone by a root-signed reset
+        for name, release in _artifact_releases(env.payload):
+            owner_stream, best = owners.get(name, (stream, 0))
+            if owner_stream == stream and not voided:
+                best = max(best, release)
+            owners[name] = (owner_stream, best)
+        if voided:
+            continue
         marks[stream] = max(marks.get(stream, 0), header.sequence)
         if time_reset is not None and version < time_reset[0]:
             continue
         if stream not in floors or header.issued_at > floors[stream]:
             floors[stream] = header.issued_at
-    return _StreamEvidence(marks, floors)
+    return _StreamEvidence(marks, floors, owners)
 
 
 def stream_marks(db: sqlite_utils.Database) -> dict[str, int]:
@@ -352,6 +377,13 @@ def stream_marks(db: sqlite_utils.Database) -> dict[str, int]:
             f"the streams table differs from the signed manifests (high-water marks {diff[:4]})"
         )
     return marks
+
+
+def name_owners(db: sqlite_utils.Database) -> dict[str, tuple[str, int]]:
+    """Each artifact name's stream (the first to ship it) and highest release counter, from
+    the signed manifests (releases of manifests undone by a ``reset_stream`` do not count).
+    """
+    return _stream_evidence(db, trust_chain(db)).owners
 
 
 # --- time floors ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ import sqlite_utils
 from appliance import audit, witness
 from appliance.db import transaction
 from appliance.errors import TrustUpdateReplayError
+from appliance.evidence import name_owners
 from appliance.home import Home, HomeLock
 from appliance.policy import Decision, StoreView, check_bundle
 from appliance.staging import CancelledError, Progress, stage_artifact
@@ -74,10 +75,7 @@ class ImportResult:
 
 
 def store_view(db: sqlite_utils.Database) -> StoreView:
-    owners = {
-        name: (stream, int(release))
-        for name, stream, release in db.execute("SELECT name, stream, release FROM names")
-    }
+    owners = name_owners(db)  # from the signed manifests, not the names table
     digests = {(n, v): d for n, v, d in db.execute("SELECT name, version, digest FROM artifacts")}
     return StoreView(site(db), stream_sequences(db), owners, digests)
 

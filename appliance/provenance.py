@@ -50,14 +50,18 @@ _manifest_cache: dict[bytes, Manifest] = {}
 
 
 def _parse_manifest(env: Envelope) -> Manifest:
+    return parse_manifest(env.payload)
+
+
+def parse_manifest(payload: bytes) -> Manifest:
     """Parse a (verified) stored manifest; parsed results are cached by payload hash.
 
     Only parsing is cached: the signature is verified on every call.
     """
-    key = hashlib.sha256(env.payload).digest()
+    key = hashlib.sha256(payload).digest()
     manifest = _manifest_cache.get(key)
     if manifest is None:
-        manifest = Manifest.from_payload(env.payload)
+        manifest = Manifest.from_payload(payload)
         if len(_manifest_cache) > 64:
             _manifest_cache.clear()
         _manifest_cache[key] = manifest
