@@ -71,7 +71,11 @@ def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
 
 
 def run_export(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
-    events = [audit.public_event(e) for e in audit.rows(Home(ctx.home).db())]
+    # detail_json: the exact bytes the chain hashes (docs/AUDIT.md), beside the parsed detail
+    events = [
+        {**audit.public_event(e), "detail_json": e["detail"]}
+        for e in audit.rows(Home(ctx.home).db())
+    ]
     if not ctx.json:
         for e in events:
             ctx.stdout.write(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n")
