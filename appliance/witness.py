@@ -24,9 +24,14 @@ from typing import Any
 
 import sqlite_utils
 
-from appliance import audit
+from appliance import audit, safefs
 from appliance.db import get_meta
-from appliance.errors import OperationalError, StateRolledBackError, WitnessMissingError
+from appliance.errors import (
+    OperationalError,
+    StateRolledBackError,
+    WitnessMissingError,
+    WitnessUnreadableError,
+)
 from appliance.truststore import Counters, counters
 from bundles.timeutil import format_time, utcnow
 
@@ -58,14 +63,39 @@ def configured_path(db: sqlite_utils.Database, given: Path | None) -> Path | Non
     return Path(recorded) if recorded else None
 
 
+def _open_parent(path: Path) -> int:
+    """The witness's folder: the operator's choice (it may be a link, or other media)."""
+    return safefs.open_root(path.parent)
+
+
 def read(path: Path) -> dict[str, Any] | None:
+    """The witness document, or None when the file is absent.
+
+    Opened by descriptor, ``O_NOFOLLOW | O_NONBLOCK`` after an ``lstat``, and
+    checked with ``fstat``: a link, FIFO, directory, device or socket at the
+    witness's name is ``witness_unreadable`` (exit 4), never followed, never a
+    hang; content that is not a witness stays ``state_rolled_back``.
+    """
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_WITNESS_BYTES + 1)
+        parent = _open_parent(path)
     except FileNotFoundError:
         return None
     except OSError as e:
         raise OperationalError(f"cannot read witness {path}: {e.strerror}", code="io_error") from e
+    try:
+        fd = safefs.open_file_at(parent, path.name, os.O_RDONLY)
+        try:
+            data = os.read(fd, MAX_WITNESS_BYTES + 1)
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        return None
+    except safefs.UnsafeEntryError as e:
+        raise WitnessUnreadableError(f"witness {path}: {e}; refusing to trust it") from e
+    except OSError as e:
+        raise OperationalError(f"cannot read witness {path}: {e.strerror}", code="io_error") from e
+    finally:
+        os.close(parent)
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
@@ -76,23 +106,25 @@ def read(path: Path) -> dict[str, Any] | None:
 
 
 def write(db: sqlite_utils.Database, path: Path) -> dict[str, Any]:
-    """Atomically write the home's current counters to ``path``."""
+    """Atomically write the home's current counters to ``path``.
+
+    By an unpredictable temporary name in the witness's folder, created with
+    ``O_EXCL | O_NOFOLLOW``, renamed over the witness by descriptor; anything
+    but a regular file at the witness's name is refused (``witness_unreadable``).
+    """
     doc: dict[str, Any] = {"format": FORMAT, "written_at": format_time(utcnow()), **counters(db)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = json.dumps(doc, sort_keys=True).encode()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        parent = _open_parent(path)
         try:
-            os.fsync(dfd)
+            safefs.check_at(parent, path.name, "regular file")
+            safefs.write_file_at(parent, path.name, data, 0o644)
         finally:
-            os.close(dfd)
+            os.close(parent)
+    except safefs.UnsafeEntryError as e:
+        raise WitnessUnreadableError(f"witness {path}: {e}; not overwritten") from e
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise OperationalError(f"cannot write witness {path}: {e.strerror}", code="io_error") from e
     return doc
 
@@ -188,7 +220,7 @@ def refresh(db: sqlite_utils.Database, path: Path | None) -> None:
 
 def record_reset(db: sqlite_utils.Database, path: Path, reason: str) -> dict[str, Any]:
     """``appliance witness reset``: accept the home as it is, audited."""
-    before = read(path) if path.exists() else None
+    before = read(path)
     event = audit.append(
         db,
         "witness_reset",
