@@ -1,4 +1,10 @@
-"""The appliance home: where state, objects and staging live, and the import lock."""
+"""The appliance home: where state, objects and staging live, and the import lock.
+
+A writer of the home may plant links and special files at any of its names, so
+everything under it is reached by descriptor through ``appliance.safefs``, and
+``Home.check`` refuses (``home_tampered``, exit 4) a home whose fixed parts are
+links or of the wrong type before any command uses it.
+"""
 
 from __future__ import annotations
 
@@ -28,8 +34,8 @@ DB_FILE = "appliance.db"
 LOCK_FILE = "lock"
 OBJECTS_DIR = "objects"
 STAGING_DIR = "staging"
+_INIT_PREFIX = f".{DB_FILE}.init."  # init's private folder (see Home.new_db_path)
 # Files SQLite opens beside the database (a WAL-mode header would make it use the last two).
-_INIT_PREFIX = f".{DB_FILE}.init."
 DB_FILES = (DB_FILE, f"{DB_FILE}-journal", f"{DB_FILE}-wal", f"{DB_FILE}-shm")
 
 
@@ -157,24 +163,14 @@ class Home:
         for name, mode in ((OBJECTS_DIR, 0o755), (STAGING_DIR, 0o700)):
             with self.open_dir(name, create=mode):
                 pass
-        with self.root_fd() as root:
-            try:
-                for name, _ in safefs.entries(root):
-                    if name.startswith(_INIT_PREFIX):
-                        safefs.remove_entry_at(root, name)
-            except safefs.UnsafeEntryError as e:
-                raise self.tampered(e) from e
-            except OSError as e:
-                raise OperationalError(
-                    f"cannot remove a failed init's folder in {self.root}: {e.strerror}",
-                    code="io_error",
-                ) from e
 
     def new_db_path(self) -> Path:
         """``init``: where to create the new state database: inside a private folder made by
         an unpredictable name (``mkdirat`` is exclusive; 0700) in the home, so no name the
         database or its journal is written at can have been planted. ``publish_db`` then
-        links it into place; ``make_layout`` removes folders left by a failed init.
+        links it into place. (An init that fails in between, say on a full disk, leaves
+        its private folder behind; it is never reused. Not removed by the next
+        init, which cannot tell it from the folder of an init running beside it.)
         """
         with self.root_fd() as root:
             try:
