@@ -230,6 +230,20 @@ class ReadOnlyModeError(UsageError):
     """A command that would write, asked for under ``--read-only``."""
 
     code = "read_only_mode"
+# --- issue 13: a home that a store writer cannot turn against its owner (exit 4) ------
+
+
+class HomeTamperedError(StateSuspectError):
+    """A fixed part of the home (``appliance.db`` and its journals, ``lock``, ``objects/``,
+    ``objects/xx/``, ``staging/``) is a link or of the wrong type: nothing is used."""
+
+    code = "home_tampered"
+
+
+class WitnessUnreadableError(StateSuspectError):
+    """The witness path holds a link, FIFO, directory, device or socket, not a file."""
+
+    code = "witness_unreadable"
 
 
 __all__ = [
@@ -278,4 +292,6 @@ __all__ = [
     "WitnessMissingError",
     "WrongSiteError",
     "exit_code_for",
+    "HomeTamperedError",
+    "WitnessUnreadableError",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,6 @@ from appliance.anchor import Anchor, anchor_path, home_key, new_home_id, write_a
 from appliance.db import SCHEMA_VERSION, connect, set_meta, transaction
 from appliance.errors import AlreadyInitializedError
 from appliance.home import Home
-from appliance.store import io_error
 from appliance.trust import TrustState
 from appliance.truststore import save_trust
 from bundles.keys import PublicKey
@@ -37,14 +35,8 @@ def init_home(
     state = TrustState.initial(root_keys, threshold)
     if witness_path is not None:
         witness_path = witness_path.resolve()
-    try:
-        home.root.mkdir(mode=0o755, parents=True, exist_ok=True)
-        home.objects.mkdir(mode=0o755, exist_ok=True)
-        home.staging.mkdir(mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise io_error(e, f"creating {home.root}") from e
-    tmp = home.root / f".{home.db_path.name}.{os.getpid()}.init"
-    tmp.unlink(missing_ok=True)
+    home.make_layout()
+    tmp = home.new_db_path()
     created = format_time(utcnow())
     record = Anchor(
         path=anchor_path(home.root, anchor),
@@ -76,17 +68,8 @@ def init_home(
             },
         )
     db.conn.close()
-    try:
-        write_anchor(record, replace=True)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        os.link(tmp, home.db_path)  # fails if another init won the race
-    except FileExistsError as e:
-        raise AlreadyInitializedError(f"{home.root} is already an appliance home") from e
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_anchor(record, replace=True)
+    home.publish_db(tmp)
     db = home.db()
     try:
         if witness_path is not None:

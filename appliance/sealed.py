@@ -37,7 +37,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from appliance.errors import ObjectTamperedError, OperationalError
+from appliance import safefs
+from appliance.errors import HomeTamperedError, ObjectTamperedError, OperationalError
 
 SEAL_MAX = 1 << 30
 SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
@@ -83,9 +84,21 @@ def _memfd(what: str) -> int:
 
 
 def _unnamed_file(staging: Path, what: str) -> int:
+    # By descriptor, never through a link planted at HOME/staging (appliance.safefs);
+    # O_EXCL: the unnamed file can never be linked into a directory.
     try:
-        staging.mkdir(mode=0o700, exist_ok=True)
-        return os.open(staging, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o400)
+        root = safefs.open_root(staging.parent)
+        try:
+            sfd = safefs.open_dir_at(root, staging.name, create=0o700)
+        finally:
+            os.close(root)
+        try:
+            flags = os.O_TMPFILE | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC
+            return os.open(".", flags, 0o400, dir_fd=sfd)
+        finally:
+            os.close(sfd)
+    except safefs.UnsafeEntryError as e:
+        raise HomeTamperedError(f"cannot make a private copy of {what}: {staging}: {e}") from e
     except OSError as e:
         raise OperationalError(
             f"cannot make a private copy of {what} in {staging}: {e.strerror}", code="io_error"

@@ -17,8 +17,9 @@ from typing import Any
 
 import sqlite_utils
 
+from appliance import safefs
 from appliance.errors import DiskFullError, NotFoundError, OperationalError
-from appliance.home import Home
+from appliance.home import OBJECTS_DIR, Home
 
 
 @dataclass(frozen=True)
@@ -134,18 +135,30 @@ def sweep_orphans(home: Home, db: sqlite_utils.Database) -> int:
     """
     referenced = {str(r[0]) for r in db.execute("SELECT DISTINCT digest FROM artifacts")}
     removed = 0
-    if not home.objects.is_dir():
-        return 0
-    for sub in os.scandir(home.objects):
-        if not sub.is_dir(follow_symlinks=False):
-            continue
-        for entry in os.scandir(sub.path):
-            if entry.name not in referenced:
-                try:
-                    os.unlink(entry.path)
-                except OSError as e:
-                    raise io_error(e, f"removing unreferenced object {entry.name[:16]}") from e
-                removed += 1
+    # By descriptor, never following a link: a link planted at objects/xx is refused, one
+    # inside it is removed as a name (see appliance.safefs).
+    with home.open_dir(OBJECTS_DIR) as objects:
+        if objects is None:
+            return 0
+        for sub_name, is_dir in safefs.entries(objects):
+            if not is_dir:
+                continue
+            try:
+                sub = safefs.open_dir_at(objects, sub_name)
+            except safefs.UnsafeEntryError as e:
+                raise home.tampered(e, f"{OBJECTS_DIR}/") from e
+            name = sub_name
+            try:
+                for name, _ in safefs.entries(sub):
+                    if name not in referenced:
+                        safefs.remove_entry_at(sub, name)
+                        removed += 1
+            except safefs.UnsafeEntryError as e:
+                raise home.tampered(e, f"{OBJECTS_DIR}/{sub_name}/") from e
+            except OSError as e:
+                raise io_error(e, f"removing unreferenced object {name[:16]}") from e
+            finally:
+                os.close(sub)
     return removed
 
 

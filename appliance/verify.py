@@ -9,33 +9,61 @@ tampered with, exit 4), and do the record's signers still meet today's trust
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
 
+from appliance import safefs
 from appliance.errors import ObjectTamperedError
-from appliance.home import Home
+from appliance.home import OBJECTS_DIR, Home
 from appliance.provenance import check_pointer, check_record
 from appliance.store import Record, object_path
 from appliance.trust import TrustState
 from bundles.errors import RejectedError, StateSuspectError
 from bundles.hashing import hash_fd
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
 
 def open_object(home: Home, record: Record) -> int:
-    """Open the stored object read-only, never through a symlink; exit 4 when it is gone."""
+    """Open the stored object read-only by descriptor, never through a link; exit 4
+    (``object_tampered``) when it is gone or is not a regular file (a FIFO, directory,
+    device or link in its place never blocks or errors as I/O), and ``home_tampered``
+    when ``objects/`` or ``objects/xx/`` itself was replaced.
+    """
     path = object_path(home, record.digest)
-    try:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError as e:
-        raise ObjectTamperedError(
-            f"{record.name}@{record.version}: object {path} is missing"
-        ) from e
-    except OSError as e:
-        raise ObjectTamperedError(
-            f"{record.name}@{record.version}: object {path} cannot be opened ({e.strerror})"
-        ) from e
+    what = f"{record.name}@{record.version}"
+    if not _HEX64.fullmatch(record.digest):
+        raise ObjectTamperedError(f"{what}: the record's digest is not a BLAKE3 hex digest")
+    with home.open_dir(OBJECTS_DIR) as objects:
+        if objects is None:
+            raise ObjectTamperedError(f"{what}: object {path} is missing (no objects folder)")
+        try:
+            sub = safefs.open_dir_at(objects, record.digest[:2])
+        except FileNotFoundError as e:
+            raise ObjectTamperedError(f"{what}: object {path} is missing") from e
+        except safefs.UnsafeEntryError as e:
+            raise home.tampered(e, f"{OBJECTS_DIR}/") from e
+        except OSError as e:
+            raise ObjectTamperedError(
+                f"{what}: object {path} cannot be opened ({e.strerror})"
+            ) from e
+        try:
+            return safefs.open_file_at(sub, record.digest)
+        except FileNotFoundError as e:
+            raise ObjectTamperedError(f"{what}: object {path} is missing") from e
+        except safefs.UnsafeEntryError as e:
+            raise ObjectTamperedError(
+                f"{what}: object {path} is a {e.found}, not a regular file"
+            ) from e
+        except OSError as e:
+            raise ObjectTamperedError(
+                f"{what}: object {path} cannot be opened ({e.strerror})"
+            ) from e
+        finally:
+            os.close(sub)
 
 
 def check_hash(fd: int, record: Record) -> None:

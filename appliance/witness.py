@@ -24,7 +24,7 @@ from typing import Any
 
 import sqlite_utils
 
-from appliance import audit
+from appliance import audit, safefs
 from appliance.anchor import home_key, replace_anchor_witness, write_anchor
 from appliance.db import get_meta, transaction
 from appliance.errors import (
@@ -34,6 +34,7 @@ from appliance.errors import (
     UsageError,
     WitnessForeignError,
     WitnessMissingError,
+    WitnessUnreadableError,
 )
 from appliance.evidence import anchor_of, home_root, read_only
 from appliance.truststore import Counters, counters
@@ -95,14 +96,39 @@ def check_belongs(db: sqlite_utils.Database, path: Path, doc: dict[str, Any]) ->
         )
 
 
+def _open_parent(path: Path) -> int:
+    """The witness's folder: the operator's choice (it may be a link, or other media)."""
+    return safefs.open_root(path.parent)
+
+
 def read(path: Path) -> dict[str, Any] | None:
+    """The witness document, or None when the file is absent.
+
+    Opened by descriptor, ``O_NOFOLLOW | O_NONBLOCK`` after an ``lstat``, and
+    checked with ``fstat``: a link, FIFO, directory, device or socket at the
+    witness's name is ``witness_unreadable`` (exit 4), never followed, never a
+    hang; content that is not a witness stays ``state_rolled_back``.
+    """
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_WITNESS_BYTES + 1)
+        parent = _open_parent(path)
     except FileNotFoundError:
         return None
     except OSError as e:
         raise OperationalError(f"cannot read witness {path}: {e.strerror}", code="io_error") from e
+    try:
+        fd = safefs.open_file_at(parent, path.name, os.O_RDONLY)
+        try:
+            data = os.read(fd, MAX_WITNESS_BYTES + 1)
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        return None
+    except safefs.UnsafeEntryError as e:
+        raise WitnessUnreadableError(f"witness {path}: {e}; refusing to trust it") from e
+    except OSError as e:
+        raise OperationalError(f"cannot read witness {path}: {e.strerror}", code="io_error") from e
+    finally:
+        os.close(parent)
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
@@ -115,6 +141,9 @@ def read(path: Path) -> dict[str, Any] | None:
 def write(db: sqlite_utils.Database, path: Path, *, adopt: bool = False) -> dict[str, Any]:
     """Atomically write the home's current counters to ``path``.
 
+    By an unpredictable temporary name in the witness's folder, created with
+    ``O_EXCL | O_NOFOLLOW``, renamed over the witness by descriptor; anything
+    but a regular file at the witness's name is refused (``witness_unreadable``).
     An existing witness of another home is never overwritten (``adopt`` is for
     ``witness reset``, which the audit log records).
     """
@@ -130,21 +159,18 @@ def write(db: sqlite_utils.Database, path: Path, *, adopt: bool = False) -> dict
         **_identity(db),
         **counters(db),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = json.dumps(doc, sort_keys=True).encode()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        parent = _open_parent(path)
         try:
-            os.fsync(dfd)
+            safefs.check_at(parent, path.name, "regular file")
+            safefs.write_file_at(parent, path.name, data, 0o644)
         finally:
-            os.close(dfd)
+            os.close(parent)
+    except safefs.UnsafeEntryError as e:
+        raise WitnessUnreadableError(f"witness {path}: {e}; not overwritten") from e
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise OperationalError(f"cannot write witness {path}: {e.strerror}", code="io_error") from e
     return doc
 

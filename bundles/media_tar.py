@@ -10,6 +10,7 @@ block. Whatever ``tarfile`` raises on hostile bytes becomes an ``ArchiveError``.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import struct
 import tarfile
@@ -62,14 +63,82 @@ _TAR_ERRORS = (
 )
 
 
+# Pax extended headers (local, global, Solaris): their records are checked before tarfile's.
+_PAX_TYPES = (b"x", b"g", b"X")
+_PAX_LENGTH_DIGITS = 7  # a record is at most MAX_HEADER_READ (1 MiB) long: 7 digits
+_DIGITS = frozenset(b"0123456789")
+# tarfile before 3.11.10 also searches the whole header for r"\d+ hdrcharset=": quadratic in
+# the longest run of digits. No honest field (times, sizes, ids) has a run this long.
+MAX_PAX_DIGIT_RUN = 64
+_LONG_DIGIT_RUN = re.compile(rb"[0-9]{%d}" % (MAX_PAX_DIGIT_RUN + 1))
+
+
+def check_pax_records(buf: bytes, location: str) -> int:
+    """Check a pax extended header's raw bytes in one linear pass, before tarfile parses
+    them; returns how many records it checked. Every loop moves forward only: each byte
+    is inspected a bounded number of times.
+
+    The header is ``"LENGTH KEYWORD=VALUE\n"`` records tiling the buffer up to the
+    first NUL at a record boundary, then NULs only. CPython's tarfile before 3.11.10
+    (CVE-2024-6232) parses these with backtracking regular expressions whose cost is
+    quadratic in hostile input (for example ``"2 2 2 ... ="``, or a long run of digits
+    where GNU sparse maps are looked for). So: a length of 1 to 7 decimal digits then a
+    space, at least 5, inside the buffer, the record ending with a newline, a non-empty
+    keyword ended by ``=`` inside the record; no ``GNU.sparse.*`` keywords (sparse members
+    are refused anyway); no run of more than ``MAX_PAX_DIGIT_RUN`` digits. Anything else
+    is refused (``archive_corrupt``, ``archive_special_file``) before tarfile sees it;
+    each regular expression then stays within one well-formed record, so its work is
+    linear too.
+    """
+    n = len(buf)
+    pos = 0
+    records = 0
+    while pos < n and buf[pos] != 0:
+        records += 1
+        digits = 0
+        while pos + digits < n and buf[pos + digits] in _DIGITS:
+            digits += 1
+            if digits > _PAX_LENGTH_DIGITS:
+                raise ArchiveError(f"{location}: a pax header record length has too many digits")
+        if digits == 0 or pos + digits >= n or buf[pos + digits] != 0x20:
+            raise ArchiveError(f"{location}: a pax header record has no length field")
+        length = int(buf[pos : pos + digits])
+        end = pos + length  # one past the record's newline
+        if length < 5 or end > n or buf[end - 1] != 0x0A:
+            raise ArchiveError(f"{location}: a pax header record has a wrong length ({length})")
+        equals = buf.find(b"=", pos + digits + 1, end - 1)
+        if equals <= pos + digits + 1:
+            raise ArchiveError(f"{location}: a pax header record has no keyword")
+        if buf.startswith(b"GNU.sparse.", pos + digits + 1, equals):
+            raise ArchiveSpecialFileError(f"refusing a GNU sparse member in {location}")
+        pos = end
+    if buf.count(0, pos) != n - pos:
+        raise ArchiveError(f"{location}: bytes after the last pax header record")
+    if _LONG_DIGIT_RUN.search(buf) is not None:
+        raise ArchiveError(
+            f"{location}: a pax header holds a run of more than {MAX_PAX_DIGIT_RUN} digits"
+        )
+    return records
+
+
 class _HeaderFile:
-    """A minimal read-only file object over ``os.pread`` for ``tarfile``'s header walk."""
+    """A minimal read-only file object over ``os.pread`` for ``tarfile``'s header walk.
+
+    tarfile reads each header as one 512-byte block and a pax header's body with
+    the next read, at the block after it: that read is checked by
+    ``check_pax_records`` before tarfile gets the bytes. ``pax_headers``,
+    ``pax_bytes_inspected`` and ``pax_records`` count the work (tests pin it linear).
+    """
 
     def __init__(self, fd: int, size: int, location: str) -> None:
         self._fd = fd
         self._size = size
         self._pos = 0
         self._location = location
+        self._pax_body_at = -1  # where the body of the last pax header read starts
+        self.pax_headers = 0
+        self.pax_bytes_inspected = 0
+        self.pax_records = 0
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
@@ -82,6 +151,13 @@ class _HeaderFile:
             data = os.pread(self._fd, n, self._pos)
         except OSError as e:
             raise media_error(self._location, e) from e
+        if self._pos == self._pax_body_at:
+            self._pax_body_at = -1
+            self.pax_headers += 1
+            self.pax_bytes_inspected += len(data)
+            self.pax_records += check_pax_records(data, self._location)
+        elif n == BLOCK and len(data) == BLOCK and data[156:157] in _PAX_TYPES:
+            self._pax_body_at = self._pos + BLOCK
         self._pos += len(data)
         return data
 

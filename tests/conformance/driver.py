@@ -382,8 +382,9 @@ class Snapshot:
 
 
 def _trust_view(doc: dict[str, Any]) -> dict[str, Any]:
-    # trusted_time is max(clock, floor): the clock moves; everything else must not
-    return {k: v for k, v in doc.items() if k not in ("trusted_time", "ok")}
+    # trusted_time is max(clock, floor): the clock moves; the anchor names the home's own
+    # place (a copy of a template has its own); everything else must not change
+    return {k: v for k, v in doc.items() if k not in ("trusted_time", "ok", "anchor")}
 
 
 # One interpreter runs the read-only commands through the real CLI entry point

@@ -79,7 +79,7 @@ def fingerprint(home: Path) -> dict[str, Any]:
     assert rc == 0, events
     return {
         "list": [{k: v for k, v in a.items() if k != "imported_at"} for a in listing["artifacts"]],
-        "trust": {k: v for k, v in trust.items() if k != "trusted_time"},
+        "trust": {k: v for k, v in trust.items() if k not in ("trusted_time", "anchor")},
         "audit": [
             (e["type"], e["outcome"], e["code"], e["name"], e["version"]) for e in events["events"]
         ],
