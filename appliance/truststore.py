@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import TypedDict
 
@@ -9,7 +10,7 @@ import sqlite_utils
 
 from appliance import audit
 from appliance.db import get_meta, set_meta
-from appliance.trust import KeyEntry, TrustState
+from appliance.trust import KeyEntry, LoaderGrant, TrustState
 from bundles.keys import PublicKey
 from bundles.timeutil import format_time, parse_stamp, utcnow
 
@@ -31,7 +32,11 @@ def load_trust(db: sqlite_utils.Database) -> TrustState:
         for role, stream, t in db.execute("SELECT role, stream, threshold FROM thresholds")
     }
     version = int(get_meta(db, "trust_version") or "0")
-    return TrustState(version, keys, thresholds, frozenset(revoked))
+    grants = tuple(
+        LoaderGrant(g["loader"], g["stream"], tuple(g["artifacts"]), g["any_version"], g["version"])
+        for g in json.loads(get_meta(db, "loader_grants") or "[]")
+    )
+    return TrustState(version, keys, thresholds, frozenset(revoked), grants)
 
 
 def save_trust(db: sqlite_utils.Database, state: TrustState) -> None:
@@ -62,6 +67,8 @@ def save_trust(db: sqlite_utils.Database, state: TrustState) -> None:
             "INSERT INTO thresholds (role, stream, threshold) VALUES (?, ?, ?)", [role, stream, t]
         )
     set_meta(db, "trust_version", str(state.version))
+    grants = [{**g.to_dict(), "version": g.version} for g in state.grants]
+    set_meta(db, "loader_grants", json.dumps(grants, sort_keys=True))  # issue 11
 
 
 def site(db: sqlite_utils.Database) -> str | None:
