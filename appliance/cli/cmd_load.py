@@ -209,6 +209,7 @@ def _exec(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         raise UsageError("give the command after --: appliance exec NAME -- CMD ARG ...")
     art = _load(ctx, args)
     os.set_inheritable(art.fd, True)
+    os.lseek(art.fd, 0, os.SEEK_SET)  # a command reading APPLIANCE_FD reads from the start
     argv = [art.path if a == "{}" else a.replace("{}", art.path) for a in command]
     env = {**os.environ, "APPLIANCE_FD": str(art.fd)}
     sys.stdout.flush()

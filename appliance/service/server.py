@@ -346,6 +346,7 @@ class Server:
             return
         art, seq = outcome
         with art:
+            os.lseek(art.fd, 0, os.SEEK_SET)  # the loader reads from the start
             sent = self._reply(conn, ok_reply(art.to_dict(), art.record.to_dict(), seq), art.fd)
         if sent:
             self.served += 1
