@@ -127,9 +127,9 @@ def read_reply(s: socket.socket) -> Reply:
     return Reply(json.loads(buf) if buf else {}, fds)
 
 
-def ask(sock: Path, name: str, **fields: Any) -> Reply:
+def ask(sock: Path, name: str, *, timeout: float = 30.0, **fields: Any) -> Reply:
     req = {"v": 1, "op": "load", "name": name, **fields}
-    return ask_raw(sock, json.dumps(req).encode() + b"\n")
+    return ask_raw(sock, json.dumps(req).encode() + b"\n", timeout=timeout)
 
 
 def wait_for_socket(sock: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
