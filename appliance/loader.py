@@ -148,6 +148,7 @@ def open_verified(home: Home, record: Record) -> LoadedArtifact:
 Gate = Callable[[Record], None]
 Provenance = Callable[[sqlite_utils.Database, Record], object]
 Guard = Callable[[], AbstractContextManager[object]]
+Lookup = Callable[[sqlite_utils.Database, str, "str | None"], Record]
 
 
 def _provenance(db: sqlite_utils.Database, rec: Record) -> object:
@@ -175,18 +176,20 @@ def verified_open(
     provenance: Provenance = _provenance,
     guard: Guard = nullcontext,
     found: list[Record] | None = None,
+    lookup: Lookup = find,
 ) -> LoadedArtifact:
     """The one verification path of every load, direct or through the service.
 
     witness -> record -> ``gate`` (the service's grant check) -> digest pin ->
     ``open_verified`` (private copy, re-hashed) -> provenance and today's
     trust. ``guard`` wraps the database steps (the service's connection lock),
-    so hashing runs outside it. ``found`` receives the record for the event.
+    so hashing runs outside it. ``found`` receives the record for the event;
+    ``lookup`` finds it (the service's cache; ``store.find`` by default).
     Records nothing: the caller audits (``load_event``).
     """
     with guard():
         witness.require_current(db, witness_path)
-        rec = find(db, name, version)
+        rec = lookup(db, name, version)
     if found is not None:
         found.append(rec)
     if gate is not None:

@@ -5,6 +5,12 @@ thread takes every event queued so far, appends them all in one ``BEGIN
 IMMEDIATE`` ... ``COMMIT`` (one set of fsyncs for the batch), brings the
 witness forward once, then wakes the workers. A worker hands a descriptor
 over only after its event is committed. ``stop`` drains the queue first.
+
+The journal writes on its own connection, so that its fsyncs never hold up
+the workers' reads; it tells the ``ChangeCounter`` which header counter
+values its commits produced (read inside the write transaction, when no
+other connection can commit), so that the evidence cache does not take the
+service's own load events for someone else's change.
 """
 
 from __future__ import annotations
@@ -19,16 +25,17 @@ import sqlite_utils
 
 from appliance import audit, witness
 from appliance.db import transaction
+from appliance.service.cache import ChangeCounter
 
 MAX_BATCH = 512
 
 
 class Journal:
     def __init__(
-        self, db: sqlite_utils.Database, lock: threading.Lock, witness_path: Path | None
+        self, db: sqlite_utils.Database, counter: ChangeCounter, witness_path: Path | None
     ) -> None:
         self.db = db
-        self.lock = lock
+        self.counter = counter
         self.witness_path = witness_path
         self._queue: queue.Queue[tuple[str, dict[str, Any], Future[int]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="audit-journal", daemon=True)
@@ -74,16 +81,20 @@ class Journal:
 
     def _commit(self, batch: list[tuple[str, dict[str, Any], Future[int]]]) -> None:
         try:
-            with self.lock:
-                seqs = []
-                refresh = True
-                with transaction(self.db):
-                    for type, fields, _ in batch:
-                        args = dict(fields)
-                        refresh = bool(args.pop("_refresh")) and refresh
-                        seqs.append(int(audit.append(self.db, type, **args)["seq"]))
-                if refresh:
-                    witness.refresh(self.db, self.witness_path)
+            seqs = []
+            refresh = True
+            with transaction(self.db):
+                # Read before our first write: we hold the write lock (BEGIN IMMEDIATE), so
+                # no one else can commit now, and our commit makes it exactly before + 1.
+                before = self.counter.read()
+                for type, fields, _ in batch:
+                    args = dict(fields)
+                    refresh = bool(args.pop("_refresh")) and refresh
+                    seqs.append(int(audit.append(self.db, type, **args)["seq"]))
+            if before >= 0:
+                self.counter.own(before + 1)
+            if refresh:
+                witness.refresh(self.db, self.witness_path)
             self.batches += 1
         except BaseException as e:  # every waiter learns the batch failed; none is served
             for _, _, fut in batch:

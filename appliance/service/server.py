@@ -8,8 +8,10 @@ peer's identity from the kernel, runs the loader core's ``verified_open``
 with the grant check as its gate, waits for the load event to be committed
 (``appliance.service.journal``: group commit), and only then sends the reply
 with the descriptor (``SCM_RIGHTS``). All database work shares one
-connection under one lock, which is what lets ``EvidenceCache`` key on
-``PRAGMA data_version``; hashing runs outside the lock, in parallel.
+read connection under one lock; the audit events go through a second
+connection (the journal's), so its fsyncs never hold up reads; hashing runs
+outside the lock, in parallel. ``EvidenceCache`` forgets what it verified
+whenever another process commits (see ``appliance.service.cache``).
 
 SIGTERM or SIGINT: stop accepting, refuse requests not yet started
 (``service_stopping``), let started ones finish and their events commit,
@@ -52,7 +54,7 @@ from appliance.errors import (
 )
 from appliance.home import Home
 from appliance.loader import LoadedArtifact, load_event, verified_open
-from appliance.service.cache import EvidenceCache
+from appliance.service.cache import ChangeCounter, EvidenceCache
 from appliance.service.grants import authorize
 from appliance.service.identity import Identity, peer_identity
 from appliance.service.journal import Journal
@@ -159,10 +161,12 @@ class Server:
         self.listeners = listeners
         self.stopping = threading.Event()
         self.lock = threading.Lock()
-        self.db = config.home.db()
+        self.db = config.home.db()  # reads, under self.lock
+        self.writer = config.home.db()  # the journal's own connection
         self.wpath = witness.configured_path(self.db, config.witness_path)
-        self.cache = EvidenceCache(self.db)
-        self.journal = Journal(self.db, self.lock, self.wpath)
+        self.counter = ChangeCounter(config.home.db_path)
+        self.cache = EvidenceCache(self.db, self.counter)
+        self.journal = Journal(self.writer, self.counter, self.wpath)
         self.served = 0
         self.refused = 0
         self._inflight = 0
@@ -207,6 +211,8 @@ class Server:
             if bg is not None:
                 bg.join(timeout=10)
             self.db.conn.close()
+            self.writer.conn.close()
+            self.counter.close()
         return ExitCode.OPERATIONAL if self.failure is not None else ExitCode.OK
 
     def _start_background(self) -> threading.Thread | None:
@@ -378,6 +384,7 @@ class Server:
                 provenance=self.cache.provenance,
                 guard=lambda: self.lock,
                 found=found,
+                lookup=self.cache.find,
             )
         except (RejectedError, StateSuspectError) as e:
             fields = load_event(name, version, found[0] if found else None, None, e, who)

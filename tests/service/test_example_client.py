@@ -21,7 +21,10 @@ def test_example_client_as_a_loader_user(world: World, users):
     kw = {"user": loader.uid, "group": loader.gid, "extra_groups": []}
     res = subprocess.run(
         [sys.executable, "-I", str(EXAMPLE), str(world.sock), "model"],
-        capture_output=True, env=env, timeout=60, **kw,
+        capture_output=True,
+        env=env,
+        timeout=60,
+        **kw,
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout == MODEL_V2
@@ -29,13 +32,20 @@ def test_example_client_as_a_loader_user(world: World, users):
     assert len(EXAMPLE.read_text().splitlines()) <= 80  # a page
     res = subprocess.run(
         [sys.executable, "-I", str(EXAMPLE), str(world.sock), "model", "--digest", "0" * 64],
-        capture_output=True, env=env, timeout=60, **kw,
+        capture_output=True,
+        env=env,
+        timeout=60,
+        **kw,
     )
     assert res.returncode == 1 and b"digest_pinned" in res.stderr
     res = subprocess.run(
         [sys.executable, "-I", str(EXAMPLE), str(world.sock), "model"],
-        capture_output=True, env=env, timeout=60,
-        user=other.uid, group=other.gid, extra_groups=[],
+        capture_output=True,
+        env=env,
+        timeout=60,
+        user=other.uid,
+        group=other.gid,
+        extra_groups=[],
     )
     assert res.returncode == 1 and b"loader_not_authorized" in res.stderr
     assert res.stdout == b""
