@@ -18,8 +18,9 @@ Also remembered: which record ``NAME[@VERSION]`` names (so that, with no
 witness configured, a load reads nothing from the database and never waits
 for the journal's commits). What is *not* cached: the bytes (every load
 copies and re-hashes them), the grant decision (made per load from the
-current ``TrustState``), the witness check. ``verifications`` and ``trust_loads`` count the real work, so tests
-pin "once per change, not once per load" by counting.
+current ``TrustState``), the witness check. ``verifications`` and
+``trust_loads`` count the real work, so tests pin "once per change, not once
+per load" by counting.
 """
 
 from __future__ import annotations
