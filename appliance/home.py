@@ -49,7 +49,14 @@ class Home:
         return self.root / "lock"
 
     def exists(self) -> bool:
-        return self.db_path.exists()
+        try:
+            return self.db_path.exists()
+        except PermissionError as e:  # a home closed to this user (issue 11): not a bug
+            raise OperationalError(
+                f"cannot read the appliance home {self.root}: permission denied "
+                "(loaders use the loader service: --socket or APPLIANCE_SOCKET)",
+                code="permission_denied",
+            ) from e
 
     def require(self) -> None:
         if not self.exists():

@@ -17,13 +17,9 @@ def test_loader_user_gets_signed_bytes_while_a_direct_read_gives_eacces(world: W
     world.start()
     # Direct: the home is closed to the loader user (the kernel says EACCES).
     obj = next((world.home / "objects").rglob("*"))
-    probe = world.run_as(
-        loader,
-        "--home",
-        str(world.home),
-        "list",
-    )
-    assert probe.returncode != 0
+    probe = world.run_as(loader, "--home", str(world.home), "--json", "list")
+    assert probe.returncode == ExitCode.OPERATIONAL, probe.stderr
+    assert json.loads(probe.stdout)["error"]["code"] == "permission_denied"  # not a traceback
     raw = world.tmp / "probe.py"
     raw.write_text(
         "import errno, os, sys\n"
