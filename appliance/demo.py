@@ -6,17 +6,32 @@ update that adds the publisher and rollback keys) and v2 signed onto a folder
 standing for removable media; both imported; a verified load; the replayed v1
 refused; a store object tampered (made writable, one byte flipped) and caught
 on load, then restored; a rollback signed by a publisher key refused; an
-authorized rollback to v1 whose first load is verified in full; the audit
-chain verified. Each step says what it did and how it came out; the demo
+authorized rollback to v1 whose first load is verified in full; then the
+loader service (issue 11): the home closed to other users, a root-signed grant
+for a throwaway loader user, ``appliance serve`` (in this process) handing that
+user the verified bytes over a Unix socket while its direct read of the home
+gets EACCES, and a second, ungranted user refused (``loader_not_authorized``).
+The two users are created and removed when the demo runs as root; otherwise
+those steps say why they are skipped. Last, the audit chain is verified.
+Each step says what it did and how it came out; the demo
 passes only if every step behaved as expected (each "should be refused" step
 refused with the expected code).
 
-Everything goes through the Python API (no subprocesses).
+Everything goes through the Python API, except the loaders of the service
+steps, which are separate processes running as the throwaway users.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,14 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from appliance import audit, witness
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, LoaderNotAuthorizedError
 from appliance.home import Home
 from appliance.importer import import_bundle
 from appliance.initialize import init_home
 from appliance.loader import load
 from appliance.rollback import apply_rollback, authorize_rollback
 from appliance.store import find, object_path
-from bundles.documents import TRUST_PAYLOAD_TYPE, AddKey, TrustUpdate
+from bundles.documents import TRUST_PAYLOAD_TYPE, AddKey, AllowLoader, TrustUpdate
 from bundles.dsse import sign_envelope
 from bundles.keys import PrivateKey, save_keypair
 from bundles.timeutil import utcnow
@@ -49,6 +64,10 @@ WEIGHTS = {
 
 class _Unexpected(ApplianceError):
     code = "demo_unexpected"
+
+
+class _Skipped(Exception):
+    """A step that cannot run here (the service steps without root); says why."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +119,7 @@ class _Story:
         )
         self.home = Home(self.result.home)
         self.note = ""
+        self.users: list[str] = []
 
     def step(self, title: str, action: Callable[[], str], expect: str | None = None) -> None:
         number = len(self.result.steps) + 1
@@ -109,12 +129,16 @@ class _Story:
             outcome = "ok"
         except ApplianceError as e:
             outcome, detail = e.code, e.message
+        except _Skipped as e:
+            outcome, detail, expect = "skipped", str(e), "skipped"
         expected = expect or "ok"
         ok = outcome == expected
         if self.note:
             detail = f"{self.note}; {detail}"
         self.result.steps.append(DemoStep(number, title, expected, outcome, ok, detail))
-        if expect is None:
+        if expect == "skipped":
+            verdict = "skipped"
+        elif expect is None:
             verdict = "ok" if ok else f"FAILED [{outcome}]"
         else:
             verdict = (
@@ -249,6 +273,102 @@ class _Story:
             f"{r.authorized_by[0][:12]} ({r.reason}); authorization {r.authorization_id} used up"
         )
 
+    # --- the loader service (issue 11) ----------------------------------------
+
+    def _user(self, prefix: str) -> str:
+        name = f"{prefix}{secrets.token_hex(3)}"
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            check=True,
+            capture_output=True,
+        )
+        self.users.append(name)
+        return name
+
+    def _as_user(self, user: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """``appliance ARGS`` as ``user`` (the frozen binary is its own entry point)."""
+        pw = pwd.getpwnam(user)
+        frozen = getattr(sys, "frozen", False)
+        cmd = [sys.executable, *([] if frozen else ["-m", "appliance"]), *args]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/"}
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+        return subprocess.run(
+            cmd, env=env, cwd="/", capture_output=True, timeout=60,
+            user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
+        )  # fmt: skip
+
+    def service_start(self) -> str:
+        if os.geteuid() != 0:
+            raise _Skipped(
+                "skipped: creating throwaway loader users needs root (run the demo as root "
+                "to see a loader user served and an ungranted one refused)"
+            )
+        from appliance.importer import apply_trust_envelope
+        from appliance.service.server import Config, Server, bind_socket
+        from appliance.truststore import load_trust
+        from bundles.dsse import Envelope
+
+        self.loader = self._user("apdemo")
+        self.stranger = self._user("apdemo")
+        db = self.home.db()
+        try:
+            state = load_trust(db)
+            update = TrustUpdate(
+                state.version + 1, utcnow(), (AllowLoader(self.loader, STREAM, ("model",)),)
+            )
+            env = sign_envelope(TRUST_PAYLOAD_TYPE, update.to_payload(), [self.keys["root"]])
+            apply_trust_envelope(db, state, Envelope.from_bytes(env.to_bytes()), "demo grant")
+        finally:
+            db.conn.close()
+        os.chmod(self.home.root, 0o700)  # the home: closed to everyone but its owner
+        # The socket in a folder every user can reach (the demo's own may sit in a closed one).
+        self.run_dir = Path(tempfile.mkdtemp(prefix="appliance-demo-run-"))
+        os.chmod(self.run_dir, 0o755)
+        self.sock = self.run_dir / "appliance.sock"
+        self.server = Server(Config(self.home, log=lambda _: None), [bind_socket(self.sock)])
+        self.thread = threading.Thread(target=self.server.serve, daemon=True)
+        self.thread.start()
+        return (
+            f"root-signed grant: loader {self.loader} may load model (stream {STREAM}, active "
+            f"version); home closed (0700); appliance serve listening on {self.sock}"
+        )
+
+    def service_load(self) -> str:
+        if not hasattr(self, "server"):
+            raise _Skipped("skipped: no service (see the step before)")
+        direct = self._as_user(self.loader, "--home", str(self.home.root), "--json", "list")
+        if direct.returncode == 0:
+            raise _Unexpected(f"{self.loader} could read the home directly")
+        code = json.loads(direct.stdout or b"{}").get("error", {}).get("code")
+        res = self._as_user(self.loader, "load", "model", "--socket", str(self.sock))
+        if res.returncode != 0 or res.stdout != WEIGHTS["1.0"]:
+            raise _Unexpected(f"{self.loader} was not served: {res.stderr.decode()[-300:]}")
+        return (
+            f"{self.loader}: 'appliance list' on the home directly fails ({code}: the home "
+            "is 0700, the kernel refuses the path); through "
+            f"the service it got model@1.0's {len(res.stdout)} signed bytes (sealed copy "
+            "re-hashed by the service, the load audited with its uid and pid)"
+        )
+
+    def service_refuse(self) -> str:
+        if not hasattr(self, "server"):
+            raise _Skipped("skipped: no service (see the step before)")
+        res = self._as_user(self.stranger, "load", "model", "--socket", str(self.sock))
+        err = res.stderr.decode().strip().splitlines()
+        line = err[-1] if err else ""
+        if res.returncode == 1 and "[loader_not_authorized]" in line:
+            raise LoaderNotAuthorizedError(line.partition(": error [loader_not_authorized]: ")[2])
+        return f"{self.stranger} was not refused (exit {res.returncode}): {line}"
+
+    def service_stop(self) -> None:
+        if hasattr(self, "server"):
+            self.server.stop()
+            self.thread.join(timeout=30)
+        if hasattr(self, "run_dir"):
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        for name in self.users:
+            subprocess.run(["userdel", name], capture_output=True)
+
     def audit_verify(self) -> str:
         db = self.home.db()
         try:
@@ -286,5 +406,11 @@ def _run(workdir: Path, say: Callable[[str], None]) -> DemoResult:
            expect="key_not_authorized")  # fmt: skip
     s.step("authorized rollback to model@1.0", s.rollback)
     s.step("first load after the rollback", lambda: s.load("1.0"))
+    try:
+        s.step("loader service: grant a loader user, close the home, serve", s.service_start)
+        s.step("a loader user loads through the service", s.service_load)
+        s.step("an ungranted user asks the service", s.service_refuse, "loader_not_authorized")
+    finally:
+        s.service_stop()
     s.step("audit verify", s.audit_verify)
     return s.result

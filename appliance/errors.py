@@ -230,6 +230,8 @@ class ReadOnlyModeError(UsageError):
     """A command that would write, asked for under ``--read-only``."""
 
     code = "read_only_mode"
+
+
 # --- issue 13: a home that a store writer cannot turn against its owner (exit 4) ------
 
 
@@ -244,6 +246,69 @@ class WitnessUnreadableError(StateSuspectError):
     """The witness path holds a link, FIFO, directory, device or socket, not a file."""
 
     code = "witness_unreadable"
+
+
+# --- issue 11: the loader service -------------------------------------------------
+
+
+class LoaderNotAuthorizedError(PolicyError):
+    """No root-signed grant lets this loader (user or systemd unit) load this artifact."""
+
+    code = "loader_not_authorized"
+
+
+class DigestPinnedError(PolicyError):
+    """The request pinned a BLAKE3 digest and the artifact has another one."""
+
+    code = "digest_pinned"
+
+
+class BadRequestError(UsageError):
+    """A service request that is not one well-formed JSON request line."""
+
+    code = "bad_request"
+
+
+class RequestTooLargeError(UsageError):
+    code = "request_too_large"
+
+
+class StdoutIsTerminalError(UsageError):
+    """``load`` without ``-o`` would write artifact bytes to a terminal."""
+
+    code = "stdout_is_terminal"
+
+
+class ServiceUnavailableError(OperationalError):
+    """No loader service answers on the socket (absent, refused, closed early)."""
+
+    code = "service_unavailable"
+
+
+class ServiceProtocolError(OperationalError):
+    """The service's reply is not a well-formed protocol reply."""
+
+    code = "service_protocol_error"
+
+
+class ServiceBusyError(OperationalError):
+    code = "service_busy"
+
+
+class ServiceStoppingError(OperationalError):
+    code = "service_stopping"
+
+
+class RequestTimeoutError(OperationalError):
+    code = "request_timeout"
+
+
+class SocketInUseError(OperationalError):
+    code = "socket_in_use"
+
+
+class UnknownUserError(UsageError):
+    code = "unknown_user"
 
 
 __all__ = [
@@ -291,6 +356,18 @@ __all__ = [
     "VersionConflictError",
     "WitnessMissingError",
     "WrongSiteError",
+    "LoaderNotAuthorizedError",
+    "DigestPinnedError",
+    "BadRequestError",
+    "RequestTooLargeError",
+    "StdoutIsTerminalError",
+    "ServiceUnavailableError",
+    "ServiceProtocolError",
+    "ServiceBusyError",
+    "ServiceStoppingError",
+    "RequestTimeoutError",
+    "SocketInUseError",
+    "UnknownUserError",
     "exit_code_for",
     "HomeTamperedError",
     "WitnessUnreadableError",

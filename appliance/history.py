@@ -7,13 +7,15 @@ reason and the authorization id), loads with their verification result, and
 refusals that name it (rejected rollbacks, refused loads). Each event is::
 
     {seq, ts, type, outcome, code, version, summary, signers, reason,
-     from_version, to_version, authorization_id, digest, detail}
+     from_version, to_version, authorization_id, digest, loader, detail}
 
 ``type`` is the audit type (``import``, ``rollback``, ``load``, ...);
 ``outcome`` is ``accepted``, ``rejected`` or, for loads, ``verified``;
 ``signers`` holds the key ids that signed (imports) or authorized
 (rollbacks), else ``[]``; fields that do not apply are null; ``detail`` is
 the audit event's full detail object; ``summary`` is one human line.
+``loader`` (load events): who loaded, ``{uid, gid, pid, user, exe, unit,
+comm, via}`` (``via`` is ``direct`` or ``service``), else null.
 """
 
 from __future__ import annotations
@@ -31,11 +33,25 @@ from bundles.timeutil import format_time
 __all__ = ["active_at", "artifact_history", "history_event"]
 
 
+def _by(loader: Any) -> str:
+    """Issue 11: " by USER (uid U, pid P, unit X, via service)" for load events that say who."""
+    if not isinstance(loader, dict):
+        return ""
+    who = loader.get("user") or f"uid {loader.get('uid')}"
+    unit = f", unit {loader['unit']}" if loader.get("unit") else ""
+    return (
+        f" by {who} (uid {loader.get('uid')}, pid {loader.get('pid')}{unit}, "
+        f"{loader.get('via', 'direct')})"
+    )
+
+
 def _summary(e: dict[str, Any], d: dict[str, Any]) -> str:
     ref = f"{e['name']}@{e['version']}" if e["version"] else str(e["name"])
     kind, outcome = e["type"], e["outcome"]
     if outcome == "rejected":
-        return f"{kind} of {ref} REFUSED [{e['code']}]: {d.get('message', '')}"
+        return (
+            f"{kind} of {ref} REFUSED [{e['code']}]{_by(d.get('loader'))}: {d.get('message', '')}"
+        )
     if kind == "import":
         signers = ", ".join(s[:16] for s in d.get("signers", []))
         return (
@@ -50,7 +66,9 @@ def _summary(e: dict[str, Any], d: dict[str, Any]) -> str:
             f"{d.get('reason') or 'no reason given'}"
         )
     if kind == "load":
-        return f"loaded {ref}: verified (BLAKE3 {str(d.get('digest', ''))[:16]})"
+        return (
+            f"loaded {ref}: verified (BLAKE3 {str(d.get('digest', ''))[:16]}){_by(d.get('loader'))}"
+        )
     return f"{kind} {ref}: {outcome}"
 
 
@@ -75,6 +93,7 @@ def history_event(event: dict[str, Any]) -> dict[str, Any]:
         "to_version": d.get("to_version") if is_rollback else None,
         "authorization_id": d.get("authorization_id") if is_rollback else None,
         "digest": d.get("digest"),
+        "loader": d.get("loader") if isinstance(d.get("loader"), dict) else None,
         "detail": d,
     }
 

@@ -72,7 +72,17 @@ class Home:
 
     def exists(self) -> bool:
         """Something is at ``appliance.db`` (a link counts: ``db`` then refuses it)."""
-        return os.path.lexists(self.db_path)
+        try:
+            os.lstat(self.db_path)
+        except FileNotFoundError:
+            return False
+        except PermissionError as e:  # a home closed to this user (issue 11): not a bug
+            raise OperationalError(
+                f"cannot read the appliance home {self.root}: permission denied "
+                "(loaders use the loader service: --socket or APPLIANCE_SOCKET)",
+                code="permission_denied",
+            ) from e
+        return True
 
     def require(self) -> None:
         if not self.exists():

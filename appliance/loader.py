@@ -10,7 +10,10 @@ the record must match its stored signed manifest, whose signers are checked
 against *today's* trust store, so a key revoked since import fails the load;
 an active pointer must have been put there by an authorized, audited move)
 -> one audit event ``load`` with outcome ``verified`` or ``rejected`` (and the
-error code) -> the descriptor handed over. No cache: every call hashes again.
+error code, and ``loader``: who loaded, see ``appliance.service.identity``)
+-> the descriptor handed over. No cache: every call hashes again. The loader
+service (``appliance.service``) runs the same ``verified_open`` with its
+grant check as the gate.
 
 Why a copy: store objects are 0444 and only the appliance writes them, but
 the threat model includes a writer who can change store files between check
@@ -30,6 +33,8 @@ the event for hot loops (the bytes are still copied, hashed and trust-checked).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,15 +43,26 @@ import sqlite_utils
 
 from appliance import audit, witness
 from appliance.db import read_only, transaction
+from appliance.errors import DigestPinnedError
 from appliance.home import Home, default_home
 from appliance.sealed import private_copy
+from appliance.service.identity import Identity, self_identity
 from appliance.store import Record, find, parse_ref
 from appliance.truststore import load_trust
 from appliance.verify import check_hash, check_provenance, open_object
 from bundles.closing import Closing
 from bundles.errors import ApplianceError, RejectedError, StateSuspectError
 
-__all__ = ["LoadedArtifact", "default_home", "load", "resolve_home"]
+__all__ = [
+    "LoadedArtifact",
+    "check_pin",
+    "default_home",
+    "load",
+    "load_event",
+    "load_from_db",
+    "resolve_home",
+    "verified_open",
+]
 
 
 def resolve_home(home: Home | str | os.PathLike[str] | None) -> Home:
@@ -129,23 +145,93 @@ def open_verified(home: Home, record: Record) -> LoadedArtifact:
     )
 
 
-def _record_event(
+Gate = Callable[[Record], None]
+Provenance = Callable[[sqlite_utils.Database, Record], object]
+Guard = Callable[[], AbstractContextManager[object]]
+Lookup = Callable[[sqlite_utils.Database, str, "str | None"], Record]
+
+
+def _provenance(db: sqlite_utils.Database, rec: Record) -> object:
+    return check_provenance(db, load_trust(db), rec)
+
+
+def check_pin(rec: Record, digest: str | None) -> None:
+    """A request that pins a BLAKE3 digest gets exactly that object or ``digest_pinned``."""
+    if digest is not None and digest.lower() != rec.digest:
+        raise DigestPinnedError(
+            f"{rec.name}@{rec.version} has BLAKE3 {rec.digest[:16]}..., "
+            f"the request pinned {digest[:16]}..."
+        )
+
+
+def verified_open(
+    home: Home,
     db: sqlite_utils.Database,
     name: str,
     version: str | None,
+    *,
+    witness_path: Path | None,
+    digest: str | None = None,
+    gate: Gate | None = None,
+    provenance: Provenance = _provenance,
+    guard: Guard = nullcontext,
+    found: list[Record] | None = None,
+    lookup: Lookup = find,
+) -> LoadedArtifact:
+    """The one verification path of every load, direct or through the service.
+
+    witness -> record -> ``gate`` (the service's grant check) -> digest pin ->
+    ``open_verified`` (private copy, re-hashed) -> provenance and today's
+    trust. ``guard`` wraps the database steps (the service's connection lock),
+    so hashing runs outside it. ``found`` receives the record for the event;
+    ``lookup`` finds it (the service's cache; ``store.find`` by default).
+    Records nothing: the caller audits (``load_event``).
+    """
+    with guard():
+        witness.require_current(db, witness_path)
+        rec = lookup(db, name, version)
+    if found is not None:
+        found.append(rec)
+    if gate is not None:
+        gate(rec)
+    check_pin(rec, digest)
+    art = open_verified(home, rec)
+    try:
+        with guard():
+            provenance(db, rec)
+    except BaseException:
+        art.close()
+        raise
+    return art
+
+
+def load_event(
+    name: str,
+    version: str | None,
+    rec: Record | None,
+    art: LoadedArtifact | None,
     error: ApplianceError | None,
-    detail: dict[str, Any],
-) -> None:
+    loader: Identity,
+) -> dict[str, Any]:
+    """The ``audit.append`` fields of one load event (``outcome`` verified or rejected)."""
+    detail: dict[str, Any] = {} if rec is None else {"digest": rec.digest, "size": rec.size}
+    if art is not None:
+        detail["copy"] = art.to_dict()["copy"]
+    detail["loader"] = loader.to_dict()
+    if error is not None:
+        detail["message"] = error.message
+    return {
+        "outcome": "rejected" if error else "verified",
+        "code": error.code if error else None,
+        "name": name,
+        "version": rec.version if rec else version,
+        "detail": detail,
+    }
+
+
+def _record_event(db: sqlite_utils.Database, fields: dict[str, Any]) -> None:
     with transaction(db):
-        audit.append(
-            db,
-            "load",
-            outcome="rejected" if error else "verified",
-            code=error.code if error else None,
-            name=name,
-            version=version,
-            detail=detail if error is None else {**detail, "message": error.message},
-        )
+        audit.append(db, "load", **fields)
 
 
 def load_from_db(
@@ -156,31 +242,26 @@ def load_from_db(
     *,
     witness_path: Path | None = None,
     record: bool = True,
+    digest: str | None = None,
+    loader: Identity | None = None,
 ) -> LoadedArtifact:
     """``load`` on an open state database (the CLI and the demo share one connection)."""
-    rec: Record | None = None
+    found: list[Record] = []
     record = record and not read_only()  # a forensic copy: no load events, no witness
     wpath = witness.configured_path(db, witness_path)
+    who = loader if loader is not None else self_identity()
     try:
-        witness.require_current(db, wpath)
-        rec = find(db, name, version)
-        art = open_verified(home, rec)
-        try:
-            check_provenance(db, load_trust(db), rec)
-        except BaseException:
-            art.close()
-            raise
+        art = verified_open(home, db, name, version, witness_path=wpath, digest=digest, found=found)
     except (RejectedError, StateSuspectError) as e:
         if record:
-            detail = {} if rec is None else {"digest": rec.digest, "size": rec.size}
-            _record_event(db, name, rec.version if rec else version, e, detail)
+            rec = found[0] if found else None
+            _record_event(db, load_event(name, version, rec, None, e, who))
             if not isinstance(e, StateSuspectError):
                 witness.refresh(db, wpath)
         raise
     if record:
         try:
-            detail = {"digest": rec.digest, "size": rec.size, "copy": art.to_dict()["copy"]}
-            _record_event(db, name, rec.version, None, detail)
+            _record_event(db, load_event(name, version, art.record, art, None, who))
             # With a witness, load events are witnessed too: none can vanish unnoticed.
             witness.refresh(db, wpath)
         except BaseException:
@@ -196,6 +277,8 @@ def load(
     home: Home | str | os.PathLike[str] | None = None,
     witness: Path | None = None,
     record: bool = True,
+    socket: str | os.PathLike[str] | None = None,
+    digest: str | None = None,
 ) -> LoadedArtifact:
     """Verify NAME (the active version, or VERSION) and return it open.
 
@@ -205,12 +288,23 @@ def load(
     trust no longer accepts the signers (exit 1), ``OperationalError`` (exit 3).
     ``record=False`` skips the audit event (hot loops); refusals are recorded
     either way only when ``record`` is true.
+
+    ``socket``: ask the loader service at that path instead of reading the
+    home (``home``, ``witness`` and ``record`` are then the service's; the
+    service always records). ``digest``: refuse any other object
+    (``DigestPinnedError``, exit 1).
     """
     if version is None and "@" in name:
         name, version = parse_ref(name)
+    if socket is not None:
+        from appliance.service.client import request_load
+
+        return request_load(Path(socket), name, version, digest=digest)
     h = resolve_home(home)
     db = h.db()
     try:
-        return load_from_db(h, db, name, version, witness_path=witness, record=record)
+        return load_from_db(
+            h, db, name, version, witness_path=witness, record=record, digest=digest
+        )
     finally:
         db.conn.close()

@@ -24,6 +24,8 @@ from appliance.errors import (
 from bundles.documents import (
     TRUST_PAYLOAD_TYPE,
     AddKey,
+    AllowLoader,
+    DenyLoader,
     ResetStream,
     ResetTime,
     RevokeKey,
@@ -55,12 +57,42 @@ class KeyEntry:
 
 
 @dataclass(frozen=True)
+class LoaderGrant:
+    """Issue 11: ``principal`` (a user name or ``unit:NAME.service``) may load from ``stream``
+    (only ``artifacts`` when non-empty; the active version only unless ``any_version``).
+    """
+
+    principal: str
+    stream: str
+    artifacts: tuple[str, ...] = ()
+    any_version: bool = False
+    version: int = 0  # the trust version that granted it
+
+    def covers(self, name: str, stream: str, active: bool) -> bool:
+        return (
+            self.stream == stream
+            and (not self.artifacts or name in self.artifacts)
+            and (active or self.any_version)
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "loader": self.principal,
+            "stream": self.stream,
+            "artifacts": list(self.artifacts),
+            "any_version": self.any_version,
+            "trust_version": self.version,
+        }
+
+
+@dataclass(frozen=True)
 class TrustState:
     version: int
     keys: dict[str, KeyEntry] = field(default_factory=dict)
     thresholds: dict[RoleKey, int] = field(default_factory=dict)
     revoked: frozenset[str] = frozenset()  # includes ids never added (pre-emptive revocation)
     labels: dict[str, str] = field(default_factory=dict)  # key id -> a name for people
+    grants: tuple[LoaderGrant, ...] = ()  # issue 11: who may load through the service
 
     @classmethod
     def initial(cls, root_keys: list[PublicKey], threshold: int) -> TrustState:
@@ -153,6 +185,7 @@ def _apply_operations(state: TrustState, update: TrustUpdate) -> TrustState:
     thresholds = dict(state.thresholds)
     revoked = set(state.revoked)
     labels = dict(state.labels)
+    grants = list(state.grants)
     v = update.version
     for op in update.operations:
         if isinstance(op, AddKey):
@@ -190,6 +223,12 @@ def _apply_operations(state: TrustState, update: TrustUpdate) -> TrustState:
             thresholds[("root", "")] = op.threshold
         elif isinstance(op, ResetStream | ResetTime):
             pass  # no key state: appliance.evidence applies resets to marks and time floors
+        elif isinstance(op, AllowLoader):
+            grant = LoaderGrant(op.principal, op.stream, op.artifacts, op.any_version, v)
+            grants = [g for g in grants if (g.principal, g.stream) != (op.principal, op.stream)]
+            grants.append(grant)
+        elif isinstance(op, DenyLoader):
+            grants = [g for g in grants if g.principal != op.principal]
     new = replace(
         state,
         version=v,
@@ -197,6 +236,7 @@ def _apply_operations(state: TrustState, update: TrustUpdate) -> TrustState:
         thresholds=thresholds,
         revoked=frozenset(revoked),
         labels=labels,
+        grants=tuple(grants),
     )
     roots = new.members(("root", ""))
     if new.threshold(("root", "")) > len(roots):

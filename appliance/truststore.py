@@ -7,6 +7,7 @@ that disagree with it.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import TypedDict
 
@@ -79,6 +80,8 @@ def save_trust(db: sqlite_utils.Database, state: TrustState) -> None:
             "INSERT INTO thresholds (role, stream, threshold) VALUES (?, ?, ?)", [role, stream, t]
         )
     set_meta(db, "trust_version", str(state.version))
+    grants = [{**g.to_dict(), "version": g.version} for g in state.grants]
+    set_meta(db, "loader_grants", json.dumps(grants, sort_keys=True))  # issue 11
 
 
 def site(db: sqlite_utils.Database) -> str | None:

@@ -51,6 +51,8 @@ TARGETS = {
     "tiny_load": ("in-process verified load, ms <", 5.0),
     "startup": ("appliance --version / python -c 'import blake3' <=", 2.5),
     "tui": ("key press while hashing (p95 handled), ms <=", 100.0),
+    "service_tiny": ("tiny load through appliance serve, audited, median ms <", 5.0),
+    "service_64": ("64 loaders through appliance serve, audited loads/s >=", 1000.0),
 }
 
 
@@ -720,8 +722,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument(
         "--only",
-        default="hash,import,small,load,startup,tui",
-        help="comma-separated sections (hash,import,small,load,startup,tui)",
+        default="hash,import,small,load,startup,tui,service",
+        help="comma-separated sections (hash,import,small,load,startup,tui,service)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = ap.parse_args(argv)
@@ -857,6 +859,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             targets["tui"]["detail"] = tui
             if not tui["available"]:
                 notes.append("TUI latency: not available (bench/tui_latency.py is missing)")
+        if "service" in only:  # issue 11: bench/service_bench.py
+            log("8. loads through the loader service")
+            sys.path.insert(0, str(REPO / "bench"))
+            import service_bench
+
+            svc = service_bench.run(work / "service", args.quick, log)
+            targets["service_tiny"] = verdict("service_tiny", svc["tiny_service_ms"]["median"])
+            targets["service_tiny"]["detail"] = svc
+            targets["service_64"] = verdict("service_64", svc["concurrent"]["per_second"])
+            notes.append(
+                f"service: tiny load median {svc['tiny_service_ms']['median']:.2f} ms, p99 "
+                f"{svc['tiny_service_ms']['p99']:.2f} ms (direct in process, same run: "
+                f"{svc['tiny_direct_ms']['median']:.2f} ms); 64 loaders "
+                f"{svc['concurrent']['per_second']:,.0f}/s, events lost "
+                f"{svc['concurrent']['events_lost']}"
+            )
     finally:
         if args.keep:
             log(f"kept {work}")

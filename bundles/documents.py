@@ -132,7 +132,58 @@ class ResetTime:
         return {"op": "reset_time", "time": format_time(self.time)}
 
 
-Operation = AddKey | RevokeKey | SetThreshold | RotateRoot | ResetStream | ResetTime
+# Issue 11: loader grants. A principal is a user name or ``unit:NAME.service``.
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,30}[a-z0-9_$-]?$")
+_UNIT = re.compile(r"^unit:[A-Za-z0-9:_.@\\-]{1,240}\.service$")
+MAX_GRANT_ARTIFACTS = 1024
+
+
+def check_principal(value: Any, what: str = "loader") -> str:
+    """A user name (POSIX portable, at most 32 bytes) or ``unit:NAME.service``."""
+    if not isinstance(value, str) or not (_USER.match(value) or _UNIT.match(value)):
+        raise fail(f"{what} must be a user name or unit:NAME.service, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class AllowLoader:
+    """Let ``principal`` load artifacts of ``stream`` (only ``artifacts`` when given)."""
+
+    principal: str
+    stream: str
+    artifacts: tuple[str, ...] = ()
+    any_version: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "op": "allow_loader",
+            "loader": self.principal,
+            "stream": self.stream,
+            "artifacts": list(self.artifacts),
+            "any_version": self.any_version,
+        }
+
+
+@dataclass(frozen=True)
+class DenyLoader:
+    """Withdraw every grant of ``principal``."""
+
+    principal: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": "deny_loader", "loader": self.principal}
+
+
+Operation = (
+    AddKey
+    | RevokeKey
+    | SetThreshold
+    | RotateRoot
+    | ResetStream
+    | ResetTime
+    | AllowLoader
+    | DenyLoader
+)
 
 
 def _operation(i: int, raw: Any) -> Operation:
@@ -174,6 +225,24 @@ def _operation(i: int, raw: Any) -> Operation:
     if op == "reset_time":
         d = require_object(raw, what, {"op", "time"})
         return ResetTime(as_time(d["time"], f"{what}.time"))
+    if op == "allow_loader":
+        d = require_object(raw, what, {"op", "loader", "stream", "artifacts", "any_version"})
+        names = d["artifacts"]
+        if not isinstance(names, list) or len(names) > MAX_GRANT_ARTIFACTS:
+            raise fail(f"{what}.artifacts must be a list of at most {MAX_GRANT_ARTIFACTS}")
+        if not isinstance(d["any_version"], bool):
+            raise fail(f"{what}.any_version must be a boolean")
+        artifacts = tuple(check_artifact_name(n) for n in names)
+        check_unique(artifacts, "artifact")
+        return AllowLoader(
+            check_principal(d["loader"], f"{what}.loader"),
+            check_identifier(d["stream"], f"{what}.stream"),
+            artifacts,
+            d["any_version"],
+        )
+    if op == "deny_loader":
+        d = require_object(raw, what, {"op", "loader"})
+        return DenyLoader(check_principal(d["loader"], f"{what}.loader"))
     raise fail(f"{what}: unknown op {op!r}")
 
 
@@ -306,6 +375,8 @@ __all__ = [
     "ROLLBACK_PAYLOAD_TYPE",
     "TRUST_PAYLOAD_TYPE",
     "AddKey",
+    "AllowLoader",
+    "DenyLoader",
     "Operation",
     "ResetStream",
     "ResetTime",
@@ -315,4 +386,5 @@ __all__ = [
     "SetThreshold",
     "TrustUpdate",
     "check_label",
+    "check_principal",
 ]

@@ -3,8 +3,9 @@
 JSON (see ``appliance.history``): ``name``, ``active`` (version or null),
 ``versions`` (store records as in ``list``), ``events`` (each ``{seq, ts,
 type, outcome, code, version, summary, signers, reason, from_version,
-to_version, authorization_id, digest, detail}``; ``type`` is ``import``,
-``rollback``, ``load``, ...). An artifact the store and the audit log have
+to_version, authorization_id, digest, loader, detail}``; ``type`` is
+``import``, ``rollback``, ``load``, ...; ``loader`` says who loaded, for load
+events). An artifact the store and the audit log have
 never seen: exit 2 ``not_found``.
 """
 

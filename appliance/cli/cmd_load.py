@@ -13,7 +13,19 @@ renamed into place) or to stdout. With ``--json``, ``-o FILE`` is required
 arguments becomes ``/dev/fd/N`` and ``APPLIANCE_FD=N`` is set. It then
 replaces itself with CMD (the exit status is CMD's, and nothing is printed on
 success). When it refuses, CMD never runs; exit 1, 3 or 4 (2 for an unknown
-name). A tampered object: exit 4 ``object_tampered``.
+name). A tampered object: exit 4 ``object_tampered``. ``--refusal-status N``
+makes every refusal of ``exec`` itself exit N instead (like ``env``/``timeout``
+reserving 125), so a script can tell it from CMD's own status.
+
+Both take ``--socket PATH`` (or ``APPLIANCE_SOCKET``): ask the loader service
+(``appliance serve``) instead of reading the home, with the same output and
+exit codes; and ``--digest HEX``: refuse any object but that BLAKE3 digest
+(``digest_pinned``, exit 1).
+
+``load`` without ``-o`` refuses to write to a terminal (``stdout_is_terminal``,
+exit 2). When the reader of stdout goes away early (``load X | head -c 10``)
+it stops quietly with exit 0: the load was verified and recorded, and the
+reader's own status tells whether it failed.
 """
 
 from __future__ import annotations
@@ -27,32 +39,67 @@ from pathlib import Path
 from typing import Any
 
 from appliance.cli.context import Context
+from appliance.errors import StdoutIsTerminalError
 from appliance.home import Home
 from appliance.loader import LoadedArtifact, load_from_db
 from appliance.store import parse_ref
-from bundles.errors import OperationalError, UsageError
+from bundles.errors import ApplianceError, OperationalError, UsageError
 
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
     p = subs.add_parser("load", parents=[common], help="verify and write out an artifact's bytes")
     p.add_argument("ref", metavar="NAME[@VERSION]")
     p.add_argument("-o", "--output", type=Path, help="write the verified bytes here")
+    _service_options(p)
     p.set_defaults(func=run_load)
     e = subs.add_parser(
         "exec", parents=[common], help="verify, then run a command on the verified descriptor"
     )
     e.add_argument("ref", metavar="NAME[@VERSION]")
+    _service_options(e)
+    e.add_argument(
+        "--refusal-status",
+        type=int,
+        metavar="N",
+        help="exit N (1-255) when exec itself refuses, whatever the reason",
+    )
     e.set_defaults(func=run_exec, takes_rest=True)
 
 
-def _load(ctx: Context, ref: str) -> LoadedArtifact:
-    name, version = parse_ref(ref)
+def _service_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--socket",
+        type=Path,
+        metavar="PATH",
+        help="load through the loader service at PATH (default: $APPLIANCE_SOCKET; off if unset)",
+    )
+    p.add_argument("--digest", metavar="HEX", help="refuse any object but this BLAKE3 digest")
+
+
+def _digest(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value.lower()):
+        raise UsageError(f"--digest {value!r}: a BLAKE3 digest is 64 hex characters")
+    return value.lower()
+
+
+def _load(ctx: Context, args: argparse.Namespace) -> LoadedArtifact:
+    name, version = parse_ref(args.ref)
     if not name:
         raise UsageError("give an artifact name: NAME[@VERSION]")
+    digest = _digest(args.digest)
+    sock = args.socket
+    if sock is None and os.environ.get("APPLIANCE_SOCKET"):
+        sock = Path(os.environ["APPLIANCE_SOCKET"])
+    if sock is not None:
+        from appliance.service.client import request_load
+
+        return request_load(sock, name, version, digest=digest)
     home = Home(ctx.home)
     db = home.db()
     try:
-        return load_from_db(home, db, name, version, witness_path=ctx.witness)
+        return load_from_db(home, db, name, version, witness_path=ctx.witness, digest=digest)
     finally:
         db.conn.close()
 
@@ -117,7 +164,11 @@ def _write_file(art: LoadedArtifact, out: Path) -> None:
 def run_load(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     if ctx.json and args.output is None:
         raise UsageError("with --json, give -o FILE (stdout carries the JSON)")
-    with _load(ctx, args.ref) as art:
+    if args.output is None and os.isatty(sys.stdout.fileno()):
+        raise StdoutIsTerminalError(
+            "refusing to write artifact bytes to a terminal: give -o FILE or redirect stdout"
+        )
+    with _load(ctx, args) as art:
         if args.output is not None:
             _write_file(art, args.output)
             ctx.say(
@@ -129,7 +180,11 @@ def run_load(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             try:
                 _copy_out(art.fd, sys.stdout.fileno(), art.size)
             except BrokenPipeError:
-                raise
+                # The reader stopped early (``| head -c 10``): quiet, exit 0 (see above).
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+                return {**art.to_dict(), "output": None}
             except OSError as e:
                 raise OperationalError(f"cannot write to stdout: {e.strerror}") from e
             ctx.warn(f"verified {art.name}@{art.version} ({art.size:,} B)")
@@ -137,11 +192,24 @@ def run_load(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
 
 
 def run_exec(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    status = args.refusal_status
+    if status is not None and not 1 <= status <= 255:
+        raise UsageError("--refusal-status must be between 1 and 255")
+    try:
+        return _exec(args, ctx)
+    except ApplianceError as e:
+        if status is not None:
+            e.exit_status = status  # type: ignore[attr-defined]  # read by cli.main
+        raise
+
+
+def _exec(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     command: list[str] = list(args.rest)
     if not command:
         raise UsageError("give the command after --: appliance exec NAME -- CMD ARG ...")
-    art = _load(ctx, args.ref)
+    art = _load(ctx, args)
     os.set_inheritable(art.fd, True)
+    os.lseek(art.fd, 0, os.SEEK_SET)  # a command reading APPLIANCE_FD reads from the start
     argv = [art.path if a == "{}" else a.replace("{}", art.path) for a in command]
     env = {**os.environ, "APPLIANCE_FD": str(art.fd)}
     sys.stdout.flush()

@@ -4,12 +4,14 @@
 ``signers``. ``trust apply`` JSON: ``version``, ``operations``.
 ``trust show`` JSON: ``trust_version``, ``site``, ``roles`` (list of
 ``{role, stream, threshold, keys}``), ``revoked`` (key ids), ``streams``
-(``{stream: sequence}``), ``trusted_time``, ``witness`` (``{status, path, detail}``).
+(``{stream: sequence}``), ``trusted_time``, ``witness`` (``{status, path, detail}``),
+``loader_grants`` (``{loader, stream, artifacts, any_version, trust_version, known}``).
 """
 
 from __future__ import annotations
 
 import argparse
+import pwd
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from bundles.documents import (
     ROLES,
     TRUST_PAYLOAD_TYPE,
     AddKey,
+    AllowLoader,
+    DenyLoader,
     Operation,
     ResetStream,
     ResetTime,
@@ -33,12 +37,13 @@ from bundles.documents import (
     SetThreshold,
     TrustUpdate,
     check_label,
+    check_principal,
 )
 from bundles.dsse import Envelope, sign_envelope
 from bundles.errors import BadNameError, ManifestFormatError, UsageError
 from bundles.files import read_input_file, write_new_file
 from bundles.keys import load_private_key, load_public_key
-from bundles.names import check_identifier
+from bundles.names import check_artifact_name, check_identifier
 from bundles.timeutil import format_time, parse_iso, utcnow
 
 MAX_FILE = 2 << 20
@@ -55,13 +60,30 @@ class _Op(argparse.Action):
         option: str | None = None,
     ) -> None:
         ops: list[dict[str, Any]] = getattr(ns, "ops", None) or []
-        if self.dest in ("role", "stream", "name"):
+        if ops and ops[-1]["op"] == "allow_loader" and self.dest in _GRANT_FIELDS:
+            _bind_grant(ops[-1], self.dest, values)  # issue 11
+        elif self.dest in _GRANT_FIELDS[1:]:
+            raise UsageError(f"--{self.dest.replace('_', '-')} must follow an --allow-loader")
+        elif self.dest in ("role", "stream", "name"):
             if not ops or ops[-1]["op"] != "add_key":
                 raise UsageError(f"--{self.dest} must follow an --add-key")
             ops[-1][self.dest] = values
         else:
             ops.append({"op": self.dest, "value": values})
         ns.ops = ops
+
+
+_GRANT_FIELDS = ("stream", "artifact", "any_version")
+
+
+def _bind_grant(op: dict[str, Any], dest: str, values: Any) -> None:
+    """Issue 11: --stream, --artifact, --any-version bind to the --allow-loader before them."""
+    if dest == "artifact":
+        op.setdefault("artifacts", []).append(values)
+    elif dest == "any_version":
+        op["any_version"] = True
+    else:
+        op[dest] = values
 
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
@@ -102,6 +124,10 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
         help="recovery: set every trusted-time floor back to this time",
     )
     up.add_argument("--root-threshold", type=int)
+    up.add_argument("--allow-loader", dest="allow_loader", action=_Op, metavar="USER")
+    up.add_argument("--artifact", dest="artifact", action=_Op, metavar="NAME")
+    up.add_argument("--any-version", dest="any_version", action=_Op, nargs=0)
+    up.add_argument("--deny-loader", dest="deny_loader", action=_Op, metavar="USER")
     up.set_defaults(func=run_update, ops=None)
 
     ap = ts.add_parser("apply", parents=[common], help="apply a trust update file")
@@ -175,11 +201,32 @@ def _operations(args: argparse.Namespace) -> list[Operation]:
             if not 1 <= threshold <= len(keys):
                 raise UsageError(f"--root-threshold must be between 1 and {len(keys)}")
             ops.append(RotateRoot(keys, threshold))
+        elif kind in ("allow_loader", "deny_loader"):
+            ops.append(_grant_op(raw))
     if not ops:
         raise UsageError("a trust update needs at least one operation")
     if sum(isinstance(op, RotateRoot) for op in ops) > 1:
         raise UsageError("--rotate-root may be given once")
     return ops
+
+
+def _grant_op(raw: dict[str, Any]) -> Operation:
+    """Issue 11: ``--allow-loader USER --stream S [--artifact NAME ...] [--any-version]``."""
+    try:
+        principal = check_principal(raw["value"], f"--{raw['op'].replace('_', '-')}")
+        if raw["op"] == "deny_loader":
+            return DenyLoader(principal)
+        if raw.get("stream") is None:
+            raise UsageError(f"--allow-loader {raw['value']} needs a --stream")
+        artifacts = tuple(check_artifact_name(a) for a in raw.get("artifacts", []))
+        return AllowLoader(
+            principal,
+            check_identifier(raw["stream"], "stream"),
+            tuple(dict.fromkeys(artifacts)),
+            bool(raw.get("any_version")),
+        )
+    except (BadNameError, ManifestFormatError) as e:
+        raise UsageError(e.message) from e
 
 
 def run_update(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
@@ -218,6 +265,18 @@ def run_apply(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     return {"version": new.version, **({"warnings": warnings} if warnings else {})}
 
 
+def _grant_view(grant: dict[str, Any]) -> dict[str, Any]:
+    """A grant as shown, with ``known``: is its user (or unit) resolvable on this host."""
+    loader = str(grant["loader"])
+    if loader.startswith("unit:"):
+        return {**grant, "known": True}
+    try:
+        pwd.getpwnam(loader)
+    except KeyError:
+        return {**grant, "known": False}
+    return {**grant, "known": True}
+
+
 def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     db = Home(ctx.home).db()
     state = load_trust(db)
@@ -246,6 +305,7 @@ def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         "trusted_time": format_time(trusted_now(db)),
         "time_floors": time_floors(db).to_dict(),
         "anchor": anchor_of(db).describe(),
+        "loader_grants": [_grant_view(g.to_dict()) for g in state.grants],
         "witness": {
             "status": wcheck.status.value,
             "path": str(wcheck.path) if wcheck.path else None,
@@ -267,6 +327,13 @@ def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             ctx.say(f"      {k['keyid'][:16]}  {'REVOKED' if k['revoked'] else 'live'}{label}")
     for stream, seq in sorted(out["streams"].items()):
         ctx.say(f"  stream {stream}: sequence {seq}")
+    for g in out["loader_grants"]:
+        ctx.say(
+            f"  loader {g['loader']}: stream {g['stream']}, "
+            f"{', '.join(g['artifacts']) or 'every artifact'}, "
+            f"{'any stored version' if g['any_version'] else 'active version only'}"
+            f"{'' if g['known'] else ' (no such user on this host)'}"
+        )
     ctx.say(f"  state witness: {wcheck.status.value} ({wcheck.detail})")
     ctx.say(f"  trust anchor: {out['anchor']['path']}")
     return out

@@ -43,6 +43,7 @@ GROUPS: dict[str, str] = {
     "witness": "cmd_audit",
     "demo": "cmd_demo",
     "tui": "cmd_tui",
+    "serve": "cmd_serve",
 }
 _VALUED_GLOBALS = ("--home", "--witness", "--anchor")
 
@@ -188,7 +189,8 @@ def run(argv: Sequence[str]) -> int:
             sys.stdout.write(h.text)
         return ExitCode.OK
     except ApplianceError as e:
-        return _fail(ctx, e.code, e.message, exit_code_for(e))
+        # ``exec --refusal-status N`` (issue 16) sets ``exit_status`` on its refusals.
+        return _fail(ctx, e.code, e.message, getattr(e, "exit_status", None) or exit_code_for(e))
     except KeyboardInterrupt:
         return _fail(ctx, "interrupted", "interrupted; nothing was changed", ExitCode.OPERATIONAL)
     except Exception as e:  # last line of defence: one line, not a traceback
@@ -206,7 +208,7 @@ def run(argv: Sequence[str]) -> int:
     return ExitCode.OK
 
 
-def _fail(ctx: Context, code: str, message: str, exit_code: ExitCode) -> int:
+def _fail(ctx: Context, code: str, message: str, exit_code: int) -> int:
     if ctx.json:
         ctx.emit_json(
             {

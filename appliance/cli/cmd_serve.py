@@ -1,0 +1,69 @@
+"""``appliance serve [--socket PATH]``: the loader service, in the foreground.
+
+Listens on the sockets systemd passed (``LISTEN_FDS``), else on ``--socket``,
+``$APPLIANCE_SOCKET``, ``/run/appliance/appliance.sock`` (root) or
+``$XDG_RUNTIME_DIR/appliance.sock``. Logs to stderr; SIGTERM stops it
+cleanly (exit 0). See docs/PROTOCOL.md and docs/DEPLOY.md. With ``--json``
+the one object, printed when it stops, holds ``socket``, ``served``,
+``refused``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from appliance.cli.context import Context
+from appliance.home import Home
+from appliance.service.server import Config, Server, activated_sockets, bind_socket
+from appliance.service.server import default_socket as _default_socket
+from bundles.errors import OperationalError
+
+
+def register(subs: Any, common: argparse.ArgumentParser) -> None:
+    p = subs.add_parser("serve", parents=[common], help="serve verified loads on a Unix socket")
+    p.add_argument("--socket", type=Path, metavar="PATH", help="where to listen")
+    p.add_argument("--workers", type=int, default=32, help="loads handled at once (default 32)")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    if not 1 <= args.workers <= 1024:
+        from bundles.errors import UsageError
+
+        raise UsageError("--workers must be between 1 and 1024")
+    home = Home(ctx.home)
+    home.require()
+    listeners = activated_sockets()
+    path: Path | None = None
+    if not listeners:
+        path = args.socket or _default_socket()
+        listeners = [bind_socket(path)]
+    config = Config(home, ctx.witness, workers=args.workers, log=ctx.warn)
+    try:
+        server = Server(config, listeners)
+    except BaseException:
+        for s in listeners:
+            s.close()
+        _unlink(path)
+        raise
+    server.install_signals()
+    where = str(path) if path else f"{len(listeners)} activated socket(s)"
+    ctx.warn(f"appliance serve: listening on {where} (home {home.root})")
+    try:
+        code = server.serve()
+    finally:
+        _unlink(path)
+    ctx.warn(f"appliance serve: stopped ({server.served} served, {server.refused} refused)")
+    if code:
+        raise OperationalError("the background component failed; the service stopped")
+    return {"socket": where, "served": server.served, "refused": server.refused}
+
+
+def _unlink(path: Path | None) -> None:
+    if path is not None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
