@@ -191,6 +191,65 @@ class DiskFullError(OperationalError):
     code = "disk_full"
 
 
+# --- issue 12: watching the store (alarms, exit 4) and acknowledging them ----------
+
+
+class ObjectModifiedError(StateSuspectError):
+    """A store object written, truncated, chmodded, or its bytes no longer hash right."""
+
+    code = "object_modified"
+
+
+class ObjectRemovedError(StateSuspectError):
+    """A referenced store object deleted or renamed away."""
+
+    code = "object_removed"
+
+
+class ObjectReplacedError(StateSuspectError):
+    """A referenced store object replaced (renamed over) by other bytes."""
+
+    code = "object_replaced"
+
+
+class UnknownObjectError(StateSuspectError):
+    """A file in ``objects/`` that no record references and no import is promoting."""
+
+    code = "unknown_object"
+
+
+class WitnessChangedError(StateSuspectError):
+    """The witness vanished, went backwards, or no longer matches the home."""
+
+    code = "witness_changed"
+
+
+class TrustStateUnauthorizedError(StateSuspectError):
+    """Trust tables changed without a signed, audited trust update."""
+
+    code = "trust_state_unauthorized"
+
+
+class CounterUnauthorizedError(StateSuspectError):
+    """A high-water mark, trust version or other counter changed with no audited change."""
+
+    code = "counter_unauthorized"
+
+
+class StateUnauthorizedError(StateSuspectError):
+    """The state database changed (schema, unknown table) with no audited transaction."""
+
+    code = "state_unauthorized"
+
+
+class AlarmNotFoundError(NotFoundError):
+    code = "alarm_not_found"
+
+
+class AlarmAlreadyAcknowledgedError(UsageError):
+    code = "alarm_already_acknowledged"
+
+
 __all__ = [
     "AlreadyInitializedError",
     "ApplianceError",
@@ -231,4 +290,15 @@ __all__ = [
     "WitnessMissingError",
     "WrongSiteError",
     "exit_code_for",
+    # issue 12
+    "AlarmAlreadyAcknowledgedError",
+    "AlarmNotFoundError",
+    "CounterUnauthorizedError",
+    "ObjectModifiedError",
+    "ObjectRemovedError",
+    "ObjectReplacedError",
+    "StateUnauthorizedError",
+    "TrustStateUnauthorizedError",
+    "UnknownObjectError",
+    "WitnessChangedError",
 ]

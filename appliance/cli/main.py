@@ -43,6 +43,8 @@ GROUPS: dict[str, str] = {
     "witness": "cmd_audit",
     "demo": "cmd_demo",
     "tui": "cmd_tui",
+    "watch": "cmd_watch",
+    "alarms": "cmd_watch",
 }
 _VALUED_GLOBALS = ("--home", "--witness")
 
