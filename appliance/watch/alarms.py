@@ -27,6 +27,7 @@ from appliance.errors import (
     ObjectModifiedError,
     ObjectRemovedError,
     ObjectReplacedError,
+    StateRolledBackError,
     StateUnauthorizedError,
     TrustStateUnauthorizedError,
     UnknownObjectError,
@@ -51,6 +52,7 @@ ALARM_ERRORS: dict[str, type[StateSuspectError]] = {
         RecordUnauthorizedError,
         AuditChainError,
         WitnessChangedError,
+        StateRolledBackError,
         TrustStateUnauthorizedError,
         CounterUnauthorizedError,
         StateUnauthorizedError,
@@ -89,6 +91,10 @@ ADVICE: dict[str, str] = {
     "witness_changed": (
         "Check the witness location; if the home is current, 'appliance witness reset "
         "--reason ...' (audited) writes it again. If the home is behind, it was rolled back."
+    ),
+    "state_rolled_back": (
+        "The home is behind its witness: an older copy of the state was restored or the log "
+        "was cut. Loads refuse; import the newest signed bundle and trust update, or restore."
     ),
     "trust_state_unauthorized": (
         "Trust tables disagree with signed trust updates: do not import or load. Re-apply the "

@@ -26,7 +26,7 @@ from appliance import witness
 from appliance.home import Home
 from appliance.watch import homelock
 from appliance.watch.alarms import Alarm, record
-from appliance.watch.dbstate import DbMonitor
+from appliance.watch.dbstate import DbMonitor, Stats
 from appliance.watch.notify import Notifier
 from appliance.watch.objects import ObjectBaseline, Verdict, hash_matches, referenced
 from appliance.watch.scrub import Scrubber, ScrubProgress
@@ -65,6 +65,7 @@ class Watcher:
         self.raised: list[Alarm] = []
         self.active: set[tuple[str, str]] = set()
         self.ready = threading.Event()
+        self.stats = Stats()
         self._lock = threading.Lock()
         self._scrub_alarms: queue.SimpleQueue[Alarm] = queue.SimpleQueue()
         self._to_record: queue.SimpleQueue[tuple[Alarm, tuple[int, str]] | None] = (
@@ -133,6 +134,7 @@ class Watcher:
         self.home.objects.mkdir(exist_ok=True)
         notifier = Notifier(self.home.objects, self.witness_path)
         mon = DbMonitor(self.home.db_path)
+        self.stats = mon.stats
         base = ObjectBaseline(self.home)
         wit = WitnessMonitor(self.witness_path)
         hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-hash")
@@ -214,7 +216,7 @@ class Watcher:
                                 )
                             )
                 if batch.witness or changed or full:
-                    alarms += wit.check(mon.db)
+                    alarms += wit.check(mon.db, witness_touched=batch.witness)
                 while True:
                     try:
                         alarms.append(self._scrub_alarms.get_nowait())

@@ -24,7 +24,10 @@ class WitnessMonitor:
         self.seen_seq = 0
         self.resets_seen = 0
 
-    def check(self, db: sqlite_utils.Database) -> list[Alarm]:
+    def check(self, db: sqlite_utils.Database, *, witness_touched: bool = True) -> list[Alarm]:
+        """``witness_touched``: the witness file changed (else the home did): a home now
+        behind its witness is ``witness_changed`` in the first case, ``state_rolled_back``
+        in the second."""
         if self.path is None:
             return []
         subject = str(self.path)
@@ -37,7 +40,7 @@ class WitnessMonitor:
         if result.status is witness.WitnessStatus.BEHIND:
             return [
                 Alarm(
-                    "witness_changed",
+                    "witness_changed" if witness_touched else "state_rolled_back",
                     subject,
                     f"witness no longer matches the home: {result.detail}",
                 )
