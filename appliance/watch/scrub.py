@@ -45,18 +45,18 @@ def parse_rate(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
-def last_verified(db: sqlite_utils.Database) -> dict[str, str]:
-    """digest -> time of the newest load or scrub that verified it."""
-    out: dict[str, str] = {}
-    for type_, ts, detail in db.execute(
-        "SELECT type, ts, detail FROM audit WHERE (type = 'load' AND outcome = 'verified')"
+def last_verified(db: sqlite_utils.Database) -> dict[str, tuple[int, str]]:
+    """digest -> (audit seq, time) of the newest load or scrub event that verified it."""
+    out: dict[str, tuple[int, str]] = {}
+    for seq, type_, ts, detail in db.execute(
+        "SELECT seq, type, ts, detail FROM audit WHERE (type = 'load' AND outcome = 'verified')"
         " OR (type = 'scrub' AND outcome = 'verified') ORDER BY seq"
     ):
         d = json.loads(detail)
         digests = d.get("verified", []) if type_ == "scrub" else [d.get("digest")]
         for dg in digests:
             if isinstance(dg, str):
-                out[dg] = str(ts)
+                out[dg] = (int(seq), str(ts))
     return out
 
 
@@ -68,10 +68,12 @@ def scrub_order(db: sqlite_utils.Database) -> list[tuple[str, int]]:
         "SELECT digest, size, min(imported_at) FROM artifacts GROUP BY digest"
     ):
         objs[str(digest)] = (int(size), str(imported))
-    # Never verified ("" sorts first), by import time; then by the last verification.
+    # Never verified (seq 0) first, by import time; then by the last verification.
     return [
         (d, s)
-        for d, (s, imp) in sorted(objs.items(), key=lambda kv: (seen.get(kv[0], ""), kv[1][1]))
+        for d, (s, imp) in sorted(
+            objs.items(), key=lambda kv: (seen.get(kv[0], (0, ""))[0], kv[1][1])
+        )
     ]
 
 
