@@ -29,13 +29,16 @@ from appliance.watch.alarms import Alarm, record
 from appliance.watch.dbstate import DbMonitor, Stats
 from appliance.watch.notify import Notifier
 from appliance.watch.objects import ObjectBaseline, Verdict, hash_matches, referenced
+from appliance.watch.report import stderr_sink, syslog_sink
 from appliance.watch.scrub import Scrubber, ScrubProgress
 from appliance.watch.witnesswatch import WitnessMonitor
 from bundles.errors import ApplianceError
 
 TICK = 0.1
 FULL_EVERY = 300.0
-RECENT = 10.0  # seconds after a state-changing appliance event in which a promotion may land
+# Seconds after a state-changing appliance event (import, repair) during which a rename over
+# a referenced object is hashed rather than alarmed at once: the event may trail the commit.
+RECENT = 3.0
 
 Sink = Callable[[Alarm], None]
 
@@ -45,20 +48,27 @@ def _stderr(text: str) -> None:
 
 
 class Watcher:
-    """Watch one home; ``sinks`` get every alarm as it is raised (see module doc)."""
+    """Watch one home; ``sinks`` get every alarm as it is raised (default: stderr and the
+    system log). Inside ``appliance serve``::
+
+        threading.Thread(target=Watcher(home, witness_path).run, args=(stop,)).start()
+    """
 
     def __init__(
         self,
         home: Home | Path,
         witness_path: Path | None = None,
         *,
-        sinks: tuple[Sink, ...] = (),
+        sinks: tuple[Sink, ...] | None = None,
         scrub_rate: int = 0,
         record_alarms: bool = True,
         full_every: float = FULL_EVERY,
     ) -> None:
         self.home = home if isinstance(home, Home) else Home(Path(home))
         self.home.require()
+        if sinks is None:  # embedded (serve): stderr and the system log
+            log = syslog_sink()
+            sinks = (stderr_sink(),) if log is None else (stderr_sink(), log)
         self.sinks = sinks
         self.record_alarms = record_alarms
         self.full_every = full_every

@@ -126,7 +126,9 @@ def test_import_repairs_a_damaged_object_and_history_shows_it(site: Site) -> Non
         assert w.codes() == {"object_modified"}, w.codes()  # the repair itself is no alarm
         db = site.h.db()
         try:
-            assert verify_record(site.h, db, load_trust(db), find(db, "model", "1.0")).status == "ok"
+            assert (
+                verify_record(site.h, db, load_trust(db), find(db, "model", "1.0")).status == "ok"
+            )
             events = artifact_history(db, "model")["events"]
             repairs = [e for e in events if e["type"] == "repair"]
             assert len(repairs) == 1 and repairs[0]["version"] == "1.0"
