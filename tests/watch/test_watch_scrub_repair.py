@@ -15,8 +15,8 @@ from conftest_load import Site
 from appliance.history import artifact_history
 from appliance.importer import import_bundle
 from appliance.store import find
-from appliance.verify import verify_record
 from appliance.truststore import load_trust
+from appliance.verify import verify_record
 from appliance.watch import last_verified, parse_rate
 from appliance.watch.scrub import Scrubber, scrub_order
 from bundles.errors import UsageError
