@@ -36,7 +36,8 @@ class AlarmsLoaded(Message):
 
 class AlarmsPanel(Vertical):
     DEFAULT_CSS = """
-    AlarmsPanel { height: auto; max-height: 12; border: heavy $error; padding: 0 1; }
+    AlarmsPanel { display: none; height: auto; max-height: 12; border: heavy $error; }
+    AlarmsPanel.-shown { display: block; }
     AlarmsPanel #alarm-title { color: $text-error; text-style: bold; }
     AlarmsPanel #alarm-advice { color: $text-warning; height: auto; }
     AlarmsPanel DataTable { max-height: 6; margin: 0; }
@@ -57,7 +58,7 @@ class AlarmsPanel(Vertical):
         yield Static(id="alarm-advice")
 
     def on_mount(self) -> None:
-        self.display = False
+        self.query_one(DataTable).can_focus = False  # hidden: never take Home's focus
         self.query_one(DataTable).add_columns("#", "When (UTC)", "Alarm", "What")
         self.load()
         self.set_interval(self.app_.poll_interval, self.load)
@@ -76,10 +77,12 @@ class AlarmsPanel(Vertical):
         self.post_message(AlarmsLoaded(found))
 
     def on_alarms_loaded(self, message: AlarmsLoaded) -> None:
-        if [a.seq for a in message.found] == [a.seq for a in self.found] and self.display:
+        if [a.seq for a in message.found] == [a.seq for a in self.found]:
             return
         self.found = message.found
-        self.display = bool(self.found)
+        self.set_class(bool(self.found), "-shown")
+        table = self.query_one(DataTable)
+        table.can_focus = bool(self.found)
         if not self.found:
             return
         n = len(self.found)
@@ -87,7 +90,6 @@ class AlarmsPanel(Vertical):
             f"{n} unacknowledged alarm{'s' if n > 1 else ''}: the store or its state "
             "changed outside the appliance (x: acknowledge)"
         )
-        table = self.query_one(DataTable)
         table.clear()
         for a in self.found:
             table.add_row(

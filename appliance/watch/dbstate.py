@@ -59,8 +59,9 @@ SCHEMA = "sqlite_master"
 
 def open_reader(path: Path) -> sqlite_utils.Database:
     """A read-only connection that never writes (not even a journal mode)."""
+    target = ":memory:" if str(path) == ":memory:" else f"file:{path}?mode=ro"
     conn = sqlite3.connect(
-        f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None, check_same_thread=False
+        target, uri=True, timeout=30, isolation_level=None, check_same_thread=False
     )
     return sqlite_utils.Database(conn)
 
@@ -111,13 +112,29 @@ class DbState:
 
 class DbMonitor:
     def __init__(self, db_path: Path) -> None:
+        self.path = db_path
         self.db = open_reader(db_path)
         self.state = DbState()
         self.stats = Stats()
         self.state_changes = 0  # how many state-changing appliance events were seen
+        self.missing = False  # the database file vanished: retry until it is back
 
     def close(self) -> None:
         self.db.conn.close()
+
+    def reopen(self) -> list[Alarm]:
+        """The database file was replaced: read the new one, judged against the old baseline."""
+        self.db.conn.close()
+        self.state.version = None
+        try:
+            self.db = open_reader(self.path)
+            self.db.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as e:
+            self.db = open_reader(Path(":memory:"))
+            self.missing = True
+            return [Alarm("state_unauthorized", self.path.name, f"state database is gone: {e}")]
+        self.missing = False
+        return []
 
     # -- snapshot helpers ---------------------------------------------------------------
 
@@ -231,6 +248,9 @@ class DbMonitor:
     def poll(self, *, force_full: bool = False) -> tuple[list[Alarm], bool]:
         """Look for a change; return the alarms and whether the state changed at all."""
         self.stats.polls += 1
+        if self.missing:
+            if not self.path.exists() or self.reopen():
+                return [], False
         self._begin()
         try:
             version = self._data_version()

@@ -43,6 +43,9 @@ WITNESS_MASK = (
     | flags.MOVE_SELF
     | flags.ONLYDIR
 )
+HOME_MASK = (
+    flags.CREATE | flags.MOVED_TO | flags.MOVED_FROM | flags.DELETE | flags.ONLYDIR | flags.MASK_ADD
+)
 _LOST = flags.Q_OVERFLOW | flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED
 
 
@@ -50,17 +53,20 @@ _LOST = flags.Q_OVERFLOW | flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED
 class Batch:
     paths: dict[Path, bool] = field(default_factory=dict)  # path -> written or truncated
     witness: bool = False
+    db_replaced: bool = False  # the database file itself was replaced, removed or renamed
     rescan: bool = False
     events: int = 0
 
 
 class Notifier:
-    def __init__(self, objects: Path, witness: Path | None) -> None:
+    def __init__(self, objects: Path, witness: Path | None, db_file: Path | None = None) -> None:
         self.objects = objects
         self.witness = witness
+        self.db_file = db_file
         self.ino = INotify()
         self.dirs: dict[int, Path] = {}
         self.witness_wd: int | None = None
+        self.home_wd: int | None = None
         self.rewatch()
 
     def close(self) -> None:
@@ -89,7 +95,9 @@ class Notifier:
                     if sub is not None:
                         self.dirs[sub] = Path(entry.path)
         if self.witness is not None:
-            self.witness_wd = self._add(self.witness.parent, WITNESS_MASK)
+            self.witness_wd = self._add(self.witness.parent, WITNESS_MASK | flags.MASK_ADD)
+        if self.db_file is not None:
+            self.home_wd = self._add(self.db_file.parent, HOME_MASK)
 
     def read(self, timeout_ms: int) -> Batch:
         batch = Batch()
@@ -100,6 +108,11 @@ class Notifier:
                 if ev.wd == self.witness_wd or ev.wd < 0:
                     batch.witness = True
                 continue
+            if ev.wd == self.home_wd:
+                if self.db_file is not None and ev.name == self.db_file.name:
+                    batch.db_replaced = True
+                if ev.wd != self.witness_wd:
+                    continue
             if ev.wd == self.witness_wd:
                 if self.witness is not None and ev.name == self.witness.name:
                     batch.witness = True

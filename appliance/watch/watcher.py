@@ -142,7 +142,7 @@ class Watcher:
 
     def _loop(self, stop: threading.Event) -> None:
         self.home.objects.mkdir(exist_ok=True)
-        notifier = Notifier(self.home.objects, self.witness_path)
+        notifier = Notifier(self.home.objects, self.witness_path, self.home.db_path)
         mon = DbMonitor(self.home.db_path)
         self.stats = mon.stats
         base = ObjectBaseline(self.home)
@@ -174,9 +174,11 @@ class Watcher:
             while not stop.is_set():
                 batch = notifier.read(int(TICK * 1000))
                 now = time.monotonic()
-                full = now - last_full >= self.full_every or batch.rescan
+                full = now - last_full >= self.full_every or batch.rescan or batch.db_replaced
+                replaced = mon.reopen() if batch.db_replaced else []
                 before = mon.state_changes
                 alarms, changed = mon.poll(force_full=full)
+                alarms = replaced + alarms
                 if mon.state_changes != before:
                     last_state_event = now
                 if changed:

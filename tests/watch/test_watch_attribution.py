@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DEADLINE, MARGIN, Watched, make_writable, start
 from conftest_load import Site
+from watch_world import DEADLINE, MARGIN, Watched, make_writable, start
 
 import appliance
 from appliance.home import HomeLock

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import DEADLINE, MARGIN, make_writable
 from conftest_load import REPO, Site
+from watch_world import DEADLINE, MARGIN, make_writable
 
 from appliance.store import find, object_path
 

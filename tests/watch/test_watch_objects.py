@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from conftest import DEADLINE, MARGIN, Watched, make_writable
+from watch_world import DEADLINE, MARGIN, Watched, make_writable
 
 
 def _assert_only(w: Watched, code: str, since: float) -> float:

@@ -9,8 +9,8 @@ import threading
 import time
 
 import pytest
-from conftest import Watched, make_writable, start
 from conftest_load import Site
+from watch_world import Watched, make_writable, start
 
 from appliance.history import artifact_history
 from appliance.importer import import_bundle

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
 
-from conftest import DEADLINE, MARGIN, Watched
+from watch_world import DEADLINE, MARGIN, Watched
 
 import appliance
 from appliance import audit
@@ -109,3 +110,16 @@ def test_import_rollback_and_100_loads_raise_nothing(watched: Watched, tmp_path:
     stats = watched.watcher.stats
     # Incremental: each change hashes only the events it added, never the whole log again.
     assert stats.full_checks == 1, stats
+
+
+def test_database_replaced_by_an_older_copy(watched: Watched) -> None:
+    """The backup-restore attack: the file renamed over, not written through SQLite."""
+    site = watched.site
+    old = site.h.root / "old.db"
+    old.write_bytes(site.h.db_path.read_bytes())
+    with appliance.load("tool", home=site.h, witness=site.witness):
+        pass
+    time.sleep(0.3)
+    t = time.monotonic()
+    os.rename(old, site.h.db_path)
+    _only(watched, "audit_chain_broken", t, frozenset({"state_rolled_back"}))

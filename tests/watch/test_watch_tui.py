@@ -59,7 +59,7 @@ def test_alarm_shown_first_and_acknowledged_from_the_tui(site: Site) -> None:
         app = _app(site.home)
         async with app.run_test(size=(100, 30)) as pilot:
             panel = app.screen.query_one(AlarmsPanel)
-            await _wait(pilot, lambda: panel.display and panel.found)
+            await _wait(pilot, lambda: panel.has_class("-shown") and panel.display)
             # First on Home: above the trust summary, and it has the focus.
             children = list(app.screen.children)
             assert children.index(panel) < children.index(app.screen.query_one("#trust-summary"))
