@@ -22,17 +22,17 @@ from pathlib import Path
 
 import sqlite_utils
 
-from appliance import witness
+from appliance import audit, witness
 from appliance.home import Home
 from appliance.watch import homelock
 from appliance.watch.alarms import Alarm, record
-from appliance.watch.dbstate import DbMonitor, Stats
+from appliance.watch.dbstate import DbMonitor, RollingChain, Stats
 from appliance.watch.notify import Notifier
 from appliance.watch.objects import ObjectBaseline, Verdict, hash_matches, referenced
 from appliance.watch.report import stderr_sink, syslog_sink
 from appliance.watch.scrub import Scrubber, ScrubProgress
 from appliance.watch.witnesswatch import WitnessMonitor
-from bundles.errors import ApplianceError
+from bundles.errors import ApplianceError, StateSuspectError
 
 TICK = 0.1
 FULL_EVERY = 300.0
@@ -103,6 +103,10 @@ class Watcher:
         try:
             found = mon.baseline()
             self._seen_head = mon.state.head
+            try:
+                audit.verify_chain(mon.db)
+            except StateSuspectError as e:
+                found.append(Alarm(e.code, "audit", e.message))
             base = ObjectBaseline(self.home)
             base.set_refs(referenced(mon.db))
             found += base.scan()
@@ -145,12 +149,15 @@ class Watcher:
         notifier = Notifier(self.home.objects, self.witness_path, self.home.db_path)
         mon = DbMonitor(self.home.db_path)
         self.stats = mon.stats
+        mon.emit = self._raise
         base = ObjectBaseline(self.home)
         wit = WitnessMonitor(self.witness_path)
         hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-hash")
         hashing: dict[Path, Future[bool]] = {}
         deferred: set[Path] = set()
         last_state_event = -RECENT
+        chain = RollingChain()
+        last_pass = time.monotonic()
         scrub_stop = threading.Event()
         scrub_thread = None
         try:
@@ -227,6 +234,10 @@ class Watcher:
                                     "object_replaced", path, "object was replaced by other bytes"
                                 )
                             )
+                if chain.done and now - last_pass >= self.full_every:
+                    chain.restart()
+                    last_pass = now
+                alarms += mon.chain_step(chain)
                 if batch.witness or changed or full:
                     alarms += wit.check(mon.db, witness_touched=batch.witness)
                 while True:

@@ -130,3 +130,35 @@ def test_repair_clears_the_immutable_flag_first(tmp_path: Path, site: Site) -> N
     finally:
         w.stop.set()
         w.thread.join(timeout=30)
+
+
+def test_big_log_edit_found_by_block_not_by_rehashing_the_log(site: Site) -> None:
+    from appliance import audit
+    from appliance.db import transaction
+    from appliance.watch.dbstate import BLOCK
+
+    db = site.h.db()
+    with transaction(db):
+        for _ in range(3 * BLOCK):
+            audit.append(db, "load", outcome="verified", name="tool", detail={"digest": "0"})
+    db.conn.close()
+    w = start(site)
+    try:
+        deadline = time.monotonic() + 30
+        while w.watcher.stats.chain_passes < 1:  # the rolling verifier went through once
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert w.watcher.stats.chain_hashed >= 3 * BLOCK
+        before = w.watcher.stats.events_hashed
+        conn = sqlite3.connect(site.h.db_path, isolation_level=None)
+        t = time.monotonic()
+        conn.execute("UPDATE audit SET detail = '{}' WHERE seq = 20")
+        conn.close()
+        _, took = w.wait("audit_chain_broken", t)
+        assert took < DEADLINE - MARGIN
+        # Found by comparing block fingerprints: only the partial tail block was re-hashed.
+        assert w.watcher.stats.events_hashed - before <= BLOCK
+        assert w.codes() == {"audit_chain_broken"}
+    finally:
+        w.stop.set()
+        w.thread.join(timeout=30)
