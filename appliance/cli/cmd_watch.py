@@ -1,6 +1,6 @@
 """``appliance watch [--once] [--scrub RATE]`` and ``appliance alarms [--all] [--ack SEQ]``.
 
-See docs/WATCH.md for what is watched and docs/CLI.md for the contract.
+See docs/WATCH.md (what is watched, the output, how to recover from each alarm).
 
 ``watch`` streams: one stderr line per alarm; with ``--json`` one JSON object
 per line on stdout (the documented exception to one object): ``{"watching":

@@ -46,6 +46,7 @@ class Watched:
             with self.lock:
                 for t, a in self.alarms:
                     if a.code == code:
+                        print(f"watch latency: {code} {1000 * (t - since):.0f} ms")  # -s shows it
                         return a, t - since
             time.sleep(0.01)
         raise AssertionError(f"no {code} alarm within {timeout}s; got {self.codes()}")
