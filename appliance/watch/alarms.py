@@ -123,8 +123,14 @@ class Alarm:
     detail: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.code, self.subject)
+    def key(self) -> tuple[str, str, str]:
+        """What makes two alarms the same finding: for an object, code and path (a chmod and
+        the write that follows are one finding); else the message too."""
+        return (
+            self.code,
+            self.subject,
+            "" if self.subject.startswith("objects/") else self.message,
+        )
 
     @property
     def advice(self) -> str:
@@ -175,9 +181,9 @@ class RecordedAlarm:
 def record(
     db: sqlite_utils.Database, alarm: Alarm, seen_head: tuple[int, str] | None = None
 ) -> dict[str, Any] | None:
-    """Append the ``alarm`` event, unless the same code and subject is already unacknowledged."""
+    """Append the ``alarm`` event, unless the same finding is already unacknowledged."""
     with transaction(db):
-        if any(a.code == alarm.code and a.subject == alarm.subject for a in unacknowledged(db)):
+        if any(_key(a) == alarm.key for a in unacknowledged(db)):
             return None
         detail: dict[str, Any] = {
             "subject": alarm.subject,
@@ -190,6 +196,10 @@ def record(
         return audit.append(
             db, ALARM, outcome="raised", code=alarm.code, name=alarm.name, detail=detail
         )
+
+
+def _key(a: RecordedAlarm) -> tuple[str, str, str]:
+    return (a.code, a.subject, "" if a.subject.startswith("objects/") else a.message)
 
 
 def _acks(db: sqlite_utils.Database) -> dict[int, dict[str, Any]]:

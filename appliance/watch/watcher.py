@@ -13,32 +13,24 @@ database never delays the next alarm, into the audit log.
 from __future__ import annotations
 
 import queue
+import sqlite3
 import sys
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import sqlite_utils
 
 from appliance import audit, witness
 from appliance.home import Home
-from appliance.watch import homelock
 from appliance.watch.alarms import Alarm, record
-from appliance.watch.dbstate import DbMonitor, RollingChain, Stats
-from appliance.watch.notify import Notifier
-from appliance.watch.objects import ObjectBaseline, Verdict, hash_matches, referenced
+from appliance.watch.dbstate import DbMonitor, Stats
+from appliance.watch.loop import FULL_EVERY, Loop
+from appliance.watch.objects import ObjectBaseline, hash_matches, referenced
 from appliance.watch.report import stderr_sink, syslog_sink
 from appliance.watch.scrub import Scrubber, ScrubProgress
 from appliance.watch.witnesswatch import WitnessMonitor
 from bundles.errors import ApplianceError, StateSuspectError
-
-TICK = 0.1
-FULL_EVERY = 300.0
-# Seconds after a state-changing appliance event (import, repair) during which a rename over
-# a referenced object is hashed rather than alarmed at once: the event may trail the commit.
-RECENT = 3.0
 
 Sink = Callable[[Alarm], None]
 
@@ -73,7 +65,7 @@ class Watcher:
         self.record_alarms = record_alarms
         self.full_every = full_every
         self.raised: list[Alarm] = []
-        self.active: set[tuple[str, str]] = set()
+        self.active: set[tuple[str, str, str]] = set()
         self.ready = threading.Event()
         self.stats = Stats()
         self._lock = threading.Lock()
@@ -145,101 +137,30 @@ class Watcher:
     # -- the loop ------------------------------------------------------------------------
 
     def _loop(self, stop: threading.Event) -> None:
-        self.home.objects.mkdir(exist_ok=True)
-        notifier = Notifier(self.home.objects, self.witness_path, self.home.db_path)
-        mon = DbMonitor(self.home.db_path)
-        self.stats = mon.stats
-        mon.emit = self._raise
-        base = ObjectBaseline(self.home)
-        wit = WitnessMonitor(self.witness_path)
-        hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-hash")
-        hashing: dict[Path, Future[bool]] = {}
-        deferred: set[Path] = set()
-        last_state_event = -RECENT
-        chain = RollingChain()
-        last_pass = time.monotonic()
+        loop = Loop(
+            self.home,
+            self.witness_path,
+            full_every=self.full_every,
+            emit=self._raise,
+            on_error=self.on_error,
+            cleared=self._clear,
+        )
+        self.stats = loop.mon.stats
         scrub_stop = threading.Event()
         scrub_thread = None
         try:
-            for a in mon.baseline():
+            for a in loop.start():
                 self._raise(a)
-            self._seen_head = mon.state.head
-            base.set_refs(referenced(mon.db))
-            for a in base.scan():
-                self._raise(a)
-            for p in base.unknown_files():
-                self._raise(base.alarm_for("unknown_object", p, "no record references this file"))
-            for a in wit.check(mon.db):
-                self._raise(a)
+            self._seen_head = loop.mon.state.head
             if self.scrubber is not None:
                 scrub_thread = threading.Thread(
                     target=self.scrubber.run, args=(scrub_stop,), name="watch-scrub", daemon=True
                 )
                 scrub_thread.start()
             self.ready.set()
-            last_full = time.monotonic()
             while not stop.is_set():
-                batch = notifier.read(int(TICK * 1000))
-                now = time.monotonic()
-                full = now - last_full >= self.full_every or batch.rescan or batch.db_replaced
-                replaced = mon.reopen() if batch.db_replaced else []
-                before = mon.state_changes
-                alarms, changed = mon.poll(force_full=full)
-                alarms = replaced + alarms
-                if mon.state_changes != before:
-                    last_state_event = now
-                if changed:
-                    refs = referenced(mon.db)
-                    for d in set(refs) - set(base.refs):
-                        base.accept(d)  # newly committed: the import verified and promoted it
-                    base.set_refs(refs)
-                self._seen_head = mon.state.head
-                busy = homelock.lock_held(self.home.lock_path) or now - last_state_event < RECENT
-                if full:
-                    last_full = now
-                    notifier.rewatch()
-                    alarms += base.scan()
-                    if not busy:
-                        alarms += [
-                            base.alarm_for("unknown_object", p, "no record references this file")
-                            for p in base.unknown_files()
-                        ]
-                paths = dict(batch.paths)
-                for p in deferred:
-                    paths.setdefault(p, False)
-                deferred = set()
-                for path, written in paths.items():
-                    if path in hashing:
-                        continue
-                    j = base.judge(path, written, busy)
-                    if j.verdict is Verdict.DEFER:
-                        deferred.add(path)
-                    elif j.verdict is Verdict.HASH:
-                        digest = path.name
-                        hashing[path] = hasher.submit(
-                            hash_matches, path, digest, base.refs[digest][0]
-                        )
-                    elif j.verdict is Verdict.ALARM and j.alarm is not None:
-                        alarms.append(j.alarm)
-                    else:
-                        self._clear(path, base)
-                for path, fut in list(hashing.items()):
-                    if fut.done():
-                        del hashing[path]
-                        if fut.result():
-                            self._clear(path, base)
-                        else:
-                            alarms.append(
-                                base.alarm_for(
-                                    "object_replaced", path, "object was replaced by other bytes"
-                                )
-                            )
-                if chain.done and now - last_pass >= self.full_every:
-                    chain.restart()
-                    last_pass = now
-                alarms += mon.chain_step(chain)
-                if batch.witness or changed or full:
-                    alarms += wit.check(mon.db, witness_touched=batch.witness)
+                alarms = loop.turn()
+                self._seen_head = loop.mon.state.head
                 while True:
                     try:
                         alarms.append(self._scrub_alarms.get_nowait())
@@ -251,14 +172,10 @@ class Watcher:
             scrub_stop.set()
             if scrub_thread is not None:
                 scrub_thread.join(timeout=10)
-            hasher.shutdown(wait=False, cancel_futures=True)
-            notifier.close()
-            mon.close()
+            loop.close()
 
-    def _clear(self, path: Path, base: ObjectBaseline) -> None:
-        """An object judged fine again (verified replacement, repair): accept it."""
-        if path.name in base.refs:
-            base.accept(path.name)
+    def _clear(self, path: Path) -> None:
+        """Alarms about an object judged fine again may be raised anew."""
         rel = str(path.relative_to(self.home.root))
         with self._lock:
             self.active = {k for k in self.active if k[1] != rel}
@@ -306,10 +223,11 @@ class Watcher:
     ) -> None:
         try:
             record(db, alarm, seen_head)
-        except ApplianceError as e:
+        except (ApplianceError, sqlite3.Error) as e:
+            why = e.message if isinstance(e, ApplianceError) else str(e)
             self.on_error(
                 f"appliance: alarm {alarm.code} for {alarm.subject} not recorded in the "
-                f"audit log: {e.message}"
+                f"audit log: {why}"
             )
 
 

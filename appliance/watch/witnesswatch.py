@@ -31,6 +31,8 @@ class WitnessMonitor:
         if self.path is None:
             return []
         subject = str(self.path)
+        if not self.path.exists():  # needs no database: judged even when that is broken
+            return [Alarm("witness_changed", subject, "witness vanished")]
         try:
             result = witness.check(db, self.path)
         except ApplianceError as e:

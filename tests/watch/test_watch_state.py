@@ -123,3 +123,20 @@ def test_database_replaced_by_an_older_copy(watched: Watched) -> None:
     t = time.monotonic()
     os.rename(old, site.h.db_path)
     _only(watched, "audit_chain_broken", t, frozenset({"state_rolled_back"}))
+
+
+def test_database_file_overwritten_raw_is_an_alarm_and_the_watch_goes_on(
+    watched: Watched,
+) -> None:
+    """A writer that bypasses SQLite (garbage over the header): fail closed, keep watching."""
+    site = watched.site
+    t = time.monotonic()
+    with open(site.h.db_path, "r+b") as f:
+        f.write(b"\xff" * 100)
+    _, took = watched.wait("state_unauthorized", t)
+    assert took < DEADLINE - MARGIN
+    assert watched.thread.is_alive()
+    t = time.monotonic()
+    assert site.witness is not None
+    os.unlink(site.witness)
+    watched.wait("witness_changed", t)
