@@ -199,9 +199,46 @@ class DiskFullError(OperationalError):
 
 
 class TrustStateUnauthorizedError(StateSuspectError):
-    """A trust, counter or time table that disagrees with the anchor and signed documents."""
+    """A trust, counter or time table that disagrees with the anchor and signed documents
+    (also a watcher's alarm: trust tables changed without a signed, audited update)."""
 
     code = "trust_state_unauthorized"
+
+
+# --- issue 12: watching the store (alarms, exit 4) and acknowledging them ----------
+
+
+class ObjectModifiedError(StateSuspectError):
+    """A store object written, truncated, chmodded, or its bytes no longer hash right."""
+
+    code = "object_modified"
+
+
+class ObjectRemovedError(StateSuspectError):
+    """A referenced store object deleted or renamed away."""
+
+    code = "object_removed"
+
+
+class ObjectReplacedError(StateSuspectError):
+    """A referenced store object replaced (renamed over) by other bytes."""
+
+    code = "object_replaced"
+
+
+class UnknownObjectError(StateSuspectError):
+    """A file in ``objects/`` that no record references and no import is promoting."""
+
+    code = "unknown_object"
+
+
+class WitnessChangedError(StateSuspectError):
+    """The witness vanished, went backwards, or no longer matches the home."""
+
+    code = "witness_changed"
+
+
+# --- issues 13 and 14 (lead), continued ---------------------------------------------
 
 
 class AnchorMissingError(StateSuspectError):
@@ -311,32 +348,62 @@ class UnknownUserError(UsageError):
     code = "unknown_user"
 
 
+class CounterUnauthorizedError(StateSuspectError):
+    """A high-water mark, trust version or other counter changed with no audited change."""
+
+    code = "counter_unauthorized"
+
+
+class StateUnauthorizedError(StateSuspectError):
+    """The state database changed (schema, unknown table) with no audited transaction."""
+
+    code = "state_unauthorized"
+
+
+class AlarmNotFoundError(NotFoundError):
+    code = "alarm_not_found"
+
+
+class AlarmAlreadyAcknowledgedError(UsageError):
+    code = "alarm_already_acknowledged"
+
+
 __all__ = [
+    "AlarmAlreadyAcknowledgedError",
+    "AlarmNotFoundError",
+    "AlreadyInitializedError",
     "AnchorInvalidError",
     "AnchorMismatchError",
     "AnchorMissingError",
-    "ReadOnlyModeError",
-    "TrustStateUnauthorizedError",
-    "WitnessForeignError",
-    "AlreadyInitializedError",
     "ApplianceError",
     "AuditChainError",
     "AuthorizationExpiredError",
     "AuthorizationMismatchError",
     "AuthorizationReusedError",
+    "BadRequestError",
+    "CounterUnauthorizedError",
+    "DigestPinnedError",
     "DiskFullError",
     "ExitCode",
     "ExpiredError",
+    "HomeTamperedError",
     "KeyNotAuthorizedError",
+    "LoaderNotAuthorizedError",
     "LockHeldError",
     "NameOwnershipError",
     "NotFoundError",
     "NotInitializedError",
+    "ObjectModifiedError",
+    "ObjectRemovedError",
+    "ObjectReplacedError",
     "ObjectTamperedError",
     "OperationalError",
     "PolicyError",
+    "ReadOnlyModeError",
     "RejectedError",
     "ReleaseCounterError",
+    "RequestTimeoutError",
+    "RequestTooLargeError",
     "RevokedKeyError",
     "RevokedKeyReuseError",
     "RollbackError",
@@ -344,31 +411,30 @@ __all__ = [
     "RootRotationError",
     "SequenceOlderError",
     "SequenceReplayError",
+    "ServiceBusyError",
+    "ServiceProtocolError",
+    "ServiceStoppingError",
+    "ServiceUnavailableError",
+    "SocketInUseError",
     "StateRolledBackError",
     "StateSuspectError",
+    "StateUnauthorizedError",
+    "StdoutIsTerminalError",
     "StoreCorruptError",
     "ThresholdError",
+    "TrustStateUnauthorizedError",
     "TrustUpdateError",
     "TrustUpdateReplayError",
     "TrustUpdateUnauthorizedError",
     "TrustUpdateVersionError",
+    "UnknownObjectError",
+    "UnknownUserError",
     "UsageError",
     "VersionConflictError",
+    "WitnessChangedError",
+    "WitnessForeignError",
     "WitnessMissingError",
-    "WrongSiteError",
-    "LoaderNotAuthorizedError",
-    "DigestPinnedError",
-    "BadRequestError",
-    "RequestTooLargeError",
-    "StdoutIsTerminalError",
-    "ServiceUnavailableError",
-    "ServiceProtocolError",
-    "ServiceBusyError",
-    "ServiceStoppingError",
-    "RequestTimeoutError",
-    "SocketInUseError",
-    "UnknownUserError",
-    "exit_code_for",
-    "HomeTamperedError",
     "WitnessUnreadableError",
+    "WrongSiteError",
+    "exit_code_for",
 ]

@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlite_utils
 
-from appliance import audit, witness
+from appliance import audit, repair, witness
 from appliance.db import transaction
 from appliance.errors import TrustUpdateReplayError
 from appliance.evidence import name_owners
@@ -236,7 +236,8 @@ def _import(
                 signers=sorted(decision.counted_signers),
                 trust_updates=applied,
             )
-            staged = _stage_all(home, bundle, decision, dry_run, progress, cancel, db, path)
+            fix = repair.damaged(home, decision.present)  # DESIGN 11.3: replace bad objects
+            staged = _stage_all(home, bundle, decision, dry_run, progress, cancel, db, path, fix)
         result.bytes_verified = sum(a.size for a in bundle.manifest.artifacts)
         for a in bundle.manifest.artifacts:
             result.artifacts.append(
@@ -245,7 +246,9 @@ def _import(
                     "version": a.version,
                     "size": a.size,
                     "digest": {"blake3": a.blake3},
-                    "status": "new" if a in decision.new else "present",
+                    "status": "new"
+                    if a in decision.new
+                    else ("present" if a not in fix else "damaged" if dry_run else "repaired"),
                 }
             )
         if dry_run:
@@ -253,9 +256,11 @@ def _import(
         try:
             if cancel is not None and cancel.is_set():  # the last moment a cancel can count
                 raise CancelledError("import cancelled before promotion; nothing was changed")
+            repair.prepare(home, fix)
             for a, staged_path in staged.items():
                 promote(home, staged_path, a.blake3)
             _commit(db, bundle, decision)
+            repair.record(db, fix, os.fspath(path))
         finally:
             home.clean_staging()
         if wcheck.status is not witness.WitnessStatus.OFF:
@@ -272,6 +277,7 @@ def _stage_all(
     cancel: threading.Event | None,
     db: sqlite_utils.Database,
     path: str | os.PathLike[str],
+    fix: list[Artifact] | None = None,
 ) -> dict[Artifact, Path]:
     """Hash every artifact (present ones too: the bundle must be whole); stage new ones."""
     if not dry_run:
@@ -280,7 +286,7 @@ def _stage_all(
         except OSError as e:
             raise io_error(e, "creating the staging folder") from e
     stop = cancel or threading.Event()
-    new = set(decision.new)
+    new = set(decision.new) | set(fix or ())
     staged: dict[Artifact, Path] = {}
 
     def one(a: Artifact) -> Path | None:

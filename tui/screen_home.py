@@ -16,6 +16,7 @@ from tui.base import ApplianceScreen, cell
 from tui.mediascan import MediaInfo
 from tui.messages import MediaScanned
 from tui.model import audit_log, event_subject, trust_summary
+from tui.widget_alarms import AlarmsPanel
 
 LATEST_EVENTS = 6
 
@@ -36,6 +37,7 @@ class HomeScreen(ApplianceScreen):
 
     def compose(self) -> ComposeResult:
         yield Header()
+        yield AlarmsPanel()  # unacknowledged alarms first (hidden when there are none)
         yield Static(id="trust-summary")
         yield Static("Media and bundles (unverified until reviewed)", classes="section-title")
         yield DataTable(id="bundles", cursor_type="row", zebra_stripes=True)

@@ -25,6 +25,12 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
     p = subs.add_parser("serve", parents=[common], help="serve verified loads on a Unix socket")
     p.add_argument("--socket", type=Path, metavar="PATH", help="where to listen")
     p.add_argument("--workers", type=int, default=32, help="loads handled at once (default 32)")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="also run the store watcher inside the service (alarms; docs/WATCH.md)",
+    )
+    p.add_argument("--scrub", metavar="RATE", help="with --watch: re-hash objects at RATE (200M)")
     p.set_defaults(func=run_serve)
 
 
@@ -40,7 +46,16 @@ def run_serve(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     if not listeners:
         path = args.socket or _default_socket()
         listeners = [bind_socket(path)]
-    config = Config(home, ctx.witness, workers=args.workers, log=ctx.warn)
+    background = None
+    if args.watch:  # the same watcher as 'appliance watch', in a thread of the service
+        from appliance.watch import Watcher, parse_rate
+
+        background = Watcher(home, ctx.witness, scrub_rate=parse_rate(args.scrub)).run
+    elif args.scrub is not None:
+        from bundles.errors import UsageError
+
+        raise UsageError("--scrub needs --watch")
+    config = Config(home, ctx.witness, workers=args.workers, log=ctx.warn, background=background)
     try:
         server = Server(config, listeners)
     except BaseException:

@@ -44,6 +44,8 @@ GROUPS: dict[str, str] = {
     "demo": "cmd_demo",
     "tui": "cmd_tui",
     "serve": "cmd_serve",
+    "watch": "cmd_watch",
+    "alarms": "cmd_watch",
 }
 _VALUED_GLOBALS = ("--home", "--witness", "--anchor")
 

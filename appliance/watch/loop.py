@@ -1,0 +1,220 @@
+"""One turn of the watcher, and the state it carries from turn to turn.
+
+``Loop.start`` takes the baseline (a full check of the database, the stat of
+every object, unknown files, the witness); ``Loop.turn`` reads inotify events
+(at most ``TICK`` seconds), polls the database, judges touched and deferred
+paths, collects hash results, advances the rolling chain verifier and checks
+the witness. Both return alarms; the ``Watcher`` raises them.
+
+A turn that fails on an OS or SQLite error does not end the watch: a database
+that no longer reads is the ``state_unauthorized`` alarm (an attacker may have
+corrupted it), any other error is reported and the next turn re-checks
+everything.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from appliance.home import Home
+from appliance.watch import homelock
+from appliance.watch.alarms import Alarm
+from appliance.watch.dbstate import DbMonitor, RollingChain
+from appliance.watch.notify import Batch, Notifier
+from appliance.watch.objects import ObjectBaseline, Verdict, hash_matches, referenced
+from appliance.watch.witnesswatch import WitnessMonitor
+
+T = TypeVar("T")
+TICK = 0.1
+FULL_EVERY = 300.0
+# Seconds after a state-changing appliance event (import, repair) during which a rename over
+# a referenced object is hashed rather than alarmed at once: the event may trail the commit.
+RECENT = 3.0
+
+
+@dataclass(frozen=True)
+class Hashed:
+    ok: bool
+    ino: int
+
+
+def _hash_job(path: Path, digest: str, size: int) -> Hashed:
+    try:
+        ino = os.lstat(path).st_ino
+    except OSError:
+        return Hashed(False, -1)
+    return Hashed(hash_matches(path, digest, size), ino)
+
+
+class Loop:
+    def __init__(
+        self,
+        home: Home,
+        witness_path: Path | None,
+        *,
+        full_every: float,
+        emit: Callable[[Alarm], None],
+        on_error: Callable[[str], None],
+        cleared: Callable[[Path], None],
+    ) -> None:
+        self.home = home
+        self.emit = emit
+        self.full_every = full_every
+        self.on_error = on_error
+        self.cleared = cleared
+        home.objects.mkdir(exist_ok=True)
+        self.notifier = Notifier(home.objects, witness_path, home.db_path)
+        self.mon = DbMonitor(home.db_path)
+        self.mon.emit = emit
+        self.base = ObjectBaseline(home)
+        self.wit = WitnessMonitor(witness_path)
+        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-hash")
+        self.hashing: dict[Path, Future[Hashed]] = {}
+        self.deferred: set[Path] = set()
+        self.last_state_event = -RECENT
+        self.chain = RollingChain()
+        self.last_pass = self.last_full = time.monotonic()
+        self.rescan = False
+
+    def close(self) -> None:
+        self.hasher.shutdown(wait=False, cancel_futures=True)
+        self.notifier.close()
+        self.mon.close()
+
+    def start(self) -> list[Alarm]:
+        alarms = self.mon.baseline()
+        self.base.set_refs(referenced(self.mon.db))
+        alarms += self.base.scan()
+        alarms += self._unknown()
+        alarms += self.wit.check(self.mon.db)
+        return alarms
+
+    def _unknown(self) -> list[Alarm]:
+        return [
+            self.base.alarm_for("unknown_object", p, "no record references this file")
+            for p in self.base.unknown_files()
+        ]
+
+    def turn(self) -> list[Alarm]:
+        try:
+            batch = self.notifier.read(int(TICK * 1000))
+        except OSError as e:
+            self.on_error(f"appliance: watch: reading kernel events: {e}")
+            batch = Batch(rescan=True)
+        now = time.monotonic()
+        full = now - self.last_full >= self.full_every or batch.rescan or batch.db_replaced
+        full = full or self.rescan
+        self.rescan = False
+        # The database, then the objects and the witness: a database that no longer reads
+        # must not stop the judging of object events (the last known references stand).
+        none: list[Alarm] = []
+        alarms, changed = self._guard(lambda: self._database(batch, full, now), (none, False))
+        alarms = alarms + self._guard(lambda: self._files(batch, full, now), none)
+        if batch.witness or changed or full:
+            alarms += self._guard(
+                lambda: self.wit.check(self.mon.db, witness_touched=batch.witness), none
+            )
+        return alarms
+
+    def _guard(self, fn: Callable[[], T], default: T) -> T:
+        try:
+            return fn()
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                self.on_error(f"appliance: watch: database busy, retrying: {e}")
+                return default
+            self.rescan = True
+            self.emit(
+                Alarm("state_unauthorized", self.home.db_path.name, f"database unreadable: {e}")
+            )
+            return default
+        except OSError as e:
+            self.rescan = True
+            self.on_error(f"appliance: watch: {e}; re-checking everything")
+            return default
+
+    def _database(self, batch: Batch, full: bool, now: float) -> tuple[list[Alarm], bool]:
+        alarms = self.mon.reopen() if batch.db_replaced else []
+        before = self.mon.state_changes
+        found, changed = self.mon.poll(force_full=full)
+        alarms += found
+        if self.mon.state_changes != before:
+            self.last_state_event = now
+        if changed:
+            refs = referenced(self.mon.db)
+            for d in set(refs) - set(self.base.refs):
+                self.base.accept(d)  # newly committed: the import verified and promoted it
+            self.base.set_refs(refs)
+        if self.chain.done and now - self.last_pass >= self.full_every:
+            self.chain.restart()
+            self.last_pass = now
+        alarms += self.mon.chain_step(self.chain)
+        return alarms, changed
+
+    def _files(self, batch: Batch, full: bool, now: float) -> list[Alarm]:
+        alarms: list[Alarm] = []
+        busy = homelock.lock_held(self.home.lock_path) or now - self.last_state_event < RECENT
+        if full:
+            self.last_full = now
+            self.notifier.rewatch()
+            alarms += self.base.scan()
+            if not busy:
+                alarms += self._unknown()
+        alarms += self._judge(batch, busy)
+        return alarms
+
+    def _judge(self, batch: Batch, busy: bool) -> list[Alarm]:
+        alarms: list[Alarm] = []
+        paths = dict(batch.paths)
+        for p in self.deferred:
+            paths.setdefault(p, False)
+        self.deferred = set()
+        for path, written in paths.items():
+            if path in self.hashing:
+                self.deferred.add(path)  # judged again once its hash is in
+                continue
+            j = self.base.judge(path, written, busy)
+            if j.verdict is Verdict.DEFER:
+                self.deferred.add(path)
+            elif j.verdict is Verdict.HASH:
+                digest = path.name
+                self.hashing[path] = self.hasher.submit(
+                    _hash_job, path, digest, self.base.refs[digest][0]
+                )
+            elif j.verdict is Verdict.ALARM and j.alarm is not None:
+                alarms.append(j.alarm)
+            else:
+                self._accept(path)
+        for path, fut in list(self.hashing.items()):
+            if not fut.done():
+                continue
+            del self.hashing[path]
+            result = fut.result()
+            try:
+                same = os.lstat(path).st_ino == result.ino
+            except FileNotFoundError:
+                same = False
+            if result.ok and same:
+                self._accept(path)
+            elif result.ok:
+                self.deferred.add(path)  # replaced again while it was hashed: judge again
+            else:
+                alarms.append(
+                    self.base.alarm_for(
+                        "object_replaced", path, "object was replaced by other bytes"
+                    )
+                )
+        return alarms
+
+    def _accept(self, path: Path) -> None:
+        """An object judged fine (verified replacement, repair, flag change): accept it."""
+        if path.name in self.base.refs:
+            self.base.accept(path.name)
+        self.cleared(path)

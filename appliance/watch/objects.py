@@ -1,0 +1,241 @@
+"""The object store as the watcher expects it, and the judgement of one changed path.
+
+``ObjectBaseline`` keeps, for every referenced digest, the ``lstat`` seen when
+the watcher last accepted it (inode, size, mode, owner, mtime, links). A path
+touched by a kernel event is judged against it (``judge``): gone is
+``object_removed``; written or truncated is ``object_modified``; another inode
+is ``object_replaced`` unless the appliance may be promoting (the home lock is
+held, or it committed a change moments ago) and the new file hashes to its name.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import sqlite_utils
+
+from appliance.home import Home
+from appliance.store import object_path
+from appliance.watch.alarms import Alarm
+from bundles.hashing import hash_fd
+
+WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+
+
+@dataclass(frozen=True)
+class Seen:
+    ino: int
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    nlink: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Seen:
+        return cls(
+            st.st_ino,
+            st.st_size,
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+            st.st_mtime_ns,
+            st.st_nlink,
+        )
+
+
+class Verdict(Enum):
+    OK = "ok"
+    DEFER = "defer"  # the appliance may be promoting: judge again when it is done
+    HASH = "hash"  # a replacement while the appliance may be promoting: hash it
+    ALARM = "alarm"
+
+
+@dataclass
+class Judgement:
+    verdict: Verdict
+    alarm: Alarm | None = None
+
+
+def referenced(db: sqlite_utils.Database) -> dict[str, tuple[int, str]]:
+    """digest -> (size, a NAME@VERSION using it), for every record."""
+    out: dict[str, tuple[int, str]] = {}
+    for digest, size, name, version in db.execute(
+        "SELECT digest, size, name, version FROM artifacts ORDER BY name, version"
+    ):
+        out.setdefault(str(digest), (int(size), f"{name}@{version}"))
+    return out
+
+
+def relpath(home: Home, path: Path) -> str:
+    try:
+        return str(path.relative_to(home.root))
+    except ValueError:
+        return str(path)
+
+
+def list_files(home: Home) -> list[Path]:
+    """Every non-directory entry under ``objects/`` (one level of fan-out folders)."""
+    out: list[Path] = []
+    if not home.objects.is_dir():
+        return out
+    for top in os.scandir(home.objects):
+        if top.is_dir(follow_symlinks=False):
+            for entry in os.scandir(top.path):
+                out.append(Path(entry.path))
+        else:
+            out.append(Path(top.path))
+    return out
+
+
+def digest_of(home: Home, path: Path) -> str | None:
+    """The digest a path stands for, if it is where that digest's object lives."""
+    if path.parent.parent != home.objects:
+        return None
+    name = path.name
+    return name if path.parent.name == name[:2] and len(name) == 64 else None
+
+
+def hash_matches(path: Path, digest: str, size: int) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        got, n = hash_fd(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return got == digest and n == size
+
+
+class ObjectBaseline:
+    """What the watcher last accepted for each referenced object."""
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self.refs: dict[str, tuple[int, str]] = {}
+        self.seen: dict[str, Seen] = {}
+
+    def set_refs(self, refs: dict[str, tuple[int, str]]) -> None:
+        self.refs = refs
+
+    def accept(self, digest: str) -> None:
+        try:
+            self.seen[digest] = Seen.of(os.lstat(object_path(self.home, digest)))
+        except OSError:
+            self.seen.pop(digest, None)
+
+    def scan(self) -> list[Alarm]:
+        """Full stat pass (no hashing): missing, writable or unknown objects; resets baseline."""
+        alarms: list[Alarm] = []
+        for digest, (_size, ref) in self.refs.items():
+            path = object_path(self.home, digest)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                alarms.append(self._alarm("object_removed", path, ref, "object is missing"))
+                self.seen.pop(digest, None)
+                continue
+            bad = self._static_problem(st, digest)
+            if bad is not None:
+                alarms.append(self._alarm(bad[0], path, ref, bad[1]))
+            self.seen[digest] = Seen.of(st)
+        return alarms
+
+    def unknown_files(self) -> list[Path]:
+        return [p for p in list_files(self.home) if digest_of(self.home, p) not in self.refs]
+
+    def _static_problem(self, st: os.stat_result, digest: str) -> tuple[str, str] | None:
+        if not stat.S_ISREG(st.st_mode):
+            return ("object_replaced", "object is not a regular file")
+        if st.st_mode & WRITE_BITS:
+            return ("object_modified", f"object is writable (mode {stat.S_IMODE(st.st_mode):04o})")
+        if st.st_size != self.refs[digest][0]:
+            return (
+                "object_modified",
+                f"object has {st.st_size} bytes, its record {self.refs[digest][0]}",
+            )
+        return None
+
+    def _alarm(self, code: str, path: Path, ref: str | None, message: str) -> Alarm:
+        name = ref.partition("@")[0] if ref else None
+        detail = {"artifact": ref} if ref else {}
+        return Alarm(code, relpath(self.home, path), message, name=name, detail=detail)
+
+    def judge(self, path: Path, written: bool, busy: bool) -> Judgement:
+        """Judge ``path`` after kernel events (``written``: a write or truncate was seen)."""
+        digest = digest_of(self.home, path)
+        if digest is None or digest not in self.refs:
+            if not os.path.lexists(path):
+                return Judgement(Verdict.OK)
+            if path.is_dir() and path.parent == self.home.objects and len(path.name) == 2:
+                return Judgement(Verdict.OK)  # a fan-out folder
+            if busy:
+                return Judgement(Verdict.DEFER)
+            return Judgement(
+                Verdict.ALARM,
+                self._alarm("unknown_object", path, None, "no record references this file"),
+            )
+        size, ref = self.refs[digest]
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return Judgement(
+                Verdict.ALARM,
+                self._alarm("object_removed", path, ref, "object was deleted or renamed away"),
+            )
+        base = self.seen.get(digest)
+        if written:
+            what = "truncated" if st.st_size < size else "written to"
+            return Judgement(
+                Verdict.ALARM, self._alarm("object_modified", path, ref, f"object was {what}")
+            )
+        if base is None or st.st_ino != base.ino:
+            if not stat.S_ISREG(st.st_mode) or st.st_size != size or st.st_mode & WRITE_BITS:
+                return Judgement(
+                    Verdict.ALARM,
+                    self._alarm(
+                        "object_replaced", path, ref, "object was replaced by another file"
+                    ),
+                )
+            if base is None and busy:
+                return Judgement(Verdict.OK)  # just promoted and committed; import hashed it
+            if busy:
+                return Judgement(Verdict.HASH)
+            return Judgement(
+                Verdict.ALARM,
+                self._alarm("object_replaced", path, ref, "object was replaced (renamed over)"),
+            )
+        problem = self._static_problem(st, digest)
+        if problem is not None:
+            return Judgement(Verdict.ALARM, self._alarm(problem[0], path, ref, problem[1]))
+        now = Seen.of(st)
+        if (now.mode, now.uid, now.gid) != (base.mode, base.uid, base.gid):
+            return Judgement(
+                Verdict.ALARM,
+                self._alarm(
+                    "object_modified",
+                    path,
+                    ref,
+                    f"object mode or owner changed (mode {stat.S_IMODE(st.st_mode):04o}, "
+                    f"uid {st.st_uid})",
+                ),
+            )
+        if now.mtime_ns != base.mtime_ns or now.nlink != base.nlink:
+            return Judgement(
+                Verdict.ALARM,
+                self._alarm("object_modified", path, ref, "object's times or hard links changed"),
+            )
+        return Judgement(Verdict.OK)  # e.g. an inode flag set or cleared by the appliance
+
+    def alarm_for(self, code: str, path: Path, message: str) -> Alarm:
+        digest = digest_of(self.home, path)
+        ref = self.refs.get(digest, (0, None))[1] if digest else None
+        return self._alarm(code, path, ref, message)
