@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import audit, witness
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, DemoUnexpectedError
 from appliance.home import Home
 from appliance.importer import import_bundle
 from appliance.initialize import init_home
@@ -45,10 +45,6 @@ WEIGHTS = {
     "1.0": b"demo model weights, release 1.0\n" * 64,
     "2.0": b"demo model weights, release 2.0 (the one that misbehaves)\n" * 64,
 }
-
-
-class _Unexpected(ApplianceError):
-    code = "demo_unexpected"
 
 
 @dataclass(frozen=True)
@@ -178,7 +174,9 @@ class _Story:
     def load(self, version: str) -> str:
         with load("model", home=self.home) as art:
             if art.version != version or art.read() != WEIGHTS[version]:
-                raise _Unexpected(f"load returned {art.name}@{art.version}, not the signed bytes")
+                raise DemoUnexpectedError(
+                    f"load returned {art.name}@{art.version}, not the signed bytes"
+                )
             return (
                 f"model@{art.version}: {art.size} B re-hashed from a sealed copy, BLAKE3 "
                 f"{art.digest[:16]} matches, signers meet today's trust; fd {art.fd} handed over"

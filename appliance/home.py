@@ -13,7 +13,7 @@ from types import TracebackType
 import sqlite_utils
 
 from appliance.db import connect
-from appliance.errors import LockHeldError, NotInitializedError, OperationalError
+from appliance.errors import IOFailedError, LockHeldError, NotInitializedError
 
 DB_FILE = "appliance.db"
 
@@ -91,9 +91,7 @@ class HomeLock:
         try:
             self.fd = os.open(self.home.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
-            raise OperationalError(
-                f"cannot open lock {self.home.lock_path}: {e.strerror}", code="io_error"
-            ) from e
+            raise IOFailedError(f"cannot open lock {self.home.lock_path}: {e.strerror}") from e
         deadline = time.monotonic() + self.timeout
         while True:
             try:

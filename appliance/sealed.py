@@ -37,7 +37,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from appliance.errors import ObjectTamperedError, OperationalError
+from appliance.errors import DiskFullError, IOFailedError, ObjectTamperedError, OperationalError
 
 SEAL_MAX = 1 << 30
 SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
@@ -65,10 +65,8 @@ def _copy(src: int, dst: int, limit: int, what: str) -> int:
             if e.errno == errno.EINTR:
                 continue
             if e.errno in (errno.ENOSPC, errno.ENOMEM, errno.EDQUOT):
-                raise OperationalError(
-                    f"no room for a private copy of {what} ({e.strerror})", code="disk_full"
-                ) from e
-            raise OperationalError(f"cannot copy {what}: {e.strerror}", code="io_error") from e
+                raise DiskFullError(f"no room for a private copy of {what} ({e.strerror})") from e
+            raise IOFailedError(f"cannot copy {what}: {e.strerror}") from e
         if n == 0:
             break
         done += n
@@ -87,8 +85,8 @@ def _unnamed_file(staging: Path, what: str) -> int:
         staging.mkdir(mode=0o700, exist_ok=True)
         return os.open(staging, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o400)
     except OSError as e:
-        raise OperationalError(
-            f"cannot make a private copy of {what} in {staging}: {e.strerror}", code="io_error"
+        raise IOFailedError(
+            f"cannot make a private copy of {what} in {staging}: {e.strerror}"
         ) from e
 
 

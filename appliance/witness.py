@@ -26,7 +26,11 @@ import sqlite_utils
 
 from appliance import audit
 from appliance.db import get_meta
-from appliance.errors import OperationalError, StateRolledBackError, WitnessMissingError
+from appliance.errors import (
+    IOFailedError,
+    StateRolledBackError,
+    WitnessMissingError,
+)
 from appliance.truststore import Counters, counters
 from bundles.timeutil import format_time, utcnow
 
@@ -65,7 +69,7 @@ def read(path: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise OperationalError(f"cannot read witness {path}: {e.strerror}", code="io_error") from e
+        raise IOFailedError(f"cannot read witness {path}: {e.strerror}") from e
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
@@ -93,7 +97,7 @@ def write(db: sqlite_utils.Database, path: Path) -> dict[str, Any]:
             os.close(dfd)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise OperationalError(f"cannot write witness {path}: {e.strerror}", code="io_error") from e
+        raise IOFailedError(f"cannot write witness {path}: {e.strerror}") from e
     return doc
 
 
@@ -163,14 +167,19 @@ def check(db: sqlite_utils.Database, path: Path | None) -> WitnessCheck:
     return WitnessCheck(WitnessStatus.AHEAD, path, "home is ahead of its witness", doc)
 
 
+def missing_error(result: WitnessCheck) -> WitnessMissingError:
+    """The refusal for a configured witness that is absent."""
+    return WitnessMissingError(
+        f"{result.detail}; if this is a new witness location run "
+        "'appliance witness reset' (audited)"
+    )
+
+
 def require_current(db: sqlite_utils.Database, path: Path | None) -> WitnessCheck:
     """Refuse (exit 4) when the witness is configured and absent, or the home is behind."""
     result = check(db, path)
     if result.status is WitnessStatus.MISSING:
-        raise WitnessMissingError(
-            f"{result.detail}; if this is a new witness location run "
-            "'appliance witness reset' (audited)"
-        )
+        raise missing_error(result)
     if result.status is WitnessStatus.BEHIND:
         raise StateRolledBackError(
             f"appliance state was rolled back behind its witness ({result.detail}); "

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.cli.context import Context
+from appliance.errors import ExecFailedError, IOFailedError
 from appliance.home import Home
 from appliance.loader import LoadedArtifact, load_from_db
 from appliance.store import parse_ref
@@ -69,7 +70,7 @@ def _copy_out(src: int, dst: int, size: int) -> None:
             while view:
                 view = view[os.write(dst, view) :]
         if n == 0:
-            raise OperationalError("the verified copy ended early", code="io_error")
+            raise IOFailedError("the verified copy ended early")
         offset += n
 
 
@@ -82,7 +83,7 @@ def _write_file(art: LoadedArtifact, out: Path) -> None:
     except FileNotFoundError:
         st = None
     except OSError as e:
-        raise OperationalError(f"cannot write {out}: {e.strerror}", code="io_error") from e
+        raise IOFailedError(f"cannot write {out}: {e.strerror}") from e
     if st is not None and not stat.S_ISREG(st.st_mode):
         if stat.S_ISDIR(st.st_mode):
             raise UsageError(f"-o {out} is a directory")
@@ -93,13 +94,13 @@ def _write_file(art: LoadedArtifact, out: Path) -> None:
             finally:
                 os.close(fd)
         except OSError as e:
-            raise OperationalError(f"cannot write {out}: {e.strerror}", code="io_error") from e
+            raise IOFailedError(f"cannot write {out}: {e.strerror}") from e
         return
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except OSError as e:
-        raise OperationalError(f"cannot write {out}: {e.strerror}", code="io_error") from e
+        raise IOFailedError(f"cannot write {out}: {e.strerror}") from e
     try:
         try:
             _copy_out(art.fd, fd, art.size)
@@ -108,7 +109,7 @@ def _write_file(art: LoadedArtifact, out: Path) -> None:
             os.close(fd)
         os.replace(tmp, out)
     except OSError as e:
-        raise OperationalError(f"cannot write {out}: {e.strerror}", code="io_error") from e
+        raise IOFailedError(f"cannot write {out}: {e.strerror}") from e
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -150,5 +151,5 @@ def run_exec(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         os.execvpe(argv[0], argv, env)
     except OSError as e:
         art.close()
-        raise OperationalError(f"cannot run {argv[0]!r}: {e.strerror}", code="exec_failed") from e
+        raise ExecFailedError(f"cannot run {argv[0]!r}: {e.strerror}") from e
     raise AssertionError("unreachable")  # pragma: no cover
