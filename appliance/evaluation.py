@@ -37,6 +37,7 @@ __all__ = [
     "BundlePreview",
     "SignatureStatus",
     "carried_updates",
+    "claimed_statuses",
     "evaluate_source",
     "preview_bundle",
     "store_view",
@@ -104,6 +105,22 @@ def evaluate_source(
         witness_gate(db, check, bundle.manifest),
     )
     return bundle, evaluation
+
+
+def claimed_statuses(home: Home, manifests: dict[str, Manifest]) -> dict[str, str]:
+    """For manifests as media claim them (UNVERIFIED): ``new``, ``imported``, ``older``,
+    ``expired``, ``other site`` or ``refused``, by the import's own policy checks."""
+    if not manifests:
+        return {}
+    db = home.db()
+    try:
+        state, view, now = load_trust(db), store_view(db), trusted_now(db)
+    finally:
+        db.conn.close()
+    return {
+        path: evaluate_bundle(state, view, m, frozenset(), now).claimed_status
+        for path, m in manifests.items()
+    }
 
 
 # --- the preview --------------------------------------------------------------------

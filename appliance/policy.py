@@ -76,6 +76,9 @@ STATUS_BY_CODE: dict[str, str] = {
 }
 
 
+_UNCLAIMED = ("Signers", "Witness")
+
+
 @dataclass(frozen=True)
 class Evaluation:
     checks: tuple[BundleCheck, ...]
@@ -100,6 +103,16 @@ class Evaluation:
         if error is None:
             return "new"
         return STATUS_BY_CODE.get(error.code, "refused")
+
+    @property
+    def claimed_status(self) -> str:
+        """``status`` from what an UNVERIFIED manifest claims: signatures and witness aside
+        (the review checks them), is it new, already imported, older, expired, elsewhere?"""
+        error = next(
+            (c.error for c in self.checks if c.error is not None and c.label not in _UNCLAIMED),
+            None,
+        )
+        return "new" if error is None else STATUS_BY_CODE.get(error.code, "refused")
 
     def decision(self) -> Decision:
         """What to import; raises the first failing check."""

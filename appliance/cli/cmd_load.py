@@ -36,13 +36,19 @@ from bundles.errors import OperationalError, UsageError
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
     p = subs.add_parser("load", parents=[common], help="verify and write out an artifact's bytes")
-    p.add_argument("ref", metavar="NAME[@VERSION]")
-    p.add_argument("-o", "--output", type=Path, help="write the verified bytes here")
+    p.add_argument("ref", metavar="NAME[@VERSION]", help="artifact (default: the active version)")
+    p.add_argument("-o", "--output", type=Path, help="write the verified bytes here (else stdout)")
     p.set_defaults(func=run_load)
     e = subs.add_parser(
-        "exec", parents=[common], help="verify, then run a command on the verified descriptor"
+        "exec",
+        parents=[common],
+        help="verify, then run a command on the verified descriptor",
+        usage="appliance exec [options] NAME[@VERSION] -- CMD [ARG ...]",
+        epilog="Everything after -- is the command. An argument {} becomes /dev/fd/N, the "
+        "verified descriptor (also in $APPLIANCE_FD). Example: appliance exec model@2.0 -- "
+        "python serve.py --weights {}. See docs/CLI.md for exit codes.",
     )
-    e.add_argument("ref", metavar="NAME[@VERSION]")
+    e.add_argument("ref", metavar="NAME[@VERSION]", help="artifact (default: the active version)")
     e.set_defaults(func=run_exec, takes_rest=True)
 
 
