@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,11 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_tui(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    if not (_is_terminal(sys.stdin) and _is_terminal(sys.stdout)):
+        raise UsageError(
+            "appliance tui needs a terminal on stdin and stdout; scripts use the other "
+            "commands (media, import, list, audit) with --json"
+        )
     for folder in args.media:
         try:
             st = os.stat(folder)
@@ -44,3 +50,10 @@ def cmd_tui(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
 
     code = tui.run_app(ctx.home, list(args.media), ctx.witness)
     return {"tui_exit_code": code}
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

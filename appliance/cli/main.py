@@ -194,9 +194,14 @@ def run(argv: Sequence[str]) -> int:
             _catch_signals(ctx)
         result = args.func(args, ctx)
     except _ParseError as p:
+        usage, message = p.usage, p.message
+        sub = _subparser(parser, command_name(head))
+        if sub is not None and usage == parser.format_usage():  # e.g. an unknown option
+            usage = sub.format_usage()
+            message = message.replace("'appliance --help'", f"'{sub.prog} --help'")
         if not ctx.json:
-            sys.stderr.write(p.usage)
-        return _fail(ctx, UsageError.code, p.message, ExitCode.USAGE)
+            sys.stderr.write(usage)
+        return _fail(ctx, UsageError.code, message, ExitCode.USAGE)
     except _HelpRequested as h:
         if ctx.json:
             ctx.emit_json({"ok": True, "help": h.text})
@@ -226,6 +231,14 @@ def run(argv: Sequence[str]) -> int:
     if ctx.json:
         ctx.emit_json({"ok": True, **result})
     return ExitCode.OK
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str | None) -> Any:
+    """The parser of command ``name`` (None when unknown)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    return None
 
 
 _saved_handlers: dict[int, Any] = {}
