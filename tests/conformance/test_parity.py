@@ -21,8 +21,8 @@ from tui.model import review_bundle
 from .driver import Site, cli, copy_home, ok, snapshot
 from .test_attacks import CASES, Case, Ctx
 
-# Found only by reading the artifacts' bytes (the review reads the manifest and the listing).
-ARTIFACT_BYTES = {"digest_mismatch", "artifact_too_long", "media_changed"}
+# Found only by opening and reading the artifacts (the review reads the manifest and the listing).
+ARTIFACT_BYTES = {"digest_mismatch", "artifact_too_long", "artifact_truncated", "media_changed"}
 
 
 def _verdict_of_review(home: Path, path: Path, witness: Path | None = None) -> str | None:
