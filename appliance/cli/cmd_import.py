@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from appliance.cli.context import Context, utf8_clean
+from appliance.cli.context import Context, add_media_option, utf8_clean
 from appliance.cli.progress import ProgressBar
 from appliance.errors import (
     ApplianceError,
@@ -46,15 +46,7 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--new", action="store_true", help="import every new bundle on the media (see 'media')"
     )
-    p.add_argument(
-        "--media",
-        dest="media_dirs",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="with --new: a folder that counts as media (repeatable)",
-    )
+    add_media_option(p, "media_dirs", "with --new: ")
     p.add_argument("--dry-run", action="store_true", help="verify only; change nothing")
     p.add_argument("--wait", action="store_true", help="wait for a running import")
     p.add_argument(

@@ -15,10 +15,9 @@ null or {code, message}}`` (a broken bundle has its error and null fields);
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from appliance.cli.context import Context
+from appliance.cli.context import Context, add_media_option
 from appliance.mediascan import scan
 from bundles.media import printable
 
@@ -27,15 +26,7 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
     p = subs.add_parser(
         "media", parents=[common], help="removable media and the bundles on them (unverified)"
     )
-    p.add_argument(
-        "--media",
-        dest="media_dirs",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a folder that counts as media (repeatable)",
-    )
+    add_media_option(p, "media_dirs", "")
     p.set_defaults(func=run_media)
 
 

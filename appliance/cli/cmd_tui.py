@@ -10,10 +10,9 @@ import argparse
 import os
 import stat
 import sys
-from pathlib import Path
 from typing import Any
 
-from appliance.cli.context import Context
+from appliance.cli.context import Context, add_media_option
 from appliance.home import Home
 from bundles.errors import UsageError
 from bundles.media import media_error
@@ -21,14 +20,7 @@ from bundles.media import media_error
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
     p = subs.add_parser("tui", parents=[common], help="the operator's terminal UI")
-    p.add_argument(
-        "--media",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a folder that counts as removable media (repeatable)",
-    )
+    add_media_option(p, "media", "")
     p.set_defaults(func=cmd_tui)
 
 

@@ -10,6 +10,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+
+def add_media_option(parser: Any, dest: str = "media_dirs", what: str = "") -> None:
+    """``--media DIR`` (repeatable), the same for ``media``, ``import --new`` and ``tui``."""
+    parser.add_argument(
+        "--media",
+        dest=dest,
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help=f"{what}a folder that counts as removable media (repeatable)",
+    )
+
+
 _COLOURS = {"green": "32", "red": "31", "yellow": "33", "bold": "1"}
 
 
