@@ -384,3 +384,22 @@ def test_cli_media_human_output_says_unverified(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0
     assert "UNVERIFIED" in proc.stdout
+
+
+def test_names_sort_naturally(tmp_path: Path) -> None:
+    from appliance.mediascan import natural_key
+
+    names = ["models-10", "models-6", "Models-7", "models-6a", "tools-2"]
+    assert sorted(names, key=natural_key) == [
+        "models-6",
+        "models-6a",
+        "Models-7",
+        "models-10",
+        "tools-2",
+    ]
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    for n in (10, 6, 9):
+        make_bundle(stick / f"models-{n}", sequence=n)
+    [medium] = scan([stick], auto=False)
+    assert [b.name for b in medium.bundles] == ["models-6", "models-9", "models-10"]
