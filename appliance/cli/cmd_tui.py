@@ -25,11 +25,6 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_tui(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
-    if not (_is_terminal(sys.stdin) and _is_terminal(sys.stdout)):
-        raise UsageError(
-            "appliance tui needs a terminal on stdin and stdout; scripts use the other "
-            "commands (media, import, list, audit) with --json"
-        )
     for folder in args.media:
         try:
             st = os.stat(folder)
@@ -37,6 +32,11 @@ def cmd_tui(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             raise media_error(str(folder), e) from e  # absent media: exit 3, as `media`
         if not stat.S_ISDIR(st.st_mode):
             raise UsageError(f"--media {folder}: not a folder")
+    if not (_is_terminal(sys.stdin) and _is_terminal(sys.stdout)):
+        raise UsageError(
+            "appliance tui needs a terminal on stdin and stdout; scripts use the other "
+            "commands (media, import, list, audit) with --json"
+        )
     Home(ctx.home).require()
     import tui  # lazy: only this command imports textual
 
