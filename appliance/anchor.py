@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import (
+    AnchorExistsError,
     AnchorInvalidError,
     AnchorMismatchError,
     AnchorMissingError,
-    OperationalError,
+    IOFailedError,
 )
 from appliance.trust import TrustState
 from bundles.errors import KeyFormatError
@@ -239,13 +240,10 @@ def write_anchor(anchor: Anchor, *, replace: bool = False) -> None:
             os.close(dfd)
     except FileExistsError as e:
         tmp.unlink(missing_ok=True)
-        raise OperationalError(
+        raise AnchorExistsError(
             f"a trust anchor already exists at {path}; remove it only if its home was "
-            "deliberately destroyed",
-            code="anchor_exists",
+            "deliberately destroyed"
         ) from e
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise OperationalError(
-            f"cannot write trust anchor {path}: {e.strerror}", code="io_error"
-        ) from e
+        raise IOFailedError(f"cannot write trust anchor {path}: {e.strerror}") from e

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import sqlite_utils
 
-from appliance.errors import OperationalError, ReadOnlyModeError, StoreCorruptError
+from appliance.errors import (
+    DiskFullError,
+    IOFailedError,
+    LockHeldError,
+    NotInitializedError,
+    ReadOnlyError,
+    ReadOnlyModeError,
+    StoreCorruptError,
+)
 
 
 def read_only() -> bool:
@@ -61,7 +69,7 @@ CREATE INDEX IF NOT EXISTS audit_name ON audit (name, type);
 def connect(path: Path, *, create: bool = False) -> sqlite_utils.Database:
     """Open the state database; refuse a file that is not ours."""
     if not create and not path.exists():
-        raise OperationalError(f"no appliance state at {path}", code="not_initialized")
+        raise NotInitializedError(f"no appliance state at {path}")
     ro = read_only() and not create
     try:
         if ro:  # a forensic copy: SQLite itself refuses every write
@@ -82,11 +90,9 @@ def connect(path: Path, *, create: bool = False) -> sqlite_utils.Database:
                 raise StoreCorruptError(f"{path} is not an appliance state database")
     except sqlite3.DatabaseError as e:
         if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
-            raise OperationalError(f"state database {path} is busy: {e}", code="lock_held") from e
+            raise LockHeldError(f"state database {path} is busy: {e}") from e
         if isinstance(e, sqlite3.OperationalError) and "readonly" in str(e):
-            raise OperationalError(
-                f"state database {path} is read-only: {e}", code="read_only"
-            ) from e
+            raise ReadOnlyError(f"state database {path} is read-only: {e}") from e
         raise StoreCorruptError(f"state database {path} is unreadable or corrupt: {e}") from e
     return sqlite_utils.Database(conn)
 
@@ -135,11 +141,11 @@ class transaction:
 def translate_sqlite_error(e: sqlite3.Error) -> Exception:
     text = str(e)
     if "full" in text:
-        return OperationalError(f"disk full while writing state: {text}", code="disk_full")
+        return DiskFullError(f"disk full while writing state: {text}")
     if "readonly" in text or "read-only" in text:
-        return OperationalError(f"state is read-only: {text}", code="read_only")
+        return ReadOnlyError(f"state is read-only: {text}")
     if "locked" in text or "busy" in text:
-        return OperationalError(f"state database is busy: {text}", code="lock_held")
+        return LockHeldError(f"state database is busy: {text}")
     if isinstance(e, sqlite3.DatabaseError) and "malformed" in text or "not a database" in text:
         return StoreCorruptError(f"state database is corrupt: {text}")
-    return OperationalError(f"state database error: {text}", code="io_error")
+    return IOFailedError(f"state database error: {text}")

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import audit, witness
-from appliance.errors import ApplianceError, LoaderNotAuthorizedError
+from appliance.errors import ApplianceError, DemoUnexpectedError, LoaderNotAuthorizedError
 from appliance.home import Home
 from appliance.importer import import_bundle
 from appliance.initialize import init_home
@@ -60,10 +60,6 @@ WEIGHTS = {
     "1.0": b"demo model weights, release 1.0\n" * 64,
     "2.0": b"demo model weights, release 2.0 (the one that misbehaves)\n" * 64,
 }
-
-
-class _Unexpected(ApplianceError):
-    code = "demo_unexpected"
 
 
 class _Skipped(Exception):
@@ -208,7 +204,9 @@ class _Story:
     def load(self, version: str) -> str:
         with load("model", home=self.home) as art:
             if art.version != version or art.read() != WEIGHTS[version]:
-                raise _Unexpected(f"load returned {art.name}@{art.version}, not the signed bytes")
+                raise DemoUnexpectedError(
+                    f"load returned {art.name}@{art.version}, not the signed bytes"
+                )
             return (
                 f"model@{art.version}: {art.size} B re-hashed from a sealed copy, BLAKE3 "
                 f"{art.digest[:16]} matches, signers meet today's trust; fd {art.fd} handed over"
@@ -338,11 +336,11 @@ class _Story:
             raise _Skipped("skipped: no service (see the step before)")
         direct = self._as_user(self.loader, "--home", str(self.home.root), "--json", "list")
         if direct.returncode == 0:
-            raise _Unexpected(f"{self.loader} could read the home directly")
+            raise DemoUnexpectedError(f"{self.loader} could read the home directly")
         code = json.loads(direct.stdout or b"{}").get("error", {}).get("code")
         res = self._as_user(self.loader, "load", "model", "--socket", str(self.sock))
         if res.returncode != 0 or res.stdout != WEIGHTS["1.0"]:
-            raise _Unexpected(f"{self.loader} was not served: {res.stderr.decode()[-300:]}")
+            raise DemoUnexpectedError(f"{self.loader} was not served: {res.stderr.decode()[-300:]}")
         return (
             f"{self.loader}: 'appliance list' on the home directly fails ({code}: the home "
             "is 0700, the kernel refuses the path); through "

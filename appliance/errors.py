@@ -1,40 +1,59 @@
-"""Exit codes and the one function that maps an exception to an exit code.
+"""Every error class of the appliance, one per code, and the one exit-code function.
 
-The exception roots live in ``bundles.errors`` (the lowest floor) and are
-re-exported here with the appliance's own policy, state and rollback errors.
+The roots, ``ExitCode`` and the errors the bundle format and media raise live
+in ``bundles.errors`` (the lowest floor, shared with the connected side) and
+are re-exported here; the appliance's own policy, state, rollback and
+operational errors are defined below. No other module defines an error class.
+Each code is documented in docs/CLI.md (a test checks that every code is).
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
-
 from bundles.errors import (
     ApplianceError,
+    BundleNotFoundError,
+    ExitCode,
+    InputNotFoundError,
+    IOFailedError,
+    KeyExistsError,
+    KeyFileNotFoundError,
+    MediaChangedError,
+    MediaError,
+    NotABundleError,
     NotFoundError,
     OperationalError,
+    OutputExistsError,
     RejectedError,
+    SourceChangedError,
     StateSuspectError,
     UsageError,
 )
 
 
-class ExitCode(IntEnum):
-    OK = 0
-    REJECTED = 1
-    USAGE = 2
-    OPERATIONAL = 3
-    STATE_SUSPECT = 4
-
-
 def exit_code_for(exc: BaseException) -> ExitCode:
-    """The contractual exit code of any exception (unknown ones are operational)."""
-    if isinstance(exc, StateSuspectError):
-        return ExitCode.STATE_SUSPECT
-    if isinstance(exc, RejectedError):
-        return ExitCode.REJECTED
-    if isinstance(exc, UsageError):
-        return ExitCode.USAGE
+    """The contractual exit code of any exception: its root's ``exit_code``.
+
+    An exception that is not an ``ApplianceError`` (a bug) is operational.
+    """
+    if isinstance(exc, ApplianceError):
+        return ExitCode(exc.exit_code)
     return ExitCode.OPERATIONAL
+
+
+def all_error_classes() -> dict[str, type[ApplianceError]]:
+    """Every error class by its code (one class per code; a test holds it so)."""
+    found: dict[str, type[ApplianceError]] = {}
+    todo: list[type[ApplianceError]] = [ApplianceError]
+    while todo:
+        cls = todo.pop()
+        found.setdefault(cls.code, cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def error_class(code: str, default: type[ApplianceError]) -> type[ApplianceError]:
+    """The class of ``code`` (to re-raise a recorded refusal under its own class)."""
+    return all_error_classes().get(code, default)
 
 
 # --- policy (exit 1) ------------------------------------------------------------
@@ -124,6 +143,18 @@ class RevokedKeyReuseError(TrustUpdateError):
     code = "revoked_key_readded"
 
 
+class RoleConflictError(TrustUpdateError):
+    """One key, one role: an update gives a key a second role."""
+
+    code = "role_conflict"
+
+
+class RootUnusableError(TrustUpdateError):
+    """An update that would leave fewer root keys than the root threshold."""
+
+    code = "root_unusable"
+
+
 # --- rollback (exit 1) ------------------------------------------------------------
 
 
@@ -147,6 +178,16 @@ class AuthorizationMismatchError(RollbackError):
     """Authorization for another artifact, version, digest or site."""
 
     code = "authorization_mismatch"
+
+
+class MalformedAuthorizationError(RollbackError):
+    code = "malformed_authorization"
+
+
+class AlreadyActiveError(UsageError):
+    """A rollback to the version that is already active (exit 2)."""
+
+    code = "already_active"
 
 
 # --- state (exit 4) ---------------------------------------------------------------
@@ -174,6 +215,18 @@ class WitnessMissingError(StateSuspectError):
 
 class StoreCorruptError(StateSuspectError):
     code = "store_corrupt"
+
+
+class RecordUnauthorizedError(StateSuspectError):
+    """A store record that no stored signed manifest backs."""
+
+    code = "record_unauthorized"
+
+
+class PointerUnauthorizedError(StateSuspectError):
+    """An active-version pointer that no authorized, audited move explains."""
+
+    code = "pointer_unauthorized"
 
 
 # --- operational (exit 3) -----------------------------------------------------------
@@ -368,9 +421,76 @@ class AlarmAlreadyAcknowledgedError(UsageError):
     code = "alarm_already_acknowledged"
 
 
+class ReadOnlyError(OperationalError):
+    """The file system or the state database is read-only."""
+
+    code = "read_only"
+
+
+class CancelledError(OperationalError):
+    """The operator cancelled (the TUI's cancel); nothing was changed."""
+
+    code = "cancelled"
+
+
+class InterruptedOperationError(OperationalError):
+    """Ctrl-C, SIGTERM or SIGHUP; nothing was changed."""
+
+    code = "interrupted"
+
+
+class ExecFailedError(OperationalError):
+    """``exec`` verified the artifact but could not start the command."""
+
+    code = "exec_failed"
+
+
+class DemoFailedError(OperationalError):
+    """A step of ``appliance demo`` did not behave as expected."""
+
+    code = "demo_failed"
+
+
+class DemoUnexpectedError(OperationalError):
+    """The demo's load returned other bytes than were signed (a bug, never a pass)."""
+
+    code = "demo_unexpected"
+
+
+class InternalError(OperationalError):
+    """A bug: an exception that is not an ``ApplianceError`` reached the CLI."""
+
+    code = "internal_error"
+
+
+# --- operational codes that had no class of their own (merge of issues 11, 13, 16) ----
+
+
+class AnchorExistsError(OperationalError):
+    """``init`` would overwrite the trust anchor of a home that may still exist."""
+
+    code = "anchor_exists"
+
+
+class PermissionDeniedError(OperationalError):
+    """The home is closed to this user (loaders use the loader service)."""
+
+    code = "permission_denied"
+
+
+class BadActivationError(OperationalError):
+    """A socket handed over by systemd (``LISTEN_FDS``) is not a Unix stream socket."""
+
+    code = "bad_activation"
+
+
 __all__ = [
+    "AnchorExistsError",
+    "BadActivationError",
+    "PermissionDeniedError",
     "AlarmAlreadyAcknowledgedError",
     "AlarmNotFoundError",
+    "AlreadyActiveError",
     "AlreadyInitializedError",
     "AnchorInvalidError",
     "AnchorMismatchError",
@@ -381,16 +501,31 @@ __all__ = [
     "AuthorizationMismatchError",
     "AuthorizationReusedError",
     "BadRequestError",
+    "BundleNotFoundError",
+    "CancelledError",
     "CounterUnauthorizedError",
+    "DemoFailedError",
+    "DemoUnexpectedError",
     "DigestPinnedError",
     "DiskFullError",
+    "ExecFailedError",
     "ExitCode",
     "ExpiredError",
     "HomeTamperedError",
+    "IOFailedError",
+    "InputNotFoundError",
+    "InternalError",
+    "InterruptedOperationError",
+    "KeyExistsError",
+    "KeyFileNotFoundError",
     "KeyNotAuthorizedError",
     "LoaderNotAuthorizedError",
     "LockHeldError",
+    "MalformedAuthorizationError",
+    "MediaChangedError",
+    "MediaError",
     "NameOwnershipError",
+    "NotABundleError",
     "NotFoundError",
     "NotInitializedError",
     "ObjectModifiedError",
@@ -398,17 +533,23 @@ __all__ = [
     "ObjectReplacedError",
     "ObjectTamperedError",
     "OperationalError",
+    "OutputExistsError",
+    "PointerUnauthorizedError",
     "PolicyError",
+    "ReadOnlyError",
     "ReadOnlyModeError",
+    "RecordUnauthorizedError",
     "RejectedError",
     "ReleaseCounterError",
     "RequestTimeoutError",
     "RequestTooLargeError",
     "RevokedKeyError",
     "RevokedKeyReuseError",
+    "RoleConflictError",
     "RollbackError",
     "RollbackNotAuthorizedError",
     "RootRotationError",
+    "RootUnusableError",
     "SequenceOlderError",
     "SequenceReplayError",
     "ServiceBusyError",
@@ -416,6 +557,7 @@ __all__ = [
     "ServiceStoppingError",
     "ServiceUnavailableError",
     "SocketInUseError",
+    "SourceChangedError",
     "StateRolledBackError",
     "StateSuspectError",
     "StateUnauthorizedError",
@@ -436,5 +578,7 @@ __all__ = [
     "WitnessMissingError",
     "WitnessUnreadableError",
     "WrongSiteError",
+    "all_error_classes",
+    "error_class",
     "exit_code_for",
 ]

@@ -25,9 +25,10 @@ from appliance.db import connect, read_only
 from appliance.errors import (
     AlreadyInitializedError,
     HomeTamperedError,
+    IOFailedError,
     LockHeldError,
     NotInitializedError,
-    OperationalError,
+    PermissionDeniedError,
     ReadOnlyModeError,
 )
 
@@ -77,10 +78,9 @@ class Home:
         except FileNotFoundError:
             return False
         except PermissionError as e:  # a home closed to this user (issue 11): not a bug
-            raise OperationalError(
+            raise PermissionDeniedError(
                 f"cannot read the appliance home {self.root}: permission denied "
-                "(loaders use the loader service: --socket or APPLIANCE_SOCKET)",
-                code="permission_denied",
+                "(loaders use the loader service: --socket or APPLIANCE_SOCKET)"
             ) from e
         return True
 
@@ -104,9 +104,7 @@ class Home:
         except FileNotFoundError as e:
             raise NotInitializedError(f"{self.root} does not exist (run appliance init)") from e
         except OSError as e:
-            raise OperationalError(
-                f"cannot open home {self.root}: {e.strerror}", code="io_error"
-            ) from e
+            raise IOFailedError(f"cannot open home {self.root}: {e.strerror}") from e
         try:
             yield fd
         finally:
@@ -124,9 +122,7 @@ class Home:
             except safefs.UnsafeEntryError as e:
                 raise self.tampered(e) from e
             except OSError as e:
-                raise OperationalError(
-                    f"cannot open {self.root / name}: {e.strerror}", code="io_error"
-                ) from e
+                raise IOFailedError(f"cannot open {self.root / name}: {e.strerror}") from e
             try:
                 yield fd
             finally:
@@ -158,9 +154,7 @@ class Home:
             except safefs.UnsafeEntryError as e:
                 raise self.tampered(e, where) from e
             except OSError as e:
-                raise OperationalError(
-                    f"cannot inspect home {self.root}: {e.strerror}", code="io_error"
-                ) from e
+                raise IOFailedError(f"cannot inspect home {self.root}: {e.strerror}") from e
 
     def make_layout(self) -> None:
         """``init``: the home, ``objects`` (0755) and ``staging`` (0700), by descriptor; a
@@ -168,9 +162,7 @@ class Home:
         try:
             self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
         except OSError as e:
-            raise OperationalError(
-                f"cannot create {self.root}: {e.strerror}", code="io_error"
-            ) from e
+            raise IOFailedError(f"cannot create {self.root}: {e.strerror}") from e
         for name, mode in ((OBJECTS_DIR, 0o755), (STAGING_DIR, 0o700)):
             with self.open_dir(name, create=mode):
                 pass
@@ -187,9 +179,8 @@ class Home:
             try:
                 fd, name = safefs.make_temp_dir_at(root, _INIT_PREFIX)
             except OSError as e:
-                raise OperationalError(
-                    f"cannot create a private folder in {self.root}: {e.strerror}",
-                    code="io_error",
+                raise IOFailedError(
+                    f"cannot create a private folder in {self.root}: {e.strerror}"
                 ) from e
             os.close(fd)
         return self.root / name / DB_FILE
@@ -201,9 +192,8 @@ class Home:
             try:
                 folder = safefs.open_dir_at(root, tmp.parent.name)
             except (OSError, safefs.UnsafeEntryError) as e:
-                raise OperationalError(
-                    f"the new state database's folder {tmp.parent} is gone: {e}",
-                    code="io_error",
+                raise IOFailedError(
+                    f"the new state database's folder {tmp.parent} is gone: {e}"
                 ) from e
             try:
                 os.link(DB_FILE, DB_FILE, src_dir_fd=folder, dst_dir_fd=root, follow_symlinks=False)
@@ -211,9 +201,8 @@ class Home:
             except FileExistsError as e:  # another init won the race
                 raise AlreadyInitializedError(f"{self.root} is already an appliance home") from e
             except OSError as e:
-                raise OperationalError(
-                    f"cannot link the new state database into {self.root}: {e.strerror}",
-                    code="io_error",
+                raise IOFailedError(
+                    f"cannot link the new state database into {self.root}: {e.strerror}"
                 ) from e
             finally:
                 try:
@@ -260,9 +249,7 @@ class Home:
             except safefs.UnsafeEntryError as e:
                 raise self.tampered(e, f"{STAGING_DIR}/") from e
             except OSError as e:
-                raise OperationalError(
-                    f"cannot clean {self.staging}: {e.strerror}", code="io_error"
-                ) from e
+                raise IOFailedError(f"cannot clean {self.staging}: {e.strerror}") from e
 
 
 class HomeLock:
@@ -287,9 +274,7 @@ class HomeLock:
             except safefs.UnsafeEntryError as e:
                 raise self.home.tampered(e) from e
             except OSError as e:
-                raise OperationalError(
-                    f"cannot open lock {self.home.lock_path}: {e.strerror}", code="io_error"
-                ) from e
+                raise IOFailedError(f"cannot open lock {self.home.lock_path}: {e.strerror}") from e
         deadline = time.monotonic() + self.timeout
         while True:
             try:

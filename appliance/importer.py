@@ -22,26 +22,23 @@ import sqlite_utils
 
 from appliance import audit, repair, witness
 from appliance.db import transaction
-from appliance.errors import TrustUpdateReplayError
-from appliance.evidence import name_owners
+from appliance.errors import CancelledError
+from appliance.evaluation import carried_updates, evaluate_source
 from appliance.home import Home, HomeLock
-from appliance.policy import Decision, StoreView, check_bundle
-from appliance.staging import CancelledError, Progress, stage_artifact
+from appliance.policy import Decision
+from appliance.staging import Progress, stage_artifact
 from appliance.store import io_error, promote, sweep_orphans
 from appliance.trust import TrustState, apply_update
 from appliance.truststore import (
     load_trust,
     save_trust,
-    site,
-    stream_sequences,
-    trusted_now,
 )
 from bundles.documents import ResetStream, TrustUpdate
 from bundles.dsse import Envelope
 from bundles.errors import RejectedError
 from bundles.manifest import Artifact
 from bundles.media import MediaSource
-from bundles.reader import Bundle, open_bundle_media, read_trust_updates
+from bundles.reader import Bundle, open_bundle_media
 from bundles.timeutil import format_time, utcnow
 
 PARALLEL_ARTIFACTS = 2
@@ -72,12 +69,6 @@ class ImportResult:
             "trust_updates_applied": self.trust_updates,
             "bytes_verified": self.bytes_verified,
         }
-
-
-def store_view(db: sqlite_utils.Database) -> StoreView:
-    owners = name_owners(db)  # from the signed manifests, not the names table
-    digests = {(n, v): d for n, v, d in db.execute("SELECT name, version, digest FROM artifacts")}
-    return StoreView(site(db), stream_sequences(db), owners, digests)
 
 
 def apply_trust_envelope(
@@ -150,20 +141,49 @@ def _apply_carried_updates(
     In a dry run they are verified and applied in memory only.
     """
     applied: list[int] = []
-    for env in read_trust_updates(source):
-        try:
-            new, update = apply_update(state, env)
-        except TrustUpdateReplayError:
-            continue
-        except RejectedError as e:
+    try:
+        for new, update, env in carried_updates(state, source):
             if not dry_run:
-                record_refusal(db, "trust_update", e, {"source": source.location})
-            raise
+                commit_trust_update(db, new, update, env, source.location)
+            state = new
+            applied.append(state.version)
+    except RejectedError as e:
         if not dry_run:
-            commit_trust_update(db, new, update, env, source.location)
-        state = new
-        applied.append(state.version)
+            record_refusal(db, "trust_update", e, {"source": source.location})
+        raise
     return state, applied
+
+
+@dataclass
+class _Decided:
+    """The import's decision, complete: what is authenticated and what may enter.
+
+    Everything after this point (staging, promotion, the commit) acts on it and
+    decides nothing about the bundle's acceptability.
+    """
+
+    bundle: Bundle
+    decision: Decision
+    applied: list[int]
+
+
+def _decide(
+    db: sqlite_utils.Database,
+    source: MediaSource,
+    wcheck: witness.WitnessCheck,
+    path: str | os.PathLike[str],
+    dry_run: bool,
+) -> _Decided:
+    """The same steps as ``appliance.evaluation.preview_bundle``, raising the first refusal."""
+    state, applied = _apply_carried_updates(db, source, load_trust(db), dry_run)
+    try:
+        bundle, evaluation = evaluate_source(db, source, state, wcheck)
+        decision = evaluation.decision()
+    except RejectedError as e:
+        if not dry_run:
+            record_refusal(db, "import", e, {"path": os.fspath(path)})
+        raise
+    return _Decided(bundle, decision, applied)
 
 
 def import_bundle(
@@ -210,31 +230,16 @@ def _import(
                 record_refusal(db, "import", e, {"path": os.fspath(path)})
             raise
         with source:
-            state, applied = _apply_carried_updates(db, source, load_trust(db), dry_run)
-            try:
-                bundle = Bundle(source, state.resolver())
-                bundle.check_files()
-                decision = check_bundle(
-                    state,
-                    store_view(db),
-                    bundle.manifest,
-                    bundle.signers,
-                    trusted_now(db, stream=bundle.manifest.stream),
-                )
-                witness.require_resync(
-                    db, wcheck, "bundle", stream=(bundle.manifest.stream, bundle.manifest.sequence)
-                )
-            except RejectedError as e:
-                if not dry_run:
-                    record_refusal(db, "import", e, {"path": os.fspath(path)})
-                raise
+            decided = _decide(db, source, wcheck, path, dry_run)
+            # --- the decision is complete here; what follows acts on ``decided`` ---
+            bundle, decision = decided.bundle, decided.decision
             result = ImportResult(
                 path=os.fspath(path),
                 stream=bundle.manifest.stream,
                 sequence=bundle.manifest.sequence,
                 dry_run=dry_run,
                 signers=sorted(decision.counted_signers),
-                trust_updates=applied,
+                trust_updates=decided.applied,
             )
             fix = repair.damaged(home, decision.present)  # DESIGN 11.3: replace bad objects
             staged = _stage_all(home, bundle, decision, dry_run, progress, cancel, db, path, fix)

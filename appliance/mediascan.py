@@ -1,15 +1,29 @@
 """Removable media and the bundles on them, as they claim to be (read only, unverified).
 
+The one media scanner: ``appliance media``, ``appliance import --new`` and the
+TUI all use it, with the same rules and limits.
+
 Media are the mount points in ``/proc/self/mountinfo`` whose source block
 device the kernel marks removable (``/sys/block/<disk>/removable`` is 1; a
 partition such as ``sdb1`` is mapped to its disk ``sdb`` through
-``/sys/class/block/sdb1/..``), plus folders given with ``--media``. On each
-medium, the bundles are: the medium's own folder when it holds
-``manifest.dsse.json``, its immediate subdirectories that hold one, and its
-immediate ``*.tar`` files. Symlinks are never followed (neither to a bundle
-nor inside one), nothing is written, nothing is hashed: each bundle is only
-peeked at (``bundles.reader.peek``), so stream, sequence and artifact count are
-UNVERIFIED, and a broken bundle shows its error code instead.
+``/sys/class/block/sdb1/..``), loop devices mounted under ``/media`` or
+``/run/media`` (a disk image a desktop mounted for its user), plus folders
+given with ``--media``. On each medium, the bundles are: the medium's own
+folder when it holds ``manifest.dsse.json``, its immediate subdirectories that
+hold one, and its immediate ``*.tar`` files (any case: ``MODELS.TAR`` on FAT).
+Names starting with a dot are skipped (``.Trashes``, macOS ``._MODELS.TAR``).
+Immediate ``*.json`` files and those one folder down are listed as documents
+(candidate rollback authorizations). Symlinks are never followed (neither to
+a bundle nor inside one), nothing is written, nothing is hashed: each bundle
+is only peeked at (``bundles.reader.peek``), so stream, sequence and artifact
+count are UNVERIFIED, and a broken bundle shows its error code instead.
+
+Bounded cost (docs/CLI.md): at most ``MAX_ENTRIES`` names per folder, a
+manifest over ``MAX_LISTED_MANIFEST`` bytes is not read here (the review reads
+it), and one scan reads at most ``SCAN_BUDGET`` bytes of manifests; what is
+left is listed as "not read yet" and read by a later scan. A ``ScanCache``
+(the TUI keeps one across polls) re-reads a bundle only when its manifest's
+(inode, size, mtime) changes.
 
 The roots (``mountinfo``, ``sys_root``) are parameters so tests can hand in a
 fake ``/proc`` and ``/sys``.
@@ -18,8 +32,12 @@ fake ``/proc`` and ``/sys``.
 from __future__ import annotations
 
 import os
+import re
 import stat
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +47,20 @@ from bundles.reader import MANIFEST_FILE, peek
 
 MOUNTINFO = Path("/proc/self/mountinfo")
 SYS_ROOT = Path("/sys")
-MAX_ENTRIES = 1000  # entries looked at in one medium's top folder
+MAX_ENTRIES = 1000  # names looked at in one folder (a medium's top, or one level down)
 MAX_MOUNTINFO = 4 << 20
+MAX_LISTED_MANIFEST = 1 << 20  # a bigger manifest is left to the review
+SCAN_BUDGET = 32 << 20  # bytes of manifests one scan reads (the rest: a later scan)
+LOOP_MEDIA_ROOTS = ("/media/", "/run/media/")
 
 __all__ = [
     "BundleEntry",
     "Medium",
     "Mount",
+    "ScanCache",
     "find_bundles",
     "is_removable",
+    "natural_key",
     "parse_mountinfo",
     "removable_mounts",
     "scan",
@@ -63,6 +86,14 @@ class BundleEntry:
     sequence: int | None = None
     artifacts: int | None = None
     error: ApplianceError | None = None
+    total_size: int | None = None
+    expires: datetime | None = None
+    not_read: str | None = None  # why the manifest was not read by this scan
+    claimed: Any = field(default=None, compare=False, repr=False)  # the UNVERIFIED Manifest
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +102,7 @@ class BundleEntry:
             "stream": self.stream,
             "sequence": self.sequence,
             "artifacts": self.artifacts,
+            "not_read": self.not_read,
             "verified": False,
             "error": None
             if self.error is None
@@ -85,6 +117,7 @@ class Medium:
     source: str  # the mount's source device, or "--media" for a folder given by the user
     bundles: tuple[BundleEntry, ...] = ()
     error: ApplianceError | None = field(default=None)
+    documents: tuple[str, ...] = ()  # *.json: candidate rollback authorizations
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +125,7 @@ class Medium:
             "removable": self.removable,
             "source": self.source,
             "bundles": [b.to_dict() for b in self.bundles],
+            "documents": list(self.documents),
             "error": None
             if self.error is None
             else {"code": self.error.code, "message": self.error.message},
@@ -167,11 +201,14 @@ def _block_dir(mount: Mount, sys_root: Path) -> Path | None:
 
 
 def is_removable(mount: Mount, sys_root: Path = SYS_ROOT) -> bool:
-    """True when the mount's source disk is removable (a partition counts as its disk)."""
+    """True when the mount's source disk is removable (a partition counts as its disk),
+    or it is a loop device mounted under ``/media`` or ``/run/media``."""
     node = _block_dir(mount, sys_root)
     if node is None:
         return False
     disk = node.parent if (node / "partition").exists() else node
+    if (disk / "loop").is_dir() or disk.name.startswith("loop"):
+        return mount.mount_point.startswith(LOOP_MEDIA_ROOTS)
     return _read_flag(sys_root / "block" / disk.name / "removable") or _read_flag(
         disk / "removable"
     )
@@ -193,45 +230,149 @@ def removable_mounts(mountinfo: Path = MOUNTINFO, sys_root: Path = SYS_ROOT) -> 
     return sorted(found.values(), key=lambda m: m.mount_point)
 
 
-def _peek(path: str, fmt: str) -> BundleEntry:
+class ScanCache:
+    """What earlier scans read, by path and the (inode, size, mtime) of what was read.
+
+    Thread-safe; the TUI keeps one for its whole run so that a poll reads only
+    what changed. ``scan`` without one reads everything (within the budget).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[tuple[int, int, int], BundleEntry]] = {}
+
+    def get(self, path: str, key: tuple[int, int, int]) -> BundleEntry | None:
+        with self._lock:
+            hit = self._entries.get(path)
+        return hit[1] if hit is not None and hit[0] == key else None
+
+    def put(self, path: str, key: tuple[int, int, int], entry: BundleEntry) -> None:
+        with self._lock:
+            self._entries[path] = (key, entry)
+
+
+class _Budget:
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _peek(
+    path: str,
+    fmt: str,
+    size: int,
+    cache: ScanCache | None,
+    budget: _Budget,
+    key: tuple[int, int, int],
+) -> BundleEntry:
+    if cache is not None:
+        hit = cache.get(path, key)
+        if hit is not None:
+            return hit
+    if fmt == "dir" and size > MAX_LISTED_MANIFEST:
+        return BundleEntry(
+            path, fmt, not_read=f"manifest of {size} bytes: not read here; review it"
+        )
+    if size > budget.left:
+        return BundleEntry(path, fmt, not_read="not read yet (this scan's budget is spent)")
+    budget.left -= min(size, MAX_LISTED_MANIFEST) if fmt == "tar" else size
+    entry = _read_entry(path, fmt)
+    if cache is not None:
+        cache.put(path, key, entry)
+    return entry
+
+
+def _read_entry(path: str, fmt: str) -> BundleEntry:
     try:
         with open_media(path) as source:
+            manifest_size = source.files().get(MANIFEST_FILE)
+            if manifest_size is not None and manifest_size > MAX_LISTED_MANIFEST:
+                return BundleEntry(
+                    path, fmt, not_read=f"manifest of {manifest_size} bytes: not read here"
+                )
             _envelope, manifest = peek(source)
     except ApplianceError as e:
         return BundleEntry(path, fmt, error=e)
-    return BundleEntry(path, fmt, manifest.stream, manifest.sequence, len(manifest.artifacts))
+    return BundleEntry(
+        path,
+        fmt,
+        manifest.stream,
+        manifest.sequence,
+        len(manifest.artifacts),
+        total_size=sum(a.size for a in manifest.artifacts),
+        expires=manifest.expires,
+        claimed=manifest,
+    )
 
 
-def _holds_manifest(dir_fd: int) -> bool:
+def _manifest_stat(dir_fd: int) -> os.stat_result | None:
     try:
         st = os.stat(MANIFEST_FILE, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
-        return False
-    return stat.S_ISREG(st.st_mode)
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
 
 
-def find_bundles(folder: str | os.PathLike[str]) -> list[BundleEntry]:
+def _listing(fd: int, location: str) -> list[os.DirEntry[str]]:
+    """Up to ``MAX_ENTRIES`` names of the folder, dot-files skipped, sorted."""
+    try:
+        with os.scandir(fd) as it:
+            entries = [e for _, e in zip(range(MAX_ENTRIES), it, strict=False)]
+    except OSError as e:
+        raise media_error(location, e) from e
+    return sorted(
+        (e for e in entries if not e.name.startswith(".")), key=lambda e: natural_key(e.name)
+    )
+
+
+def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders ``models-6`` before ``models-10`` (digit runs as numbers)."""
+    parts = re.split(r"(\d+)", name)
+    return tuple((0, int(p)) if p.isdigit() else (1, p.casefold()) for p in parts if p)
+
+
+def _json_documents(fd: int, location: str) -> list[str]:
+    try:
+        return [
+            os.path.join(location, e.name)
+            for e in _listing(fd, location)
+            if e.name.lower().endswith(".json") and e.is_file(follow_symlinks=False)
+        ]
+    except MediaError:
+        return []
+
+
+def find_bundles(
+    folder: str | os.PathLike[str],
+    cache: ScanCache | None = None,
+    budget: _Budget | None = None,
+) -> list[BundleEntry]:
     """The bundles in ``folder`` (itself, immediate subfolders, immediate ``*.tar``).
 
     Raises ``MediaError`` (exit 3) when the folder is absent or unreadable.
     """
+    return _find(folder, cache, budget or _Budget(SCAN_BUDGET))[0]
+
+
+def _find(
+    folder: str | os.PathLike[str], cache: ScanCache | None, budget: _Budget
+) -> tuple[list[BundleEntry], list[str]]:
     location = os.fspath(folder)
     try:
         fd = os.open(location, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise media_error(location, e) from e
     found: list[BundleEntry] = []
+    documents: list[str] = []
     try:
-        if _holds_manifest(fd):
-            found.append(_peek(location, "dir"))
-        try:
-            with os.scandir(fd) as it:
-                entries = sorted(
-                    (e for _, e in zip(range(MAX_ENTRIES), it, strict=False)), key=lambda e: e.name
-                )
-        except OSError as e:
-            raise media_error(location, e) from e
-        for entry in entries:
+        top = _manifest_stat(fd)
+        if top is not None:
+            found.append(_peek(location, "dir", top.st_size, cache, budget, _stat_key(top)))
+            return found, documents
+        for entry in _listing(fd, location):
             path = os.path.join(location, entry.name)
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -247,21 +388,34 @@ def find_bundles(folder: str | os.PathLike[str]) -> list[BundleEntry]:
                 except OSError:
                     continue
                 try:
-                    holds = _holds_manifest(sub)
+                    mst = _manifest_stat(sub)
+                    if mst is None:
+                        documents += _json_documents(sub, path)
                 finally:
                     os.close(sub)
-                if holds:
-                    found.append(_peek(path, "dir"))
+                if mst is not None:
+                    found.append(_peek(path, "dir", mst.st_size, cache, budget, _stat_key(mst)))
             elif stat.S_ISREG(st.st_mode) and entry.name.lower().endswith(".tar"):
-                found.append(_peek(path, "tar"))
+                found.append(_peek(path, "tar", st.st_size, cache, budget, _stat_key(st)))
+            elif stat.S_ISREG(st.st_mode) and entry.name.lower().endswith(".json"):
+                documents.append(path)
     finally:
         os.close(fd)
-    return found
+    return found, documents
 
 
-def _medium(path: str, removable: bool, source: str, *, strict: bool) -> Medium:
+def _medium(
+    path: str,
+    removable: bool,
+    source: str,
+    cache: ScanCache | None,
+    budget: _Budget,
+    *,
+    strict: bool,
+) -> Medium:
     try:
-        return Medium(path, removable, source, tuple(find_bundles(path)))
+        bundles, documents = _find(path, cache, budget)
+        return Medium(path, removable, source, tuple(bundles), documents=tuple(documents))
     except MediaError as e:
         if strict:
             raise
@@ -269,32 +423,37 @@ def _medium(path: str, removable: bool, source: str, *, strict: bool) -> Medium:
 
 
 def scan(
-    extra: tuple[str | os.PathLike[str], ...] | list[str | os.PathLike[str]] = (),
+    extra: Sequence[str | os.PathLike[str]] = (),
     *,
     mountinfo: Path = MOUNTINFO,
     sys_root: Path = SYS_ROOT,
+    cache: ScanCache | None = None,
+    auto: bool = True,
+    strict: bool = True,
 ) -> list[Medium]:
     """Removable media, then the ``extra`` folders (each once); bundles peeked, unverified.
 
     A folder given in ``extra`` that is absent or unreadable raises ``MediaError``
-    (exit 3); an unreadable removable mount is listed with its error instead.
+    (exit 3), unless ``strict`` is false (the TUI: it is listed with its error, as an
+    unreadable removable mount always is).
     """
     media: list[Medium] = []
     seen: set[str] = set()
-    for folder in extra:
+    budget = _Budget(SCAN_BUDGET)
+    for folder in extra if strict else ():
         location = os.fspath(folder)
         try:
             os.stat(location)
         except OSError as e:
             raise media_error(location, e) from e
-    for mount in removable_mounts(mountinfo, sys_root):
+    for mount in removable_mounts(mountinfo, sys_root) if auto else []:
         seen.add(os.path.realpath(mount.mount_point))
-        media.append(_medium(mount.mount_point, True, mount.source, strict=False))
+        media.append(_medium(mount.mount_point, True, mount.source, cache, budget, strict=False))
     for folder in extra:
         location = os.fspath(folder)
         real = os.path.realpath(location)
         if real in seen:
             continue
         seen.add(real)
-        media.append(_medium(location, False, "--media", strict=True))
+        media.append(_medium(location, False, "--media", cache, budget, strict=strict))
     return media

@@ -25,26 +25,13 @@ from typing import Any
 import sqlite_utils
 
 from appliance import audit, evidence
-from appliance.errors import StateSuspectError
+from appliance.errors import PointerUnauthorizedError, RecordUnauthorizedError
 from appliance.store import Record, active_version
 from appliance.trust import TrustState, role_key
 from bundles.documents import ROLLBACK_PAYLOAD_TYPE
 from bundles.dsse import Envelope, verify_envelope
 from bundles.errors import RejectedError
 from bundles.manifest import PAYLOAD_TYPE, Manifest
-
-
-class RecordUnauthorizedError(StateSuspectError):
-    """A store record that no stored signed manifest backs."""
-
-    code = "record_unauthorized"
-
-
-class PointerUnauthorizedError(StateSuspectError):
-    """An active-version pointer that no authorized, audited move explains."""
-
-    code = "pointer_unauthorized"
-
 
 _manifest_cache: dict[bytes, Manifest] = {}
 

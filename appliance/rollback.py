@@ -38,10 +38,11 @@ import sqlite_utils
 from appliance import audit, witness
 from appliance.db import transaction
 from appliance.errors import (
+    AlreadyActiveError,
     AuthorizationExpiredError,
     AuthorizationMismatchError,
     AuthorizationReusedError,
-    RollbackError,
+    MalformedAuthorizationError,
     RollbackNotAuthorizedError,
 )
 from appliance.home import Home, HomeLock
@@ -181,9 +182,7 @@ def verify_authorization(
     try:
         auth = RollbackAuthorization.from_payload(envelope.payload)
     except ManifestFormatError as e:
-        raise RollbackError(
-            f"malformed rollback authorization: {e.message}", code="malformed_authorization"
-        ) from e
+        raise MalformedAuthorizationError(f"malformed rollback authorization: {e.message}") from e
     return auth, counted
 
 
@@ -271,9 +270,7 @@ def evaluate_authorization(
             "not active",
             current != auth.to_version,
             f"active now: {current or '-'}",
-            UsageError(
-                f"{name}@{auth.to_version} is already the active version", code="already_active"
-            ),
+            AlreadyActiveError(f"{name}@{auth.to_version} is already the active version"),
         ),
         check(
             "digest",

@@ -38,7 +38,13 @@ import os
 from pathlib import Path
 
 from appliance import safefs
-from appliance.errors import HomeTamperedError, ObjectTamperedError, OperationalError
+from appliance.errors import (
+    DiskFullError,
+    HomeTamperedError,
+    IOFailedError,
+    ObjectTamperedError,
+    OperationalError,
+)
 
 SEAL_MAX = 1 << 30
 SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
@@ -66,10 +72,8 @@ def _copy(src: int, dst: int, limit: int, what: str) -> int:
             if e.errno == errno.EINTR:
                 continue
             if e.errno in (errno.ENOSPC, errno.ENOMEM, errno.EDQUOT):
-                raise OperationalError(
-                    f"no room for a private copy of {what} ({e.strerror})", code="disk_full"
-                ) from e
-            raise OperationalError(f"cannot copy {what}: {e.strerror}", code="io_error") from e
+                raise DiskFullError(f"no room for a private copy of {what} ({e.strerror})") from e
+            raise IOFailedError(f"cannot copy {what}: {e.strerror}") from e
         if n == 0:
             break
         done += n
@@ -100,8 +104,8 @@ def _unnamed_file(staging: Path, what: str) -> int:
     except safefs.UnsafeEntryError as e:
         raise HomeTamperedError(f"cannot make a private copy of {what}: {staging}: {e}") from e
     except OSError as e:
-        raise OperationalError(
-            f"cannot make a private copy of {what} in {staging}: {e.strerror}", code="io_error"
+        raise IOFailedError(
+            f"cannot make a private copy of {what} in {staging}: {e.strerror}"
         ) from e
 
 

@@ -10,7 +10,7 @@ another file system type such as FAT, or an old kernel), the copier falls back
 to ``ArtifactReader.readinto`` and ``os.write``; the hashing is the same.
 
 Length checks stay the reader's: ``segments()`` checks every part's size first,
-a part that ends early raises ``ArtifactTruncatedError``, and the sizes are
+a part that ends early (it shrank while read) raises ``MediaChangedError``, and the sizes are
 checked again after the copy (a part that grew meanwhile is endless data:
 ``ArtifactTooLongError``). ``ArtifactReader.bytes_read`` counts the copied bytes.
 A dry run (no staging folder) reads and hashes without writing.
@@ -26,9 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
-from appliance.errors import OperationalError
+from appliance.errors import CancelledError, IOFailedError
 from appliance.store import io_error
-from bundles.errors import ArtifactTruncatedError, DigestMismatchError
+from bundles.errors import DigestMismatchError, MediaChangedError
 from bundles.hashing import new_hasher
 from bundles.manifest import Artifact
 from bundles.media import media_error
@@ -41,10 +41,6 @@ Progress = Callable[[str, int, int], None]  # artifact name, bytes done, artifac
 _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 EARLY_WRITEBACK = True
-
-
-class CancelledError(OperationalError):
-    code = "cancelled"
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -150,9 +146,8 @@ class _Chaser:
                 except OSError as e:  # the home's disk failed under the staging file
                     raise io_error(e, f"reading back {self.artifact.ref} from staging") from e
                 if n <= 0:
-                    raise OperationalError(
+                    raise IOFailedError(
                         f"{self.artifact.ref}: the staging file ended at {self.hashed} bytes",
-                        code="io_error",
                     )
                 self.hasher.update(view[:n])
                 self.hashed += n
@@ -189,9 +184,10 @@ def _kernel_copy(
                 if e.errno in _DISK_FULL:
                     raise io_error(e, f"writing {artifact.ref} to staging") from e
                 raise media_error(f"{artifact.ref}: {part.path}", e) from e
-            if n == 0:
-                raise ArtifactTruncatedError(
-                    f"{artifact.ref}: {part.path!r} ended after {done} bytes, signed {part.size}"
+            if n == 0:  # its size was right when opened: it shrank while read
+                raise MediaChangedError(
+                    f"{artifact.ref}: {part.path!r} shrank while read: it ended after {done} "
+                    f"bytes, signed {part.size}"
                 )
             _start_writeback(out, written, n)
             done += n
@@ -270,10 +266,9 @@ def _copy_and_hash(
     _check_cancel(cancel, chaser)  # a cancel while the last chunk was hashed still counts
     size = os.fstat(out).st_size
     if chaser.hashed != artifact.size or size != artifact.size:
-        raise OperationalError(
+        raise IOFailedError(
             f"{artifact.ref}: staged {size} bytes and hashed {chaser.hashed}, "
             f"signed {artifact.size}",
-            code="io_error",
         )
     return str(chaser.hasher.hexdigest())
 

@@ -18,7 +18,13 @@ from typing import Any
 import sqlite_utils
 
 from appliance import safefs
-from appliance.errors import DiskFullError, NotFoundError, OperationalError
+from appliance.errors import (
+    DiskFullError,
+    IOFailedError,
+    NotFoundError,
+    OperationalError,
+    ReadOnlyError,
+)
 from appliance.home import OBJECTS_DIR, Home
 
 
@@ -124,8 +130,8 @@ def io_error(e: OSError, what: str) -> OperationalError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(f"disk full while {what}")
     if e.errno == errno.EROFS:
-        return OperationalError(f"read-only file system while {what}", code="read_only")
-    return OperationalError(f"{what}: {e.strerror or e}", code="io_error")
+        return ReadOnlyError(f"read-only file system while {what}")
+    return IOFailedError(f"{what}: {e.strerror or e}")
 
 
 def sweep_orphans(home: Home, db: sqlite_utils.Database) -> int:

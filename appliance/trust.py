@@ -14,9 +14,10 @@ from appliance.errors import (
     KeyNotAuthorizedError,
     RevokedKeyError,
     RevokedKeyReuseError,
+    RoleConflictError,
     RootRotationError,
+    RootUnusableError,
     ThresholdError,
-    TrustUpdateError,
     TrustUpdateReplayError,
     TrustUpdateUnauthorizedError,
     TrustUpdateVersionError,
@@ -194,10 +195,9 @@ def _apply_operations(state: TrustState, update: TrustUpdate) -> TrustState:
                 raise RevokedKeyReuseError(f"key {kid[:16]} was revoked and cannot be re-added")
             role = role_key(op.role, op.stream)
             if kid in keys and keys[kid].role != role:
-                raise TrustUpdateError(
+                raise RoleConflictError(
                     f"key {kid[:16]} already holds role {describe(keys[kid].role)}; "
                     "one key, one role",
-                    code="role_conflict",
                 )
             keys[kid] = KeyEntry(op.key, role, v)
             if op.name is not None:
@@ -216,9 +216,7 @@ def _apply_operations(state: TrustState, update: TrustUpdate) -> TrustState:
                 if k.keyid in revoked:
                     raise RevokedKeyReuseError(f"root key {k.keyid[:16]} was revoked")
                 if k.keyid in keys and keys[k.keyid].role != ("root", ""):
-                    raise TrustUpdateError(
-                        f"key {k.keyid[:16]} holds another role", code="role_conflict"
-                    )
+                    raise RoleConflictError(f"key {k.keyid[:16]} holds another role")
                 keys[k.keyid] = KeyEntry(k, ("root", ""), v)
             thresholds[("root", "")] = op.threshold
         elif isinstance(op, ResetStream | ResetTime):
@@ -240,9 +238,8 @@ def _apply_operations(state: TrustState, update: TrustUpdate) -> TrustState:
     )
     roots = new.members(("root", ""))
     if new.threshold(("root", "")) > len(roots):
-        raise TrustUpdateError(
+        raise RootUnusableError(
             f"update would leave {len(roots)} root keys for a threshold of "
             f"{new.threshold(('root', ''))}",
-            code="root_unusable",
         )
     return new

@@ -28,6 +28,7 @@ from appliance import audit, safefs
 from appliance.anchor import home_key, replace_anchor_witness, write_anchor
 from appliance.db import get_meta, transaction
 from appliance.errors import (
+    IOFailedError,
     OperationalError,
     ReadOnlyModeError,
     StateRolledBackError,
@@ -114,7 +115,7 @@ def read(path: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise OperationalError(f"cannot read witness {path}: {e.strerror}", code="io_error") from e
+        raise IOFailedError(f"cannot read witness {path}: {e.strerror}") from e
     try:
         fd = safefs.open_file_at(parent, path.name, os.O_RDONLY)
         try:
@@ -126,7 +127,7 @@ def read(path: Path) -> dict[str, Any] | None:
     except safefs.UnsafeEntryError as e:
         raise WitnessUnreadableError(f"witness {path}: {e}; refusing to trust it") from e
     except OSError as e:
-        raise OperationalError(f"cannot read witness {path}: {e.strerror}", code="io_error") from e
+        raise IOFailedError(f"cannot read witness {path}: {e.strerror}") from e
     finally:
         os.close(parent)
     try:
@@ -171,7 +172,7 @@ def write(db: sqlite_utils.Database, path: Path, *, adopt: bool = False) -> dict
     except safefs.UnsafeEntryError as e:
         raise WitnessUnreadableError(f"witness {path}: {e}; not overwritten") from e
     except OSError as e:
-        raise OperationalError(f"cannot write witness {path}: {e.strerror}", code="io_error") from e
+        raise IOFailedError(f"cannot write witness {path}: {e.strerror}") from e
     return doc
 
 
@@ -242,14 +243,19 @@ def check(db: sqlite_utils.Database, path: Path | None) -> WitnessCheck:
     return WitnessCheck(WitnessStatus.AHEAD, path, "home is ahead of its witness", doc)
 
 
+def missing_error(result: WitnessCheck) -> WitnessMissingError:
+    """The refusal for a configured witness that is absent."""
+    return WitnessMissingError(
+        f"{result.detail}; if this is a new witness location run "
+        "'appliance witness reset' (audited)"
+    )
+
+
 def require_current(db: sqlite_utils.Database, path: Path | None) -> WitnessCheck:
     """Refuse (exit 4) when the witness is configured and absent, or the home is behind."""
     result = check(db, path)
     if result.status is WitnessStatus.MISSING:
-        raise WitnessMissingError(
-            f"{result.detail}; if this is a new witness location run "
-            "'appliance witness reset' (audited)"
-        )
+        raise missing_error(result)
     if result.status is WitnessStatus.BEHIND:
         raise StateRolledBackError(
             f"appliance state was rolled back behind its witness ({result.detail}); "

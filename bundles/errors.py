@@ -4,23 +4,36 @@ Two roots for untrusted input and for I/O, as in python-tuf: ``RejectedError``
 (the input is bad; a security decision) and ``OperationalError`` (the
 environment failed). Every concrete error carries a stable snake_case ``code``
 that scripts read from ``--json`` output. Caller misuse is ``UsageError``.
-The exit-code mapping lives in ``appliance.errors``; ``exit_code`` here is the
-class's contractual default so that ``bundles`` needs nothing above it.
+One class per code: a code is never passed as a string (``ApplianceError``
+takes a message only), so the class a caller catches and the code a script
+reads cannot disagree. The exit code has one source, the root's ``exit_code``
+(``appliance.errors.exit_code_for`` reads it); ``ExitCode`` lives here, on the
+lowest floor, so that ``bundles`` needs nothing above it.
 """
 
 from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The CLI contract's exit codes (docs/CLI.md)."""
+
+    OK = 0
+    REJECTED = 1
+    USAGE = 2
+    OPERATIONAL = 3
+    STATE_SUSPECT = 4
 
 
 class ApplianceError(Exception):
     """Root of every error the appliance reports to a user."""
 
     code: str = "error"
-    exit_code: int = 3
+    exit_code: ExitCode = ExitCode.OPERATIONAL
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message)
-        if code is not None:
-            self.code = code
 
     @property
     def message(self) -> str:
@@ -31,21 +44,21 @@ class RejectedError(ApplianceError):
     """Untrusted input failed a check: signature, digest, policy, format (exit 1)."""
 
     code = "rejected"
-    exit_code = 1
+    exit_code = ExitCode.REJECTED
 
 
 class OperationalError(ApplianceError):
     """I/O failed, media gone, disk full, lock held; nothing changed (exit 3)."""
 
     code = "operational_error"
-    exit_code = 3
+    exit_code = ExitCode.OPERATIONAL
 
 
 class UsageError(ApplianceError):
     """The caller asked for something malformed (exit 2)."""
 
     code = "usage"
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class NotFoundError(UsageError):
@@ -58,7 +71,7 @@ class StateSuspectError(ApplianceError):
     """The appliance's own state is suspect: tampered object, broken chain (exit 4)."""
 
     code = "state_suspect"
-    exit_code = 4
+    exit_code = ExitCode.STATE_SUSPECT
 
 
 # --- signatures and envelopes -------------------------------------------------
@@ -168,6 +181,59 @@ class MediaError(OperationalError):
     """The media is absent, unreadable, or vanished mid-read."""
 
     code = "media_unreadable"
+
+
+class BundleNotFoundError(MediaError):
+    """The bundle path (or a media folder) does not exist."""
+
+    code = "bundle_not_found"
+
+
+class MediaChangedError(MediaError):
+    """A file on media changed, shrank or vanished while it was read (flaky media)."""
+
+    code = "media_changed"
+
+
+class NotABundleError(UsageError):
+    """The path is not a bundle: a media folder, a text file, a device (operator mistake)."""
+
+    code = "not_a_bundle"
+
+
+# --- local files and I/O (exit 3) -------------------------------------------------
+
+
+class IOFailedError(OperationalError):
+    """A read or write failed (EIO and the like)."""
+
+    code = "io_error"
+
+
+class InputNotFoundError(OperationalError):
+    """A file named on the command line does not exist."""
+
+    code = "file_not_found"
+
+
+class KeyFileNotFoundError(InputNotFoundError):
+    code = "key_not_found"
+
+
+class OutputExistsError(OperationalError):
+    """An output file or folder exists; nothing is ever overwritten."""
+
+    code = "output_exists"
+
+
+class KeyExistsError(OutputExistsError):
+    code = "key_exists"
+
+
+class SourceChangedError(OperationalError):
+    """A file changed while it was being bundled."""
+
+    code = "source_changed"
 
 
 # --- artifacts ------------------------------------------------------------------

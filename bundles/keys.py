@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from bundles.errors import KeyFormatError, OperationalError
+from bundles.errors import KeyExistsError, KeyFileNotFoundError, KeyFormatError, OperationalError
 from bundles.files import read_input_file
 
 MAX_KEY_FILE_BYTES = 16 * 1024
@@ -100,7 +100,7 @@ class PrivateKey:
 
 
 def _read_key_file(path: Path) -> bytes:
-    data = read_input_file(path, MAX_KEY_FILE_BYTES, "key file", missing_code="key_not_found")
+    data = read_input_file(path, MAX_KEY_FILE_BYTES, "key file", missing=KeyFileNotFoundError)
     if len(data) > MAX_KEY_FILE_BYTES:
         raise KeyFormatError(f"key file {path} is too large to be a key")
     return data
@@ -126,9 +126,7 @@ def save_keypair(key: PrivateKey, directory: Path, name: str) -> tuple[Path, Pat
     try:
         fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as e:
-        raise OperationalError(
-            f"{priv_path} exists; refusing to overwrite a key", code="key_exists"
-        ) from e
+        raise KeyExistsError(f"{priv_path} exists; refusing to overwrite a key") from e
     except OSError as e:
         raise OperationalError(f"cannot create {priv_path}: {e.strerror}") from e
     try:

@@ -21,8 +21,11 @@ from bundles.errors import (
     ArchiveUnsafePathError,
     ArtifactMissingError,
     BadNameError,
+    BundleNotFoundError,
     ManifestTooLargeError,
+    MediaChangedError,
     MediaError,
+    NotABundleError,
     PathTooLongError,
     UnsafePathError,
 )
@@ -118,9 +121,7 @@ class MediaSource(Closing):
             if got > limit:
                 raise ManifestTooLargeError(f"{what} grew past the {limit} byte limit while read")
             if got < member.size:
-                raise MediaError(
-                    f"{what} {path!r} in {self.location} shrank while read", code="media_changed"
-                )
+                raise MediaChangedError(f"{what} {path!r} in {self.location} shrank while read")
         return bytes(buf[:got])
 
 
@@ -134,7 +135,7 @@ def media_error(location: str, e: OSError) -> MediaError:
     """An ``OSError`` on media, as a one-line ``MediaError``."""
     reason = e.strerror or type(e).__name__
     if isinstance(e, FileNotFoundError):
-        return MediaError(f"{location}: not found ({reason})", code="bundle_not_found")
+        return BundleNotFoundError(f"{location}: not found ({reason})")
     return MediaError(f"{location}: cannot read media ({reason})")
 
 
@@ -194,6 +195,4 @@ def open_media(path: str | os.PathLike[str]) -> MediaSource:
         return DirectorySource(location)
     if stat.S_ISREG(st.st_mode):
         return TarSource(location)
-    raise MediaError(
-        f"{location} is neither a bundle directory nor a tar file", code="not_a_bundle"
-    )
+    raise NotABundleError(f"{location} is neither a bundle directory nor a tar file")

@@ -19,6 +19,7 @@ from bundles.errors import (
     ArchiveLinkError,
     ArchiveSpecialFileError,
     ArtifactMissingError,
+    MediaChangedError,
     MediaError,
     NestingTooDeepError,
     TooManyArtifactsError,
@@ -163,4 +164,4 @@ class DirectorySource(MediaSource):
 
 
 def _changed(location: str, path: str) -> MediaError:
-    return MediaError(f"{location}: {path!r} changed since it was listed", code="media_changed")
+    return MediaChangedError(f"{location}: {path!r} changed since it was listed")

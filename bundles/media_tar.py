@@ -23,8 +23,8 @@ from bundles.errors import (
     ArchiveLinkError,
     ArchiveSpecialFileError,
     ArtifactMissingError,
-    MediaError,
     NestingTooDeepError,
+    NotABundleError,
     TooManyArtifactsError,
 )
 from bundles.media import (
@@ -176,6 +176,21 @@ class _HeaderFile:
         return True
 
 
+def _starts_like_tar(block: bytes) -> bool:
+    """A whole first block that is a tar header with a valid checksum, or all zeros
+    (an empty archive). A text file, an image or an empty file is not a tar at all:
+    an operator's mistake (exit 2), not a corrupt archive."""
+    if len(block) < BLOCK:
+        return False
+    if block.count(0) == BLOCK:
+        return True
+    try:
+        tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
+
+
 class TarSource(MediaSource):
     def __init__(self, location: str) -> None:
         self.location = location
@@ -186,7 +201,7 @@ class TarSource(MediaSource):
         try:
             st = os.fstat(self._fd)
             if not stat.S_ISREG(st.st_mode):
-                raise MediaError(f"{location} is not a regular file", code="not_a_bundle")
+                raise NotABundleError(f"{location} is not a regular file")
             self._members: dict[str, tuple[int, int]] = {}
             self._scan(st.st_size)
         except OSError as e:
@@ -204,6 +219,11 @@ class TarSource(MediaSource):
                 raise ArchiveError(
                     f"{self.location} is {kind}-compressed; only an uncompressed tar is read"
                 )
+        if not _starts_like_tar(os.pread(self._fd, BLOCK, 0)):
+            raise NotABundleError(
+                f"{self.location} is neither a bundle directory nor a tar file (its first "
+                "block is no tar header); give a bundle folder or a bundle's .tar"
+            )
         header = _HeaderFile(self._fd, file_size, self.location)
         names = NameTable()
         count = 0

@@ -23,6 +23,8 @@ from bundles.errors import (
     ArtifactTooLongError,
     ArtifactTruncatedError,
     DigestMismatchError,
+    MediaChangedError,
+    NotABundleError,
     PayloadTypeError,
     UnlistedFileError,
 )
@@ -99,10 +101,10 @@ class ArtifactReader(Closing):
             if len(view) == 0:
                 return 0
             got = member.readinto(view[: min(len(view), left)])
-            if got == 0:
-                raise ArtifactTruncatedError(
-                    f"{self.artifact.ref}: {part.path!r} ended after {member.pos} bytes, "
-                    f"signed {part.size}"
+            if got == 0:  # its size was right when opened: it shrank while read
+                raise MediaChangedError(
+                    f"{self.artifact.ref}: {part.path!r} shrank while read: it ended after "
+                    f"{member.pos} bytes, signed {part.size}; nothing was changed"
                 )
             self.bytes_read += got
             return got
@@ -164,7 +166,7 @@ def open_bundle_media(path: str | os.PathLike[str]) -> MediaSource:
     """
     location = os.fspath(path)
     if os.path.isdir(location) and not os.path.lexists(os.path.join(location, MANIFEST_FILE)):
-        raise ArtifactMissingError(
+        raise NotABundleError(
             f"{location} holds no {MANIFEST_FILE}: not a bundle directory (give the bundle's "
             "folder, not the media's; 'appliance media' lists the bundles on media)"
         )

@@ -28,8 +28,11 @@ from bundles.errors import (
     ApplianceError,
     BadNameError,
     DuplicateNameError,
+    InputNotFoundError,
     OperationalError,
+    OutputExistsError,
     PathTooLongError,
+    SourceChangedError,
     UnsafePathError,
     UsageError,
 )
@@ -123,7 +126,7 @@ def _stat_source(spec: ArtifactSpec) -> os.stat_result:
     try:
         st = os.stat(spec.path)
     except FileNotFoundError as e:
-        raise OperationalError(f"{spec.path}: no such file", code="file_not_found") from e
+        raise InputNotFoundError(f"{spec.path}: no such file") from e
     except OSError as e:
         raise OperationalError(f"{spec.path}: {e.strerror}") from e
     if not stat.S_ISREG(st.st_mode):
@@ -141,7 +144,7 @@ def _same(a: os.stat_result, b: os.stat_result) -> bool:
 
 
 def _changed(path: Path) -> OperationalError:
-    return OperationalError(f"{path} changed while it was bundled", code="source_changed")
+    return SourceChangedError(f"{path} changed while it was bundled")
 
 
 def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
@@ -302,14 +305,12 @@ def _write_tar(
 def _prepare_out(out: Path, tar: bool) -> None:
     if tar:
         if os.path.lexists(out):
-            raise OperationalError(f"{out} exists; refusing to overwrite", code="output_exists")
+            raise OutputExistsError(f"{out} exists; refusing to overwrite")
     elif os.path.lexists(out):
         if not out.is_dir() or out.is_symlink() or any(out.iterdir()):
-            raise OperationalError(
-                f"{out} exists and is not an empty directory", code="output_exists"
-            )
+            raise OutputExistsError(f"{out} exists and is not an empty directory")
     if not out.parent.is_dir():
-        raise OperationalError(f"{out.parent} is not a directory", code="file_not_found")
+        raise InputNotFoundError(f"{out.parent} is not a directory")
 
 
 def create_bundle(
@@ -414,7 +415,7 @@ def _build(
             _write_tar(tmp, sources, envelope, trust)
             os.chmod(tmp, 0o644)
             if os.path.lexists(out):
-                raise OperationalError(f"{out} exists; refusing to overwrite", code="output_exists")
+                raise OutputExistsError(f"{out} exists; refusing to overwrite")
             os.rename(tmp, out)
         finally:
             if tmp.exists():

@@ -10,8 +10,8 @@ import pytest
 from import_env import Env
 
 import appliance.importer as importer
+from appliance.errors import CancelledError
 from appliance.home import Home
-from appliance.staging import CancelledError
 
 
 def test_cancel_after_staging_finished_changes_nothing(

@@ -22,9 +22,11 @@ from bundles.errors import (
     ArchiveSpecialFileError,
     ArchiveUnsafePathError,
     ArtifactMissingError,
+    BundleNotFoundError,
     ManifestTooLargeError,
     MediaError,
     NestingTooDeepError,
+    NotABundleError,
     PathTooLongError,
     TooManyArtifactsError,
 )
@@ -53,12 +55,12 @@ def _tree(root: Path, files: dict[str, bytes]) -> Path:
 
 
 def test_absent_path_is_bundle_not_found_exit_3(tmp_path: Path) -> None:
-    e = _refused(tmp_path / "nope", MediaError, "bundle_not_found")
+    e = _refused(tmp_path / "nope", BundleNotFoundError, "bundle_not_found")
     assert e.exit_code == 3
 
 
 def test_fifo_path_is_not_a_bundle(tmp_path: Path) -> None:
-    _refused(fifo(tmp_path / "p"), MediaError, "not_a_bundle")
+    _refused(fifo(tmp_path / "p"), NotABundleError, "not_a_bundle")
 
 
 def test_directory_and_tar_sources(tmp_path: Path) -> None:
@@ -352,10 +354,13 @@ def test_tar_garbage_after_members(tmp_path: Path) -> None:
 def test_tar_empty_file_and_random_bytes(tmp_path: Path) -> None:
     e = tmp_path / "empty.tar"
     e.write_bytes(b"")
-    _refused(e, ArchiveError, "archive_corrupt")
+    assert _refused(e, NotABundleError, "not_a_bundle").exit_code == 2
     r = tmp_path / "rand.tar"
     r.write_bytes(os.urandom(4096))
-    _refused(r, ArchiveError, "archive_corrupt")
+    _refused(r, NotABundleError, "not_a_bundle")
+    text = tmp_path / "notes.txt"
+    text.write_text("these are my notes, not a bundle\n" * 40)
+    _refused(text, NotABundleError, "not_a_bundle")
 
 
 def test_tar_too_many_members(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

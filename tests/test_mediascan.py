@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -92,10 +93,11 @@ def fake_sys(root: Path) -> Path:
     """sdb (removable, partition sdb1), sdc (removable, no partitions), vda (fixed)."""
     sys_root = root / "sys"
     devices = sys_root / "devices" / "pci0000:00" / "usb1" / "block"
-    for disk, removable in (("sdb", "1"), ("sdc", "1"), ("vda", "0")):
+    for disk, removable in (("sdb", "1"), ("sdc", "1"), ("vda", "0"), ("loop3", "0")):
         d = devices / disk
         d.mkdir(parents=True)
         (d / "removable").write_text(removable + "\n")
+    (devices / "loop3" / "loop").mkdir()  # what the kernel shows for a loop device
     (devices / "sdb" / "sdb1").mkdir()
     (devices / "sdb" / "sdb1" / "partition").write_text("1\n")
     (devices / "vda" / "vda1").mkdir()
@@ -112,11 +114,17 @@ def fake_sys(root: Path) -> Path:
         ("sdc", "sdc"),
         ("vda", "vda"),
         ("vda1", "vda/vda1"),
+        ("loop3", "loop3"),
     ):
         os.symlink(os.path.relpath(devices / rel, cls), cls / name)
-    for disk in ("sdb", "sdc", "vda"):
+    for disk in ("sdb", "sdc", "vda", "loop3"):
         os.symlink(os.path.relpath(devices / disk, blk), blk / disk)
-    for num, rel in (("8:17", "sdb/sdb1"), ("8:32", "sdc"), ("254:1", "vda/vda1")):
+    for num, rel in (
+        ("8:17", "sdb/sdb1"),
+        ("8:32", "sdc"),
+        ("254:1", "vda/vda1"),
+        ("7:3", "loop3"),
+    ):
         os.symlink(os.path.relpath(devices / rel, devblock), devblock / num)
     return sys_root
 
@@ -187,6 +195,7 @@ def test_scan_lists_removable_media_and_their_bundles(
         "stream": "models",
         "sequence": 7,
         "artifacts": 3,
+        "not_read": None,
         "verified": False,
         "error": None,
     }
@@ -195,9 +204,106 @@ def test_scan_lists_removable_media_and_their_bundles(
     assert found["broken"]["error"]["code"] == "malformed_envelope"
     assert found["broken"]["stream"] is None
     assert found["linked"]["error"]["code"] == "archive_link"
-    assert found["fake.tar"]["error"]["code"] == "archive_corrupt"
+    assert found["fake.tar"]["error"]["code"] == "not_a_bundle"
     assert media[1].bundles == ()
     assert tree_state(usb.parent) == before  # nothing written, not even a timestamp moved
+
+
+def test_loop_device_counts_as_media_under_media_or_run_media(tmp_path: Path) -> None:
+    sys_root = fake_sys(tmp_path)
+    assert is_removable(Mount("/media/ann/IMAGE", "/dev/loop3", "vfat", "7:3"), sys_root)
+    assert is_removable(Mount("/run/media/ann/IMAGE", "/dev/loop3", "vfat", "7:3"), sys_root)
+    # a loop device elsewhere (a snap, a container image) is not media
+    assert not is_removable(Mount("/snap/core/1", "/dev/loop3", "squashfs", "7:3"), sys_root)
+    assert not is_removable(Mount("/mediaX/a", "/dev/loop3", "vfat", "7:3"), sys_root)
+
+
+def test_upper_case_tar_on_fat_and_dot_files(tmp_path: Path) -> None:
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    good = make_bundle(tmp_path / "b", sequence=4)
+    tar_directory(good, stick / "MODELS.TAR")
+    (stick / "._MODELS.TAR").write_bytes(b"\x00\x05\x16\x07 AppleDouble" * 10)
+    make_bundle(stick / ".Trashes", sequence=5)
+    (stick / "AUTH.JSON").write_text("{}")
+    (stick / ".hidden.json").write_text("{}")
+    [medium] = scan([stick], auto=False)
+    assert [(b.name, b.format, b.sequence) for b in medium.bundles] == [("MODELS.TAR", "tar", 4)]
+    assert medium.documents == (str(stick / "AUTH.JSON"),)
+
+
+def test_large_manifests_are_not_read_by_a_scan_and_the_cache_rereads_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stick of large unsigned manifests: each is left to the review, never parsed here."""
+    from appliance import mediascan
+
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    for i in range(5):
+        big = stick / f"junk-{i}"
+        big.mkdir()
+        (big / "manifest.dsse.json").write_bytes(b" " * (mediascan.MAX_LISTED_MANIFEST + 1))
+    for i in range(3):
+        make_bundle(stick / f"real-{i}", sequence=i + 1)
+    reads: list[str] = []
+    real_read = mediascan._read_entry
+
+    def counting(path: str, fmt: str) -> mediascan.BundleEntry:
+        reads.append(path)
+        return real_read(path, fmt)
+
+    monkeypatch.setattr(mediascan, "_read_entry", counting)
+    cache = mediascan.ScanCache()
+    [medium] = scan([stick], auto=False, cache=cache)
+    junk = [b for b in medium.bundles if b.name.startswith("junk")]
+    assert len(junk) == 5 and all(b.not_read and b.error is None for b in junk)
+    assert len(reads) == 3  # only the three small manifests were opened
+    [again] = scan([stick], auto=False, cache=cache)
+    assert again == medium and len(reads) == 3  # a poll with nothing changed reads nothing
+    (stick / "real-0" / "manifest.dsse.json").touch()
+    scan([stick], auto=False, cache=cache)
+    assert len(reads) == 4  # one changed manifest: one read
+
+
+def test_scan_budget_bounds_one_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance import mediascan
+
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    for i in range(4):
+        make_bundle(stick / f"b{i}", sequence=i + 1)
+    size = (stick / "b0" / "manifest.dsse.json").stat().st_size
+    monkeypatch.setattr(mediascan, "SCAN_BUDGET", 2 * size + size // 2)
+    cache = mediascan.ScanCache()
+    [first] = scan([stick], auto=False, cache=cache)
+    assert [b.not_read is None for b in first.bundles] == [True, True, False, False]
+    [second] = scan([stick], auto=False, cache=cache)  # the next poll reads the rest
+    assert all(b.not_read is None for b in second.bundles)
+
+
+def test_json_output_is_utf8_whatever_bytes_names_hold(tmp_path: Path) -> None:
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    make_bundle(stick / "ok", sequence=2)
+    os.mkdir(os.fsencode(stick) + b"/bad-\xff\x1b[31m")
+    (
+        Path(os.fsdecode(os.fsencode(stick) + b"/bad-\xff\x1b[31m")) / "manifest.dsse.json"
+    ).write_text("{")
+    argv = cli_argv(tmp_path / "unused-home", "--json", "media", "--media", stick)
+    proc = subprocess.run(argv, capture_output=True, env=cli_env(), check=False)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout.decode("utf-8"))  # strict UTF-8
+    names = [b["path"].rsplit("/", 1)[1] for b in doc["media"][0]["bundles"]]
+    assert names == ["bad-\\xff\x1b[31m", "ok"]
+    human = subprocess.run(
+        [sys.executable, "-m", "appliance", "media", "--media", str(stick)],
+        capture_output=True,
+        env=cli_env(),
+        check=False,
+    )
+    assert human.returncode == 0
+    assert b"\x1b" not in human.stdout  # escape sequences from names never reach a terminal
 
 
 def test_media_folder_given_twice_or_also_mounted_is_listed_once(
@@ -278,3 +384,22 @@ def test_cli_media_human_output_says_unverified(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0
     assert "UNVERIFIED" in proc.stdout
+
+
+def test_names_sort_naturally(tmp_path: Path) -> None:
+    from appliance.mediascan import natural_key
+
+    names = ["models-10", "models-6", "Models-7", "models-6a", "tools-2"]
+    assert sorted(names, key=natural_key) == [
+        "models-6",
+        "models-6a",
+        "Models-7",
+        "models-10",
+        "tools-2",
+    ]
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    for n in (10, 6, 9):
+        make_bundle(stick / f"models-{n}", sequence=n)
+    [medium] = scan([stick], auto=False)
+    assert [b.name for b in medium.bundles] == ["models-6", "models-9", "models-10"]

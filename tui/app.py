@@ -14,7 +14,7 @@ from textual.screen import Screen
 from textual.theme import Theme
 
 from appliance.home import Home
-from tui.mediascan import MediaInfo, MediaScanner
+from appliance.mediascan import Medium, ScanCache, scan
 
 ProgressHook = Callable[[str, int, int], None]
 
@@ -45,12 +45,15 @@ class ApplianceApp(App[int]):
         super().__init__()
         self.home = Home(Path(home))
         self.witness = witness
-        self.scanner = MediaScanner(media, auto=auto_media)
+        self.media_dirs = [Path(p) for p in media]
+        self.auto_media = auto_media
+        self.scan_cache = ScanCache()  # survives polls: a poll re-reads only what changed
+        self.scans = 0  # media scans run (one at a time: the home screen's exclusive worker)
         self.poll_interval = poll_interval
         self.cursor_blink = cursor_blink
         self.progress_hook: ProgressHook | None = None  # tests: called in the import thread
         self.clock: Callable[[], float] = time.monotonic
-        self.media: list[MediaInfo] = []  # the latest scan (Home keeps it current)
+        self.media: list[Medium] = []  # the latest scan (Home keeps it current)
         self.running_imports: set[threading.Event] = set()
         self._styles: dict[str, str] = {}
 
@@ -58,6 +61,11 @@ class ApplianceApp(App[int]):
         self.theme_changed_signal.subscribe(self, self._theme_changed)
 
     # --- screens -----------------------------------------------------------------
+
+    def scan_media(self) -> list[Medium]:
+        """One scan of the media (call from a worker thread; the cache is thread-safe)."""
+        self.scans += 1
+        return scan(self.media_dirs, cache=self.scan_cache, auto=self.auto_media, strict=False)
 
     def get_default_screen(self) -> Screen[None]:
         from tui.screen_home import HomeScreen

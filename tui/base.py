@@ -8,13 +8,16 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.screen import Screen
 
+from bundles.media import printable
+
 if TYPE_CHECKING:
     from tui.app import ApplianceApp
 
 
 def cell(text: str) -> Text:
-    """A table cell that shows ``text`` as it is: names on media are never markup."""
-    return Text(text, no_wrap=True, overflow="ellipsis")
+    """A table cell that shows ``text`` escaped: names on media are never markup, and
+    their control characters and escape sequences are shown as ``\\x1b``, never sent."""
+    return Text(printable(text, 400), no_wrap=True, overflow="ellipsis")
 
 
 class ApplianceScreen(Screen[None]):

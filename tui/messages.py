@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from textual.message import Message
 
 from appliance.importer import ImportResult
+from appliance.mediascan import Medium
 from appliance.rollback import RollbackResult
 from appliance.verify import RecordStatus
-from tui.mediascan import MediaInfo
 from tui.model import Problem, Review, RollbackPreview
 
 
 class MediaScanned(Message):
     """A poll of the media found something different from the last one."""
 
-    def __init__(self, media: list[MediaInfo]) -> None:
+    def __init__(self, media: list[Medium], statuses: dict[str, str]) -> None:
         super().__init__()
         self.media = media
+        self.statuses = statuses  # bundle path -> the core's claimed status (new, imported...)
+
+
+class HomeData(Message):
+    """The trust summary and latest events, read in a worker (never on the UI thread)."""
+
+    def __init__(self, summary: Any, log: Any, problem: Problem | None) -> None:
+        super().__init__()
+        self.summary = summary
+        self.log = log
+        self.problem = problem
 
 
 class ReviewReady(Message):

@@ -1,11 +1,9 @@
 """What the screens show, gathered from the appliance's public API (no textual here).
 
-Every function opens its own database connection and closes it, so each can
-run on the UI thread or in a worker. ``review_bundle`` is the decision shown
-before anything is imported: it authenticates the small signed manifest and
-runs the pure policy check (``appliance.policy.check_bundle``) against the
-trust state the import would use (after the trust updates the bundle carries),
-without hashing a single artifact.
+Every function opens its own database connection and closes it, so each runs
+in a worker, never on the UI thread. ``review_bundle`` formats the core's
+preview (``appliance.evaluation.preview_bundle``: the same steps and checks as
+the import, hashing nothing); no decision is made here.
 """
 
 from __future__ import annotations
@@ -20,10 +18,8 @@ from typing import Any
 import sqlite_utils
 
 from appliance import audit, witness
-from appliance.errors import TrustUpdateReplayError
+from appliance.evaluation import preview_bundle
 from appliance.home import Home
-from appliance.importer import store_view
-from appliance.policy import Decision, StoreView, check_bundle
 from appliance.rollback import (
     MAX_AUTHORIZATION_BYTES,
     evaluate_authorization,
@@ -31,15 +27,12 @@ from appliance.rollback import (
     verify_authorization,
 )
 from appliance.store import Record, active_version, records
-from appliance.trust import TrustState, apply_update, describe, role_key
+from appliance.trust import describe
 from appliance.truststore import load_trust, site, stream_sequences, trusted_now
 from bundles.documents import ROLLBACK_PAYLOAD_TYPE, RollbackAuthorization
-from bundles.dsse import Envelope, pae
+from bundles.dsse import Envelope
 from bundles.errors import ApplianceError
 from bundles.manifest import Manifest
-from bundles.media import MediaSource, open_media
-from bundles.reader import Bundle, peek, read_trust_updates
-from tui import fmt
 
 # What a refusal means, in words; the error's own message gives the particulars.
 HEADLINES: dict[str, str] = {
@@ -142,168 +135,40 @@ class Review:
         return sum(a.size for a in self.artifacts)
 
 
-def _carried_updates(state: TrustState, source: MediaSource) -> tuple[TrustState, str]:
-    """Apply the bundle's trust updates in memory, as the import will (raises on refusal)."""
-    applied: list[int] = []
-    skipped = 0
-    for env in read_trust_updates(source):
-        try:
-            state, _ = apply_update(state, env)
-        except TrustUpdateReplayError:
-            skipped += 1
-            continue
-        applied.append(state.version)
-    if not applied and not skipped:
-        return state, "none carried"
-    parts = []
-    if applied:
-        parts.append("applies " + ", ".join(f"v{v}" for v in applied) + " first")
-    if skipped:
-        parts.append(f"{skipped} already applied")
-    return state, "; ".join(parts)
-
-
-def _signatures(
-    state: TrustState, envelope: Envelope, manifest: Manifest
-) -> tuple[list[SignatureRow], int, int]:
-    publisher = role_key("publisher", manifest.stream)
-    members = state.members(publisher)
-    message = pae(envelope.payload_type, envelope.payload)
-    rows: list[SignatureRow] = []
-    seen: set[str] = set()
-    for sig in envelope.signatures:
-        kid = sig.keyid
-        entry = state.keys.get(kid)
-        role = describe(entry.role) if entry else ("revoked" if kid in state.revoked else "-")
-        if kid in seen:
-            rows.append(SignatureRow(kid, role, "duplicate: counted once", False))
-            continue
-        seen.add(kid)
-        if entry is None:
-            status = "revoked" if kid in state.revoked else "unknown key: ignored"
-            rows.append(SignatureRow(kid, role, status, False))
-        elif not entry.key.verify(sig.sig, message):
-            rows.append(SignatureRow(kid, role, "BAD SIGNATURE", False))
-        elif kid in state.revoked:
-            rows.append(
-                SignatureRow(kid, role, f"revoked in trust v{entry.revoked_version}", False)
-            )
-        elif kid in members:
-            rows.append(SignatureRow(kid, role, "valid, counts", True))
-        else:
-            rows.append(SignatureRow(kid, role, f"valid, but not {describe(publisher)}", False))
-    counted = sum(r.counts for r in rows)
-    return rows, counted, state.threshold(publisher)
-
-
-def _artifact_rows(
-    manifest: Manifest, view: StoreView, decision: Decision | None
-) -> list[ArtifactRow]:
-    rows = []
-    for a in manifest.artifacts:
-        if decision is not None:
-            status = "new" if a in decision.new else "present"
-        else:
-            stored = view.digests.get((a.name, a.version))
-            owner = view.owners.get(a.name)
-            if stored is not None:
-                status = "present" if stored == a.blake3 else "CONFLICT"
-            elif owner is not None and owner[0] != manifest.stream:
-                status = f"owned by {owner[0]}"
-            else:
-                status = "new"
-        rows.append(
-            ArtifactRow(a.name, a.version, a.release, a.size, a.media_type, a.blake3, status)
-        )
-    return rows
-
-
-def _checks(
-    manifest: Manifest,
-    view: StoreView,
-    now: datetime,
-    counted: int,
-    need: int,
-    trust_note: str,
-    witness_check: witness.WitnessCheck,
-) -> list[Check]:
-    mark = view.sequences.get(manifest.stream, 0)
-    seq = manifest.sequence
-    if seq > mark:
-        seq_text = f"{manifest.stream} #{seq}, installed #{mark}: newer"
-    elif seq == mark:
-        seq_text = f"{manifest.stream} #{seq}, installed #{mark}: REPLAYED"
-    else:
-        seq_text = f"{manifest.stream} #{seq}, installed #{mark}: OLDER"
-    sites = ", ".join(manifest.sites) if manifest.sites else "any site"
-    publisher = describe(role_key("publisher", manifest.stream))
-    met = "met" if counted >= need else "NOT met"
-    return [
-        Check("Sequence", seq > mark, seq_text),
-        Check(
-            "Expires",
-            manifest.expires > now,
-            f"{fmt.when(manifest.expires)} ({fmt.relative(manifest.expires, now)})",
-        ),
-        Check("Site", manifest.allows_site(view.site), f"{sites}; here: {view.site or '-'}"),
-        Check("Signers", counted >= need, f"{counted} of {need} {publisher}: {met}"),
-        Check("Trust upd.", None, trust_note),
-        Check(
-            "Witness",
-            witness_check.status
-            not in (witness.WitnessStatus.MISSING, witness.WitnessStatus.BEHIND),
-            witness_check.status.value,
-        ),
-    ]
-
-
 def review_bundle(home: Home, path: Path, witness_path: Path | None = None) -> Review:
-    """Authenticate the manifest, run the policy; hash nothing, never raise ApplianceError."""
-    try:
-        with opened(home) as db:
-            state = load_trust(db)
-            view = store_view(db)
-            now = trusted_now(db)
-            wcheck = witness.check(db, witness.configured_path(db, witness_path))
-        source = open_media(path)
-    except ApplianceError as e:
-        return Review(path, False, None, problem=Problem.of(e))
-    with source:
-        problem: Problem | None = None
-        if wcheck.status is witness.WitnessStatus.MISSING:
-            problem = Problem("witness_missing", wcheck.detail)
-        trust_note = "not read"
-        try:
-            state, trust_note = _carried_updates(state, source)
-        except ApplianceError as e:
-            problem = problem or Problem.of(e)
-            trust_note = f"REFUSED: {e.message}"
-        try:
-            envelope, manifest = peek(source)
-        except ApplianceError as e:
-            return Review(path, False, None, problem=problem or Problem.of(e))
-        rows, counted, need = _signatures(state, envelope, manifest)
-        verified = False
-        decision: Decision | None = None
-        try:
-            bundle = Bundle(source, state.resolver())
-            verified = True
-            bundle.check_files()
-            if problem is None:
-                decision = check_bundle(state, view, bundle.manifest, bundle.signers, now)
-        except ApplianceError as e:
-            problem = problem or Problem.of(e)
-    checks = _checks(manifest, view, now, counted, need, trust_note, wcheck)
+    """The core's preview (``appliance.evaluation.preview_bundle``), as rows; never raises."""
+    p = preview_bundle(home, path, witness_path)
+    ev = p.evaluation
+    checks = [Check(c.label, c.ok, c.detail) for c in ev.checks] if ev is not None else []
+    checks.insert(min(1, len(checks)), Check("Trust upd.", None, p.trust_note))
+    m = p.manifest
+    status = ev.artifact_status if ev is not None else {}
+    artifacts = (
+        tuple(
+            ArtifactRow(
+                a.name,
+                a.version,
+                a.release,
+                a.size,
+                a.media_type,
+                a.blake3,
+                status.get(a.ref, "unverified"),
+            )
+            for a in m.artifacts
+        )
+        if m is not None
+        else ()
+    )
     return Review(
         path,
-        verified,
-        manifest,
+        p.verified,
+        m,
         tuple(checks),
-        tuple(rows),
-        counted,
-        need,
-        tuple(_artifact_rows(manifest, view, decision)),
-        problem,
+        tuple(SignatureRow(s.keyid, s.role, s.status, s.counts) for s in p.signatures),
+        sum(s.counts for s in p.signatures),
+        ev.threshold if ev is not None else 1,
+        artifacts,
+        None if p.problem is None else Problem.of(p.problem),
     )
 
 

@@ -10,15 +10,25 @@ from textual.binding import Binding
 from textual.content import Content
 from textual.widgets import DataTable, Footer, Header, Static
 
+from appliance.evaluation import claimed_statuses
+from appliance.mediascan import Medium
 from bundles.errors import ApplianceError
 from tui import fmt
 from tui.base import ApplianceScreen, cell
-from tui.mediascan import MediaInfo
-from tui.messages import MediaScanned
-from tui.model import audit_log, event_subject, trust_summary
+from tui.messages import HomeData, MediaScanned
+from tui.model import Problem, audit_log, event_subject, trust_summary
 from tui.widget_alarms import AlarmsPanel
 
 LATEST_EVENTS = 6
+
+# What to do about a home behind its witness (the witness status is the core's).
+BEHIND_ADVICE = (
+    "This home is OLDER than its witness: it was restored from a backup or rolled back. "
+    "Imports of stale bundles, loads and rollbacks are refused. To recover, import the "
+    "newest signed bundle or trust update, or run 'appliance witness reset' (audited) "
+    "if the restore was intended."
+)
+STATUS_TONE = {"new": "ok", "imported": "muted", "older": "bad", "expired": "bad"}
 
 
 class HomeScreen(ApplianceScreen):
@@ -32,7 +42,8 @@ class HomeScreen(ApplianceScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.media: list[MediaInfo] = []
+        self.media: list[Medium] = []
+        self.statuses: dict[str, str] = {}
         self._bundle_paths: list[Path] = []
 
     def compose(self) -> ComposeResult:
@@ -50,12 +61,11 @@ class HomeScreen(ApplianceScreen):
         self.title = "appliance"
         self.sub_title = str(self.app_.home.root)
         table = self.query_one("#bundles", DataTable)
-        table.add_columns("Bundle", "Stream", "Seq", "Art.", "Size", "Media")
+        table.add_columns("Bundle", "Status", "Stream", "Seq", "Art.", "Size", "Media")
         events = self.query_one("#events", DataTable)
         events.add_columns("#", "Time (UTC)", "Event", "Outcome", "Subject")
-        self.refresh_data()
         self.show_media()
-        self.scan_media()
+        self.refresh_data()
         self.set_interval(self.app_.poll_interval, self.scan_media)
 
     def on_screen_resume(self) -> None:
@@ -65,12 +75,20 @@ class HomeScreen(ApplianceScreen):
 
     @work(thread=True, exclusive=True, group="media")
     def scan_media(self) -> None:
-        media = self.app_.scanner.scan()
-        self.post_message(MediaScanned(media))
+        """One scan at a time (exclusive: a new poll cancels a pending one; the app's
+        scan cache survives polls, so an unchanged stick costs a directory listing)."""
+        media = self.app_.scan_media()
+        claimed = {b.path: b.claimed for m in media for b in m.bundles if b.claimed is not None}
+        try:
+            statuses = claimed_statuses(self.app_.home, claimed)
+        except ApplianceError:
+            statuses = {}
+        self.post_message(MediaScanned(media, statuses))
 
     def on_media_scanned(self, message: MediaScanned) -> None:
-        if message.media != self.media:
+        if message.media != self.media or message.statuses != self.statuses:
             self.media = message.media
+            self.statuses = message.statuses
             self.app_.media = message.media
             self.show_media()
 
@@ -87,26 +105,24 @@ class HomeScreen(ApplianceScreen):
         for medium in self.media:
             where = fmt.tail(str(medium.path), 24)
             for b in medium.bundles:
-                self._bundle_paths.append(b.path)
-                if b.error_code:
+                self._bundle_paths.append(Path(b.path))
+                name = cell(b.name + ("" if b.format == "dir" else " (tar)"))
+                if b.error is not None or b.not_read is not None:
+                    status = f"unreadable: {b.error.code}" if b.error else "not read"
                     table.add_row(
-                        cell(b.name),
-                        tone(f"unreadable: {b.error_code}", "bad"),
-                        "",
-                        "",
-                        "",
-                        cell(where),
-                        key=str(b.path),
+                        name, tone(status, "bad"), "", "", "", "", cell(where), key=b.path
                     )
                     continue
+                status = self.statuses.get(b.path, "?")
                 table.add_row(
-                    cell(b.name + ("" if b.kind == "dir" else " (tar)")),
+                    name,
+                    tone(status, STATUS_TONE.get(status, "bad")),
                     cell(b.stream or ""),
                     str(b.sequence),
                     str(b.artifacts),
-                    fmt.size(b.total_size),
+                    fmt.size(b.total_size or 0),
                     cell(where),
-                    key=str(b.path),
+                    key=b.path,
                 )
         note = self.query_one("#no-media", Static)
         if not self.media:
@@ -122,17 +138,31 @@ class HomeScreen(ApplianceScreen):
     # --- trust summary and events --------------------------------------------------
 
     def refresh_data(self) -> None:
-        summary = self.query_one("#trust-summary", Static)
-        events = self.query_one("#events", DataTable)
-        events.clear()
+        self._read_home()
+        self.scan_media()  # statuses change with the store (an import, a rollback)
+
+    @work(thread=True, exclusive=True, group="home-data")
+    def _read_home(self) -> None:
+        """The audit chain walk and the store reads run here, never on the UI thread."""
         try:
             t = trust_summary(self.app_.home, self.app_.witness)
             log = audit_log(self.app_.home, last=LATEST_EVENTS)
         except ApplianceError as e:
+            self.post_message(HomeData(None, None, Problem.of(e)))
+            return
+        self.post_message(HomeData(t, log, None))
+
+    def on_home_data(self, message: HomeData) -> None:
+        summary = self.query_one("#trust-summary", Static)
+        events = self.query_one("#events", DataTable)
+        events.clear()
+        if message.problem is not None:
+            e = message.problem
             summary.update(
                 Content.styled(f"Cannot read the home: [{e.code}] {e.message}", "$text-error")
             )
             return
+        t, log = message.summary, message.log
         streams = ", ".join(f"{s} #{n}" for s, n in sorted(t.streams.items())) or "none yet"
         chain = (
             Content.styled(f"BROKEN: {t.audit_problem.message}", "bold $text-error")
@@ -155,6 +185,11 @@ class HomeScreen(ApplianceScreen):
                 f"{streams} · ",
                 ("Audit ", "bold"),
                 chain,
+                *(
+                    ("\n", Content.styled(BEHIND_ADVICE, "$text-error"))
+                    if t.witness_status == "home_behind"
+                    else ()
+                ),
             )
         )
         tone = self.app_.tone

@@ -63,7 +63,7 @@ class RollbackScreen(SubScreen):
                 "each one is single use.",
             )
         )
-        self.files = [p for m in self.app_.media for p in m.documents]
+        self.files = [Path(p) for m in self.app_.media for p in m.documents]
         options = self.query_one("#auth-files", OptionList)
         options.clear_options()
         for p in self.files:

@@ -17,7 +17,8 @@ from typing import Any
 
 from appliance.cli.context import Context
 from appliance.demo import run_demo
-from bundles.errors import OperationalError, UsageError
+from appliance.errors import DemoFailedError
+from bundles.errors import UsageError
 
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
@@ -41,10 +42,9 @@ def run(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         if not result.ok:
             ctx.extra = out
             failed = [s for s in result.steps if not s.ok]
-            raise OperationalError(
+            raise DemoFailedError(
                 f"demo step {failed[0].number} ({failed[0].title}) did not behave as expected: "
                 f"expected {failed[0].expected}, got {failed[0].outcome}",
-                code="demo_failed",
             )
         ctx.say(f"demo passed: all {len(result.steps)} steps behaved as expected")
         if args.tui:

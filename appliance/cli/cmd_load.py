@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.cli.context import Context
-from appliance.errors import StdoutIsTerminalError
+from appliance.errors import ExecFailedError, IOFailedError, StdoutIsTerminalError
 from appliance.home import Home
 from appliance.loader import LoadedArtifact, load_from_db
 from appliance.store import parse_ref
@@ -48,14 +48,20 @@ from bundles.errors import ApplianceError, OperationalError, UsageError
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
     p = subs.add_parser("load", parents=[common], help="verify and write out an artifact's bytes")
-    p.add_argument("ref", metavar="NAME[@VERSION]")
-    p.add_argument("-o", "--output", type=Path, help="write the verified bytes here")
+    p.add_argument("ref", metavar="NAME[@VERSION]", help="artifact (default: the active version)")
+    p.add_argument("-o", "--output", type=Path, help="write the verified bytes here (else stdout)")
     _service_options(p)
     p.set_defaults(func=run_load)
     e = subs.add_parser(
-        "exec", parents=[common], help="verify, then run a command on the verified descriptor"
+        "exec",
+        parents=[common],
+        help="verify, then run a command on the verified descriptor",
+        usage="appliance exec [options] NAME[@VERSION] -- CMD [ARG ...]",
+        epilog="Everything after -- is the command. An argument {} becomes /dev/fd/N, the "
+        "verified descriptor (also in $APPLIANCE_FD). Example: appliance exec model@2.0 -- "
+        "python serve.py --weights {}. See docs/CLI.md for exit codes.",
     )
-    e.add_argument("ref", metavar="NAME[@VERSION]")
+    e.add_argument("ref", metavar="NAME[@VERSION]", help="artifact (default: the active version)")
     _service_options(e)
     e.add_argument(
         "--refusal-status",
@@ -116,7 +122,7 @@ def _copy_out(src: int, dst: int, size: int) -> None:
             while view:
                 view = view[os.write(dst, view) :]
         if n == 0:
-            raise OperationalError("the verified copy ended early", code="io_error")
+            raise IOFailedError("the verified copy ended early")
         offset += n
 
 
@@ -129,7 +135,7 @@ def _write_file(art: LoadedArtifact, out: Path) -> None:
     except FileNotFoundError:
         st = None
     except OSError as e:
-        raise OperationalError(f"cannot write {out}: {e.strerror}", code="io_error") from e
+        raise IOFailedError(f"cannot write {out}: {e.strerror}") from e
     if st is not None and not stat.S_ISREG(st.st_mode):
         if stat.S_ISDIR(st.st_mode):
             raise UsageError(f"-o {out} is a directory")
@@ -140,13 +146,13 @@ def _write_file(art: LoadedArtifact, out: Path) -> None:
             finally:
                 os.close(fd)
         except OSError as e:
-            raise OperationalError(f"cannot write {out}: {e.strerror}", code="io_error") from e
+            raise IOFailedError(f"cannot write {out}: {e.strerror}") from e
         return
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except OSError as e:
-        raise OperationalError(f"cannot write {out}: {e.strerror}", code="io_error") from e
+        raise IOFailedError(f"cannot write {out}: {e.strerror}") from e
     try:
         try:
             _copy_out(art.fd, fd, art.size)
@@ -155,7 +161,7 @@ def _write_file(art: LoadedArtifact, out: Path) -> None:
             os.close(fd)
         os.replace(tmp, out)
     except OSError as e:
-        raise OperationalError(f"cannot write {out}: {e.strerror}", code="io_error") from e
+        raise IOFailedError(f"cannot write {out}: {e.strerror}") from e
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -218,5 +224,5 @@ def _exec(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         os.execvpe(argv[0], argv, env)
     except OSError as e:
         art.close()
-        raise OperationalError(f"cannot run {argv[0]!r}: {e.strerror}", code="exec_failed") from e
+        raise ExecFailedError(f"cannot run {argv[0]!r}: {e.strerror}") from e
     raise AssertionError("unreachable")  # pragma: no cover

@@ -19,7 +19,7 @@ from typing import Any
 
 from appliance.cli.cmd_history import parse_at
 from appliance.cli.context import Context
-from appliance.errors import PolicyError, StateSuspectError
+from appliance.errors import PolicyError, StateSuspectError, error_class
 from appliance.history import active_at
 from appliance.home import Home
 from appliance.store import find, parse_ref, records
@@ -89,18 +89,16 @@ def run_verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     }
     if tampered:
         ctx.extra = summary
-        raise StateSuspectError(
+        raise error_class(tampered[0].code or "", StateSuspectError)(
             f"{len(tampered)} of {len(results)} stored artifact(s) tampered or unauthorized: "
-            + ", ".join(f"{r.record.name}@{r.record.version} ({r.code})" for r in tampered),
-            code=tampered[0].code,
+            + ", ".join(f"{r.record.name}@{r.record.version} ({r.code})" for r in tampered)
         )
     if untrusted:
         ctx.extra = summary
         first = untrusted[0]
-        raise PolicyError(
+        raise error_class(first.code or "", PolicyError)(
             f"{len(untrusted)} record(s) no longer meet today's trust "
-            f"({first.record.name}@{first.record.version}: {first.message})",
-            code=first.code or "untrusted",
+            f"({first.record.name}@{first.record.version}: {first.message})"
         )
     ctx.say(f"{len(results)} artifact(s) verified")
     return summary

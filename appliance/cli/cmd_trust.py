@@ -90,9 +90,18 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
     trust = subs.add_parser("trust", parents=[common], help="trust updates and the trust store")
     ts = trust.add_subparsers(dest="trust_command", metavar="ACTION", parser_class=type(trust))
 
-    up = ts.add_parser("update", parents=[common], help="make a root-signed trust update")
-    up.add_argument("out", type=Path)
-    up.add_argument("--version", type=int, required=True)
+    up = ts.add_parser(
+        "update",
+        parents=[common],
+        help="make a root-signed trust update",
+        epilog="Operations apply in the order given; --role and --stream bind to the --add-key "
+        "before them. Example: appliance trust update v2.json --version 2 --key root.key "
+        "--add-key pub.pub --role publisher --stream models",
+    )
+    up.add_argument("out", type=Path, help="the trust update file to write")
+    up.add_argument(
+        "--version", type=int, required=True, help="the new trust version (current + 1)"
+    )
     up.add_argument(
         "--key",
         type=Path,
@@ -100,12 +109,38 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
         required=True,
         help="root private key (old and, for --rotate-root, new)",
     )
-    up.add_argument("--add-key", dest="add_key", action=_Op, metavar="PUB")
-    up.add_argument("--role", dest="role", action=_Op, choices=("publisher", "rollback"))
-    up.add_argument("--stream", dest="stream", action=_Op)
-    up.add_argument("--revoke", dest="revoke", action=_Op, metavar="KEYID")
-    up.add_argument("--threshold", dest="threshold", action=_Op, metavar="ROLE[:STREAM]=N")
-    up.add_argument("--rotate-root", dest="rotate_root", action=_Op, nargs="+", metavar="PUB")
+    up.add_argument(
+        "--add-key", dest="add_key", action=_Op, metavar="PUB", help="add a public key (op)"
+    )
+    up.add_argument(
+        "--role",
+        dest="role",
+        action=_Op,
+        choices=("publisher", "rollback"),
+        help="the role of the --add-key before it",
+    )
+    up.add_argument(
+        "--stream", dest="stream", action=_Op, help="the stream of the --add-key before it"
+    )
+    up.add_argument(
+        "--revoke", dest="revoke", action=_Op, metavar="KEYID", help="revoke a key (op)"
+    )
+    up.add_argument(
+        "--threshold",
+        dest="threshold",
+        action=_Op,
+        metavar="ROLE[:STREAM]=N",
+        help="signatures a role needs (op)",
+    )
+    up.add_argument(
+        "--rotate-root",
+        dest="rotate_root",
+        action=_Op,
+        nargs="+",
+        metavar="PUB",
+        help="replace the root keys (op; sign with old and new)",
+    )
+    up.add_argument("--root-threshold", type=int, help="root threshold for --rotate-root")
     up.add_argument(
         "--name", dest="name", action=_Op, metavar="LABEL", help="a label for the --add-key before"
     )
@@ -114,20 +149,35 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
         dest="reset_stream",
         action=_Op,
         metavar="STREAM=N",
-        help="recovery: set STREAM's high-water mark back to N (undoes a compromised key's)",
+        help="recovery (op): set STREAM's high-water mark back to N",
     )
     up.add_argument(
         "--reset-time",
         dest="reset_time",
         action=_Op,
         metavar="ISO8601",
-        help="recovery: set every trusted-time floor back to this time",
+        help="recovery (op): set every trusted-time floor back to this time",
     )
-    up.add_argument("--root-threshold", type=int)
-    up.add_argument("--allow-loader", dest="allow_loader", action=_Op, metavar="USER")
-    up.add_argument("--artifact", dest="artifact", action=_Op, metavar="NAME")
-    up.add_argument("--any-version", dest="any_version", action=_Op, nargs=0)
-    up.add_argument("--deny-loader", dest="deny_loader", action=_Op, metavar="USER")
+    up.add_argument(
+        "--allow-loader",
+        dest="allow_loader",
+        action=_Op,
+        metavar="USER",
+        help="grant USER or unit:NAME.service loads through the service (op)",
+    )
+    up.add_argument(
+        "--artifact", dest="artifact", action=_Op, metavar="NAME", help="limit the grant before"
+    )
+    up.add_argument(
+        "--any-version",
+        dest="any_version",
+        action=_Op,
+        nargs=0,
+        help="the grant before covers every stored version, not only the active one",
+    )
+    up.add_argument(
+        "--deny-loader", dest="deny_loader", action=_Op, metavar="USER", help="withdraw grants (op)"
+    )
     up.set_defaults(func=run_update, ops=None)
 
     ap = ts.add_parser("apply", parents=[common], help="apply a trust update file")

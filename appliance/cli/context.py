@@ -3,10 +3,38 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+
+def add_media_option(parser: Any, dest: str = "media_dirs", what: str = "") -> None:
+    """``--media DIR`` (repeatable), the same for ``media``, ``import --new`` and ``tui``."""
+    parser.add_argument(
+        "--media",
+        dest=dest,
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help=f"{what}a folder that counts as removable media (repeatable)",
+    )
+
+
+_COLOURS = {"green": "32", "red": "31", "yellow": "33", "bold": "1"}
+
+
+def colour_wanted(stream: TextIO) -> bool:
+    """Colour only on a terminal, never under ``NO_COLOR`` (any value) or ``TERM=dumb``."""
+    if "NO_COLOR" in os.environ or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 @dataclass
@@ -19,15 +47,59 @@ class Context:
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
     extra: dict[str, Any] = field(default_factory=dict)  # fields kept in a failure's JSON
+    quiet: bool = False  # no human text on stdout (errors still go to stderr)
+    # Set by SIGINT, SIGTERM or SIGHUP. A command that sets ``cancellable`` polls
+    # ``cancel`` and stops cleanly; otherwise the signal raises KeyboardInterrupt.
+    cancel: threading.Event = field(default_factory=threading.Event)
+    cancellable: bool = False
+    interrupted_by: str | None = None
 
     def say(self, text: str) -> None:
         """Human text: stdout normally, stderr under ``--json`` (stdout is for JSON)."""
+        if self.quiet:
+            return
         stream = self.stderr if self.json else self.stdout
         print(text, file=stream)
 
     def warn(self, text: str) -> None:
         print(text, file=self.stderr)
 
+    def paint(self, text: str, colour: str, stream: TextIO | None = None) -> str:
+        """``text`` in ``colour`` when the stream it goes to wants colour, else as is."""
+        target = stream or (self.stderr if self.json else self.stdout)
+        if not colour_wanted(target):
+            return text
+        return f"\033[{_COLOURS[colour]}m{text}\033[0m"
+
     def emit_json(self, obj: dict[str, Any]) -> None:
-        self.stdout.write(json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n")
+        text = json.dumps(obj, sort_keys=True, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a name's undecodable bytes: show them, stay UTF-8
+            text = json.dumps(utf8_clean(obj), sort_keys=True, ensure_ascii=False)
+        self.stdout.write(text + "\n")
         self.stdout.flush()
+
+
+def utf8_text(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name (surrogate escapes) as ``\\xNN``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def utf8_clean(obj: Any) -> Any:
+    """``obj`` (JSON data) with every string made encodable as UTF-8 (``utf8_text``)."""
+    if isinstance(obj, str):
+        return utf8_text(obj)
+    if isinstance(obj, dict):
+        return {utf8_text(str(k)): utf8_clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [utf8_clean(v) for v in obj]
+    return obj

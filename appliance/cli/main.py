@@ -11,16 +11,25 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
 
 from appliance.cli.context import Context
-from appliance.errors import ExitCode, exit_code_for
+from appliance.errors import (
+    ApplianceError,
+    CancelledError,
+    ExitCode,
+    InternalError,
+    InterruptedOperationError,
+    UsageError,
+    exit_code_for,
+)
 from appliance.version import __version__
-from bundles.errors import ApplianceError, UsageError
 
 Command = Callable[[argparse.Namespace, Context], dict[str, Any]]
 
@@ -46,7 +55,11 @@ GROUPS: dict[str, str] = {
     "serve": "cmd_serve",
     "watch": "cmd_watch",
     "alarms": "cmd_watch",
+    "completion": "cmd_completion",
 }
+# Commands that handle signals themselves (the TUI's event loop; long-running services).
+_OWN_SIGNALS = {"tui", "serve", "watch"}
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _VALUED_GLOBALS = ("--home", "--witness", "--anchor")
 
 
@@ -84,11 +97,20 @@ class _HelpRequested(Exception):
         self.text = text
 
 
+class _ParseError(Exception):
+    """argparse refused the arguments; carries the usage line of the (sub)command."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.usage = usage
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so usage errors and help get our format."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        raise _ParseError(f"{message} (see '{self.prog} --help')", self.format_usage())
 
     def print_help(self, file: Any = None) -> None:
         raise _HelpRequested(self.format_help())
@@ -154,7 +176,12 @@ def _context(args: argparse.Namespace) -> Context:
         os.environ["APPLIANCE_ANCHOR"] = os.path.abspath(args.anchor)
     if args.read_only:
         os.environ["APPLIANCE_READ_ONLY"] = "1"
-    return Context(home=args.home or default_home(), json=bool(args.json), witness=witness)
+    return Context(
+        home=args.home or default_home(),
+        json=bool(args.json),
+        witness=witness,
+        quiet=bool(getattr(args, "quiet", False)),
+    )
 
 
 def _split_dashdash(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -176,38 +203,101 @@ def run(argv: Sequence[str]) -> int:
     ctx = Context(home=Path(), json=wants_json)
     try:
         head, tail = _split_dashdash(argv)
-        args = build_parser(command_name(head)).parse_args(head)
+        parser = build_parser(command_name(head))
+        args = parser.parse_args(head)
         args.rest = tail
         if not getattr(args, "func", None):
-            raise UsageError("appliance: a command is required (see appliance --help)")
+            raise _ParseError(
+                "a command is required (see 'appliance --help')", parser.format_usage()
+            )
         if tail and not getattr(args, "takes_rest", False):
             raise UsageError(f"appliance {args.command}: unexpected arguments after --")
         ctx = _context(args)
+        if args.command not in _OWN_SIGNALS:
+            _catch_signals(ctx)
         result = args.func(args, ctx)
+    except _ParseError as p:
+        usage, message = p.usage, p.message
+        sub = _subparser(parser, command_name(head))
+        if sub is not None and usage == parser.format_usage():  # e.g. an unknown option
+            usage = sub.format_usage()
+            message = message.replace("'appliance --help'", f"'{sub.prog} --help'")
+        if not ctx.json:
+            sys.stderr.write(usage)
+        return _fail(ctx, UsageError.code, message, ExitCode.USAGE)
     except _HelpRequested as h:
         if ctx.json:
             ctx.emit_json({"ok": True, "help": h.text})
         else:
             sys.stdout.write(h.text)
         return ExitCode.OK
+    except CancelledError as e:
+        if ctx.interrupted_by is None:
+            return _fail(ctx, e.code, e.message, exit_code_for(e))
+        return _interrupted(ctx)
     except ApplianceError as e:
         # ``exec --refusal-status N`` (issue 16) sets ``exit_status`` on its refusals.
         return _fail(ctx, e.code, e.message, getattr(e, "exit_status", None) or exit_code_for(e))
     except KeyboardInterrupt:
-        return _fail(ctx, "interrupted", "interrupted; nothing was changed", ExitCode.OPERATIONAL)
+        return _interrupted(ctx)
     except Exception as e:  # last line of defence: one line, not a traceback
         if os.environ.get("APPLIANCE_DEBUG"):
             raise
         return _fail(
             ctx,
-            "internal_error",
+            InternalError.code,
             f"internal error ({type(e).__name__}: {e}); this is a bug — rerun with "
             "APPLIANCE_DEBUG=1 for a traceback. Store changes are all-or-nothing.",
-            ExitCode.OPERATIONAL,
+            ExitCode(InternalError.exit_code),
         )
+    finally:
+        _restore_signals()
     if ctx.json:
         ctx.emit_json({"ok": True, **result})
     return ExitCode.OK
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str | None) -> Any:
+    """The parser of command ``name`` (None when unknown)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    return None
+
+
+_saved_handlers: dict[int, Any] = {}
+
+
+def _catch_signals(ctx: Context) -> None:
+    """SIGTERM (``timeout``, systemd) and SIGHUP (a closed terminal) count as Ctrl-C.
+
+    A cancellable command (``ctx.cancellable``: an import) gets its ``cancel`` event
+    set and stops at its next check, removing its staging files; any other command
+    is interrupted at once. Either way the JSON says ``interrupted``, exit 3.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach only the main thread (``run`` called from a worker)
+
+    def handler(signum: int, frame: Any) -> None:
+        ctx.interrupted_by = signal.Signals(signum).name
+        ctx.cancel.set()
+        if not ctx.cancellable:
+            raise KeyboardInterrupt
+
+    for sig in _SIGNALS:
+        _saved_handlers[sig] = signal.signal(sig, handler)
+
+
+def _restore_signals() -> None:
+    while _saved_handlers:
+        sig, old = _saved_handlers.popitem()
+        signal.signal(sig, old)
+
+
+def _interrupted(ctx: Context) -> int:
+    by = ctx.interrupted_by or "SIGINT"
+    error = InterruptedOperationError(f"interrupted ({by}); nothing was changed")
+    return _fail(ctx, error.code, error.message, exit_code_for(error))
 
 
 def _fail(ctx: Context, code: str, message: str, exit_code: int) -> int:
@@ -220,7 +310,8 @@ def _fail(ctx: Context, code: str, message: str, exit_code: int) -> int:
                 "exit_code": int(exit_code),
             }
         )
-    print(f"appliance: error [{code}]: {message}", file=sys.stderr)
+    label = ctx.paint("error", "red", sys.stderr)
+    print(f"appliance: {label} [{code}]: {message}", file=sys.stderr)
     return int(exit_code)
 
 

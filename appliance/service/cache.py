@@ -31,7 +31,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from appliance.errors import OperationalError
+from appliance.errors import IOFailedError
 from appliance.store import Record, find
 from appliance.trust import TrustState
 from appliance.truststore import load_trust
@@ -46,7 +46,7 @@ class ChangeCounter:
         try:
             self.fd = os.open(db_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
-            raise OperationalError(f"cannot open {db_path}: {e.strerror}", code="io_error") from e
+            raise IOFailedError(f"cannot open {db_path}: {e.strerror}") from e
         self.inode = os.fstat(self.fd).st_ino
         self._own: set[int] = set()
         self._lock = threading.Lock()

@@ -74,7 +74,9 @@ def error_from_reply(doc: dict[str, Any]) -> ApplianceError:
     cls = _classes().get((code, exit_code))
     if cls is not None:
         return cls(message)
-    return _BY_EXIT[exit_code](message, code=code)
+    # a code this client does not know (a newer service): keep the code and the exit code
+    remote: type[ApplianceError] = type("RemoteError", (_BY_EXIT[exit_code],), {"code": code})
+    return remote(message)
 
 
 def _connect(path: Path, timeout: float) -> socket.socket:

@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import OperationalError, UnknownUserError
+from appliance.errors import OperationalError, PermissionDeniedError, UnknownUserError
 from appliance.home import Home
 
 
@@ -46,9 +46,8 @@ def give_home_to(home: Home, user: str) -> dict[str, Any]:
             for n in [*dirnames, *filenames]:
                 _close(Path(dirpath) / n, pw.pw_uid, pw.pw_gid)
     except PermissionError as e:
-        raise OperationalError(
-            f"cannot give {home.root} to {user}: {e.strerror} (run init as root)",
-            code="permission_denied",
+        raise PermissionDeniedError(
+            f"cannot give {home.root} to {user}: {e.strerror} (run init as root)"
         ) from e
     except OSError as e:
         raise OperationalError(f"cannot give {home.root} to {user}: {e.strerror}") from e

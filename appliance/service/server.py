@@ -42,9 +42,11 @@ from pathlib import Path
 
 from appliance import witness
 from appliance.errors import (
+    BadActivationError,
     BadRequestError,
     ExitCode,
-    OperationalError,
+    InternalError,
+    IOFailedError,
     RequestTimeoutError,
     RequestTooLargeError,
     ServiceBusyError,
@@ -92,9 +94,7 @@ def activated_sockets() -> list[socket.socket]:
     for fd in range(3, 3 + count):
         s = socket.socket(fileno=fd)
         if s.family != socket.AF_UNIX or s.type != socket.SOCK_STREAM:
-            raise OperationalError(
-                f"activated descriptor {fd} is not a Unix stream socket", code="bad_activation"
-            )
+            raise BadActivationError(f"activated descriptor {fd} is not a Unix stream socket")
         os.set_inheritable(fd, False)
         out.append(s)
     return out
@@ -110,10 +110,10 @@ def bind_socket(path: Path) -> socket.socket:
     except FileNotFoundError:
         st = None
     except OSError as e:
-        raise OperationalError(f"cannot use {path}: {e.strerror}", code="io_error") from e
+        raise IOFailedError(f"cannot use {path}: {e.strerror}") from e
     if st is not None:
         if not stat.S_ISSOCK(st.st_mode):
-            raise OperationalError(f"{path} exists and is not a socket", code="socket_in_use")
+            raise SocketInUseError(f"{path} exists and is not a socket")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(str(path))
@@ -130,7 +130,7 @@ def bind_socket(path: Path) -> socket.socket:
         s.listen(4096)
     except OSError as e:
         s.close()
-        raise OperationalError(f"cannot listen on {path}: {e.strerror}", code="io_error") from e
+        raise IOFailedError(f"cannot listen on {path}: {e.strerror}") from e
     return s
 
 
@@ -317,7 +317,7 @@ class Server:
             self._serve_one(conn, line)
         except Exception as e:  # noqa: BLE001  # last line of defence: replied and logged
             self.config.log(f"appliance serve: internal error: {e!r}\n{traceback.format_exc()}")
-            err = OperationalError(f"internal error ({e!r})", code="internal_error")
+            err = InternalError(f"internal error ({e!r})")
             self._reply(conn, error_reply(err, ExitCode.OPERATIONAL))
         finally:
             conn.close()

@@ -27,13 +27,14 @@ from appliance.errors import (
     ObjectModifiedError,
     ObjectRemovedError,
     ObjectReplacedError,
+    PointerUnauthorizedError,
+    RecordUnauthorizedError,
     StateRolledBackError,
     StateUnauthorizedError,
     TrustStateUnauthorizedError,
     UnknownObjectError,
     WitnessChangedError,
 )
-from appliance.provenance import PointerUnauthorizedError, RecordUnauthorizedError
 from bundles.errors import StateSuspectError
 from bundles.timeutil import format_time, utcnow
 

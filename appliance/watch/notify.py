@@ -16,7 +16,7 @@ from pathlib import Path
 
 from inotify_simple import INotify, flags
 
-from appliance.errors import OperationalError
+from appliance.errors import IOFailedError
 
 OBJECT_MASK = (
     flags.MODIFY
@@ -78,9 +78,8 @@ class Notifier:
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise OperationalError(
-                f"cannot watch {path}: {e.strerror} (raise fs.inotify.max_user_watches?)",
-                code="io_error",
+            raise IOFailedError(
+                f"cannot watch {path}: {e.strerror} (raise fs.inotify.max_user_watches?)"
             ) from e
         return wd
 
