@@ -25,8 +25,8 @@ from appliance.db import transaction
 from appliance.errors import TrustUpdateReplayError
 from appliance.home import Home, HomeLock
 from appliance.policy import Decision, StoreView, check_bundle
-from appliance.staging import CancelledError, Progress, stage_artifact
-from appliance.store import io_error, promote, sweep_orphans
+from appliance.staging import SMALL, CancelledError, Progress, stage_artifact
+from appliance.store import io_error, promote, sweep_orphans, sync_home
 from appliance.trust import TrustState, apply_update
 from appliance.truststore import (
     load_trust,
@@ -44,7 +44,8 @@ from bundles.media import MediaSource
 from bundles.reader import Bundle, open_bundle_media, read_trust_updates
 from bundles.timeutil import format_time, utcnow
 
-PARALLEL_ARTIFACTS = 2
+PARALLEL_ARTIFACTS = 2  # big artifacts at once (each already keeps two cores busy)
+PARALLEL_SMALL = 4  # small ones at once: their time is mostly system calls
 
 
 @dataclass
@@ -242,8 +243,12 @@ def _import(
         try:
             if cancel is not None and cancel.is_set():  # the last moment a cancel can count
                 raise CancelledError("import cancelled before promotion; nothing was changed")
+            if staged:
+                sync_home(home)  # the staged bytes are on disk before any rename
             for a, staged_path in staged.items():
-                promote(home, staged_path, a.blake3)
+                promote(home, staged_path, a.blake3, durable=False)
+            if staged:
+                sync_home(home)  # and the renames before the commit refers to them
             _commit(db, bundle, decision)
         finally:
             home.clean_staging()
@@ -275,13 +280,18 @@ def _stage_all(
     def one(a: Artifact) -> Path | None:
         target_dir = None if dry_run or a not in new else home.staging
         try:
-            return stage_artifact(bundle, a, target_dir, progress=progress, cancel=stop)
+            return stage_artifact(
+                bundle, a, target_dir, progress=progress, cancel=stop, durable=False
+            )
         except BaseException:
             stop.set()
             raise
 
+    # Durability is the caller's: one sync_home for the whole batch, not an fsync per file.
     order = sorted(bundle.manifest.artifacts, key=lambda a: -a.size)
-    with ThreadPoolExecutor(max_workers=PARALLEL_ARTIFACTS) as pool:
+    small = sum(1 for a in order if a.size <= SMALL)
+    workers = PARALLEL_SMALL if small > len(order) // 2 else PARALLEL_ARTIFACTS
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [(a, pool.submit(one, a)) for a in order]
     first_error: BaseException | None = None
     for a, fut in futures:

@@ -18,10 +18,10 @@ A failure here means the appliance's own state is suspect (exit 4).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
+import blake3
 import sqlite_utils
 
 from appliance import audit
@@ -31,7 +31,7 @@ from appliance.trust import TrustState, role_key
 from bundles.documents import ROLLBACK_PAYLOAD_TYPE
 from bundles.dsse import Envelope, verify_envelope
 from bundles.errors import RejectedError
-from bundles.manifest import PAYLOAD_TYPE, Manifest
+from bundles.manifest import MAX_MANIFEST_FILE_BYTES, PAYLOAD_TYPE, Manifest
 
 
 class RecordUnauthorizedError(StateSuspectError):
@@ -46,22 +46,56 @@ class PointerUnauthorizedError(StateSuspectError):
     code = "pointer_unauthorized"
 
 
-_manifest_cache: dict[bytes, Manifest] = {}
+# A memo of stored manifests that verified: (BLAKE3 of the stored envelope bytes, the
+# verifying key set) -> (signers, parsed manifest). The same bytes under the same keys
+# give the same answer, so each stored manifest is verified and parsed once per
+# process (one command, or until the service's trust or database changes), however
+# many records it backs. Other bytes or other keys miss it. Only successes are kept.
+_MEMO_MAX = 8
+_memo: dict[tuple[bytes, frozenset[tuple[str, bytes]]], tuple[frozenset[str], Manifest]] = {}
+counters = {"manifest_verifications": 0, "manifest_parses": 0}  # pinned by tests/perf
+
+
+def _key_set(trust: TrustState, env_keyids: frozenset[str]) -> frozenset[tuple[str, bytes]]:
+    """The keys the resolver gives for the envelope's key ids: what verification used."""
+    out = set()
+    for kid in env_keyids:
+        entry = trust.keys.get(kid)
+        if entry is not None:
+            out.add((kid, entry.key.key.public_bytes_raw()))
+    return frozenset(out)
 
 
 def _parse_manifest(env: Envelope) -> Manifest:
-    """Parse a (verified) stored manifest; parsed results are cached by payload hash.
+    """Parse a (verified) stored manifest."""
+    counters["manifest_parses"] += 1
+    return Manifest.from_payload(env.payload)
 
-    Only parsing is cached: the signature is verified on every call.
-    """
-    key = hashlib.sha256(env.payload).digest()
-    manifest = _manifest_cache.get(key)
-    if manifest is None:
-        manifest = Manifest.from_payload(env.payload)
-        if len(_manifest_cache) > 64:
-            _manifest_cache.clear()
-        _manifest_cache[key] = manifest
-    return manifest
+
+def _verified_manifest(trust: TrustState, raw: bytes) -> tuple[frozenset[str], Manifest]:
+    """Signers and parsed manifest of a stored envelope, from the memo when the same bytes
+    were verified under the same keys before."""
+    digest = blake3.blake3(raw, max_threads=blake3.blake3.AUTO).digest()
+    env = None
+    keyids = _memo_keyids.get(digest)
+    if keyids is not None:
+        hit = _memo.get((digest, _key_set(trust, keyids)))
+        if hit is not None:
+            return hit
+    env = Envelope.from_bytes(raw, max_bytes=MAX_MANIFEST_FILE_BYTES)
+    keyids = frozenset(s.keyid for s in env.signatures)
+    counters["manifest_verifications"] += 1
+    signers = verify_envelope(env, trust.resolver(), PAYLOAD_TYPE)
+    manifest = _parse_manifest(env)
+    if len(_memo) >= _MEMO_MAX:
+        _memo.clear()
+        _memo_keyids.clear()
+    _memo[(digest, _key_set(trust, keyids))] = (signers, manifest)
+    _memo_keyids[digest] = keyids
+    return signers, manifest
+
+
+_memo_keyids: dict[bytes, frozenset[str]] = {}
 
 
 def check_record(db: sqlite_utils.Database, trust: TrustState, record: Record) -> frozenset[str]:
@@ -76,9 +110,7 @@ def check_record(db: sqlite_utils.Database, trust: TrustState, record: Record) -
             f"{ref}: no signed manifest for stream {record.stream} sequence {record.sequence}"
         )
     try:
-        env = Envelope.from_bytes(bytes(row[0]))
-        signers = verify_envelope(env, trust.resolver(), PAYLOAD_TYPE)
-        manifest = _parse_manifest(env)
+        signers, manifest = _verified_manifest(trust, bytes(row[0]))
     except RejectedError as e:
         raise RecordUnauthorizedError(f"{ref}: stored manifest does not verify ({e.code})") from e
     a = manifest.artifact(record.name)

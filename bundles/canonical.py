@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import rfc8785
@@ -31,31 +32,40 @@ def pretty(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False)
 
 
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_QUOTED = re.compile(rb'"[^"]*"')
+_KEEP = bytes(b for b in range(256) if b not in b'[]{}"')  # deleted: all but these five
+_ONE_KIND = bytes.maketrans(b"{}", b"[]")
+
+
 def check_nesting(data: bytes, limit: int = MAX_NESTING) -> None:
     """Refuse JSON nested deeper than ``limit`` by scanning bytes, before parsing.
 
-    Brackets inside strings do not count; escapes inside strings are skipped.
+    Brackets inside strings do not count; escapes inside strings are skipped; an
+    unterminated string runs to the end. No Python loop over the bytes, only a few
+    scans in C: escape pairs are cut out (when there is a backslash at all);
+    everything but brackets and quotes is deleted (``bytes.translate``); adjacent
+    quote pairs are deleted (which never changes whether a bracket is inside a
+    string); the few strings left that hold brackets are cut out. Then each pass
+    deletes every innermost pair (a leaf of the nesting tree, one ``bytes.replace``):
+    after ``limit`` passes a pair still left belongs to a tree deeper than ``limit``.
+    (On malformed JSON the verdict may differ from a byte-by-byte counter; the
+    parser refuses such input anyway.)
     """
-    depth = 0
-    in_string = False
-    escape = False
-    for byte in data:
-        if in_string:
-            if escape:
-                escape = False
-            elif byte == 0x5C:  # backslash
-                escape = True
-            elif byte == 0x22:  # quote
-                in_string = False
-            continue
-        if byte == 0x22:
-            in_string = True
-        elif byte in (0x7B, 0x5B):  # { [
-            depth += 1
-            if depth > limit:
-                raise NestingTooDeepError(f"JSON nested deeper than {limit} levels")
-        elif byte in (0x7D, 0x5D):
-            depth -= 1
+    if b"\\" in data:
+        data = _ESCAPE.sub(b"", data)
+    kept = data.translate(_ONE_KIND, _KEEP).replace(b'""', b"")
+    if b'"' in kept:
+        kept = _QUOTED.sub(b"", kept)
+        cut = kept.find(b'"')  # an unterminated string: nothing after it counts
+        if cut >= 0:
+            kept = kept[:cut]
+    for _ in range(limit):
+        if b"[]" not in kept:
+            return
+        kept = kept.replace(b"[]", b"")
+    if b"[]" in kept:
+        raise NestingTooDeepError(f"JSON nested deeper than {limit} levels")
 
 
 def _reject_constant(name: str) -> Any:
