@@ -30,10 +30,11 @@ PREDICATE_TYPE = "https://appliance.dev/transfer-bundle/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 MAX_ARTIFACTS = 100_000
 # The caps follow from the artifact limit, so that the largest bundle the format allows
-# fits: a typical entry (subject with BLAKE3 and sha256, predicate entry, names and paths
-# of some 40 characters) is about 330 bytes; 512 per artifact leaves room for longer
-# names, plus 1 MiB for the rest. The envelope on media holds the payload in base64.
-MANIFEST_BYTES_PER_ARTIFACT = 512
+# fits: one artifact's subject (BLAKE3 and SHA-256) and predicate entry with a name of
+# the longest 128 characters, stored as artifacts/NAME/VERSION/NAME, take under 1 KiB
+# (a typical one with 40-character names about 330 bytes); 1 KiB per artifact, plus
+# 1 MiB for the rest. The envelope on media holds the payload in base64.
+MANIFEST_BYTES_PER_ARTIFACT = 1024
 MAX_MANIFEST_BYTES = MAX_ARTIFACTS * MANIFEST_BYTES_PER_ARTIFACT + (1 << 20)
 _ENVELOPE_OVERHEAD = 64 * 1024  # payload type and up to 64 signatures
 MAX_MANIFEST_FILE_BYTES = (MAX_MANIFEST_BYTES + 2) // 3 * 4 + _ENVELOPE_OVERHEAD
