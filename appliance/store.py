@@ -18,7 +18,6 @@ objects only through ``remove_object`` and ``promote``, which clear the flag fir
 from __future__ import annotations
 
 import array
-import ctypes
 import errno
 import fcntl
 import json
@@ -31,6 +30,7 @@ import sqlite_utils
 
 from appliance.errors import DiskFullError, NotFoundError, OperationalError
 from appliance.home import Home
+from bundles.durable import sync_filesystem
 
 
 @dataclass(frozen=True)
@@ -215,41 +215,15 @@ def remove_object(home: Home, digest: str) -> bool:
     return True
 
 
-def _syncfs(fd: int) -> None:
-    if _libc_syncfs is None:
-        os.sync()
-        return
-    if _libc_syncfs(fd) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def _load_syncfs() -> Any:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
 def sync_home(home: Home) -> None:
     """Make everything written under the home durable: one ``syncfs`` on its file system
-    (``os.sync`` where there is no ``syncfs``). This replaces an fsync per staged file
-    and per directory: one flush for a whole import, however many files it holds."""
+    (``bundles.durable``). This replaces an fsync per staged file and per directory:
+    one flush for a whole import, however many files it holds."""
     counters["syncfs"] += 1
     try:
-        fd = os.open(home.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        sync_filesystem(home.root)
     except OSError as e:
         raise io_error(e, "syncing the store") from e
-    try:
-        _syncfs(fd)
-    except OSError as e:
-        raise io_error(e, "syncing the store") from e
-    finally:
-        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -315,6 +289,3 @@ def promote(home: Home, staged: Path, digest: str, *, durable: bool = True) -> P
     except OSError as e:
         raise io_error(e, f"promoting {digest[:16]} into the store") from e
     return target
-
-
-_libc_syncfs = _load_syncfs()

@@ -19,8 +19,50 @@ MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 MAX_NESTING = 32
 
 
+_MAX_SAFE_INT = 2**53 - 1
+_encode = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
+).encode
+
+
+def _plain(obj: Any) -> bool:
+    """Only dicts with string keys, lists, strings, booleans, None and integers within
+    I-JSON's range: the values for which the C encoder below writes RFC 8785 bytes."""
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        t = type(o)
+        if t is str or t is bool or o is None:
+            continue
+        if t is dict:
+            for k, v in o.items():
+                if type(k) is not str:
+                    return False
+                stack.append(v)
+        elif t is list:
+            stack.extend(o)
+        elif t is int:
+            if not -_MAX_SAFE_INT <= o <= _MAX_SAFE_INT:
+                return False
+        else:
+            return False
+    return True
+
+
 def canonical_bytes(obj: Any) -> bytes:
-    """Serialize ``obj`` as RFC 8785 canonical JSON (UTF-8 bytes)."""
+    """Serialize ``obj`` as RFC 8785 canonical JSON (UTF-8 bytes).
+
+    Fast path: for plain values (``_plain``) whose text is all ASCII, Python's C JSON
+    encoder with sorted keys and no spaces writes exactly the RFC 8785 bytes (same
+    escapes: ``\\"``, ``\\\\``, ``\\b\\f\\n\\r\\t``, other controls as
+    lowercase ``\\u00xx``; for ASCII keys code-point order is UTF-16 order; integers
+    in I-JSON's range print alike). Anything else (floats, non-ASCII text, big
+    integers, other types) goes through the ``rfc8785`` package.
+    """
+    if _plain(obj):
+        text = _encode(obj)
+        if text.isascii():
+            return text.encode("ascii")
     try:
         return bytes(rfc8785.dumps(obj))
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as e:
