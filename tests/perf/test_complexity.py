@@ -124,3 +124,47 @@ def test_import_durability_does_not_grow_with_artifacts(
     large = _import_counting(site, _bundle(site, 60, "b"), monkeypatch)
     assert small[0] == large[0] == 2, (small, large)  # one syncfs before, one after renames
     assert small[1] == large[1], (small, large)  # fsyncs: the same for 2 and 60 artifacts
+
+
+def _create_counting(tmp: Path, n: int, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    from datetime import timedelta
+
+    from bundles import durable
+    from bundles.keys import PrivateKey
+    from bundles.timeutil import utcnow
+    from bundles.writer import ArtifactSpec, create_bundle
+
+    src = tmp / f"src{n}"
+    src.mkdir()
+    specs = []
+    for i in range(n):
+        (src / f"f{i}").write_bytes(b"x" * (i + 1))
+        specs.append(ArtifactSpec(f"f{i}", "1", src / f"f{i}"))
+    calls = {"fsync": 0}
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls["fsync"] += 1
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    before = durable.counters["syncfs"]
+    create_bundle(
+        tmp / f"bundle{n}",
+        specs,
+        stream="models",
+        sequence=1,
+        keys=[PrivateKey.generate()],
+        expires=utcnow() + timedelta(days=1),
+        any_site=True,
+    )
+    monkeypatch.setattr(os, "fsync", real)
+    return durable.counters["syncfs"] - before, calls["fsync"]
+
+
+def test_bundle_create_durability_does_not_grow_with_artifacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = _create_counting(tmp_path, 2, monkeypatch)
+    large = _create_counting(tmp_path, 50, monkeypatch)
+    assert small == large == (1, small[1]), (small, large)
