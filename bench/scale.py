@@ -11,7 +11,10 @@ process, from a home holding that bundle). Per size S: ``load -o /dev/null`` and
 -- true`` against ``b3sum`` of the object. Then ``audit verify`` of a log of 1,000,000
 events. Every pair runs interleaved in one run (``bench/run.py``'s ``measure``), page
 cache warm; the figures are medians. Writes ``bench/results/scale-latest.json`` and the
-plot ``docs/scale.png`` (needs matplotlib: ``pip install -e '.[bench]'``).
+plot ``docs/scale.png``. The plot needs matplotlib (the ``bench`` extra): install it in
+another environment and name its interpreter with ``--plot-python`` (matplotlib brings
+numpy, and ``sqlite_utils`` imports numpy when it can: in the product's own environment
+that would add seconds to every measured CLI start-up). ``--plot-from JSON`` only draws.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import random
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -380,7 +384,12 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "scale.png")
+    ap.add_argument("--plot-python", help="an interpreter with matplotlib (the bench extra)")
+    ap.add_argument("--plot-from", type=Path, help="only draw the plot of this JSON report")
     args = ap.parse_args()
+    if args.plot_from is not None:
+        plot(json.loads(args.plot_from.read_text()), args.plot)
+        return 0
     b3sum = R.ensure_b3sum(log)
     if b3sum is None:
         log("b3sum is needed")
@@ -409,11 +418,20 @@ def main() -> int:
         report["load_after"] = R.loadavg()
         rmtree(work)
     args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    (args.out / f"scale-{stamp}.json").write_text(json.dumps(report, indent=2))
     (args.out / "scale-latest.json").write_text(json.dumps(report, indent=2))
-    try:
-        plot(report, args.plot)
-    except ImportError:
-        log("matplotlib is missing (pip install -e '.[bench]'): no plot")
+    if args.plot_python:
+        subprocess.run(
+            [args.plot_python, __file__, "--plot-from", str(args.out / "scale-latest.json")]
+            + ["--plot", str(args.plot)],
+            check=False,
+        )
+    else:
+        try:
+            plot(report, args.plot)
+        except ImportError:
+            log("matplotlib is missing (see --plot-python): no plot")
     log(json.dumps(report, indent=1))
     return 0
 

@@ -192,13 +192,16 @@ def _fsync_dir(path: Path) -> None:
 def _write_directory(
     root: Path, sources: Sequence[_Source], manifest_bytes: bytes, trust: Sequence[bytes]
 ) -> None:
+    made: set[Path] = set()
     for src in sources:
         fd = os.open(src.spec.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             offset = 0
             for part in src.files:
                 dest = root / part.path
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                if dest.parent not in made:  # one mkdir per folder, not per file
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(dest.parent)
                 out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
                 try:
                     try:
