@@ -228,6 +228,7 @@ def _import(
             )
             staged = _stage_all(home, bundle, decision, dry_run, progress, cancel, db, path)
         result.bytes_verified = sum(a.size for a in bundle.manifest.artifacts)
+        new_set = set(decision.new)  # a set: "a in list" made this loop quadratic
         for a in bundle.manifest.artifacts:
             result.artifacts.append(
                 {
@@ -235,7 +236,7 @@ def _import(
                     "version": a.version,
                     "size": a.size,
                     "digest": {"blake3": a.blake3},
-                    "status": "new" if a in decision.new else "present",
+                    "status": "new" if a in new_set else "present",
                 }
             )
         if dry_run:
