@@ -26,8 +26,8 @@ from appliance.errors import CancelledError
 from appliance.evaluation import carried_updates, evaluate_source
 from appliance.home import Home, HomeLock
 from appliance.policy import Decision
-from appliance.staging import Progress, stage_artifact
-from appliance.store import io_error, promote, sweep_orphans
+from appliance.staging import SMALL, Progress, stage_artifact
+from appliance.store import io_error, promote, sweep_orphans, sync_home
 from appliance.trust import TrustState, apply_update
 from appliance.truststore import (
     load_trust,
@@ -41,7 +41,8 @@ from bundles.media import MediaSource
 from bundles.reader import Bundle, open_bundle_media
 from bundles.timeutil import format_time, utcnow
 
-PARALLEL_ARTIFACTS = 2
+PARALLEL_ARTIFACTS = 2  # big artifacts at once (each already keeps two cores busy)
+PARALLEL_SMALL = 4  # small ones at once: their time is mostly system calls
 
 
 @dataclass
@@ -244,6 +245,7 @@ def _import(
             fix = repair.damaged(home, decision.present)  # DESIGN 11.3: replace bad objects
             staged = _stage_all(home, bundle, decision, dry_run, progress, cancel, db, path, fix)
         result.bytes_verified = sum(a.size for a in bundle.manifest.artifacts)
+        new_set = set(decision.new)  # a set: "a in list" made this loop quadratic
         for a in bundle.manifest.artifacts:
             result.artifacts.append(
                 {
@@ -252,7 +254,7 @@ def _import(
                     "size": a.size,
                     "digest": {"blake3": a.blake3},
                     "status": "new"
-                    if a in decision.new
+                    if a in new_set
                     else ("present" if a not in fix else "damaged" if dry_run else "repaired"),
                 }
             )
@@ -262,8 +264,12 @@ def _import(
             if cancel is not None and cancel.is_set():  # the last moment a cancel can count
                 raise CancelledError("import cancelled before promotion; nothing was changed")
             repair.prepare(home, fix)
+            if staged:
+                sync_home(home)  # the staged bytes are on disk before any rename
             for a, staged_path in staged.items():
-                promote(home, staged_path, a.blake3)
+                promote(home, staged_path, a.blake3, durable=False)
+            if staged:
+                sync_home(home)  # and the renames before the commit refers to them
             _commit(db, bundle, decision)
             repair.record(db, fix, os.fspath(path))
         finally:
@@ -297,13 +303,18 @@ def _stage_all(
     def one(a: Artifact) -> Path | None:
         target_dir = None if dry_run or a not in new else home.staging
         try:
-            return stage_artifact(bundle, a, target_dir, progress=progress, cancel=stop)
+            return stage_artifact(
+                bundle, a, target_dir, progress=progress, cancel=stop, durable=False
+            )
         except BaseException:
             stop.set()
             raise
 
+    # Durability is the caller's: one sync_home for the whole batch, not an fsync per file.
     order = sorted(bundle.manifest.artifacts, key=lambda a: -a.size)
-    with ThreadPoolExecutor(max_workers=PARALLEL_ARTIFACTS) as pool:
+    small = sum(1 for a in order if a.size <= SMALL)
+    workers = PARALLEL_SMALL if small > len(order) // 2 else PARALLEL_ARTIFACTS
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [(a, pool.submit(one, a)) for a in order]
     first_error: BaseException | None = None
     for a, fut in futures:

@@ -47,7 +47,7 @@ from appliance.errors import DigestPinnedError
 from appliance.home import Home, default_home
 from appliance.sealed import private_copy
 from appliance.service.identity import Identity, self_identity
-from appliance.store import Record, find, parse_ref
+from appliance.store import Record, find, is_immutable, parse_ref
 from appliance.truststore import load_trust
 from appliance.verify import check_hash, check_provenance, open_object
 from bundles.closing import Closing
@@ -88,6 +88,7 @@ class LoadedArtifact(Closing):
     sealed: bool
     record: Record
     _closed: bool = field(default=False, repr=False)
+    copy: str | None = None  # immutable_inode | sealed_memfd | unnamed_file (docs/LOADING.md)
 
     @property
     def path(self) -> str:
@@ -118,7 +119,7 @@ class LoadedArtifact(Closing):
             "version": self.version,
             "digest": {"blake3": self.digest},
             "size": self.size,
-            "copy": "sealed_memfd" if self.sealed else "unnamed_file",
+            "copy": self.copy or ("sealed_memfd" if self.sealed else "unnamed_file"),
         }
 
     def close(self) -> None:
@@ -128,9 +129,33 @@ class LoadedArtifact(Closing):
 
 
 def open_verified(home: Home, record: Record) -> LoadedArtifact:
-    """Private copy of the record's object, hashed; ``ObjectTamperedError`` on mismatch."""
+    """The record's object, hashed from the descriptor handed over; ``ObjectTamperedError``
+    on mismatch.
+
+    Fast path: when the open store object's inode carries the immutable flag (asked of
+    that very descriptor, ``FS_IOC_GETFLAGS``), no one without ``CAP_LINUX_IMMUTABLE`` can
+    change it, so it is hashed in place and that descriptor is handed over (no copy).
+    Otherwise a private copy no one else can change (``appliance.sealed``) is hashed and
+    handed over. What each path guarantees: docs/LOADING.md.
+    """
     what = f"{record.name}@{record.version}"
     src = open_object(home, record)
+    if is_immutable(src):
+        try:
+            check_hash(src, record)
+        except BaseException:
+            os.close(src)
+            raise
+        return LoadedArtifact(
+            record.name,
+            record.version,
+            record.digest,
+            record.size,
+            src,
+            False,
+            record,
+            copy="immutable_inode",
+        )
     try:
         fd, sealed = private_copy(src, record.size, home.staging, what)
     finally:

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
+import blake3
 import sqlite_utils
 
 from appliance import audit, evidence
@@ -31,23 +33,18 @@ from appliance.trust import TrustState, role_key
 from bundles.documents import ROLLBACK_PAYLOAD_TYPE
 from bundles.dsse import Envelope, verify_envelope
 from bundles.errors import RejectedError
-from bundles.manifest import PAYLOAD_TYPE, Manifest
+from bundles.manifest import MAX_MANIFEST_FILE_BYTES, PAYLOAD_TYPE, Manifest
 
 _manifest_cache: dict[bytes, Manifest] = {}
 
 
-def _parse_manifest(env: Envelope) -> Manifest:
-    return parse_manifest(env.payload)
-
-
 def parse_manifest(payload: bytes) -> Manifest:
-    """Parse a (verified) stored manifest; parsed results are cached by payload hash.
-
-    Only parsing is cached: the signature is verified on every call.
-    """
+    """Parse a (verified) stored manifest payload; results are cached by payload hash
+    (``appliance.evidence`` reads release counters through it)."""
     key = hashlib.sha256(payload).digest()
     manifest = _manifest_cache.get(key)
     if manifest is None:
+        counters["manifest_parses"] += 1
         manifest = Manifest.from_payload(payload)
         if len(_manifest_cache) > 64:
             _manifest_cache.clear()
@@ -55,23 +52,136 @@ def parse_manifest(payload: bytes) -> Manifest:
     return manifest
 
 
-def check_record(db: sqlite_utils.Database, trust: TrustState, record: Record) -> frozenset[str]:
-    """Signers of ``record`` that count today; exit 4 when the record is not backed."""
-    ref = f"{record.name}@{record.version}"
+# A memo of stored manifests that verified: (BLAKE3 of the stored envelope bytes, the
+# verifying key set) -> (signers, parsed manifest). The same bytes under the same keys
+# give the same answer, so each stored manifest is verified and parsed once per
+# process (one command, or until the service's trust or database changes), however
+# many records it backs. Other bytes or other keys miss it. Only successes are kept.
+_MEMO_MAX = 8
+_memo: dict[tuple[bytes, frozenset[tuple[str, bytes]]], tuple[frozenset[str], Manifest]] = {}
+counters = {"manifest_verifications": 0, "manifest_parses": 0}  # pinned by tests/perf
+
+
+def _key_set(trust: TrustState, env_keyids: frozenset[str]) -> frozenset[tuple[str, bytes]]:
+    """The keys the resolver gives for the envelope's key ids: what verification used."""
+    out = set()
+    for kid in env_keyids:
+        entry = trust.keys.get(kid)
+        if entry is not None:
+            out.add((kid, entry.key.key.public_bytes_raw()))
+    return frozenset(out)
+
+
+def _parse_manifest(env: Envelope) -> Manifest:
+    """Parse a (verified) stored manifest."""
+    return parse_manifest(env.payload)
+
+
+def _verified_manifest(
+    trust: TrustState, raw: bytes, digest: bytes
+) -> tuple[frozenset[str], Manifest]:
+    """Signers and parsed manifest of a stored envelope (``digest``: its BLAKE3), from the
+    memo when the same bytes were verified under the same keys before."""
+    keyids = _memo_keyids.get(digest)
+    if keyids is not None:
+        hit = _memo.get((digest, _key_set(trust, keyids)))
+        if hit is not None:
+            return hit
+    env = Envelope.from_bytes(raw, max_bytes=MAX_MANIFEST_FILE_BYTES)
+    keyids = frozenset(s.keyid for s in env.signatures)
+    counters["manifest_verifications"] += 1
+    signers = verify_envelope(env, trust.resolver(), PAYLOAD_TYPE)
+    manifest = _parse_manifest(env)
+    if len(_memo) >= _MEMO_MAX:
+        _memo.clear()
+        _memo_keyids.clear()
+    _memo[(digest, _key_set(trust, keyids))] = (signers, manifest)
+    _memo_keyids[digest] = keyids
+    return signers, manifest
+
+
+def _envelope_digest(raw: bytes) -> bytes:
+    threads = blake3.blake3.AUTO if len(raw) >= 1 << 20 else 1
+    return bytes(blake3.blake3(raw, max_threads=threads).digest())
+
+
+_memo_keyids: dict[bytes, frozenset[str]] = {}
+# Which envelope bytes (by digest) a manifests row held, and the state of the database
+# file when it was read: (path, stream, sequence) -> (token, digest). While the file's
+# token (inode, size, mtime, SQLite's file change counter, the -wal file) is unchanged,
+# the row holds the same bytes, so the memo above is consulted without reading and
+# hashing the envelope again; any commit changes the token. Not used inside an open
+# transaction. (Whatever this cache answers, it only ever selects a manifest that
+# verified under today's key set.)
+_row_digests: dict[tuple[str, str, int], tuple[tuple[object, ...], bytes]] = {}
+
+
+def _db_token(db: sqlite_utils.Database) -> tuple[str, tuple[object, ...]] | None:
+    if db.conn.in_transaction:
+        return None
+    row = db.execute("PRAGMA database_list").fetchone()
+    path = str(row[2]) if row is not None and row[2] else ""
+    if not path:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            counter = os.pread(fd, 4, 24)  # SQLite header: file change counter
+        finally:
+            os.close(fd)
+        try:
+            wal = os.stat(path + "-wal")
+            wal_token: tuple[int, int] | None = (wal.st_size, wal.st_mtime_ns)
+        except FileNotFoundError:
+            wal_token = None
+    except OSError:
+        return None
+    return path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, counter, wal_token)
+
+
+def _stored_manifest(
+    db: sqlite_utils.Database, trust: TrustState, record: Record
+) -> tuple[frozenset[str], Manifest] | None:
+    """The verified manifest of the record's (stream, sequence); None when there is no row."""
+    token = _db_token(db)
+    where = (token[0], record.stream, record.sequence) if token is not None else None
+    if token is not None and where is not None:
+        seen = _row_digests.get(where)
+        if seen is not None and seen[0] == token[1]:
+            keyids = _memo_keyids.get(seen[1])
+            if keyids is not None:
+                hit = _memo.get((seen[1], _key_set(trust, keyids)))
+                if hit is not None:
+                    return hit
     row = db.execute(
         "SELECT envelope FROM manifests WHERE stream = ? AND sequence = ?",
         [record.stream, record.sequence],
     ).fetchone()
     if row is None:
+        return None
+    raw = bytes(row[0])
+    digest = _envelope_digest(raw)
+    result = _verified_manifest(trust, raw, digest)
+    if token is not None and where is not None:
+        if len(_row_digests) > 4096:
+            _row_digests.clear()
+        _row_digests[where] = (token[1], digest)
+    return result
+
+
+def check_record(db: sqlite_utils.Database, trust: TrustState, record: Record) -> frozenset[str]:
+    """Signers of ``record`` that count today; exit 4 when the record is not backed."""
+    ref = f"{record.name}@{record.version}"
+    try:
+        found = _stored_manifest(db, trust, record)
+    except RejectedError as e:
+        raise RecordUnauthorizedError(f"{ref}: stored manifest does not verify ({e.code})") from e
+    if found is None:
         raise RecordUnauthorizedError(
             f"{ref}: no signed manifest for stream {record.stream} sequence {record.sequence}"
         )
-    try:
-        env = Envelope.from_bytes(bytes(row[0]))
-        signers = verify_envelope(env, trust.resolver(), PAYLOAD_TYPE)
-        manifest = _parse_manifest(env)
-    except RejectedError as e:
-        raise RecordUnauthorizedError(f"{ref}: stored manifest does not verify ({e.code})") from e
+    signers, manifest = found
     a = manifest.artifact(record.name)
     if (
         a is None

@@ -14,6 +14,13 @@ a part that ends early (it shrank while read) raises ``MediaChangedError``, and 
 checked again after the copy (a part that grew meanwhile is endless data:
 ``ArtifactTooLongError``). ``ArtifactReader.bytes_read`` counts the copied bytes.
 A dry run (no staging folder) reads and hashes without writing.
+
+Every digest the manifest signs is computed in that same pass and checked
+(``bundles.hashing.ArtifactDigests``: BLAKE3, and SHA-256 when listed), the
+verifier ``bundle inspect --verify`` uses. Small artifacts (up to ``SMALL``
+bytes, one part) skip the second thread: one read into a buffer, hash, one
+write. ``durable=False`` leaves the fsync to the caller (an import syncs the
+whole batch once with ``appliance.store.sync_home``).
 """
 
 from __future__ import annotations
@@ -28,8 +35,8 @@ from typing import cast
 
 from appliance.errors import CancelledError, IOFailedError
 from appliance.store import io_error
-from bundles.errors import DigestMismatchError, MediaChangedError
-from bundles.hashing import new_hasher
+from bundles.errors import MediaChangedError
+from bundles.hashing import ArtifactDigests
 from bundles.manifest import Artifact
 from bundles.media import media_error
 from bundles.reader import ArtifactReader, Bundle
@@ -41,6 +48,7 @@ Progress = Callable[[str, int, int], None]  # artifact name, bytes done, artifac
 _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 EARLY_WRITEBACK = True
+SMALL = 1 << 20  # at most this size (one part): read, hash and write in this thread
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -91,7 +99,7 @@ class _Chaser:
         self.progress = progress
         self.cancel = cancel
         # One core hashes while the other copies: a single-threaded hasher.
-        self.hasher = new_hasher(0)
+        self.digests = ArtifactDigests(artifact, threads=False)
         self.hashed = 0
         self.error: BaseException | None = None
         self._written = 0
@@ -149,7 +157,7 @@ class _Chaser:
                     raise IOFailedError(
                         f"{self.artifact.ref}: the staging file ended at {self.hashed} bytes",
                     )
-                self.hasher.update(view[:n])
+                self.digests.update(view[:n])
                 self.hashed += n
             if self.progress is not None:
                 self.progress(self.artifact.name, self.hashed, self.artifact.size)
@@ -227,9 +235,9 @@ def _hash_only(
     artifact: Artifact,
     progress: Progress | None,
     cancel: threading.Event | None,
-) -> str:
+) -> ArtifactDigests:
     """Dry run: read the media once and hash, writing nothing."""
-    hasher = new_hasher(artifact.size)
+    digests = ArtifactDigests(artifact)
     buf = bytearray(min(CHUNK, max(artifact.size, 1)))
     view = memoryview(buf)
     done = 0
@@ -238,11 +246,44 @@ def _hash_only(
         n = reader.readinto(view)
         if n == 0:
             break
-        hasher.update(view[:n])
+        digests.update(view[:n])
         done += n
         if progress is not None:
             progress(artifact.name, done, artifact.size)
-    return str(hasher.hexdigest())
+    return digests
+
+
+def _small_copy(
+    reader: ArtifactReader,
+    artifact: Artifact,
+    out: int,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+) -> ArtifactDigests:
+    """A small artifact: one read from media, hashed from that buffer, one write.
+
+    The bytes hashed are the bytes written (the same buffer), so the store still holds
+    exactly the hashed bytes; the reader's bounds and size checks apply as for big ones.
+    """
+    _check_cancel(cancel)
+    digests = ArtifactDigests(artifact, threads=False)
+    buf = bytearray(artifact.size + 1)  # one byte more: a part that grew is noticed
+    view = memoryview(buf)
+    done = 0
+    while n := reader.readinto(view[done:]):
+        done += n
+    reader.check_sizes()
+    data = view[:done]
+    digests.update(data)
+    try:
+        _write_all(out, data)
+    except OSError as e:
+        raise io_error(e, f"writing {artifact.ref} to staging") from e
+    if progress is not None:
+        progress(artifact.name, done, artifact.size)
+    if done != artifact.size:
+        raise MediaChangedError(f"{artifact.ref}: read {done} bytes, signed {artifact.size}")
+    return digests
 
 
 def _copy_and_hash(
@@ -251,7 +292,9 @@ def _copy_and_hash(
     out: int,
     progress: Progress | None,
     cancel: threading.Event | None,
-) -> str:
+) -> ArtifactDigests:
+    if artifact.size <= SMALL and len(artifact.files) == 1:
+        return _small_copy(reader, artifact, out, progress, cancel)
     chaser = _Chaser(out, artifact, progress, cancel)
     chaser.start()
     try:
@@ -270,7 +313,7 @@ def _copy_and_hash(
             f"{artifact.ref}: staged {size} bytes and hashed {chaser.hashed}, "
             f"signed {artifact.size}",
         )
-    return str(chaser.hasher.hexdigest())
+    return chaser.digests
 
 
 def stage_artifact(
@@ -280,11 +323,13 @@ def stage_artifact(
     *,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    durable: bool = True,
 ) -> Path | None:
     """Hash one artifact from media (and write it to ``staging`` unless None: dry run).
 
-    Returns the fsynced staging file. Raises ``DigestMismatchError`` and the
-    reader's length errors; removes its staging file on any failure.
+    Returns the staging file (fsynced unless ``durable`` is False). Raises
+    ``DigestMismatchError`` (any signed digest) and the reader's length errors;
+    removes its staging file on any failure.
     """
     target: Path | None = None
     fd = -1
@@ -297,15 +342,11 @@ def stage_artifact(
     try:
         with bundle.open_artifact(artifact) as reader:
             if fd >= 0:
-                digest = _copy_and_hash(reader, artifact, fd, progress, cancel)
+                digests = _copy_and_hash(reader, artifact, fd, progress, cancel)
             else:
-                digest = _hash_only(reader, artifact, progress, cancel)
-        if digest != artifact.blake3:
-            raise DigestMismatchError(
-                f"{artifact.ref}: BLAKE3 {digest[:16]}... does not match the signed "
-                f"{artifact.blake3[:16]}..."
-            )
-        if fd >= 0:
+                digests = _hash_only(reader, artifact, progress, cancel)
+        digests.check()
+        if fd >= 0 and durable:
             try:
                 os.fsync(fd)
             except OSError as e:

@@ -17,6 +17,7 @@ threads from helping), each reading into its own buffer.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import threading
@@ -25,6 +26,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import blake3
+
+from bundles.errors import DigestMismatchError
+from bundles.manifest import Artifact
 
 # At and above this size new_hasher() hashes with all cores (one update of a big buffer).
 MULTITHREAD_MIN = 1 << 20
@@ -138,3 +142,41 @@ def hash_paths(paths: Sequence[str | Path], workers: int | None = None) -> list[
         for part in pool.map(_hash_many, batches):
             results.extend(part)
     return results
+
+
+class ArtifactDigests:
+    """The one digest verifier: every digest the manifest signs for one artifact.
+
+    BLAKE3 always, SHA-256 too when the manifest lists it; both are fed the same
+    bytes in the same single pass (``update``), and ``check`` compares each with its
+    signed value. Import staging (``appliance.staging``) and ``bundle inspect
+    --verify`` (``bundles.reader.verify_artifacts``) both use it, so an artifact
+    that ``inspect`` refuses is refused by import too. ``threads`` hashes BLAKE3 on
+    all cores for large artifacts (the caller's choice: import staging already
+    overlaps copy and hash on two cores).
+    """
+
+    def __init__(self, artifact: Artifact, *, threads: bool = True) -> None:
+        self.artifact = artifact
+        self.blake3 = new_hasher(artifact.size if threads else 0)
+        self.sha256 = hashlib.sha256() if artifact.sha256 is not None else None
+
+    def update(self, data: memoryview | bytes | bytearray) -> None:
+        self.blake3.update(data)
+        if self.sha256 is not None:
+            self.sha256.update(data)
+
+    def check(self) -> None:
+        """Raise ``DigestMismatchError`` unless every signed digest matches."""
+        a = self.artifact
+        got = str(self.blake3.hexdigest())
+        if got != a.blake3:
+            raise DigestMismatchError(
+                f"{a.ref}: BLAKE3 {got[:16]}... does not match the signed {a.blake3[:16]}..."
+            )
+        if self.sha256 is not None and a.sha256 is not None:
+            got = self.sha256.hexdigest()
+            if got != a.sha256:
+                raise DigestMismatchError(
+                    f"{a.ref}: SHA-256 {got[:16]}... does not match the signed {a.sha256[:16]}..."
+                )

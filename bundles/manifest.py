@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bundles.canonical import MAX_DOCUMENT_BYTES, canonical_bytes, parse_json
+from bundles.canonical import canonical_bytes, parse_json
 from bundles.errors import TooManyArtifactsError
 from bundles.fields import as_hex, as_int, as_str, as_time, fail, require_object
 from bundles.names import (
@@ -29,6 +29,15 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://appliance.dev/transfer-bundle/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 MAX_ARTIFACTS = 100_000
+# The caps follow from the artifact limit, so that the largest bundle the format allows
+# fits: one artifact's subject (BLAKE3 and SHA-256) and predicate entry with a name of
+# the longest 128 characters, stored as artifacts/NAME/VERSION/NAME, take under 1 KiB
+# (a typical one with 40-character names about 330 bytes); 1 KiB per artifact, plus
+# 1 MiB for the rest. The envelope on media holds the payload in base64.
+MANIFEST_BYTES_PER_ARTIFACT = 1024
+MAX_MANIFEST_BYTES = MAX_ARTIFACTS * MANIFEST_BYTES_PER_ARTIFACT + (1 << 20)
+_ENVELOPE_OVERHEAD = 64 * 1024  # payload type and up to 64 signatures
+MAX_MANIFEST_FILE_BYTES = (MAX_MANIFEST_BYTES + 2) // 3 * 4 + _ENVELOPE_OVERHEAD
 ARTIFACT_PREFIX = "artifacts/"
 _MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
 
@@ -129,7 +138,7 @@ class Manifest:
     @classmethod
     def from_payload(cls, payload: bytes) -> Manifest:
         """Limits on bytes first (size, nesting), then parse and validate."""
-        return cls.from_dict(parse_json(payload, what="manifest", max_bytes=MAX_DOCUMENT_BYTES))
+        return cls.from_dict(parse_json(payload, what="manifest", max_bytes=MAX_MANIFEST_BYTES))
 
     @classmethod
     def from_dict(cls, doc: Any) -> Manifest:

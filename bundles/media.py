@@ -31,7 +31,11 @@ from bundles.errors import (
 )
 from bundles.names import check_relative_path, fold
 
-MAX_ENTRIES = 100_000
+# Files and directories in one bundle: a bundle of the most artifacts the manifest allows
+# (bundles.manifest.MAX_ARTIFACTS, 100,000) lays each out as artifacts/NAME/VERSION/FILE,
+# three entries; one more per artifact on average for split parts, and room for the
+# top level and trust documents.
+MAX_ENTRIES = 4 * 100_000 + 1024
 MAX_DEPTH = 32
 
 

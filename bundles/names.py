@@ -22,6 +22,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$"
 def _check_text(value: object, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise BadNameError(f"{what} must be a non-empty string")
+    if value.isascii() and value.isprintable():  # fast path: no control character, NFC
+        return value
     if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") for c in value):
         raise BadNameError(f"{what} {value!r} contains control or unassigned characters")
     if unicodedata.normalize("NFC", value) != value:

@@ -10,11 +10,9 @@ Which signers suffice is the caller's policy (the appliance's trust store).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 
-from bundles.canonical import MAX_DOCUMENT_BYTES
 from bundles.closing import Closing
 from bundles.documents import MAX_DOC_BYTES
 from bundles.dsse import Envelope, KeyResolver, verify_envelope
@@ -22,13 +20,13 @@ from bundles.errors import (
     ArtifactMissingError,
     ArtifactTooLongError,
     ArtifactTruncatedError,
-    DigestMismatchError,
     MediaChangedError,
     NotABundleError,
     PayloadTypeError,
     UnlistedFileError,
 )
-from bundles.hashing import new_hasher
+from bundles.hashing import ArtifactDigests
+from bundles.manifest import MAX_MANIFEST_FILE_BYTES as MANIFEST_FILE_CAP
 from bundles.manifest import PAYLOAD_TYPE, Artifact, Manifest, Part
 from bundles.media import MediaSource, MemberReader, open_media
 
@@ -37,9 +35,9 @@ TRUST_DIR = "trust"
 _TRUST_FILE = re.compile(r"^trust/[0-9]{4}\.dsse\.json$")
 # Base64 grows a payload by 4/3; the rest (type, signatures) fits in 64 KiB.
 _ENVELOPE_OVERHEAD = 64 * 1024
-# DESIGN 9.1: a manifest *file* over 16 MiB is refused before it is read (the
-# payload inside, base64 in the envelope, is then necessarily smaller still).
-MAX_MANIFEST_FILE_BYTES = MAX_DOCUMENT_BYTES
+# A manifest *file* over its cap (derived from the artifact limit, bundles.manifest) is
+# refused before it is read.
+MAX_MANIFEST_FILE_BYTES = MANIFEST_FILE_CAP
 MAX_TRUST_FILE_BYTES = (MAX_DOC_BYTES + 2) // 3 * 4 + _ENVELOPE_OVERHEAD
 READ_CHUNK = 1 << 20
 
@@ -211,14 +209,8 @@ def verify_artifacts(bundle: Bundle) -> None:
     buf = bytearray(READ_CHUNK)
     view = memoryview(buf)
     for artifact in bundle.manifest.artifacts:
-        hasher = new_hasher(artifact.size)
-        sha = hashlib.sha256() if artifact.sha256 else None
+        digests = ArtifactDigests(artifact)  # the verifier import staging uses too
         with bundle.open_artifact(artifact) as reader:
             while n := reader.readinto(view):
-                hasher.update(view[:n])
-                if sha is not None:
-                    sha.update(view[:n])
-        if hasher.hexdigest() != artifact.blake3:
-            raise DigestMismatchError(f"{artifact.ref}: BLAKE3 digest does not match the manifest")
-        if sha is not None and sha.hexdigest() != artifact.sha256:
-            raise DigestMismatchError(f"{artifact.ref}: SHA-256 digest does not match the manifest")
+                digests.update(view[:n])
+        digests.check()

@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bundles.dsse import Envelope, sign_envelope
+from bundles.durable import sync_filesystem
 from bundles.errors import (
     ApplianceError,
     BadNameError,
@@ -179,7 +180,6 @@ def _write_file(path: Path, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -195,20 +195,22 @@ def _fsync_dir(path: Path) -> None:
 def _write_directory(
     root: Path, sources: Sequence[_Source], manifest_bytes: bytes, trust: Sequence[bytes]
 ) -> None:
+    made: set[Path] = set()
     for src in sources:
         fd = os.open(src.spec.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             offset = 0
             for part in src.files:
                 dest = root / part.path
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                if dest.parent not in made:  # one mkdir per folder, not per file
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(dest.parent)
                 out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
                 try:
                     try:
                         _copy_range(fd, out, offset, part.size)
                     except EOFError:
                         raise _changed(src.spec.path) from None
-                    os.fsync(out)
                 finally:
                     os.close(out)
                 offset += part.size
@@ -221,8 +223,8 @@ def _write_directory(
         (root / TRUST_DIR).mkdir()
         for i, data in enumerate(trust, 1):
             _write_file(root / TRUST_DIR / f"{i:04d}.dsse.json", data)
-    for dirpath, _dirs, _files in os.walk(root):
-        _fsync_dir(Path(dirpath))
+    # One flush for every file and folder written (not an fsync each): bundles.durable.
+    sync_filesystem(root)
 
 
 class _Range(io.RawIOBase):

@@ -46,7 +46,7 @@ def _probe(code: str, tmp_path: Path) -> list[str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("APPLIANCE_") or k == "APPLIANCE_ANCHOR_DIR"
+        if not k.startswith("APPLIANCE_") or k in ("APPLIANCE_ANCHOR_DIR", "APPLIANCE_IMMUTABLE")
     }
     env["APPLIANCE_HOME"] = str(tmp_path / "home")
     full = code + _REPORT.format(forbidden=set(FORBIDDEN))

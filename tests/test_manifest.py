@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from bundle_factory import make_bundle, resign, sign_payload, write_manifest
 
-from bundles.canonical import MAX_DOCUMENT_BYTES, canonical_bytes
+from bundles.canonical import canonical_bytes
 from bundles.errors import (
     ApplianceError,
     BadNameError,
@@ -24,7 +24,13 @@ from bundles.errors import (
     TooManyArtifactsError,
     UnsafePathError,
 )
-from bundles.manifest import MAX_ARTIFACTS, PREDICATE_TYPE, STATEMENT_TYPE, Manifest
+from bundles.manifest import (
+    MAX_ARTIFACTS,
+    MAX_MANIFEST_BYTES,
+    PREDICATE_TYPE,
+    STATEMENT_TYPE,
+    Manifest,
+)
 from bundles.reader import open_bundle
 
 B3 = "ab" * 32
@@ -92,9 +98,9 @@ def test_round_trip_is_canonical() -> None:
 # --- limits ------------------------------------------------------------------------
 
 
-def test_over_16_mib() -> None:
+def test_over_the_manifest_cap() -> None:
     doc = _doc()
-    doc["predicate"]["stream"] = "x" * MAX_DOCUMENT_BYTES
+    doc["predicate"]["stream"] = "x" * MAX_MANIFEST_BYTES
     _refused(json.dumps(doc).encode(), ManifestTooLargeError, "manifest_too_large")
 
 
@@ -128,7 +134,7 @@ def test_limits_apply_after_signature_in_a_bundle(tmp_path: Path) -> None:
     write_manifest(b.path, sign_payload(b"[" * 40 + b"]" * 40, b.keys))
     with pytest.raises(NestingTooDeepError):
         open_bundle(b.path, b.resolver())
-    big = json.dumps(_doc()).encode() + b" " * MAX_DOCUMENT_BYTES
+    big = json.dumps(_doc()).encode() + b" " * MAX_MANIFEST_BYTES
     write_manifest(b.path, sign_payload(big, b.keys))
     with pytest.raises(ManifestTooLargeError):
         open_bundle(b.path, b.resolver())

@@ -32,7 +32,8 @@ def test_staging_read_back_error_is_io_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = Env(tmp_path / "site")
-    bundle = env.bundle({"model@1": b"m" * 100_000}, sequence=1)
+    # bigger than staging.SMALL: read back by the hashing thread
+    bundle = env.bundle({"model@1": b"m" * (staging.SMALL + 100_000)}, sequence=1)
     before = env.snapshot()
     monkeypatch.setattr(staging, "os", _FailingPreadv())
     with pytest.raises(OperationalError) as exc:

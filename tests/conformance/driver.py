@@ -73,7 +73,7 @@ def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("APPLIANCE_") or k == "APPLIANCE_ANCHOR_DIR"
+        if not k.startswith("APPLIANCE_") or k in ("APPLIANCE_ANCHOR_DIR", "APPLIANCE_IMMUTABLE")
     }
     env["PYTHONPATH"] = str(REPO)
     env.update(extra or {})

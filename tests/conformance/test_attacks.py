@@ -27,7 +27,7 @@ import pytest
 from bundles.canonical import canonical_bytes
 from bundles.documents import TRUST_PAYLOAD_TYPE, AddKey, RevokeKey, RotateRoot
 from bundles.dsse import Envelope, Signature
-from bundles.manifest import PAYLOAD_TYPE
+from bundles.manifest import MAX_MANIFEST_BYTES, PAYLOAD_TYPE
 from bundles.reader import MANIFEST_FILE, MAX_MANIFEST_FILE_BYTES
 from bundles.timeutil import utcnow
 
@@ -670,10 +670,10 @@ def _env_deep(ctx: Ctx) -> list[str | os.PathLike[str]]:
     return importing(b.path)
 
 
-@case("signed-manifest-over-16-mib", 1, "manifest_too_large")
+@case("signed-manifest-over-the-cap", 1, "manifest_too_large")
 def _m_big(ctx: Ctx) -> list[str | os.PathLike[str]]:
     b = ctx.next_bundle()
-    payload = b.envelope().payload[:-1] + b',"pad":"' + b"p" * (16 << 20) + b'"}'
+    payload = b.envelope().payload[:-1] + b',"pad":"' + b"p" * MAX_MANIFEST_BYTES + b'"}'
     (b.path / MANIFEST_FILE).write_bytes(ctx.repo.sign(payload, ("pub",)).to_bytes())
     return importing(b.path)
 

@@ -1,0 +1,440 @@
+#!/usr/bin/env python3
+"""The scale section: each product path at several sizes, beside its reference tool.
+
+    .venv/bin/python bench/scale.py                          # 1k, 5k, 20k artifacts; 1 GiB, 2 GiB
+    .venv/bin/python bench/scale.py --counts 1000,20000,100000 --sizes 1G,2G,4G,16G
+
+Per count N (small files of 1 to 8 KiB, one bundle): ``bundle create`` against ``cp -r``
+then ``b3sum`` of the copy; ``import`` against ``cp -r`` then ``sync``; ``verify`` against
+``b3sum`` over the same store objects; a tiny verified load (``appliance.load``, in
+process, from a home holding that bundle). Per size S: ``load -o /dev/null`` and ``exec
+-- true`` against ``b3sum`` of the object. Then ``audit verify`` of a log of 1,000,000
+events. Every pair runs interleaved in one run (``bench/run.py``'s ``measure``), page
+cache warm; the figures are medians. Writes ``bench/results/scale-latest.json`` and the
+plot ``docs/scale.png``. The plot needs matplotlib (the ``bench`` extra): install it in
+another environment and name its interpreter with ``--plot-python`` (matplotlib brings
+numpy, and ``sqlite_utils`` imports numpy when it can: in the product's own environment
+that would add seconds to every measured CLI start-up). ``--plot-from JSON`` only draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import run as R
+
+REPO = R.REPO
+TARGETS = {
+    "verify": "files/s over b3sum's >= 1.5",
+    "tiny_load": "ms < 5",
+    "import": "time over cp -r + sync <= 1.5",
+    "create": "time over cp -r + b3sum <= 1.5",
+    "load": "time over b3sum <= 1.25",
+    "exec": "time over b3sum <= 1.25",
+    "audit": "seconds < 10",
+}
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def unflag(root: Path) -> None:
+    """Clear the immutable flag of every store object under ``root`` (before removing it)."""
+    from appliance.store import clear_immutable
+
+    for objects in root.rglob("objects"):
+        for p in objects.rglob("*"):
+            if p.is_file():
+                clear_immutable(p)
+
+
+def rmtree(path: Path) -> None:
+    if path.exists():
+        unflag(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def setup_keys(work: Path) -> tuple[Path, Path]:
+    app = R.cli()
+    keys = work / "keys"
+    for name in ("root", "pub"):
+        R.quiet([*app, "key", "new", name, "--out", keys])
+    template = work / "home-template"
+    R.quiet([*app, "--home", template, "init", "--root-key", keys / "root.pub", "--site", "bench"])
+    update = work / "trust-0002.json"
+    R.quiet(
+        [
+            *app,
+            "trust",
+            "update",
+            update,
+            "--version",
+            "2",
+            "--key",
+            keys / "root.key",
+            "--add-key",
+            keys / "pub.pub",
+            "--role",
+            "publisher",
+            "--stream",
+            R.STREAM,
+        ]
+    )
+    R.quiet([*app, "--home", template, "trust", "apply", update])
+    return keys, template
+
+
+def small_files(root: Path, count: int) -> list[str]:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(count)
+    names = []
+    for i in range(count):
+        name = f"f{i:06d}"
+        (root / name).write_bytes(rng.randbytes(rng.randint(1024, 8192)))
+        names.append(name)
+    return names
+
+
+def create_args(keys: Path, out: Path, names: list[str], seq: int) -> list[str]:
+    return [
+        *R.cli(),
+        "bundle",
+        "create",
+        str(out),
+        "--stream",
+        R.STREAM,
+        "--sequence",
+        str(seq),
+        "--key",
+        str(keys / "pub.key"),
+        "--any-site",
+        *(f"{n}@1={n}" for n in names),
+    ]
+
+
+def make_bundle_api(keys: Path, out: Path, src: Path, names: list[str], seq: int) -> None:
+    """A bundle of many artifacts through the product's Python API (no argv limit)."""
+    from datetime import timedelta
+
+    from bundles.keys import load_private_key
+    from bundles.timeutil import utcnow
+    from bundles.writer import ArtifactSpec, create_bundle
+
+    specs = [ArtifactSpec(n, "1", src / n) for n in names]
+    create_bundle(
+        out,
+        specs,
+        stream=R.STREAM,
+        sequence=seq,
+        keys=[load_private_key(keys / "pub.key")],
+        expires=utcnow() + timedelta(days=30),
+        any_site=True,
+    )
+
+
+def objects_of(home: Path) -> list[Path]:
+    return sorted(p for p in (home / "objects").rglob("*") if p.is_file())
+
+
+def fresh_home(template: Path, home: Path) -> Callable[[], None]:
+    def go() -> None:
+        rmtree(home)
+        shutil.copytree(template, home)
+        R.sync()
+
+    return go
+
+
+def per_count(
+    work: Path, keys: Path, template: Path, n: int, b3sum: str, reps: int
+) -> dict[str, Any]:
+    app = R.cli()
+    d = work / f"n{n}"
+    src = d / "src"
+    log(f"== {n} artifacts: writing files")
+    names = small_files(src, n)
+    bundle = d / "bundle"
+    out: dict[str, Any] = {"count": n}
+    cp_b3 = f"cp -r {src} {d}/copy && cd {d}/copy && {b3sum} * > /dev/null"
+    cases = [
+        R.Case("cp -r + b3sum", ["sh", "-c", cp_b3], prep=R.rm(d / "copy"), after=R.rm(d / "copy")),
+    ]
+    argv_ok = sum(len(a) + 1 for a in create_args(keys, bundle, names, 1)) < 1_500_000
+    if argv_ok:
+        cases.append(
+            R.Case(
+                "appliance bundle create",
+                create_args(keys, d / "bundle-c", names, 1),
+                cwd=src,
+                prep=R.rm(d / "bundle-c"),
+                after=R.rm(d / "bundle-c"),
+            )
+        )
+    for c in cases:
+        c.inputs = [src / x for x in names]
+    R.measure(cases, reps, log)
+    by = R.by_name(cases)
+    if argv_ok:
+        out["create_s"] = by["appliance bundle create"].median()
+    out["cp_b3sum_s"] = by["cp -r + b3sum"].median()
+    make_bundle_api(keys, bundle, src, names, 1)
+    media = bundle / "artifacts"
+    home = d / "home"
+    cases = [
+        R.Case(
+            "cp -r + sync",
+            ["sh", "-c", f"cp -r {media} {d}/copy && sync"],
+            prep=R.both(R.rm(d / "copy"), R.sync),
+            after=R.rm(d / "copy"),
+        ),
+        R.Case(
+            "appliance import",
+            [*app, "--home", str(home), "import", str(bundle)],
+            prep=fresh_home(template, home),
+        ),
+    ]
+    for c in cases:
+        c.inputs = sorted(p for p in bundle.rglob("*") if p.is_file())
+    R.measure(cases, reps, log)
+    by = R.by_name(cases)
+    out["import_s"] = by["appliance import"].median()
+    out["cp_sync_s"] = by["cp -r + sync"].median()
+    objs = objects_of(home)
+    listing = d / "objects.txt"
+    listing.write_text("\0".join(map(str, objs)))
+    cases = [
+        R.Case("appliance verify", [*app, "--home", str(home), "verify"], stdout_null=True),
+        R.Case(
+            "b3sum OBJECTS",
+            ["sh", "-c", f"xargs -0 {b3sum} < {listing} > /dev/null"],
+        ),
+        R.Case(
+            "appliance.load tiny (in process)",
+            R.py(R.WORKER, "load-tiny", home, names[n // 2], "30"),
+            inner=True,
+        ),
+    ]
+    for c in cases:
+        c.inputs = objs
+    R.measure(cases, reps, log)
+    by = R.by_name(cases)
+    out["verify_s"] = by["appliance verify"].median()
+    out["b3sum_objects_s"] = by["b3sum OBJECTS"].median()
+    tiny = by["appliance.load tiny (in process)"]
+    inner = [s.inner for s in tiny.samples if s.inner]
+    out["tiny_load_ms"] = sorted(x["unrecorded_ms"] for x in inner)[len(inner) // 2]
+    out["tiny_load_audited_ms"] = sorted(x["audited_ms"] for x in inner)[len(inner) // 2]
+    rmtree(d / "src")
+    return out
+
+
+def per_size(work: Path, keys: Path, template: Path, size: int, b3sum: str, reps: int) -> Any:
+    app = R.cli()
+    d = work / f"s{size >> 20}M"
+    d.mkdir()
+    big = d / "big.bin"
+    log(f"== {size / R.GiB:g} GiB: writing the file and importing it")
+    R.write_file(big, size)
+    bundle = d / "bundle"
+    R.quiet(
+        [*app, "bundle", "create", bundle, "--stream", R.STREAM, "--sequence", "1"]
+        + ["--key", keys / "pub.key", "--any-site", f"big@1={big}"]
+    )
+    big.unlink()
+    home = d / "home"
+    shutil.copytree(template, home)
+    R.quiet([*app, "--home", home, "import", bundle])
+    rmtree(bundle)
+    obj = objects_of(home)[0]
+    cases = [
+        R.Case("b3sum OBJECT", [b3sum, str(obj)]),
+        R.Case(
+            "appliance load -o /dev/null",
+            [*app, "--home", str(home), "load", "big", "-o", "/dev/null"],
+        ),
+        R.Case("appliance exec -- true", [*app, "--home", str(home), "exec", "big", "--", "true"]),
+    ]
+    for c in cases:
+        c.inputs = [obj]
+    R.measure(cases, reps, log)
+    by = R.by_name(cases)
+    out = {
+        "size": size,
+        "b3sum_s": by["b3sum OBJECT"].median(),
+        "load_s": by["appliance load -o /dev/null"].median(),
+        "exec_s": by["appliance exec -- true"].median(),
+    }
+    doc = json.loads(R.quiet([*app, "--home", home, "--json", "load", "big", "-o", "/dev/null"]))
+    out["copy"] = doc.get("copy")
+    rmtree(d)
+    return out
+
+
+def audit_log(work: Path, template: Path, events: int, reps: int) -> dict[str, Any]:
+    """A home with ``events`` audit events (written straight into the table, chained by
+    the rule of ``appliance.audit.event_hash``), then ``audit verify`` from the CLI."""
+    from appliance.audit import FIELDS, event_hash
+
+    home = work / "home-audit"
+    shutil.copytree(template, home)
+    log(f"== audit verify: writing {events:,} events")
+    conn = sqlite3.connect(home / "appliance.db")
+    seq, prev = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    rows = []
+    for i in range(seq + 1, seq + 1 + events):
+        ev = {
+            "seq": i,
+            "ts": "2026-12-01T00:00:00Z",
+            "type": "load",
+            "outcome": "verified",
+            "code": None,
+            "name": f"model-{i % 97}",
+            "version": "1",
+            "detail": json.dumps({"digest": "ab" * 32, "size": i}, separators=(",", ":")),
+        }
+        body = json.dumps({k: ev[k] for k in FIELDS}, sort_keys=True, separators=(",", ":"))
+        h = hashlib.sha256(bytes.fromhex(prev) + body.encode()).hexdigest()
+        if i == seq + 1:
+            assert h == event_hash(prev, ev)  # the same rule as the product's
+        rows.append((*[ev[k] for k in FIELDS], prev, h))
+        prev = h
+    conn.executemany(f"INSERT INTO audit VALUES ({','.join('?' * 10)})", rows)
+    conn.commit()
+    conn.close()
+    app = R.cli()
+    cases = [R.Case("appliance audit verify", [*app, "--home", str(home), "audit", "verify"])]
+    R.measure(cases, reps, log)
+    return {"events": events + seq, "audit_verify_s": cases[0].median()}
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = report["counts"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    ns = [c["count"] for c in counts]
+    ax = axes[0]
+    for key, label in (
+        ("import_s", "appliance import"),
+        ("cp_sync_s", "cp -r + sync"),
+        ("create_s", "appliance bundle create"),
+        ("cp_b3sum_s", "cp -r + b3sum"),
+        ("verify_s", "appliance verify"),
+        ("b3sum_objects_s", "b3sum objects"),
+    ):
+        pts = [(c["count"], c[key]) for c in counts if key in c]
+        if pts:
+            ax.plot(*zip(*pts, strict=False), marker="o", label=label)
+    ax.set_xlabel("artifacts in the bundle")
+    ax.set_ylabel("seconds (median)")
+    ax.set_title("small files: product vs reference")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    ax.plot(ns, [c["tiny_load_ms"] for c in counts], marker="o", label="tiny load (unrecorded)")
+    ax.plot(
+        ns, [c["tiny_load_audited_ms"] for c in counts], marker="o", label="tiny load (audited)"
+    )
+    ax.axhline(5, color="grey", ls="--", label="target 5 ms")
+    ax.set_xlabel("artifacts in the bundle")
+    ax.set_ylabel("ms (median, in process)")
+    ax.set_title("a tiny verified load")
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    sizes = report["sizes"]
+    gib = [s["size"] / R.GiB for s in sizes]
+    for key, label in (
+        ("b3sum_s", "b3sum object"),
+        ("load_s", "load -o /dev/null"),
+        ("exec_s", "exec -- true"),
+    ):
+        ax.plot(gib, [s[key] for s in sizes], marker="o", label=label)
+    ax.set_xlabel("artifact size, GiB")
+    ax.set_ylabel("seconds (median)")
+    ax.set_title("big loads")
+    ax.legend(fontsize=8)
+    fig.suptitle(f"appliance scale run {report['when']} (load {report['load_before']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--counts", default="1000,5000,20000")
+    ap.add_argument("--sizes", default="1G,2G", help="big-load sizes (4G, 16G as disk allows)")
+    ap.add_argument("--audit-events", type=int, default=1_000_000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--plot", type=Path, default=REPO / "docs" / "scale.png")
+    ap.add_argument("--plot-python", help="an interpreter with matplotlib (the bench extra)")
+    ap.add_argument("--plot-from", type=Path, help="only draw the plot of this JSON report")
+    args = ap.parse_args()
+    if args.plot_from is not None:
+        plot(json.loads(args.plot_from.read_text()), args.plot)
+        return 0
+    b3sum = R.ensure_b3sum(log)
+    if b3sum is None:
+        log("b3sum is needed")
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="appliance-scale-"))
+    report: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_before": R.loadavg(),
+        "machine": R.machine(),
+        "argv": sys.argv,
+        "counts": [],
+        "sizes": [],
+    }
+    try:
+        keys, template = setup_keys(work)
+        for n in (int(x) for x in args.counts.split(",") if x):
+            report["counts"].append(per_count(work, keys, template, n, b3sum, args.reps))
+            log(json.dumps(report["counts"][-1]))
+        for s in (R.parse_size(x) for x in args.sizes.split(",") if x):
+            report["sizes"].append(per_size(work, keys, template, s, b3sum, args.reps))
+            log(json.dumps(report["sizes"][-1]))
+        if args.audit_events:
+            report["audit"] = audit_log(work, template, args.audit_events, args.reps)
+            log(json.dumps(report["audit"]))
+    finally:
+        report["load_after"] = R.loadavg()
+        rmtree(work)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    (args.out / f"scale-{stamp}.json").write_text(json.dumps(report, indent=2))
+    (args.out / "scale-latest.json").write_text(json.dumps(report, indent=2))
+    if args.plot_python:
+        subprocess.run(
+            [args.plot_python, __file__, "--plot-from", str(args.out / "scale-latest.json")]
+            + ["--plot", str(args.plot)],
+            check=False,
+        )
+    else:
+        try:
+            plot(report, args.plot)
+        except ImportError:
+            log("matplotlib is missing (see --plot-python): no plot")
+    log(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Complexity pinned by counting work (never by timing).
+
+* ``verify`` of N records from one bundle verifies and parses that bundle's stored
+  signed manifest once, not N times; a changed stored envelope is not served from the
+  memo.
+* An import makes its batch durable with two ``syncfs`` calls (before and after the
+  renames) and a number of ``fsync`` calls that does not grow with its artifacts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest_load import Site, make_site
+
+from appliance import provenance, store
+from appliance.importer import import_bundle
+from appliance.store import records
+from appliance.truststore import load_trust
+from appliance.verify import verify_record
+from bundles.dsse import Envelope
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memo() -> Iterator[None]:
+    for table in (provenance._memo, provenance._memo_keyids, provenance._row_digests):
+        table.clear()
+    yield
+
+
+def _bundle(site: Site, n: int, tag: str) -> Path:
+    return site.bundle({f"{tag}{i}@1": f"{tag} {i}".encode() * 50 for i in range(n)})
+
+
+def _verify_all(site: Site) -> list[str]:
+    db = site.h.db()
+    try:
+        trust = load_trust(db)
+        return [verify_record(site.h, db, trust, r).status for r in records(db)]
+    finally:
+        db.conn.close()
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    seen = {"verify_envelope": 0, "from_payload": 0}
+    real_verify = provenance.verify_envelope
+    real_parse = provenance.Manifest.from_payload
+
+    def verify(*a: Any, **k: Any) -> Any:
+        seen["verify_envelope"] += 1
+        return real_verify(*a, **k)
+
+    def parse(payload: bytes) -> Any:
+        seen["from_payload"] += 1
+        return real_parse(payload)
+
+    monkeypatch.setattr(provenance, "verify_envelope", verify)
+    monkeypatch.setattr(provenance.Manifest, "from_payload", staticmethod(parse))
+    return seen
+
+
+@pytest.mark.parametrize("n", [3, 40])
+def test_verify_of_n_records_verifies_the_manifest_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int
+) -> None:
+    site = make_site(tmp_path)
+    import_bundle(site.h, _bundle(site, n, "a"))
+    seen = _counting(monkeypatch)
+    assert _verify_all(site) == ["ok"] * n
+    assert seen == {"verify_envelope": 1, "from_payload": 1}
+    assert _verify_all(site) == ["ok"] * n  # a second pass in the same process: no more
+    assert seen == {"verify_envelope": 1, "from_payload": 1}
+
+
+def test_two_bundles_two_verifications(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = make_site(tmp_path)
+    import_bundle(site.h, _bundle(site, 5, "a"))
+    import_bundle(site.h, _bundle(site, 7, "b"))
+    seen = _counting(monkeypatch)
+    assert _verify_all(site) == ["ok"] * 12
+    assert seen == {"verify_envelope": 2, "from_payload": 2}
+
+
+def test_a_changed_stored_envelope_is_not_served_from_the_memo(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    import_bundle(site.h, _bundle(site, 4, "a"))
+    assert _verify_all(site) == ["ok"] * 4  # now in the memo
+    db = site.h.db()
+    try:
+        raw = bytes(db.execute("SELECT envelope FROM manifests").fetchone()[0])
+        env = Envelope.from_bytes(raw)
+        forged = Envelope(env.payload_type, env.payload + b" ", env.signatures)
+        db.execute("UPDATE manifests SET envelope = ?", [forged.to_bytes()])
+    finally:
+        db.conn.close()
+    statuses = _verify_all(site)
+    assert statuses == ["unauthorized"] * 4
+
+
+def _import_counting(site: Site, bundle: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    calls = {"fsync": 0}
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls["fsync"] += 1
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    before = store.counters["syncfs"]
+    import_bundle(site.h, bundle)
+    monkeypatch.setattr(os, "fsync", real)
+    return store.counters["syncfs"] - before, calls["fsync"]
+
+
+def test_import_durability_does_not_grow_with_artifacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = make_site(tmp_path)
+    small = _import_counting(site, _bundle(site, 2, "a"), monkeypatch)
+    large = _import_counting(site, _bundle(site, 60, "b"), monkeypatch)
+    assert small[0] == large[0] == 2, (small, large)  # one syncfs before, one after renames
+    assert small[1] == large[1], (small, large)  # fsyncs: the same for 2 and 60 artifacts
+
+
+def _create_counting(tmp: Path, n: int, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    from datetime import timedelta
+
+    from bundles import durable
+    from bundles.keys import PrivateKey
+    from bundles.timeutil import utcnow
+    from bundles.writer import ArtifactSpec, create_bundle
+
+    src = tmp / f"src{n}"
+    src.mkdir()
+    specs = []
+    for i in range(n):
+        (src / f"f{i}").write_bytes(b"x" * (i + 1))
+        specs.append(ArtifactSpec(f"f{i}", "1", src / f"f{i}"))
+    calls = {"fsync": 0}
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls["fsync"] += 1
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    before = durable.counters["syncfs"]
+    create_bundle(
+        tmp / f"bundle{n}",
+        specs,
+        stream="models",
+        sequence=1,
+        keys=[PrivateKey.generate()],
+        expires=utcnow() + timedelta(days=1),
+        any_site=True,
+    )
+    monkeypatch.setattr(os, "fsync", real)
+    return durable.counters["syncfs"] - before, calls["fsync"]
+
+
+def test_bundle_create_durability_does_not_grow_with_artifacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = _create_counting(tmp_path, 2, monkeypatch)
+    large = _create_counting(tmp_path, 50, monkeypatch)
+    assert small == large == (1, small[1]), (small, large)
