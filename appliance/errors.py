@@ -191,6 +191,31 @@ class DiskFullError(OperationalError):
     code = "disk_full"
 
 
+# --- issue 17: OpenSSF model signatures (exit 1) ------------------------------------
+
+
+class ModelSignatureError(PolicyError):
+    code = "model_signature_rejected"
+
+
+class ModelSignatureMissingError(ModelSignatureError):
+    """The stream requires a model signature and an artifact is covered by none."""
+
+    code = "model_signature_missing"
+
+
+class ModelSignatureInvalidError(ModelSignatureError):
+    """A malformed signature file, a bad signature, an unknown, revoked or foreign key."""
+
+    code = "model_signature_invalid"
+
+
+class ModelSignatureMismatchError(ModelSignatureError):
+    """The signed files differ from the bundle's: a digest, a file missing or extra."""
+
+    code = "model_signature_mismatch"
+
+
 __all__ = [
     "AlreadyInitializedError",
     "ApplianceError",
@@ -203,6 +228,10 @@ __all__ = [
     "ExpiredError",
     "KeyNotAuthorizedError",
     "LockHeldError",
+    "ModelSignatureError",
+    "ModelSignatureInvalidError",
+    "ModelSignatureMismatchError",
+    "ModelSignatureMissingError",
     "NameOwnershipError",
     "NotFoundError",
     "NotInitializedError",

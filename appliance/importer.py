@@ -24,6 +24,7 @@ from appliance import audit, witness
 from appliance.db import transaction
 from appliance.errors import TrustUpdateReplayError
 from appliance.home import Home, HomeLock
+from appliance.modelsig import ModelCheck, check_bundle_models
 from appliance.policy import Decision, StoreView, check_bundle
 from appliance.staging import CancelledError, Progress, stage_artifact
 from appliance.store import io_error, promote, sweep_orphans
@@ -57,6 +58,7 @@ class ImportResult:
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     trust_updates: list[int] = field(default_factory=list)
     bytes_verified: int = 0
+    model_signatures: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +70,7 @@ class ImportResult:
             "artifacts": self.artifacts,
             "trust_updates_applied": self.trust_updates,
             "bytes_verified": self.bytes_verified,
+            "model_signatures": self.model_signatures,
         }
 
 
@@ -210,6 +213,7 @@ def _import(
                 decision = check_bundle(
                     state, store_view(db), bundle.manifest, bundle.signers, trusted_now(db)
                 )
+                models = check_bundle_models(state, bundle)  # issue 17: model signatures
                 witness.require_resync(
                     db, wcheck, "bundle", stream=(bundle.manifest.stream, bundle.manifest.sequence)
                 )
@@ -224,6 +228,7 @@ def _import(
                 dry_run=dry_run,
                 signers=sorted(decision.counted_signers),
                 trust_updates=applied,
+                model_signatures=models.to_list(),
             )
             staged = _stage_all(home, bundle, decision, dry_run, progress, cancel, db, path)
         result.bytes_verified = sum(a.size for a in bundle.manifest.artifacts)
@@ -244,7 +249,7 @@ def _import(
                 raise CancelledError("import cancelled before promotion; nothing was changed")
             for a, staged_path in staged.items():
                 promote(home, staged_path, a.blake3)
-            _commit(db, bundle, decision)
+            _commit(db, bundle, decision, models)
         finally:
             home.clean_staging()
         if wcheck.status is not witness.WitnessStatus.OFF:
@@ -311,7 +316,9 @@ def _error_rank(exc: BaseException) -> int:
     return 0 if isinstance(exc, CancelledError) else 1
 
 
-def _commit(db: sqlite_utils.Database, bundle: Bundle, decision: Decision) -> None:
+def _commit(
+    db: sqlite_utils.Database, bundle: Bundle, decision: Decision, models: ModelCheck
+) -> None:
     m = bundle.manifest
     now = format_time(utcnow())
     signers = json.dumps(sorted(bundle.signers))
@@ -357,6 +364,7 @@ def _commit(db: sqlite_utils.Database, bundle: Bundle, decision: Decision) -> No
                     "release": a.release,
                     "signers": sorted(bundle.signers),
                     "activated": True,
+                    **models.audit_detail(a.name),
                 },
             )
         db.execute(
@@ -380,5 +388,6 @@ def _commit(db: sqlite_utils.Database, bundle: Bundle, decision: Decision) -> No
                 "signers": sorted(bundle.signers),
                 "new": [a.ref for a in decision.new],
                 "present": [a.ref for a in decision.present],
+                "model_signatures": models.to_list(),
             },
         )

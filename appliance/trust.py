@@ -24,6 +24,8 @@ from appliance.errors import (
 from bundles.documents import (
     TRUST_PAYLOAD_TYPE,
     AddKey,
+    AddModelSigner,
+    RequireModelSignature,
     RevokeKey,
     RotateRoot,
     SetThreshold,
@@ -31,7 +33,7 @@ from bundles.documents import (
 )
 from bundles.dsse import Envelope, KeyResolver, verify_envelope
 from bundles.errors import RejectedError, SignatureError, UnknownKeyError
-from bundles.keys import PublicKey
+from bundles.keys import EcPublicKey, PublicKey
 
 RoleKey = tuple[str, str]  # (role, stream); stream is "" for root and rollback
 
@@ -53,11 +55,25 @@ class KeyEntry:
 
 
 @dataclass(frozen=True)
+class ModelSignerEntry:
+    """Issue 17: an ECDSA key of the ``model-signer`` role of one stream."""
+
+    key: EcPublicKey
+    stream: str
+    added_version: int
+    name: str | None = None
+
+
+@dataclass(frozen=True)
 class TrustState:
     version: int
     keys: dict[str, KeyEntry] = field(default_factory=dict)
     thresholds: dict[RoleKey, int] = field(default_factory=dict)
     revoked: frozenset[str] = frozenset()  # includes ids never added (pre-emptive revocation)
+    # issue 17: model-signer keys (ECDSA; revoked ones stay, listed in ``revoked``) and the
+    # streams whose bundles need a valid OpenSSF model signature
+    model_signers: dict[str, ModelSignerEntry] = field(default_factory=dict)
+    model_signature_required: frozenset[str] = frozenset()
 
     @classmethod
     def initial(cls, root_keys: list[PublicKey], threshold: int) -> TrustState:
@@ -146,6 +162,8 @@ def _apply_operations(state: TrustState, update: TrustUpdate) -> TrustState:
     keys = dict(state.keys)
     thresholds = dict(state.thresholds)
     revoked = set(state.revoked)
+    model_signers = dict(state.model_signers)
+    required = set(state.model_signature_required)
     v = update.version
     for op in update.operations:
         if isinstance(op, AddKey):
@@ -179,7 +197,20 @@ def _apply_operations(state: TrustState, update: TrustUpdate) -> TrustState:
                     )
                 keys[k.keyid] = KeyEntry(k, ("root", ""), v)
             thresholds[("root", "")] = op.threshold
-    new = TrustState(v, keys, thresholds, frozenset(revoked))
+        elif isinstance(op, AddModelSigner):
+            kid = op.key.keyid
+            if kid in revoked:
+                raise RevokedKeyReuseError(f"key {kid[:16]} was revoked and cannot be re-added")
+            if kid in model_signers and model_signers[kid].stream != op.stream:
+                raise TrustUpdateError(
+                    f"key {kid[:16]} already signs models of stream {model_signers[kid].stream}; "
+                    "one key, one role",
+                    code="role_conflict",
+                )
+            model_signers[kid] = ModelSignerEntry(op.key, op.stream, v, op.name)
+        elif isinstance(op, RequireModelSignature):
+            (required.add if op.required else required.discard)(op.stream)
+    new = TrustState(v, keys, thresholds, frozenset(revoked), model_signers, frozenset(required))
     roots = new.members(("root", ""))
     if new.threshold(("root", "")) > len(roots):
         raise TrustUpdateError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import TypedDict
 
@@ -9,8 +10,8 @@ import sqlite_utils
 
 from appliance import audit
 from appliance.db import get_meta, set_meta
-from appliance.trust import KeyEntry, TrustState
-from bundles.keys import PublicKey
+from appliance.trust import KeyEntry, ModelSignerEntry, TrustState
+from bundles.keys import EcPublicKey, PublicKey
 from bundles.timeutil import format_time, parse_stamp, utcnow
 
 
@@ -31,7 +32,15 @@ def load_trust(db: sqlite_utils.Database) -> TrustState:
         for role, stream, t in db.execute("SELECT role, stream, threshold FROM thresholds")
     }
     version = int(get_meta(db, "trust_version") or "0")
-    return TrustState(version, keys, thresholds, frozenset(revoked))
+    models = json.loads(get_meta(db, "model_signing") or "{}")  # issue 17
+    signers = {
+        kid: ModelSignerEntry(
+            EcPublicKey.from_pem(e["pem"].encode()), e["stream"], e["added"], e["name"]
+        )
+        for kid, e in models.get("signers", {}).items()
+    }
+    required = frozenset(models.get("required", []))
+    return TrustState(version, keys, thresholds, frozenset(revoked), signers, required)
 
 
 def save_trust(db: sqlite_utils.Database, state: TrustState) -> None:
@@ -62,6 +71,19 @@ def save_trust(db: sqlite_utils.Database, state: TrustState) -> None:
             "INSERT INTO thresholds (role, stream, threshold) VALUES (?, ?, ?)", [role, stream, t]
         )
     set_meta(db, "trust_version", str(state.version))
+    models = {  # issue 17: model-signer keys and the streams that require model signatures
+        "signers": {
+            kid: {
+                "pem": e.key.to_pem().decode(),
+                "stream": e.stream,
+                "added": e.added_version,
+                "name": e.name,
+            }
+            for kid, e in state.model_signers.items()
+        },
+        "required": sorted(state.model_signature_required),
+    }
+    set_meta(db, "model_signing", json.dumps(models, sort_keys=True))
 
 
 def site(db: sqlite_utils.Database) -> str | None:

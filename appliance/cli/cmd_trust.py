@@ -3,7 +3,8 @@
 ``trust update`` (connected side) JSON: ``out``, ``version``, ``operations``,
 ``signers``. ``trust apply`` JSON: ``version``, ``operations``.
 ``trust show`` JSON: ``trust_version``, ``site``, ``roles`` (list of
-``{role, stream, threshold, keys}``), ``revoked`` (key ids), ``streams``
+``{role, stream, threshold, keys}``; ``model-signer`` rows hold ECDSA keys),
+``revoked`` (key ids), ``model_signature_required`` (streams), ``streams``
 (``{stream: sequence}``), ``trusted_time``, ``witness`` (``{status, path, detail}``).
 """
 
@@ -24,7 +25,9 @@ from bundles.documents import (
     ROLES,
     TRUST_PAYLOAD_TYPE,
     AddKey,
+    AddModelSigner,
     Operation,
+    RequireModelSignature,
     RevokeKey,
     RotateRoot,
     SetThreshold,
@@ -33,7 +36,7 @@ from bundles.documents import (
 from bundles.dsse import Envelope, sign_envelope
 from bundles.errors import BadNameError, UsageError
 from bundles.files import read_input_file, write_new_file
-from bundles.keys import load_private_key, load_public_key
+from bundles.keys import load_ec_public_key, load_private_key, load_public_key
 from bundles.names import check_identifier
 from bundles.timeutil import format_time, utcnow
 
@@ -75,12 +78,23 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
         help="root private key (old and, for --rotate-root, new)",
     )
     up.add_argument("--add-key", dest="add_key", action=_Op, metavar="PUB")
-    up.add_argument("--role", dest="role", action=_Op, choices=("publisher", "rollback"))
+    up.add_argument(
+        "--role", dest="role", action=_Op, choices=("publisher", "rollback", "model-signer")
+    )
     up.add_argument("--stream", dest="stream", action=_Op)
     up.add_argument("--revoke", dest="revoke", action=_Op, metavar="KEYID")
     up.add_argument("--threshold", dest="threshold", action=_Op, metavar="ROLE[:STREAM]=N")
     up.add_argument("--rotate-root", dest="rotate_root", action=_Op, nargs="+", metavar="PUB")
     up.add_argument("--root-threshold", type=int)
+    up.add_argument(  # issue 17
+        "--require-model-signature", dest="require_model_signature", action=_Op, metavar="STREAM"
+    )
+    up.add_argument(
+        "--no-require-model-signature",
+        dest="no_require_model_signature",
+        action=_Op,
+        metavar="STREAM",
+    )
     up.set_defaults(func=run_update, ops=None)
 
     ap = ts.add_parser("apply", parents=[common], help="apply a trust update file")
@@ -108,6 +122,17 @@ def _operations(args: argparse.Namespace) -> list[Operation]:
             if role is None:
                 raise UsageError(f"--add-key {value} needs a --role")
             stream = raw.get("stream")
+            if role == "model-signer":  # issue 17: ECDSA keys of OpenSSF model-signing
+                if stream is None:
+                    raise UsageError("--role model-signer needs a --stream")
+                ops.append(
+                    AddModelSigner(
+                        load_ec_public_key(Path(value)),
+                        _identifier(stream, "stream"),
+                        raw.get("name"),
+                    )
+                )
+                continue
             if (role == "publisher") != (stream is not None):
                 raise UsageError("--stream is required for publisher keys and only for them")
             ops.append(
@@ -131,6 +156,9 @@ def _operations(args: argparse.Namespace) -> list[Operation]:
             ops.append(
                 SetThreshold(role, _identifier(stream, "stream") if stream else None, int(number))
             )
+        elif kind in ("require_model_signature", "no_require_model_signature"):
+            stream = _identifier(value, "stream")
+            ops.append(RequireModelSignature(stream, kind == "require_model_signature"))
         elif kind == "rotate_root":
             keys = tuple(load_public_key(Path(v)) for v in value)
             threshold = args.root_threshold or 1
@@ -189,6 +217,10 @@ def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         )
     for role in state.thresholds:
         roles.setdefault(role, [])
+    for kid, m in sorted(state.model_signers.items()):  # issue 17
+        roles.setdefault(("model-signer", m.stream), []).append(
+            {"keyid": kid, "added_version": m.added_version, "revoked": kid in state.revoked}
+        )
     wcheck = witness.check(db, witness.configured_path(db, ctx.witness))
     out: dict[str, Any] = {
         "trust_version": state.version,
@@ -198,6 +230,7 @@ def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             for (r, s), keys in sorted(roles.items())
         ],
         "revoked": sorted(state.revoked),
+        "model_signature_required": sorted(state.model_signature_required),
         "streams": stream_sequences(db),
         "trusted_time": format_time(trusted_now(db)),
         "witness": {
@@ -220,5 +253,7 @@ def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             ctx.say(f"      {k['keyid'][:16]}  {'REVOKED' if k['revoked'] else 'live'}")
     for stream, seq in sorted(out["streams"].items()):
         ctx.say(f"  stream {stream}: sequence {seq}")
+    for stream in out["model_signature_required"]:
+        ctx.say(f"  stream {stream}: bundles need a valid model signature")
     ctx.say(f"  state witness: {wcheck.status.value} ({wcheck.detail})")
     return out
