@@ -15,14 +15,17 @@ from appliance.modelsig.check import (
     is_signature,
 )
 from appliance.modelsig.oms import BUNDLE_MEDIA_TYPE, ModelStatement, SignatureFile
+from appliance.modelsig.review import ModelReview, review_models
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
     "ModelCheck",
+    "ModelReview",
     "ModelSignature",
     "ModelStatement",
     "SignatureFile",
     "check_bundle_models",
     "check_models",
     "is_signature",
+    "review_models",
 ]

@@ -10,6 +10,8 @@ extra, a signature from the model-signer of another stream.
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -216,3 +218,61 @@ def test_a_stream_that_does_not_require_it_still_verifies_a_present_signature(
     assert ok(cli(home, "trust", "show"))["model_signature_required"] == ["models"]
     again = ok(cli_bundle(repo, home, world.model, None, sequence=2, version="2.0"))
     refused(home, again["path"], "model_signature_missing")
+
+
+def test_bundle_inspect_shows_who_signed_the_model(world: World, home: Path) -> None:
+    created = ok(cli_bundle(world.repo, home, world.model, world.sig["blake3"], sequence=1))
+    shown = ok(cli(home, "bundle", "inspect", created["path"]))
+    (row,) = shown["model_signatures"]
+    keyid = ec_public(world.signer).keyid
+    assert (row["model"], row["keyid"], row["files"]) == ("m", keyid, 3)
+    assert row["matches_manifest"] is True and row["verified"] is False
+    pub = world.signer.with_suffix(".pub")
+    shown = ok(cli(home, "bundle", "inspect", created["path"], "--model-key", pub))
+    assert shown["model_signatures"][0]["verified"] is True
+
+
+def test_bundle_create_refuses_a_signature_that_does_not_fit_the_artifacts(
+    world: World, home: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "b"
+    base = ["bundle", "create", out, "--stream", "models", "--sequence", "1", "--any-site"]
+    base += ["--key", world.repo.keydir / "pub.key"]
+    sig = f"m={world.sig['sha256']}"
+    some = f"m/config.json@1.0={world.model / 'config.json'}"
+    r = cli(home, *base, "--model-signature", sig, some)
+    assert r.rc == 2 and "give it as" in r.out["error"]["message"], str(r)
+    r = cli(home, *base, "--model-signature", "m", some)
+    assert r.rc == 2 and r.code == "usage", str(r)
+    junk = tmp_path / "junk.sig"
+    junk.write_text("{}")
+    r = cli(home, *base, "--model-signature", f"m={junk}", some)
+    assert r.rc == 2 and "lacks" in r.out["error"]["message"], str(r)
+    assert not out.exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs staging to verify the manifest's SHA-256 in its one pass (another branch); "
+    "when it lands this passes: remove the marker",
+)
+def test_a_publisher_who_lies_about_sha256_is_caught_by_staging(
+    world: World, home: Path, tmp_path: Path
+) -> None:
+    """A compromised publisher key signs the evil bytes' BLAKE3 beside the good file's
+    SHA-256 (which the sha256 model signature lists): only staging, hashing the bytes it
+    writes, can refuse it."""
+    import hashlib
+
+    model = tmp_path / "model"
+    shutil.copytree(world.model, model)
+    (model / "model.safetensors").write_bytes(b"\x00evil\x01" * 300)
+    bundle = writer_bundle(world.repo, model, world.sig["sha256"], sequence=1, sha256=True)
+    env = json.loads((bundle / "manifest.dsse.json").read_bytes())
+    doc = json.loads(base64.b64decode(env["payload"]))
+    good = hashlib.sha256(FILES["model.safetensors"]).hexdigest()
+    for s in doc["subject"]:
+        if s["name"] == "m/model.safetensors":
+            s["digest"]["sha256"] = good
+    world.repo.resign(bundle, doc, ["pub"])
+    refused(home, bundle, "digest_mismatch")
