@@ -276,3 +276,91 @@ def test_a_publisher_who_lies_about_sha256_is_caught_by_staging(
             s["digest"]["sha256"] = good
     world.repo.resign(bundle, doc, ["pub"])
     refused(home, bundle, "digest_mismatch")
+
+
+def test_trust_update_cli_adds_model_signers_and_requires_signatures(
+    world: World, tmp_path: Path
+) -> None:
+    repo = world.repo
+    home = tmp_path / "cli-home"
+    ok(cli(home, "init", "--root-key", repo.pub("root"), "--site", "site-a"))
+    pub = world.stranger.with_suffix(".pub")
+    root = ["--key", repo.keydir / "root.key"]
+    out = tmp_path / "t2.json"
+    made = ok(
+        cli(
+            home,
+            "trust",
+            "update",
+            out,
+            "--version",
+            "2",
+            *root,
+            "--add-key",
+            pub,
+            "--role",
+            "model-signer",
+            "--stream",
+            "models",
+            "--require-model-signature",
+            "models",
+        )
+    )
+    assert [op["op"] for op in made["operations"]] == [
+        "add_model_signer",
+        "require_model_signature",
+    ]
+    ok(cli(home, "trust", "apply", out))
+    shown = ok(cli(home, "trust", "show"))
+    (row,) = [r for r in shown["roles"] if r["role"] == "model-signer"]
+    assert row["stream"] == "models" and row["keys"][0]["keyid"] == ec_public(world.stranger).keyid
+    assert shown["model_signature_required"] == ["models"]
+    # usage and key-kind errors
+    bad = tmp_path / "bad.json"
+    r = cli(
+        home,
+        "trust",
+        "update",
+        bad,
+        "--version",
+        "3",
+        *root,
+        "--add-key",
+        pub,
+        "--role",
+        "model-signer",
+    )
+    assert r.rc == 2 and "--stream" in r.out["error"]["message"], str(r)
+    r = cli(
+        home,
+        "trust",
+        "update",
+        bad,
+        "--version",
+        "3",
+        *root,
+        "--add-key",
+        repo.pub("pub"),
+        "--role",
+        "model-signer",
+        "--stream",
+        "models",
+    )
+    assert r.rc == 1 and r.code == "bad_key", str(r)  # Ed25519 is not a model-signer key
+    r = cli(
+        home,
+        "trust",
+        "update",
+        bad,
+        "--version",
+        "3",
+        *root,
+        "--add-key",
+        pub,
+        "--role",
+        "publisher",
+        "--stream",
+        "models",
+    )
+    assert r.rc == 1 and r.code == "bad_key", str(r)  # nor ECDSA a publisher key
+    assert not bad.exists()
