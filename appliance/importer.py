@@ -388,6 +388,6 @@ def _commit(
                 "signers": sorted(bundle.signers),
                 "new": [a.ref for a in decision.new],
                 "present": [a.ref for a in decision.present],
-                "model_signatures": models.to_list(),
+                **({"model_signatures": models.to_list()} if models.signatures else {}),
             },
         )
