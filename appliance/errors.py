@@ -484,14 +484,37 @@ class BadActivationError(OperationalError):
     code = "bad_activation"
 
 
+# --- issue 17: OpenSSF model signatures (exit 1) ------------------------------------
+
+
+class ModelSignatureError(PolicyError):
+    code = "model_signature_rejected"
+
+
+class ModelSignatureMissingError(ModelSignatureError):
+    """The stream requires a model signature and an artifact is covered by none."""
+
+    code = "model_signature_missing"
+
+
+class ModelSignatureInvalidError(ModelSignatureError):
+    """A malformed signature file, a bad signature, an unknown, revoked or foreign key."""
+
+    code = "model_signature_invalid"
+
+
+class ModelSignatureMismatchError(ModelSignatureError):
+    """The signed files differ from the bundle's: a digest, a file missing or extra."""
+
+    code = "model_signature_mismatch"
+
+
 __all__ = [
-    "AnchorExistsError",
-    "BadActivationError",
-    "PermissionDeniedError",
     "AlarmAlreadyAcknowledgedError",
     "AlarmNotFoundError",
     "AlreadyActiveError",
     "AlreadyInitializedError",
+    "AnchorExistsError",
     "AnchorInvalidError",
     "AnchorMismatchError",
     "AnchorMissingError",
@@ -500,6 +523,7 @@ __all__ = [
     "AuthorizationExpiredError",
     "AuthorizationMismatchError",
     "AuthorizationReusedError",
+    "BadActivationError",
     "BadRequestError",
     "BundleNotFoundError",
     "CancelledError",
@@ -524,6 +548,10 @@ __all__ = [
     "MalformedAuthorizationError",
     "MediaChangedError",
     "MediaError",
+    "ModelSignatureError",
+    "ModelSignatureInvalidError",
+    "ModelSignatureMismatchError",
+    "ModelSignatureMissingError",
     "NameOwnershipError",
     "NotABundleError",
     "NotFoundError",
@@ -534,6 +562,7 @@ __all__ = [
     "ObjectTamperedError",
     "OperationalError",
     "OutputExistsError",
+    "PermissionDeniedError",
     "PointerUnauthorizedError",
     "PolicyError",
     "ReadOnlyError",

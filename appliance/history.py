@@ -7,12 +7,14 @@ reason and the authorization id), loads with their verification result, and
 refusals that name it (rejected rollbacks, refused loads). Each event is::
 
     {seq, ts, type, outcome, code, version, summary, signers, reason,
-     from_version, to_version, authorization_id, digest, loader, detail}
+     from_version, to_version, authorization_id, digest, loader, model_signer, detail}
 
 ``type`` is the audit type (``import``, ``rollback``, ``load``, ...);
 ``outcome`` is ``accepted``, ``rejected`` or, for loads, ``verified``;
 ``signers`` holds the key ids that signed (imports) or authorized
-(rollbacks), else ``[]``; fields that do not apply are null; ``detail`` is
+(rollbacks), else ``[]``; ``model_signer`` (imports of model-signed artifacts)
+is ``{model, signature, keyid, label, hash_type, root_digest}``; fields that
+do not apply are null; ``detail`` is
 the audit event's full detail object; ``summary`` is one human line.
 ``loader`` (load events): who loaded, ``{uid, gid, pid, user, exe, unit,
 comm, via}`` (``via`` is ``direct`` or ``service``), else null.
@@ -56,7 +58,7 @@ def _summary(e: dict[str, Any], d: dict[str, Any]) -> str:
         signers = ", ".join(s[:16] for s in d.get("signers", []))
         return (
             f"imported {ref} from stream {d.get('stream')} sequence {d.get('sequence')}, "
-            f"signed by {signers}"
+            f"signed by {signers}{_model_signer_text(d)}"
         )
     if kind == "rollback":
         who = ", ".join(s[:16] for s in d.get("authorized_by", []))
@@ -70,6 +72,20 @@ def _summary(e: dict[str, Any], d: dict[str, Any]) -> str:
             f"loaded {ref}: verified (BLAKE3 {str(d.get('digest', ''))[:16]}){_by(d.get('loader'))}"
         )
     return f"{kind} {ref}: {outcome}"
+
+
+def _model_signer(d: dict[str, Any]) -> dict[str, Any] | None:
+    """Issue 17: who signed the model (OpenSSF model signature) of an imported artifact."""
+    m = d.get("model_signer")
+    return m if isinstance(m, dict) else None
+
+
+def _model_signer_text(d: dict[str, Any]) -> str:
+    m = _model_signer(d)
+    if m is None:
+        return ""
+    label = f" ({m['label']})" if m.get("label") else ""
+    return f"; model signed by {str(m.get('keyid'))[:16]}{label}"
 
 
 def history_event(event: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +110,7 @@ def history_event(event: dict[str, Any]) -> dict[str, Any]:
         "authorization_id": d.get("authorization_id") if is_rollback else None,
         "digest": d.get("digest"),
         "loader": d.get("loader") if isinstance(d.get("loader"), dict) else None,
+        "model_signer": _model_signer(d),
         "detail": d,
     }
 

@@ -25,6 +25,7 @@ from appliance.db import transaction
 from appliance.errors import CancelledError
 from appliance.evaluation import carried_updates, evaluate_source
 from appliance.home import Home, HomeLock
+from appliance.modelsig import ModelCheck, check_bundle_models
 from appliance.policy import Decision
 from appliance.staging import SMALL, Progress, stage_artifact
 from appliance.store import io_error, promote, sweep_orphans, sync_home
@@ -56,6 +57,7 @@ class ImportResult:
     trust_updates: list[int] = field(default_factory=list)
     bytes_verified: int = 0
     warnings: list[str] = field(default_factory=list)  # after the commit (docs/CLI.md)
+    model_signatures: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"warnings": self.warnings} if self.warnings else {}
@@ -69,6 +71,7 @@ class ImportResult:
             "artifacts": self.artifacts,
             "trust_updates_applied": self.trust_updates,
             "bytes_verified": self.bytes_verified,
+            "model_signatures": self.model_signatures,
         }
 
 
@@ -166,6 +169,7 @@ class _Decided:
     bundle: Bundle
     decision: Decision
     applied: list[int]
+    models: ModelCheck
 
 
 def _decide(
@@ -180,11 +184,12 @@ def _decide(
     try:
         bundle, evaluation = evaluate_source(db, source, state, wcheck)
         decision = evaluation.decision()
+        models = check_bundle_models(state, bundle)  # issue 17: OpenSSF model signatures
     except RejectedError as e:
         if not dry_run:
             record_refusal(db, "import", e, {"path": os.fspath(path)})
         raise
-    return _Decided(bundle, decision, applied)
+    return _Decided(bundle, decision, applied, models)
 
 
 def import_bundle(
@@ -233,7 +238,7 @@ def _import(
         with source:
             decided = _decide(db, source, wcheck, path, dry_run)
             # --- the decision is complete here; what follows acts on ``decided`` ---
-            bundle, decision = decided.bundle, decided.decision
+            bundle, decision, models = decided.bundle, decided.decision, decided.models
             result = ImportResult(
                 path=os.fspath(path),
                 stream=bundle.manifest.stream,
@@ -241,6 +246,7 @@ def _import(
                 dry_run=dry_run,
                 signers=sorted(decision.counted_signers),
                 trust_updates=decided.applied,
+                model_signatures=models.to_list(),
             )
             fix = repair.damaged(home, decision.present)  # DESIGN 11.3: replace bad objects
             staged = _stage_all(home, bundle, decision, dry_run, progress, cancel, db, path, fix)
@@ -270,7 +276,7 @@ def _import(
                 promote(home, staged_path, a.blake3, durable=False)
             if staged:
                 sync_home(home)  # and the renames before the commit refers to them
-            _commit(db, bundle, decision)
+            _commit(db, bundle, decision, models)
             repair.record(db, fix, os.fspath(path))
         finally:
             home.clean_staging()
@@ -344,7 +350,9 @@ def _error_rank(exc: BaseException) -> int:
     return 0 if isinstance(exc, CancelledError) else 1
 
 
-def _commit(db: sqlite_utils.Database, bundle: Bundle, decision: Decision) -> None:
+def _commit(
+    db: sqlite_utils.Database, bundle: Bundle, decision: Decision, models: ModelCheck
+) -> None:
     m = bundle.manifest
     now = format_time(utcnow())
     signers = json.dumps(sorted(bundle.signers))
@@ -390,6 +398,7 @@ def _commit(db: sqlite_utils.Database, bundle: Bundle, decision: Decision) -> No
                     "release": a.release,
                     "signers": sorted(bundle.signers),
                     "activated": True,
+                    **models.audit_detail(a.name),
                 },
             )
         db.execute(
@@ -412,5 +421,6 @@ def _commit(db: sqlite_utils.Database, bundle: Bundle, decision: Decision) -> No
                 "signers": sorted(bundle.signers),
                 "new": [a.ref for a in decision.new],
                 "present": [a.ref for a in decision.present],
+                **({"model_signatures": models.to_list()} if models.signatures else {}),
             },
         )

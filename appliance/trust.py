@@ -25,8 +25,10 @@ from appliance.errors import (
 from bundles.documents import (
     TRUST_PAYLOAD_TYPE,
     AddKey,
+    AddModelSigner,
     AllowLoader,
     DenyLoader,
+    RequireModelSignature,
     ResetStream,
     ResetTime,
     RevokeKey,
@@ -36,7 +38,7 @@ from bundles.documents import (
 )
 from bundles.dsse import Envelope, KeyResolver, verify_envelope
 from bundles.errors import RejectedError, SignatureError, UnknownKeyError
-from bundles.keys import PublicKey
+from bundles.keys import EcPublicKey, PublicKey
 
 RoleKey = tuple[str, str]  # (role, stream); stream is "" for root and rollback
 
@@ -87,6 +89,16 @@ class LoaderGrant:
 
 
 @dataclass(frozen=True)
+class ModelSignerEntry:
+    """Issue 17: an ECDSA key of the ``model-signer`` role of one stream."""
+
+    key: EcPublicKey
+    stream: str
+    added_version: int
+    name: str | None = None
+
+
+@dataclass(frozen=True)
 class TrustState:
     version: int
     keys: dict[str, KeyEntry] = field(default_factory=dict)
@@ -94,6 +106,10 @@ class TrustState:
     revoked: frozenset[str] = frozenset()  # includes ids never added (pre-emptive revocation)
     labels: dict[str, str] = field(default_factory=dict)  # key id -> a name for people
     grants: tuple[LoaderGrant, ...] = ()  # issue 11: who may load through the service
+    # issue 17: model-signer keys (ECDSA; revoked ones stay, listed in ``revoked``) and the
+    # streams whose bundles need a valid OpenSSF model signature
+    model_signers: dict[str, ModelSignerEntry] = field(default_factory=dict)
+    model_signature_required: frozenset[str] = frozenset()
 
     @classmethod
     def initial(cls, root_keys: list[PublicKey], threshold: int) -> TrustState:
@@ -187,6 +203,8 @@ def _apply_operations(state: TrustState, update: TrustUpdate) -> TrustState:
     revoked = set(state.revoked)
     labels = dict(state.labels)
     grants = list(state.grants)
+    model_signers = dict(state.model_signers)
+    required = set(state.model_signature_required)
     v = update.version
     for op in update.operations:
         if isinstance(op, AddKey):
@@ -227,6 +245,18 @@ def _apply_operations(state: TrustState, update: TrustUpdate) -> TrustState:
             grants.append(grant)
         elif isinstance(op, DenyLoader):
             grants = [g for g in grants if g.principal != op.principal]
+        elif isinstance(op, AddModelSigner):
+            kid = op.key.keyid
+            if kid in revoked:
+                raise RevokedKeyReuseError(f"key {kid[:16]} was revoked and cannot be re-added")
+            if kid in model_signers and model_signers[kid].stream != op.stream:
+                raise RoleConflictError(
+                    f"key {kid[:16]} already signs models of stream {model_signers[kid].stream}; "
+                    "one key, one role"
+                )
+            model_signers[kid] = ModelSignerEntry(op.key, op.stream, v, op.name)
+        elif isinstance(op, RequireModelSignature):
+            (required.add if op.required else required.discard)(op.stream)
     new = replace(
         state,
         version=v,
@@ -235,6 +265,8 @@ def _apply_operations(state: TrustState, update: TrustUpdate) -> TrustState:
         revoked=frozenset(revoked),
         labels=labels,
         grants=tuple(grants),
+        model_signers=model_signers,
+        model_signature_required=frozenset(required),
     )
     roots = new.members(("root", ""))
     if new.threshold(("root", "")) > len(roots):

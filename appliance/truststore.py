@@ -82,6 +82,19 @@ def save_trust(db: sqlite_utils.Database, state: TrustState) -> None:
     set_meta(db, "trust_version", str(state.version))
     grants = [{**g.to_dict(), "version": g.version} for g in state.grants]
     set_meta(db, "loader_grants", json.dumps(grants, sort_keys=True))  # issue 11
+    models = {  # issue 17: model-signer keys and the streams that require model signatures
+        "signers": {
+            kid: {
+                "pem": e.key.to_pem().decode(),
+                "stream": e.stream,
+                "added": e.added_version,
+                "name": e.name,
+            }
+            for kid, e in state.model_signers.items()
+        },
+        "required": sorted(state.model_signature_required),
+    }
+    set_meta(db, "model_signing", json.dumps(models, sort_keys=True))
 
 
 def site(db: sqlite_utils.Database) -> str | None:

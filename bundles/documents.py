@@ -14,7 +14,7 @@ from typing import Any
 
 from bundles.canonical import canonical_bytes, parse_json
 from bundles.fields import as_hex, as_int, as_str, as_time, fail, require_object
-from bundles.keys import PublicKey
+from bundles.keys import EcPublicKey, PublicKey
 from bundles.names import check_artifact_name, check_identifier, check_unique
 from bundles.timeutil import format_time
 
@@ -174,6 +174,36 @@ class DenyLoader:
         return {"op": "deny_loader", "loader": self.principal}
 
 
+@dataclass(frozen=True)
+class AddModelSigner:
+    """Issue 17: an ECDSA key of the ``model-signer`` role of one stream (OpenSSF model-signing)."""
+
+    key: EcPublicKey
+    stream: str
+    name: str | None = None  # a label, shown beside the key id
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "op": "add_model_signer",
+            "public_key": self.key.to_pem().decode(),
+            "stream": self.stream,
+        }
+        if self.name is not None:
+            d["name"] = self.name
+        return d
+
+
+@dataclass(frozen=True)
+class RequireModelSignature:
+    """Issue 17: a stream's bundles need (or no longer need) a valid model signature."""
+
+    stream: str
+    required: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": "require_model_signature", "stream": self.stream, "required": self.required}
+
+
 Operation = (
     AddKey
     | RevokeKey
@@ -183,6 +213,8 @@ Operation = (
     | ResetTime
     | AllowLoader
     | DenyLoader
+    | AddModelSigner
+    | RequireModelSignature
 )
 
 
@@ -243,6 +275,22 @@ def _operation(i: int, raw: Any) -> Operation:
     if op == "deny_loader":
         d = require_object(raw, what, {"op", "loader"})
         return DenyLoader(check_principal(d["loader"], f"{what}.loader"))
+    if op == "add_model_signer":
+        d = require_object(raw, what, {"op", "public_key", "stream"}, frozenset({"name"}))
+        text = as_str(d["public_key"], f"{what}.public_key", 4096)
+        name = None if "name" not in d else as_str(d["name"], f"{what}.name", 128)
+        if name is not None and (not name or not name.isprintable()):
+            raise fail(f"{what}.name must be printable text")
+        return AddModelSigner(
+            EcPublicKey.from_pem(text.encode("ascii", "replace")),
+            check_identifier(d["stream"], f"{what} stream"),
+            name,
+        )
+    if op == "require_model_signature":
+        d = require_object(raw, what, {"op", "stream", "required"})
+        if not isinstance(d["required"], bool):
+            raise fail(f"{what}.required must be a boolean")
+        return RequireModelSignature(check_identifier(d["stream"], f"{what} stream"), d["required"])
     raise fail(f"{what}: unknown op {op!r}")
 
 
@@ -380,6 +428,9 @@ __all__ = [
     "Operation",
     "ResetStream",
     "ResetTime",
+    "AddModelSigner",
+    "Operation",
+    "RequireModelSignature",
     "RevokeKey",
     "RollbackAuthorization",
     "RotateRoot",

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -137,3 +138,59 @@ def save_keypair(key: PrivateKey, directory: Path, name: str) -> tuple[Path, Pat
         os.close(fd)
     pub_path.write_bytes(key.public.to_pem())
     return priv_path, pub_path
+
+
+# --- ECDSA public keys of the model-signer role (issue 17) -------------------------
+# OpenSSF model-signing signs with ECDSA keys, never Ed25519; these keys only ever
+# verify model signatures, never a DSSE document of ours. The key id is what
+# model-signing writes as the bundle's key hint: SHA-256 hex of the PEM
+# SubjectPublicKeyInfo (as ``cryptography`` serialises it, so encoding-independent).
+
+EC_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384"}
+
+
+@dataclass(frozen=True)
+class EcPublicKey:
+    """A P-256 or P-384 public key with its model-signing key id."""
+
+    key: ec.EllipticCurvePublicKey
+    keyid: str
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> EcPublicKey:
+        try:
+            loaded = serialization.load_pem_public_key(pem)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+            raise KeyFormatError(f"not a PEM public key: {e}") from e
+        if not isinstance(loaded, ec.EllipticCurvePublicKey):
+            raise KeyFormatError("a model-signer key must be an ECDSA P-256 or P-384 key")
+        if loaded.curve.name not in EC_CURVES:
+            raise KeyFormatError(f"ECDSA curve {loaded.curve.name} is not P-256 or P-384")
+        return cls(loaded, hashlib.sha256(_ec_pem(loaded)).hexdigest())
+
+    @property
+    def curve(self) -> str:
+        return EC_CURVES[self.key.curve.name]
+
+    def to_pem(self) -> bytes:
+        return _ec_pem(self.key)
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        """ECDSA (SHA-256 on P-256, SHA-384 on P-384) over ``message``; never raises."""
+        algorithm = hashes.SHA256() if self.key.curve.key_size == 256 else hashes.SHA384()
+        try:
+            self.key.verify(signature, message, ec.ECDSA(algorithm))
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+
+def _ec_pem(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def load_ec_public_key(path: Path) -> EcPublicKey:
+    """Load a model-signer (ECDSA) public key file."""
+    return EcPublicKey.from_pem(_read_key_file(path))

@@ -18,7 +18,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -62,6 +62,7 @@ class ArtifactSpec:
     path: Path
     media_type: str = DEFAULT_MEDIA_TYPE
     release: int | None = None
+    sha256: bool = False  # list its SHA-256 too (a sha256 model signature covers it)
 
 
 @dataclass(frozen=True)
@@ -330,6 +331,7 @@ def create_bundle(
     part_size: int | None = None,
     issued_at: datetime | None = None,
     sha256: bool = False,
+    check: Callable[[Manifest], None] | None = None,
 ) -> Manifest:
     """Write a signed bundle to ``out`` and return its manifest."""
     _check_inputs(specs, stream, sites, any_site)
@@ -356,7 +358,7 @@ def create_bundle(
     for spec, st, (digest, size) in zip(specs, stats, digests, strict=True):
         path, parts = _layout(spec, size, part_size)
         sha = None
-        if sha256:
+        if sha256 or spec.sha256:
             with open(spec.path, "rb") as f:
                 sha = hashlib.file_digest(f, "sha256").hexdigest()
         if size != st.st_size:
@@ -387,6 +389,8 @@ def create_bundle(
     payload = manifest.to_payload()
     manifest = Manifest.from_payload(payload)  # never sign what the reader would refuse
     _check_layout(manifest)
+    if check is not None:  # the caller's last word before signing (model signatures)
+        check(manifest)
     envelope = sign_envelope(PAYLOAD_TYPE, payload, keys).to_bytes()
     try:
         _build(out, tar, sources, envelope, trust_updates)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from textual import work
@@ -11,10 +12,11 @@ from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import DataTable, Footer, Header, Static
 
+from appliance.modelsig import ModelReview, review_models
 from tui import fmt
 from tui.base import SubScreen, cell
 from tui.messages import ReviewReady
-from tui.model import Review, review_bundle
+from tui.model import Problem, Review, review_bundle
 
 
 def mark(ok: bool | None) -> tuple[str, str]:
@@ -44,6 +46,20 @@ def verdict(review: Review) -> Content:
     return Content.assemble(*parts)
 
 
+def model_lines(m: ModelReview | None) -> list[str | tuple[str, str]]:
+    """Issue 17: the model signatures (OpenSSF model-signing) the bundle carries."""
+    if m is None or (m.ok and not m.signatures and not m.required):
+        return []
+    out: list[str | tuple[str, str]] = []
+    if m.problem is not None:
+        return ["\n", mark(False), ("Model sig. ", "bold"), f"[{m.problem[0]}] {m.problem[1]}"]
+    for s in m.signatures:
+        label = f" ({s.label})" if s.label else ""
+        out += ["\n", mark(True), ("Model sig. ", "bold")]
+        out.append(f"{s.model}: signed by {fmt.short_id(s.keyid)}{label}, {len(s.files)} files")
+    return out
+
+
 class ReviewScreen(SubScreen):
     BINDINGS = [
         Binding("i", "import", "Verify+import", id="review.import"),
@@ -55,6 +71,7 @@ class ReviewScreen(SubScreen):
         super().__init__()
         self.path = path
         self.review: Review | None = None
+        self.models: ModelReview | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -78,7 +95,11 @@ class ReviewScreen(SubScreen):
 
     @work(thread=True, exclusive=True, group="review")
     def load(self) -> None:
-        self.post_message(ReviewReady(review_bundle(self.app_.home, self.path, self.app_.witness)))
+        review = review_bundle(self.app_.home, self.path, self.app_.witness)
+        self.models = review_models(self.app_.home, self.path)  # issue 17: who signed the model
+        if self.models is not None and self.models.problem and review.problem is None:
+            review = replace(review, problem=Problem(*self.models.problem))  # the import refuses
+        self.post_message(ReviewReady(review))
 
     def on_review_ready(self, message: ReviewReady) -> None:
         self.review = message.review
@@ -113,6 +134,7 @@ class ReviewScreen(SubScreen):
             lines.append(("  (UNVERIFIED: shown as claimed)", "bold $text-warning"))
         for c in r.checks:
             lines += ["\n", mark(c.ok), (f"{c.label:<10} ", "bold"), c.text]
+        lines += model_lines(self.models)
         facts.update(Content.assemble(*lines))
         tone = self.app_.tone
         sigs = self.query_one("#signatures", DataTable)

@@ -77,6 +77,13 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
     )
     create.add_argument("--media-type", action="append", default=[], metavar="NAME=TYPE")
     create.add_argument("--sha256", action="store_true", help="also list SHA-256 digests")
+    create.add_argument(
+        "--model-signature",
+        action="append",
+        default=[],
+        metavar="NAME[@VERSION]=FILE.sig",
+        help="carry an OpenSSF model signature of the artifacts NAME/... (docs/CLI.md)",
+    )
     create.add_argument("artifacts", nargs="+", metavar="NAME@VERSION=PATH")
     create.set_defaults(func=bundle_create)
 
@@ -84,6 +91,9 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
     inspect.add_argument("path", type=Path, help="bundle directory or tar")
     inspect.add_argument("--key", action="append", default=[], type=Path, help="public key")
     inspect.add_argument("--verify", action="store_true", help="also re-hash every artifact")
+    inspect.add_argument(
+        "--model-key", action="append", default=[], type=Path, help="model-signer ECDSA key"
+    )
     inspect.set_defaults(func=bundle_inspect)
 
 
@@ -160,6 +170,7 @@ def _say_manifest(ctx: Context, fields: dict[str, Any]) -> None:
 
 
 def bundle_create(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    from appliance.modelsig.create import add_signatures, check_manifest, plan_signature
     from bundles.keys import load_private_key
     from bundles.timeutil import parse_expiry
     from bundles.writer import ArtifactSpec, create_bundle
@@ -179,6 +190,8 @@ def bundle_create(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         raise UsageError(str(e)) from e
     keys = [load_private_key(p) for p in args.key]
     trust = [_read_trust_update(p) for p in args.trust_update]
+    planned = [plan_signature(t) for t in args.model_signature]  # issue 17
+    add_signatures(specs, planned)
     manifest = create_bundle(
         args.out,
         specs,
@@ -192,6 +205,7 @@ def bundle_create(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         tar=args.tar,
         part_size=args.part_size,
         sha256=args.sha256,
+        check=check_manifest(planned) if planned else None,
     )
     fields = _manifest_fields(manifest)
     signers = sorted({k.keyid for k in keys})
@@ -199,6 +213,8 @@ def bundle_create(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     _say_manifest(ctx, fields)
     for keyid in signers:
         ctx.say(f"signed by {keyid}")
+    for p in planned:
+        ctx.say(f"model {p.model}: {len(p.files)} file(s) under its model signature")
     return {
         "path": str(args.out),
         "format": "tar" if args.tar else "directory",
@@ -209,7 +225,8 @@ def bundle_create(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
 
 
 def bundle_inspect(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
-    from bundles.keys import load_public_key
+    from appliance.modelsig.check import describe_models, read_signature
+    from bundles.keys import load_ec_public_key, load_public_key
     from bundles.media import open_media, printable
     from bundles.media_tar import TarSource
     from bundles.reader import Bundle, peek, read_trust_updates, verify_artifacts
@@ -230,6 +247,11 @@ def bundle_inspect(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             envelope, manifest = peek(source)
         trust_count = len(read_trust_updates(source))
         fmt = "tar" if isinstance(source, TarSource) else "directory"
+        models = describe_models(  # issue 17: who signed the model (as claimed)
+            manifest,
+            lambda a: read_signature(source, a),
+            {k.keyid: k for k in (load_ec_public_key(p) for p in args.model_key)},
+        )
     fields = _manifest_fields(manifest)
     signatures = [  # key ids come from the media: escape them before they are shown
         {"keyid": printable(s.keyid, 80), "known": s.keyid in keys, "verified": s.keyid in signers}
@@ -246,6 +268,14 @@ def bundle_inspect(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         ctx.say(f"  {s['keyid']}  {state}")
     if args.verify:
         ctx.say("artifacts verified: every file present, every BLAKE3 digest matches")
+    for m in models:
+        state = "verified" if m["verified"] else "signer not checked (give --model-key)"
+        if m["problem"]:
+            state = f"REFUSED [{m['problem']['code']}] {m['problem']['message']}"
+        ctx.say(
+            f"model {m['model']}: signed by {printable(str(m['keyid']), 80)}, {m['files']} "
+            f"file(s), {m['hash_type']}; {state}"
+        )
     return {
         "path": str(args.path),
         "format": fmt,
@@ -255,4 +285,5 @@ def bundle_inspect(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         "signatures": signatures,
         "trust_updates": trust_count,
         "artifacts_verified": bool(args.verify),
+        "model_signatures": models,
     }

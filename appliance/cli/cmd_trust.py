@@ -3,7 +3,8 @@
 ``trust update`` (connected side) JSON: ``out``, ``version``, ``operations``,
 ``signers``. ``trust apply`` JSON: ``version``, ``operations``.
 ``trust show`` JSON: ``trust_version``, ``site``, ``roles`` (list of
-``{role, stream, threshold, keys}``), ``revoked`` (key ids), ``streams``
+``{role, stream, threshold, keys}``; ``model-signer`` rows hold ECDSA keys),
+``revoked`` (key ids), ``model_signature_required`` (streams), ``streams``
 (``{stream: sequence}``), ``trusted_time``, ``witness`` (``{status, path, detail}``),
 ``loader_grants`` (``{loader, stream, artifacts, any_version, trust_version, known}``).
 """
@@ -27,9 +28,11 @@ from bundles.documents import (
     ROLES,
     TRUST_PAYLOAD_TYPE,
     AddKey,
+    AddModelSigner,
     AllowLoader,
     DenyLoader,
     Operation,
+    RequireModelSignature,
     ResetStream,
     ResetTime,
     RevokeKey,
@@ -42,7 +45,7 @@ from bundles.documents import (
 from bundles.dsse import Envelope, sign_envelope
 from bundles.errors import BadNameError, ManifestFormatError, UsageError
 from bundles.files import read_input_file, write_new_file
-from bundles.keys import load_private_key, load_public_key
+from bundles.keys import load_ec_public_key, load_private_key, load_public_key
 from bundles.names import check_artifact_name, check_identifier
 from bundles.timeutil import format_time, parse_iso, utcnow
 
@@ -116,7 +119,7 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
         "--role",
         dest="role",
         action=_Op,
-        choices=("publisher", "rollback"),
+        choices=("publisher", "rollback", "model-signer"),
         help="the role of the --add-key before it",
     )
     up.add_argument(
@@ -178,6 +181,19 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
     up.add_argument(
         "--deny-loader", dest="deny_loader", action=_Op, metavar="USER", help="withdraw grants (op)"
     )
+    up.add_argument(  # issue 17
+        "--require-model-signature",
+        dest="require_model_signature",
+        action=_Op,
+        metavar="STREAM",
+        help="bundles of STREAM need a valid OpenSSF model signature (op)",
+    )
+    up.add_argument(
+        "--no-require-model-signature",
+        dest="no_require_model_signature",
+        action=_Op,
+        metavar="STREAM",
+    )
     up.set_defaults(func=run_update, ops=None)
 
     ap = ts.add_parser("apply", parents=[common], help="apply a trust update file")
@@ -205,6 +221,17 @@ def _operations(args: argparse.Namespace) -> list[Operation]:
             if role is None:
                 raise UsageError(f"--add-key {value} needs a --role")
             stream = raw.get("stream")
+            if role == "model-signer":  # issue 17: ECDSA keys of OpenSSF model-signing
+                if stream is None:
+                    raise UsageError("--role model-signer needs a --stream")
+                ops.append(
+                    AddModelSigner(
+                        load_ec_public_key(Path(value)),
+                        _identifier(stream, "stream"),
+                        raw.get("name"),
+                    )
+                )
+                continue
             if (role == "publisher") != (stream is not None):
                 raise UsageError("--stream is required for publisher keys and only for them")
             label = raw.get("name")
@@ -245,6 +272,9 @@ def _operations(args: argparse.Namespace) -> list[Operation]:
                 ops.append(ResetTime(parse_iso(value)))
             except ValueError as e:
                 raise UsageError(f"--reset-time {value!r}: {e}") from e
+        elif kind in ("require_model_signature", "no_require_model_signature"):
+            stream = _identifier(value, "stream")
+            ops.append(RequireModelSignature(stream, kind == "require_model_signature"))
         elif kind == "rotate_root":
             keys = tuple(load_public_key(Path(v)) for v in value)
             threshold = args.root_threshold or 1
@@ -342,6 +372,10 @@ def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         )
     for role in state.thresholds:
         roles.setdefault(role, [])
+    for kid, m in sorted(state.model_signers.items()):  # issue 17
+        roles.setdefault(("model-signer", m.stream), []).append(
+            {"keyid": kid, "added_version": m.added_version, "revoked": kid in state.revoked}
+        )
     wcheck = witness.check(db, witness.configured_path(db, ctx.witness))
     out: dict[str, Any] = {
         "trust_version": state.version,
@@ -351,6 +385,7 @@ def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             for (r, s), keys in sorted(roles.items())
         ],
         "revoked": sorted(state.revoked),
+        "model_signature_required": sorted(state.model_signature_required),
         "streams": stream_sequences(db),
         "trusted_time": format_time(trusted_now(db)),
         "time_floors": time_floors(db).to_dict(),
@@ -384,6 +419,8 @@ def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             f"{'any stored version' if g['any_version'] else 'active version only'}"
             f"{'' if g['known'] else ' (no such user on this host)'}"
         )
+    for stream in out["model_signature_required"]:
+        ctx.say(f"  stream {stream}: bundles need a valid model signature")
     ctx.say(f"  state witness: {wcheck.status.value} ({wcheck.detail})")
     ctx.say(f"  trust anchor: {out['anchor']['path']}")
     return out
