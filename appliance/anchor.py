@@ -50,6 +50,7 @@ __all__ = [
     "Anchor",
     "anchor_dir",
     "anchor_path",
+    "copy_anchor",
     "home_key",
     "new_home_id",
     "read_anchor",
@@ -136,6 +137,19 @@ class Anchor:
                 f"trust anchor {self.path} belongs to the home at {self.home}, not "
                 f"{home_key(home_root)}: a copied home is examined with --read-only"
             )
+
+
+def copy_anchor(src_home: Path, dst_home: Path) -> Path:
+    """Give a copy of a home (made by the caller, e.g. a benchmark's fresh home from a
+    template) its own anchor at its own place, with the same root, site and id and no
+    witness. Needs write access to the anchor folder, which a writer of a home lacks.
+    """
+    src = read_anchor(anchor_path(src_home))
+    dst = dataclasses.replace(
+        src, path=anchor_path(dst_home), home=home_key(dst_home), witness=None
+    )
+    write_anchor(dst, replace=True)
+    return dst.path
 
 
 def replace_anchor_witness(anchor: Anchor, witness: Path | None) -> Anchor:

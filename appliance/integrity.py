@@ -42,11 +42,12 @@ class IntegrityReport:
 
 def check_integrity(db: sqlite_utils.Database, witness_path: Path | None) -> IntegrityReport:
     count, head = audit.verify_chain(db)
-    trust = load_trust(db)
-    streams = stream_sequences(db)
+    # The witness first: a cut-off tail explains missing evidence better than the tables do.
     wcheck = witness.check(db, witness.configured_path(db, witness_path))
     if wcheck.status is witness.WitnessStatus.BEHIND:
         raise AuditChainError(f"audit chain is intact but behind its witness: {wcheck.detail}")
     if wcheck.status is witness.WitnessStatus.MISSING:
         raise WitnessMissingError(f"audit chain is intact but {wcheck.detail}")
+    trust = load_trust(db)
+    streams = stream_sequences(db)
     return IntegrityReport(count, head, trust.version, streams, wcheck.status.value)

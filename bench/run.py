@@ -116,6 +116,14 @@ class Case:
         }
 
 
+def _copy_home(template: Path, home: Path) -> None:
+    """A fresh home from a template, with its own trust anchor (appliance.anchor)."""
+    from appliance.anchor import copy_anchor
+
+    shutil.copytree(template, home)
+    copy_anchor(template, home)
+
+
 def env() -> dict[str, str]:
     e = dict(os.environ)
     e["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), e.get("PYTHONPATH", "")) if p)
@@ -417,7 +425,7 @@ def make_site(work: Path, size: int, log: Callable[[str], None]) -> Site:
         )
         bundles.append(out)
     load_home = work / "home-load"
-    shutil.copytree(template, load_home)
+    _copy_home(template, load_home)
     for b in bundles:
         quiet([*app, "--home", load_home, "import", b])
     return Site(work, keys, template, big, bundles[0], bundles[1], load_home)
@@ -474,7 +482,7 @@ def bench_import(
 
     def fresh_home() -> None:
         rm(home)()
-        shutil.copytree(site.template, home)
+        _copy_home(site.template, home)
         sync()
 
     def fresh_dest() -> None:

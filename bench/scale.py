@@ -50,6 +50,14 @@ TARGETS = {
 }
 
 
+def _copy_home(template: Path, home: Path) -> None:
+    """A fresh home from a template, with its own trust anchor (appliance.anchor)."""
+    from appliance.anchor import copy_anchor
+
+    shutil.copytree(template, home)
+    copy_anchor(template, home)
+
+
 def log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -155,7 +163,7 @@ def objects_of(home: Path) -> list[Path]:
 def fresh_home(template: Path, home: Path) -> Callable[[], None]:
     def go() -> None:
         rmtree(home)
-        shutil.copytree(template, home)
+        _copy_home(template, home)
         R.sync()
 
     return go
@@ -258,7 +266,7 @@ def per_size(work: Path, keys: Path, template: Path, size: int, b3sum: str, reps
     )
     big.unlink()
     home = d / "home"
-    shutil.copytree(template, home)
+    _copy_home(template, home)
     R.quiet([*app, "--home", home, "import", bundle])
     rmtree(bundle)
     obj = objects_of(home)[0]
@@ -292,7 +300,7 @@ def audit_log(work: Path, template: Path, events: int, reps: int) -> dict[str, A
     from appliance.audit import FIELDS, event_hash
 
     home = work / "home-audit"
-    shutil.copytree(template, home)
+    _copy_home(template, home)
     log(f"== audit verify: writing {events:,} events")
     conn = sqlite3.connect(home / "appliance.db")
     seq, prev = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()

@@ -12,7 +12,7 @@ import os
 import tempfile
 
 _ANCHORS = tempfile.mkdtemp(prefix="appliance-test-anchors-")
-os.chmod(_ANCHORS, 0o700)
+os.chmod(_ANCHORS, 0o755)  # a service user (tests/service) reads its anchor
 os.environ["APPLIANCE_ANCHOR_DIR"] = _ANCHORS
 # Tests tamper with store objects as an attacker would: no immutable flag unless a test
 # of the fast path turns it on (tests/perf/test_immutable.py), see docs/LOADING.md.

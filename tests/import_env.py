@@ -146,7 +146,7 @@ def staging_files(home: Path) -> list[str]:
 
 def stable_trust(doc: Json) -> Json:
     """``trust show`` without what moves by itself (trusted time follows the clock)."""
-    return {k: v for k, v in doc.items() if k not in ("trusted_time", "ok")}
+    return {k: v for k, v in doc.items() if k not in ("trusted_time", "ok", "anchor")}
 
 
 def stable_list(doc: Json) -> list[Json]:

@@ -11,9 +11,9 @@ import pytest
 from conftest_load import Site, make_site
 
 from appliance import audit
-from appliance.db import get_meta
 from appliance.rollback import authorize_rollback
 from appliance.store import find, object_path, records
+from appliance.truststore import time_floors
 from bundles.documents import ROLLBACK_PAYLOAD_TYPE, RollbackAuthorization
 from bundles.dsse import Envelope
 from bundles.keys import PrivateKey
@@ -177,9 +177,9 @@ def test_authorized_rollback_then_first_load_verified(site: Site, tmp_path: Path
     assert site.cli("load", "model", check=0).stdout == V1
     assert site.cli("verify", check=0).code == 0  # provenance accepts the authorized move
     db = site.h.db()
-    floor = get_meta(db, "trusted_time")
+    floor = time_floors(db).rollback  # the rollback floor, from the used authorization
     db.conn.close()
-    assert floor is not None and parse_stamp(floor) >= parse_stamp(auth["issued_at"])
+    assert floor is not None and floor >= parse_stamp(auth["issued_at"])
     hist = site.cli("history", "model", "--json", check=0).json
     moves = [e for e in hist["events"] if e["type"] == "rollback"]
     assert len(moves) == 1 and moves[0]["outcome"] == "accepted"

@@ -1,5 +1,5 @@
 """The ``appliance`` command line (contract: DESIGN section 9)."""
 
-from appliance.cli.main import build_parser, main, run
+from appliance.cli.main import build_parser, entry, main, run
 
-__all__ = ["build_parser", "main", "run"]
+__all__ = ["build_parser", "entry", "main", "run"]

@@ -408,7 +408,7 @@ def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             f"  keys {len(live)} live, {len(r['keys']) - len(live)} revoked"
         )
         for k in r["keys"]:
-            label = f"  ({k['label']})" if k["label"] else ""
+            label = f"  ({k['label']})" if k.get("label") else ""
             ctx.say(f"      {k['keyid'][:16]}  {'REVOKED' if k['revoked'] else 'live'}{label}")
     for stream, seq in sorted(out["streams"].items()):
         ctx.say(f"  stream {stream}: sequence {seq}")

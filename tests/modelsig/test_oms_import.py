@@ -251,11 +251,6 @@ def test_bundle_create_refuses_a_signature_that_does_not_fit_the_artifacts(
     assert not out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs staging to verify the manifest's SHA-256 in its one pass (another branch); "
-    "when it lands this passes: remove the marker",
-)
 def test_a_publisher_who_lies_about_sha256_is_caught_by_staging(
     world: World, home: Path, tmp_path: Path
 ) -> None:

@@ -60,6 +60,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
     monkeypatch.setattr(provenance, "verify_envelope", verify)
     monkeypatch.setattr(provenance.Manifest, "from_payload", staticmethod(parse))
+    provenance._manifest_cache.clear()  # parses made earlier in this process (imports)
     return seen
 
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import homecopy
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import bundles.timeutil
+from appliance.anchor import copy_anchor
 from appliance.home import Home
 from appliance.importer import apply_trust_envelope, import_bundle
 from appliance.initialize import init_home
@@ -139,7 +139,7 @@ class World:
         def moved(p: Path) -> Path:
             return base / p.relative_to(self.base)
 
-        homecopy.rebind_anchor(self.home.root, moved(self.home.root))
+        copy_anchor(self.home.root, moved(self.home.root))  # the copy's own trust anchor
 
         return World(
             base,
