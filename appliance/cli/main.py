@@ -333,4 +333,3 @@ def entry() -> int:
     """
     sys.modules.setdefault("numpy", None)  # type: ignore[arg-type]
     return main()
-
