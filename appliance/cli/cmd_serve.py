@@ -50,7 +50,8 @@ def run_serve(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     if args.watch:  # the same watcher as 'appliance watch', in a thread of the service
         from appliance.watch import Watcher, parse_rate
 
-        background = Watcher(home, ctx.witness, scrub_rate=parse_rate(args.scrub)).run
+        rate = parse_rate(args.scrub) if args.scrub is not None else 0
+        background = Watcher(home, ctx.witness, scrub_rate=rate).run
     elif args.scrub is not None:
         from bundles.errors import UsageError
 
