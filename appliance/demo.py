@@ -45,7 +45,7 @@ from appliance.importer import import_bundle
 from appliance.initialize import init_home
 from appliance.loader import load
 from appliance.rollback import apply_rollback, authorize_rollback
-from appliance.store import find, object_path
+from appliance.store import clear_immutable, find, object_path
 from bundles.documents import TRUST_PAYLOAD_TYPE, AddKey, AllowLoader, TrustUpdate
 from bundles.dsse import sign_envelope
 from bundles.keys import PrivateKey, save_keypair
@@ -225,6 +225,9 @@ class _Story:
 
     def tamper(self) -> str:
         path = self._object("2.0")
+        # Objects may carry the immutable inode flag; the demo plays an attacker who could
+        # clear it (root) to show that the load still catches the change.
+        clear_immutable(path)
         os.chmod(path, 0o644)
         with open(path, "r+b") as f:
             f.seek(100)
@@ -383,6 +386,11 @@ def run_demo(workdir: Path, say: Callable[[str], None] = print) -> DemoResult:
     try:
         return _run(workdir, say)
     finally:
+        # The caller removes ``workdir``: immutable objects (set where the process may) must
+        # lose the flag first, or they could not be removed.
+        for dirpath, _dirs, files in os.walk(workdir):
+            for f in files:
+                clear_immutable(Path(dirpath) / f)
         if saved is None:
             os.environ.pop("APPLIANCE_ANCHOR", None)
         else:
