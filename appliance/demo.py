@@ -304,6 +304,11 @@ class _Story:
                 "skipped: creating throwaway loader users needs root (run the demo as root "
                 "to see a loader user served and an ungranted one refused)"
             )
+        if shutil.which("useradd") is None or shutil.which("userdel") is None:
+            raise _Skipped(
+                "skipped: no useradd/userdel on this host (a minimal system or chroot), so "
+                "no throwaway loader users can be made"
+            )
         from appliance.importer import apply_trust_envelope
         from appliance.service.server import Config, Server, bind_socket
         from appliance.truststore import load_trust
