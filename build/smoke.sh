@@ -72,6 +72,8 @@ if [[ -d $SMOKE_DIR ]]; then
     while read -r m; do
         umount -l "$m" 2>/dev/null || true
     done < <(awk -v d="$SMOKE_DIR/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r)
+    # store objects made as root carry the immutable flag (docs/LOADING.md): clear it first
+    chattr -R -i "$SMOKE_DIR" 2>/dev/null || true
     rm -rf --one-file-system "$SMOKE_DIR"
 fi
 mkdir -p "$SMOKE_DIR"
