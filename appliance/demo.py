@@ -62,6 +62,14 @@ WEIGHTS = {
 }
 
 
+def _others_can_reach(path: Path) -> bool:
+    """Every folder from / to ``path`` lets other users through (o+x)."""
+    for p in [path, *path.parents] if path.is_dir() else list(path.parents):
+        if not os.stat(p).st_mode & 0o001:
+            return False
+    return True
+
+
 class _Skipped(Exception):
     """A step that cannot run here (the service steps without root); says why."""
 
@@ -303,6 +311,12 @@ class _Story:
             raise _Skipped(
                 "skipped: creating throwaway loader users needs root (run the demo as root "
                 "to see a loader user served and an ungranted one refused)"
+            )
+        here = Path(__file__).resolve().parent.parent
+        if not all(_others_can_reach(p) for p in (Path(sys.executable), here)):
+            raise _Skipped(
+                f"skipped: other users cannot reach {sys.executable} or {here} (a folder on "
+                "the way is closed to them), so a loader user could not run the client"
             )
         if shutil.which("useradd") is None or shutil.which("userdel") is None:
             raise _Skipped(
