@@ -50,14 +50,6 @@ TARGETS = {
 }
 
 
-def _copy_home(template: Path, home: Path) -> None:
-    """A fresh home from a template, with its own trust anchor (appliance.anchor)."""
-    from appliance.anchor import copy_anchor
-
-    shutil.copytree(template, home)
-    copy_anchor(template, home)
-
-
 def log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -163,7 +155,7 @@ def objects_of(home: Path) -> list[Path]:
 def fresh_home(template: Path, home: Path) -> Callable[[], None]:
     def go() -> None:
         rmtree(home)
-        _copy_home(template, home)
+        R._copy_home(template, home)
         R.sync()
 
     return go
@@ -266,7 +258,7 @@ def per_size(work: Path, keys: Path, template: Path, size: int, b3sum: str, reps
     )
     big.unlink()
     home = d / "home"
-    _copy_home(template, home)
+    R._copy_home(template, home)
     R.quiet([*app, "--home", home, "import", bundle])
     rmtree(bundle)
     obj = objects_of(home)[0]
@@ -300,7 +292,7 @@ def audit_log(work: Path, template: Path, events: int, reps: int) -> dict[str, A
     from appliance.audit import FIELDS, event_hash
 
     home = work / "home-audit"
-    _copy_home(template, home)
+    R._copy_home(template, home)
     log(f"== audit verify: writing {events:,} events")
     conn = sqlite3.connect(home / "appliance.db")
     seq, prev = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
