@@ -32,8 +32,15 @@ async def settle(pilot: Pilot[Any]) -> None:
         if not getattr(pilot.app.screen, "running", False):
             break
         await pilot.pause(0.02)
-    await pilot.pause(0.05)  # a table shown with the result is laid out on the next refresh
-    await pilot.pause()
+    # A table filled with the result sizes its columns on a later refresh: wait until two
+    # renders 50 ms apart are the same (on a loaded machine one pause is not enough).
+    last = ""
+    for _ in range(40):
+        await pilot.pause(0.05)
+        shot = pilot.app.export_screenshot()
+        if shot == last:
+            break
+        last = shot
 
 
 def review(world: World, bundle: str, then: tuple[str, ...] = ()) -> Before:
