@@ -1,7 +1,7 @@
 # Two set-up commands (see README): `make demo` and `make test`. Both create .venv when missing.
 SHELL := /bin/bash
 VENV ?= .venv
-# Debian's /usr/bin/python3 is preferred: staticx refuses pyenv builds (DESIGN section 10).
+# Debian's /usr/bin/python3 is preferred: staticx refuses pyenv builds (docs/BINARY.md).
 PYTHON ?= $(shell /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 && echo /usr/bin/python3 || echo python3)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

@@ -248,7 +248,7 @@ def _import(
                 trust_updates=decided.applied,
                 model_signatures=models.to_list(),
             )
-            fix = repair.damaged(home, decision.present)  # DESIGN 11.3: replace bad objects
+            fix = repair.damaged(home, decision.present)  # replace bad objects (docs/WATCH.md)
             staged = _stage_all(home, bundle, decision, dry_run, progress, cancel, db, path, fix)
         result.bytes_verified = sum(a.size for a in bundle.manifest.artifacts)
         new_set = set(decision.new)  # a set: "a in list" made this loop quadratic

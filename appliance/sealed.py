@@ -21,7 +21,7 @@ hashed and handed over. Two kinds of copy:
 
 Residual risk, precisely: (1) root, or anyone with ptrace rights over the
 loading process, can change what the loader does after the check: out of
-scope (DESIGN section 2). (2) For the unnamed-file fallback, root can write
+scope (docs/SECURITY.md). (2) For the unnamed-file fallback, root can write
 through ``/proc/PID/fd/N``; a sealed memfd not even that. (3) The copy reads
 the store object once; if a writer changes it during the copy, the copy holds
 a mix that fails the hash (``ObjectTamperedError``), never other bytes

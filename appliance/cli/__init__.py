@@ -1,4 +1,4 @@
-"""The ``appliance`` command line (contract: DESIGN section 9)."""
+"""The ``appliance`` command line (contract: docs/CLI.md)."""
 
 from appliance.cli.main import build_parser, entry, main, run
 

@@ -81,7 +81,7 @@ def command_groups(command: str | None = None) -> tuple[ModuleType, ...]:
 
     Importing a command module pulls in what it needs (sqlite_utils,
     cryptography, ...), so ``--version`` imports none and a command imports only
-    its own (DESIGN section 8, start-up). Help and unknown commands get them all,
+    its own (start-up time, docs/PERFORMANCE.md). Help and unknown commands get them all,
     in the order ``GROUPS`` lists them. PyInstaller's spec collects every
     submodule of ``appliance``, so these dynamic imports are in the binary.
     """
