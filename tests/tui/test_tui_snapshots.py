@@ -32,14 +32,21 @@ async def settle(pilot: Pilot[Any]) -> None:
         if not getattr(pilot.app.screen, "running", False):
             break
         await pilot.pause(0.02)
-    # A table filled with the result sizes its columns on a later refresh: wait until two
-    # renders 50 ms apart are the same (on a loaded machine one pause is not enough).
+    await stable(pilot)
+
+
+async def stable(pilot: Pilot[Any]) -> None:
+    """Wait until two renders 50 ms apart are the same.
+
+    A table filled with a result sizes its columns on a later refresh, and a moved cursor
+    repaints on the next one: on a loaded machine one pause is not enough.
+    """
     last = ""
     for _ in range(40):
         await pilot.pause(0.05)
         shot = pilot.app.export_screenshot()
         if shot == last:
-            break
+            return
         last = shot
 
 
@@ -59,7 +66,7 @@ def home(world: World) -> Before:
     async def run(pilot: Pilot[Any]) -> None:
         await settle(pilot)
         pilot.app.screen.query_one("#bundles", DataTable).move_cursor(row=1)
-        await pilot.pause()
+        await stable(pilot)
 
     return run
 
@@ -95,7 +102,7 @@ def rollback(world: World, auth: str, confirm: bool = False) -> Before:
         await settle(pilot)
         if confirm:
             await pilot.press("ctrl+r")
-            await pilot.pause()
+            await stable(pilot)
 
     return run
 
