@@ -183,6 +183,12 @@ class DbMonitor:
     def _data_version(self) -> int:
         return int(self.db.conn.execute("PRAGMA data_version").fetchone()[0])
 
+    def moved_on(self) -> bool:
+        """True when the database changed since the last poll (a commit not yet looked at)."""
+        if self.missing:
+            return False
+        return self._data_version() != self.state.version
+
     # -- checks ----------------------------------------------------------------------
 
     def baseline(self) -> list[Alarm]:

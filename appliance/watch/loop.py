@@ -37,6 +37,8 @@ FULL_EVERY = 300.0
 # Seconds after a state-changing appliance event (import, repair) during which a rename over
 # a referenced object is hashed rather than alarmed at once: the event may trail the commit.
 RECENT = 3.0
+# Alarms a promotion looks like until its commit is seen: re-judged after the next poll.
+SETTLING_CODES = frozenset({"unknown_object", "object_replaced"})
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,12 @@ class Loop:
                     _hash_job, path, digest, self.base.refs[digest][0]
                 )
             elif j.verdict is Verdict.ALARM and j.alarm is not None:
-                alarms.append(j.alarm)
+                if j.alarm.code in SETTLING_CODES and not written and self._settling():
+                    # An import may have promoted, committed and let go of the lock since
+                    # the poll: judge again next turn, against the committed references.
+                    self.deferred.add(path)
+                else:
+                    alarms.append(j.alarm)
             else:
                 self._accept(path)
         for path, fut in list(self.hashing.items()):
@@ -212,6 +219,10 @@ class Loop:
                     )
                 )
         return alarms
+
+    def _settling(self) -> bool:
+        """Did the appliance start or finish a change after this turn's poll?"""
+        return homelock.lock_held(self.home.lock_path) or self.mon.moved_on()
 
     def _accept(self, path: Path) -> None:
         """An object judged fine (verified replacement, repair, flag change): accept it."""

@@ -104,12 +104,6 @@ def test_rate_is_honoured(site: Site) -> None:
         db.conn.close()
 
 
-@pytest.mark.xfail(
-    reason="after merging the staging/promotion rework (one syncfs per import), a watcher "
-    "running beside a repairing import also reports object_replaced and unknown_object; "
-    "the repair itself verifies (see the issue note)",
-    strict=False,
-)
 def test_import_repairs_a_damaged_object_and_history_shows_it(site: Site) -> None:
     w: Watched = start(site)
     try:
