@@ -27,7 +27,7 @@ from appliance.rollback import (
     verify_authorization,
 )
 from appliance.store import Record, active_version, records
-from appliance.trust import describe
+from appliance.trust import LoaderGrant, describe
 from appliance.truststore import load_trust, site, stream_sequences, trusted_now
 from bundles.documents import ROLLBACK_PAYLOAD_TYPE, RollbackAuthorization
 from bundles.dsse import Envelope
@@ -207,6 +207,8 @@ class TrustSummary:
     artifacts: int
     audit_events: int
     audit_problem: Problem | None
+    # issue 11: the root-signed loader grants, the same core data ``trust show --json`` lists
+    grants: tuple[LoaderGrant, ...] = ()
 
     @property
     def active_keys(self) -> int:
@@ -259,6 +261,7 @@ def trust_summary(home: Home, witness_path: Path | None = None) -> TrustSummary:
             n_artifacts,
             count,
             problem,
+            state.grants,
         )
 
 

@@ -23,12 +23,18 @@ class KeysScreen(SubScreen):
         yield DataTable(id="roles", cursor_type="none", show_cursor=False)
         yield Static("Keys", classes="section-title")
         yield DataTable(id="keys", cursor_type="row", zebra_stripes=True)
+        yield Static("Loader grants", classes="section-title")
+        yield Static(id="no-grants", classes="muted")
+        yield DataTable(id="grants", cursor_type="none", show_cursor=False)
         yield Footer()
 
     def on_mount(self) -> None:
         self.title = "Keys and roles"
         self.query_one("#roles", DataTable).add_columns("Role", "Threshold", "Keys", "Status")
         self.query_one("#keys", DataTable).add_columns("Key id", "Role", "Added", "Status")
+        self.query_one("#grants", DataTable).add_columns(
+            "Loader", "Stream", "Artifacts", "Versions", "Granted"
+        )
         self.refresh_data()
 
     def refresh_data(self) -> None:
@@ -66,3 +72,17 @@ class KeysScreen(SubScreen):
                 else tone("active", "ok")
             )
             keys.add_row(fmt.short_id(k.keyid, 24), cell(k.role), added, status)
+        grants = self.query_one("#grants", DataTable)
+        grants.clear()
+        for g in t.grants:
+            grants.add_row(
+                cell(g.principal),
+                cell(g.stream),
+                cell(", ".join(g.artifacts) or "every artifact"),
+                "any stored" if g.any_version else "active only",
+                f"v{g.version}",
+            )
+        grants.display = bool(t.grants)
+        none = self.query_one("#no-grants", Static)
+        none.display = not t.grants
+        none.update("none: the loader service refuses every loader")

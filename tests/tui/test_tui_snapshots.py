@@ -175,3 +175,23 @@ def test_keys(snap_compare: Any, snap_world: World) -> None:
 def test_home_light_theme(snap_compare: Any, snap_world: World) -> None:
     before = screen(("f2",))
     assert snap_compare(make_app(snap_world), terminal_size=(80, 24), run_before=before)
+
+
+def test_home_behind_witness(snap_compare: Any, snap_world: World) -> None:
+    """A home older than its witness (restored from a backup): what happened, what to do."""
+    import shutil
+
+    from appliance import witness
+
+    root = snap_world.home.root
+    backup = root.with_name("home-backup")
+    shutil.copytree(root, backup, symlinks=True)
+    snap_world.import_(snap_world.bundles["good"])
+    path = snap_world.base / "appliance.witness"
+    db = snap_world.home.db()
+    witness.write(db, path)
+    db.conn.close()
+    shutil.rmtree(root)
+    backup.rename(root)  # the restore: the home is now older than its witness
+    app = make_app(snap_world, witness=path)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=screen(()))
