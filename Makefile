@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,build]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,build,torch]'
 	touch $@
 
 venv: $(STAMP)
