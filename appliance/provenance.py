@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Literal
 
 import blake3
 import sqlite_utils
@@ -116,7 +116,13 @@ _memo_keyids: dict[bytes, frozenset[str]] = {}
 _row_digests: dict[tuple[str, str, int], tuple[tuple[object, ...], bytes]] = {}
 
 
-def _db_token(db: sqlite_utils.Database) -> tuple[str, tuple[object, ...]] | None:
+DbToken = tuple[str, tuple[object, ...]]
+
+
+def db_token(db: sqlite_utils.Database) -> DbToken | None:
+    """The state of the database file (see ``_row_digests``); None inside a transaction
+    or for a database without a file. A command that only reads (``verify``) takes it
+    once and passes it to ``check_record`` for each record."""
     if db.conn.in_transaction:
         return None
     row = db.execute("PRAGMA database_list").fetchone()
@@ -141,10 +147,9 @@ def _db_token(db: sqlite_utils.Database) -> tuple[str, tuple[object, ...]] | Non
 
 
 def _stored_manifest(
-    db: sqlite_utils.Database, trust: TrustState, record: Record
+    db: sqlite_utils.Database, trust: TrustState, record: Record, token: DbToken | None
 ) -> tuple[frozenset[str], Manifest] | None:
     """The verified manifest of the record's (stream, sequence); None when there is no row."""
-    token = _db_token(db)
     where = (token[0], record.stream, record.sequence) if token is not None else None
     if token is not None and where is not None:
         seen = _row_digests.get(where)
@@ -170,11 +175,23 @@ def _stored_manifest(
     return result
 
 
-def check_record(db: sqlite_utils.Database, trust: TrustState, record: Record) -> frozenset[str]:
-    """Signers of ``record`` that count today; exit 4 when the record is not backed."""
+def check_record(
+    db: sqlite_utils.Database,
+    trust: TrustState,
+    record: Record,
+    *,
+    token: DbToken | None | Literal["read"] = "read",
+) -> frozenset[str]:
+    """Signers of ``record`` that count today; exit 4 when the record is not backed.
+
+    ``token``: the database token (``db_token``) taken by a caller that checks many
+    records in one read-only pass; by default it is read here, for this record.
+    """
     ref = f"{record.name}@{record.version}"
+    if isinstance(token, str):
+        token = db_token(db)
     try:
-        found = _stored_manifest(db, trust, record)
+        found = _stored_manifest(db, trust, record, token)
     except RejectedError as e:
         raise RecordUnauthorizedError(f"{ref}: stored manifest does not verify ({e.code})") from e
     if found is None:

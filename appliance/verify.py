@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import sqlite_utils
 
 from appliance import safefs
 from appliance.errors import ObjectTamperedError
 from appliance.home import OBJECTS_DIR, Home
-from appliance.provenance import check_pointer, check_record
+from appliance.provenance import DbToken, check_pointer, check_record, db_token
 from appliance.store import Record, object_path
 from appliance.trust import TrustState
 from bundles.errors import RejectedError, StateSuspectError
@@ -96,18 +96,37 @@ class RecordStatus:
 
 
 def check_provenance(
-    db: sqlite_utils.Database, trust: TrustState, record: Record
+    db: sqlite_utils.Database,
+    trust: TrustState,
+    record: Record,
+    *,
+    token: DbToken | None | Literal["read"] = "read",
 ) -> frozenset[str]:
     """The record is backed by its stored signed manifest, and, when active, its pointer by
     an authorized move; returns the signers that count today (see ``appliance.provenance``).
+    ``token``: see ``check_record``.
     """
     if record.active:
         check_pointer(db, trust, record.name)
-    return check_record(db, trust, record)
+    return check_record(db, trust, record, token=token)
+
+
+def verify_records(
+    home: Home, db: sqlite_utils.Database, trust: TrustState, records: list[Record]
+) -> list[RecordStatus]:
+    """``verify_record`` of each record in one read-only pass: the database token is read
+    once for the pass, not once a record."""
+    token = db_token(db)
+    return [verify_record(home, db, trust, r, token=token) for r in records]
 
 
 def verify_record(
-    home: Home, db: sqlite_utils.Database, trust: TrustState, record: Record
+    home: Home,
+    db: sqlite_utils.Database,
+    trust: TrustState,
+    record: Record,
+    *,
+    token: DbToken | None | Literal["read"] = "read",
 ) -> RecordStatus:
     """Re-hash the object and re-check its provenance and today's trust; never raises."""
     try:
@@ -119,7 +138,7 @@ def verify_record(
     except ObjectTamperedError as e:
         return RecordStatus(record, "tampered", e.code, e.message)
     try:
-        check_provenance(db, trust, record)
+        check_provenance(db, trust, record, token=token)
     except StateSuspectError as e:
         return RecordStatus(record, "unauthorized", e.code, e.message)
     except RejectedError as e:

@@ -24,7 +24,7 @@ from appliance.history import active_at
 from appliance.home import Home
 from appliance.store import find, parse_ref, records
 from appliance.truststore import load_trust
-from appliance.verify import verify_record
+from appliance.verify import verify_records
 from bundles.timeutil import format_time
 
 
@@ -71,7 +71,7 @@ def run_verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         targets = [find(db, *parse_ref(ref)) for ref in args.refs]
     else:
         targets = records(db)
-    results = [verify_record(home, db, trust, r) for r in targets]
+    results = verify_records(home, db, trust, targets)
     for res in results:
         ref = f"{res.record.name}@{res.record.version}"
         line = f"{res.status.upper():<12} {ref}"
