@@ -10,15 +10,25 @@ from pathlib import Path
 from rich.text import Text
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.content import Content
 from textual.screen import Screen
+from textual.scrollbar import ScrollBar, ScrollBarRender
 from textual.theme import Theme
 
 from appliance.home import Home
 from appliance.mediascan import Medium, ScanCache, scan
+from tui import fmt
 
 ProgressHook = Callable[[str, int, int], None]
 
 STYLE_VARS = ("text-success", "text-error", "text-warning", "text-accent")
+
+
+class AsciiScrollBarRender(ScrollBarRender):
+    """Scrollbars of blanks in a colour: no partial-block glyphs at the thumb's ends."""
+
+    VERTICAL_BARS = [" "] * 8
+    HORIZONTAL_BARS = [" "] * 8
 
 
 class ApplianceApp(App[int]):
@@ -42,7 +52,11 @@ class ApplianceApp(App[int]):
         poll_interval: float = 2.0,
         cursor_blink: bool = True,
     ) -> None:
+        self.glyphs = fmt.choose()  # once, at start-up: ASCII on the Linux console
+        # Textual draws scrollbars with one process-wide renderer; set it for this run.
+        ScrollBar.renderer = AsciiScrollBarRender if self.glyphs.ascii else ScrollBarRender
         super().__init__()
+        self.set_class(self.glyphs.ascii, "-ascii")  # app.tcss: ASCII borders
         self.home = Home(Path(home))
         self.witness = witness
         self.media_dirs = [Path(p) for p in media]
@@ -59,6 +73,20 @@ class ApplianceApp(App[int]):
 
     def on_mount(self) -> None:
         self.theme_changed_signal.subscribe(self, self._theme_changed)
+
+    def format_title(self, title: str, sub_title: str) -> Content:
+        if not sub_title:
+            return Content(title)
+        return Content.assemble(
+            title, (f" {self.glyphs.dash} ", "dim"), Content(sub_title).stylize("dim")
+        )
+
+    def get_key_display(self, binding: Binding) -> str:
+        shown = super().get_key_display(binding)
+        if self.glyphs.ascii and not shown.isascii():  # "⏎", arrows: the key's name instead
+            modifiers, key = binding.parse_key()
+            return "+".join([*modifiers, key])
+        return shown
 
     # --- screens -----------------------------------------------------------------
 

@@ -2,11 +2,57 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 
 from bundles.timeutil import format_time
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+@dataclass(frozen=True)
+class Glyphs:
+    """Every symbol the screens draw; ``ASCII`` for terminals that cannot draw the others."""
+
+    ascii: bool
+    ok: str  # a check that passed: "✓ VERIFIED"
+    bad: str  # a check that failed: "✗ REFUSED"
+    dot: str  # a separator between facts: "v2 · site a"
+    skip: str  # a check not run
+    bullet: str  # the active version
+    ellipsis: str  # work under way, or text cut short
+    dash: str  # between the title and the subtitle
+    icon: str  # the header's icon
+
+
+UNICODE = Glyphs(False, "✓", "✗", "·", "·", "●", "…", "—", "⭘")
+ASCII = Glyphs(True, "OK", "X", "-", "-", "*", "...", "-", "*")
+
+# Terminals whose font cannot draw the symbols above (the Linux console, a serial line).
+ASCII_TERMS = frozenset({"linux", "vt100", "vt102", "vt220", "ansi", "dumb"})
+
+_chosen = UNICODE
+
+
+def choose(env: Mapping[str, str] | None = None) -> Glyphs:
+    """Decide once, at start-up: ASCII when ``APPLIANCE_ASCII=1`` or ``TERM`` is the Linux
+    console (or another terminal of ``ASCII_TERMS``), else Unicode. ``APPLIANCE_ASCII=0``
+    forces Unicode."""
+    global _chosen
+    e = os.environ if env is None else env
+    flag = e.get("APPLIANCE_ASCII", "")
+    if flag in ("0", "1"):
+        _chosen = ASCII if flag == "1" else UNICODE
+    else:
+        _chosen = ASCII if e.get("TERM", "") in ASCII_TERMS else UNICODE
+    return _chosen
+
+
+def glyphs() -> Glyphs:
+    """The glyphs chosen at start-up (``choose``); every screen draws with these."""
+    return _chosen
 
 
 def size(n: int) -> str:
@@ -51,7 +97,8 @@ def relative(dt: datetime, now: datetime) -> str:
 
 def tail(text: str, n: int) -> str:
     """The end of ``text`` in at most ``n`` characters: ``…/media/usb0``."""
-    return text if len(text) <= n else "…" + text[-(n - 1) :]
+    cut = glyphs().ellipsis
+    return text if len(text) <= n else cut + text[-(n - len(cut)) :]
 
 
 def stamp(text: str) -> str:

@@ -8,7 +8,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.content import Content
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Static
 
 from appliance.history import artifact_history
 from appliance.store import find
@@ -16,7 +16,7 @@ from appliance.truststore import load_trust
 from appliance.verify import verify_record
 from bundles.errors import ApplianceError
 from tui import fmt
-from tui.base import SubScreen, cell
+from tui.base import SubScreen, cell, footer, header
 from tui.messages import VerifyFinished
 from tui.model import Problem, opened
 
@@ -38,14 +38,14 @@ class ArtifactScreen(SubScreen):
         self.verifying = False
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield header()
         yield Static(id="artifact-info")
         yield DataTable(id="versions", cursor_type="row")
         yield Static("History", classes="section-title")
         yield DataTable(id="history", cursor_type="row", zebra_stripes=True)
         yield Static(id="event-summary")
         yield Static(id="verify-result")
-        yield Footer()
+        yield footer()
 
     def on_mount(self) -> None:
         self.title = "Artifact"
@@ -76,7 +76,8 @@ class ArtifactScreen(SubScreen):
         info.update(
             Content.assemble(
                 (self.artifact, "bold"),
-                f" · active {self.active or 'none'} · stream {stream} · "
+                f" {fmt.glyphs().dot} active {self.active or 'none'}"
+                f" {fmt.glyphs().dot} stream {stream} {fmt.glyphs().dot} "
                 f"{len(self.versions)} versions stored",
             )
         )
@@ -88,7 +89,7 @@ class ArtifactScreen(SubScreen):
                 cell(v["version"]),
                 str(v["release"]),
                 fmt.size(v["size"]),
-                tone("● active", "ok") if v["active"] else tone("-", "muted"),
+                tone(f"{fmt.glyphs().bullet} active", "ok") if v["active"] else tone("-", "muted"),
                 fmt.stamp(v["imported_at"]),
                 v["digest"]["blake3"][:12],
             )
@@ -137,7 +138,10 @@ class ArtifactScreen(SubScreen):
             return
         self.verifying = True
         self.query_one("#verify-result", Static).update(
-            Content.styled(f"Verifying {self.artifact}@{version}: re-hashing…", "$text-warning")
+            Content.styled(
+                f"Verifying {self.artifact}@{version}: re-hashing{fmt.glyphs().ellipsis}",
+                "$text-warning",
+            )
         )
         self.verify_now(version)
 
@@ -160,8 +164,9 @@ class ArtifactScreen(SubScreen):
         if s is not None and s.status == "ok":
             out.update(
                 Content.assemble(
-                    ("✓ VERIFIED ", "bold $text-success"),
-                    f"{s.record.name}@{s.record.version}: BLAKE3 {s.record.digest[:16]}… "
+                    (f"{fmt.glyphs().ok} VERIFIED ", "bold $text-success"),
+                    f"{s.record.name}@{s.record.version}: "
+                    f"BLAKE3 {s.record.digest[:16]}{fmt.glyphs().ellipsis} "
                     f"matches, {fmt.size(s.record.size)}; signers meet today's trust",
                 )
             )
@@ -172,7 +177,11 @@ class ArtifactScreen(SubScreen):
             assert message.problem is not None
             code, text = message.problem.code, message.problem.message
         out.update(
-            Content.assemble(("✗ FAILED ", "bold $text-error"), (f"[{code}] ", "$text-error"), text)
+            Content.assemble(
+                (f"{fmt.glyphs().bad} FAILED ", "bold $text-error"),
+                (f"[{code}] ", "$text-error"),
+                text,
+            )
         )
 
     # --- rollback -----------------------------------------------------------------

@@ -8,10 +8,11 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.content import Content
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Static
 
 from bundles.errors import ApplianceError
-from tui.base import SubScreen, cell
+from tui import fmt
+from tui.base import SubScreen, cell, footer, header
 from tui.model import AuditLog, audit_log, event_subject
 
 
@@ -26,11 +27,11 @@ class AuditScreen(SubScreen):
         self.events_log = AuditLog()
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield header()
         yield Static(id="chain-status")
         yield DataTable(id="audit-events", cursor_type="row", zebra_stripes=True)
         yield Static(id="event-detail")
-        yield Footer()
+        yield footer()
 
     def on_mount(self) -> None:
         self.title = "Audit log"
@@ -53,14 +54,15 @@ class AuditScreen(SubScreen):
         if self.events_log.problem is None:
             status.update(
                 Content.assemble(
-                    ("✓ CHAIN INTACT", "bold $text-success"),
-                    f": {self.events_log.count} events, head {self.events_log.head[:16]}…",
+                    (f"{fmt.glyphs().ok} CHAIN INTACT", "bold $text-success"),
+                    f": {self.events_log.count} events, "
+                    f"head {self.events_log.head[:16]}{fmt.glyphs().ellipsis}",
                 )
             )
         else:
             status.update(
                 Content.assemble(
-                    ("✗ CHAIN BROKEN", "bold $text-error"),
+                    (f"{fmt.glyphs().bad} CHAIN BROKEN", "bold $text-error"),
                     f" [{self.events_log.problem.code}]: {self.events_log.problem.message}",
                 )
             )

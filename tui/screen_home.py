@@ -8,13 +8,13 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.content import Content
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Static
 
 from appliance.evaluation import claimed_statuses
 from appliance.mediascan import Medium
 from bundles.errors import ApplianceError
 from tui import fmt
-from tui.base import ApplianceScreen, cell
+from tui.base import ApplianceScreen, cell, footer, header
 from tui.messages import HomeData, MediaScanned
 from tui.model import Problem, audit_log, event_subject, trust_summary
 from tui.widget_alarms import AlarmsPanel
@@ -47,7 +47,7 @@ class HomeScreen(ApplianceScreen):
         self._bundle_paths: list[Path] = []
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield header()
         yield AlarmsPanel()  # unacknowledged alarms first (hidden when there are none)
         yield Static(id="trust-summary")
         yield Static("Media and bundles (unverified until reviewed)", classes="section-title")
@@ -55,7 +55,7 @@ class HomeScreen(ApplianceScreen):
         yield Static(id="no-media", classes="muted")
         yield Static("Latest audit events", classes="section-title")
         yield DataTable(id="events", cursor_type="none", show_cursor=False)
-        yield Footer()
+        yield footer()
 
     def on_mount(self) -> None:
         self.title = "appliance"
@@ -94,7 +94,7 @@ class HomeScreen(ApplianceScreen):
 
     def action_rescan(self) -> None:
         self.scan_media()
-        self.notify("Looking for media…", timeout=2)
+        self.notify(f"Looking for media{fmt.glyphs().ellipsis}", timeout=2)
 
     def show_media(self) -> None:
         table = self.query_one("#bundles", DataTable)
@@ -177,12 +177,13 @@ class HomeScreen(ApplianceScreen):
         summary.update(
             Content.assemble(
                 ("Trust ", "bold"),
-                f"v{t.version} · site {t.site or '-'} · {t.active_keys} keys{revoked} · "
-                f"{t.artifacts} artifacts · witness ",
+                f"v{t.version} {fmt.glyphs().dot} site {t.site or '-'} {fmt.glyphs().dot} "
+                f"{t.active_keys} keys{revoked} {fmt.glyphs().dot} "
+                f"{t.artifacts} artifacts {fmt.glyphs().dot} witness ",
                 witness,
                 "\n",
                 ("Streams ", "bold"),
-                f"{streams} · ",
+                f"{streams} {fmt.glyphs().dot} ",
                 ("Audit ", "bold"),
                 chain,
                 *(

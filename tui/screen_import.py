@@ -15,13 +15,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.content import Content
-from textual.widgets import Footer, Header, ProgressBar, Static
+from textual.widgets import ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
 from appliance.importer import ImportResult, import_bundle
 from bundles.errors import ApplianceError
 from tui import fmt
-from tui.base import SubScreen
+from tui.base import SubScreen, footer, header
 from tui.messages import ImportFinished, ImportProgress
 from tui.model import Problem, Review
 
@@ -50,7 +50,7 @@ class ImportScreen(SubScreen):
         self.results: list[tuple[str, str, str]] = []  # artifact, pass/FAIL/..., reason
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield header()
         with VerticalScroll(id="import"):
             yield Static(id="import-status")
             with Horizontal(classes="art-row overall"):
@@ -62,7 +62,7 @@ class ImportScreen(SubScreen):
                     yield ProgressBar(total=max(a.size, 1), show_eta=False, id=f"art-{i}")
             yield Static(id="import-result")
             yield Static(id="import-results")
-        yield Footer()
+        yield footer()
 
     def on_mount(self) -> None:
         m = self.review.manifest
@@ -136,11 +136,13 @@ class ImportScreen(SubScreen):
         left = (self.total - done) / rate if rate > 0 else None
         text = f"{fmt.size(done)} of {fmt.size(self.total)}"
         if rate > 0:
-            text += f" · {fmt.rate(rate)}"
+            text += f" {fmt.glyphs().dot} {fmt.rate(rate)}"
         if self.running:
-            text += f" · about {fmt.duration(left)} left" if left is not None else ""
+            text += (
+                f" {fmt.glyphs().dot} about {fmt.duration(left)} left" if left is not None else ""
+            )
             if self.cancel.is_set():
-                text += " · cancelling…"
+                text += f" {fmt.glyphs().dot} cancelling{fmt.glyphs().ellipsis}"
         self.query_one("#import-status", Static).update(
             Content.assemble(("Verifying " if self.running else "Verified ", "bold"), text)
         )
@@ -177,10 +179,10 @@ class ImportScreen(SubScreen):
         if r is not None:
             new = sum(a["status"] == "new" for a in r.artifacts)
             if r.dry_run:
-                head = ("✓ VERIFIED (dry run)", "bold $text-success")
+                head = (f"{fmt.glyphs().ok} VERIFIED (dry run)", "bold $text-success")
                 tail = f": {len(r.artifacts)} artifacts match their signed digests; nothing stored"
             else:
-                head = ("✓ IMPORTED", "bold $text-success")
+                head = (f"{fmt.glyphs().ok} IMPORTED", "bold $text-success")
                 tail = (
                     f": {r.stream} #{r.sequence}, {new} new and "
                     f"{len(r.artifacts) - new} already present; new versions are active"
@@ -190,7 +192,7 @@ class ImportScreen(SubScreen):
         assert p is not None
         word = "CANCELLED" if p.code == "cancelled" else "REFUSED"
         return Content.assemble(
-            (f"✗ {word}: ", "bold $text-error"),
+            (f"{fmt.glyphs().bad} {word}: ", "bold $text-error"),
             (p.headline, "bold"),
             "\n",
             (f"[{p.code}] ", "$text-error"),

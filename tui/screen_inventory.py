@@ -5,12 +5,12 @@ from __future__ import annotations
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Static
 
 from appliance.store import Record
 from bundles.errors import ApplianceError
 from tui import fmt
-from tui.base import SubScreen, cell
+from tui.base import SubScreen, cell, footer, header
 from tui.model import inventory
 
 
@@ -25,10 +25,10 @@ class InventoryScreen(SubScreen):
         self.records: list[Record] = []
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield header()
         yield Static(id="inventory-summary")
         yield DataTable(id="inventory", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+        yield footer()
 
     def on_mount(self) -> None:
         self.title = "Inventory"
@@ -55,7 +55,7 @@ class InventoryScreen(SubScreen):
             table.add_row(
                 cell(r.name),
                 cell(r.version),
-                tone("● active", "ok") if r.active else tone("-", "muted"),
+                tone(f"{fmt.glyphs().bullet} active", "ok") if r.active else tone("-", "muted"),
                 fmt.size(r.size),
                 fmt.stamp(r.imported_at),
                 r.digest[:12],

@@ -5,11 +5,11 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.content import Content
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Static
 
 from bundles.errors import ApplianceError
 from tui import fmt
-from tui.base import SubScreen, cell
+from tui.base import SubScreen, cell, footer, header
 from tui.model import trust_summary
 
 
@@ -17,7 +17,7 @@ class KeysScreen(SubScreen):
     BINDINGS = [Binding("escape", "back", "Back", id="back")]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield header()
         yield Static(id="trust-info")
         yield Static("Roles", classes="section-title")
         yield DataTable(id="roles", cursor_type="none", show_cursor=False)
@@ -26,7 +26,7 @@ class KeysScreen(SubScreen):
         yield Static("Loader grants", classes="section-title")
         yield Static(id="no-grants", classes="muted")
         yield DataTable(id="grants", cursor_type="none", show_cursor=False)
-        yield Footer()
+        yield footer()
 
     def on_mount(self) -> None:
         self.title = "Keys and roles"
@@ -47,7 +47,8 @@ class KeysScreen(SubScreen):
         info.update(
             Content.assemble(
                 ("Trust version ", "bold"),
-                f"{t.version} · site {t.site or '-'} · trusted time {fmt.when(t.trusted_time)}\n",
+                f"{t.version} {fmt.glyphs().dot} site {t.site or '-'} {fmt.glyphs().dot} "
+                f"trusted time {fmt.when(t.trusted_time)}\n",
                 ("Witness ", "bold"),
                 f"{t.witness_status}: {t.witness_detail}",
             )

@@ -10,25 +10,30 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.content import Content
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Static
 
 from appliance.modelsig import ModelReview, review_models
 from tui import fmt
-from tui.base import SubScreen, cell
+from tui.base import SubScreen, cell, footer, header
 from tui.messages import ReviewReady
 from tui.model import Problem, Review, review_bundle
 
 
 def mark(ok: bool | None) -> tuple[str, str]:
+    """A check's mark, padded so the labels after it line up (``OK``, ``X``, ``-``)."""
+    g = fmt.glyphs()
+    width = max(len(g.ok), len(g.bad), len(g.skip)) + 1
     if ok is None:
-        return ("· ", "$text-muted")
-    return ("✓ ", "bold $text-success") if ok else ("✗ ", "bold $text-error")
+        return (g.skip.ljust(width), "$text-muted")
+    if ok:
+        return (g.ok.ljust(width), "bold $text-success")
+    return (g.bad.ljust(width), "bold $text-error")
 
 
 def verdict(review: Review) -> Content:
     if review.allowed:
         return Content.assemble(
-            ("✓ ALLOWED BY POLICY", "bold $text-success"),
+            (f"{fmt.glyphs().ok} ALLOWED BY POLICY", "bold $text-success"),
             " (nothing hashed yet)\n",
             "Press i to verify every artifact and import it, v to verify only.",
         )
@@ -36,7 +41,7 @@ def verdict(review: Review) -> Content:
     assert problem is not None or not review.verified
     headline = problem.headline if problem else "Not verified"
     parts: list[str | tuple[str, str]] = [
-        ("✗ REFUSED: ", "bold $text-error"),
+        (f"{fmt.glyphs().bad} REFUSED: ", "bold $text-error"),
         (headline, "bold"),
         "\n",
     ]
@@ -74,15 +79,15 @@ class ReviewScreen(SubScreen):
         self.models: ModelReview | None = None
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield header()
         with VerticalScroll(id="review"):
-            yield Static("Reading the signed manifest…", id="verdict")
+            yield Static(f"Reading the signed manifest{fmt.glyphs().ellipsis}", id="verdict")
             yield Static(id="facts")
             yield Static("Signatures", classes="section-title")
             yield DataTable(id="signatures", cursor_type="none", show_cursor=False)
             yield Static("Artifacts", classes="section-title")
             yield DataTable(id="artifacts", cursor_type="row")
-        yield Footer()
+        yield footer()
 
     def on_mount(self) -> None:
         self.title = "Review bundle"

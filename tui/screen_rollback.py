@@ -10,13 +10,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.content import Content
-from textual.widgets import Footer, Header, Input, OptionList, Static
+from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from appliance.rollback import RollbackResult, apply_rollback, read_authorization
 from bundles.errors import ApplianceError
 from tui import fmt
-from tui.base import SubScreen
+from tui.base import SubScreen, footer, header
 from tui.messages import RollbackFinished, RollbackPreviewed
 from tui.model import Problem, RollbackPreview, preview_rollback
 from tui.screen_confirm import ConfirmScreen
@@ -37,7 +37,7 @@ class RollbackScreen(SubScreen):
         self.done = False
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield header()
         with VerticalScroll(id="rollback"):
             yield Static(id="rb-info")
             yield Input(
@@ -49,7 +49,7 @@ class RollbackScreen(SubScreen):
             yield OptionList(id="auth-files")
             yield Static(id="rb-preview")
             yield Static(id="rb-result")
-        yield Footer()
+        yield footer()
 
     def on_mount(self) -> None:
         self.title = "Rollback"
@@ -92,7 +92,7 @@ class RollbackScreen(SubScreen):
         self.done = False
         self.query_one("#rb-result", Static).update("")
         self.query_one("#rb-preview", Static).update(
-            Content.styled(f"Checking {path}…", "$text-warning")
+            Content.styled(f"Checking {path}{fmt.glyphs().ellipsis}", "$text-warning")
         )
         self.load_preview(path)
 
@@ -115,13 +115,13 @@ class RollbackScreen(SubScreen):
             parts += [("AUTHORIZATION SUBMITTED", "bold"), ": see the result below\n"]
         elif p.valid:
             parts += [
-                ("✓ VALID", "bold $text-success"),
+                (f"{fmt.glyphs().ok} VALID", "bold $text-success"),
                 ": press Ctrl+R to roll back (you will be asked to confirm)\n",
             ]
         else:
             assert p.problem is not None
             parts += [
-                ("✗ NOT VALID: ", "bold $text-error"),
+                (f"{fmt.glyphs().bad} NOT VALID: ", "bold $text-error"),
                 (p.problem.headline, "bold"),
                 "\n",
                 (f"[{p.problem.code}] ", "$text-error"),
@@ -140,7 +140,7 @@ class RollbackScreen(SubScreen):
                 a.reason or "(none given)",
                 "\n",
                 ("Issued     ", "bold"),
-                f"{fmt.when(a.issued_at)} · id {a.id}",
+                f"{fmt.when(a.issued_at)} {fmt.glyphs().dot} id {a.id}",
             ]
             if p.signers:
                 parts += [
@@ -183,7 +183,7 @@ class RollbackScreen(SubScreen):
             )
             return
         self.query_one("#rb-result", Static).update(
-            Content.styled("Rolling back…", "$text-warning")
+            Content.styled(f"Rolling back{fmt.glyphs().ellipsis}", "$text-warning")
         )
         self.run_rollback(self.preview.path)
 
@@ -215,7 +215,7 @@ class RollbackScreen(SubScreen):
         if r is not None:
             out.update(
                 Content.assemble(
-                    ("✓ ROLLED BACK ", "bold $text-success"),
+                    (f"{fmt.glyphs().ok} ROLLED BACK ", "bold $text-success"),
                     f"{r.name}: {r.from_version or '-'} -> {r.to_version}, authorized by "
                     + ", ".join(fmt.short_id(s) for s in r.authorized_by)
                     + ". The next load re-hashes it against today's trust.",
@@ -226,7 +226,7 @@ class RollbackScreen(SubScreen):
             assert p is not None
             out.update(
                 Content.assemble(
-                    ("✗ REFUSED: ", "bold $text-error"),
+                    (f"{fmt.glyphs().bad} REFUSED: ", "bold $text-error"),
                     (f"[{p.code}] ", "$text-error"),
                     p.message,
                     ("\nNothing was changed.", "$text-muted"),

@@ -20,6 +20,13 @@ from tui.app import ApplianceApp
 SNAP_ROOT = Path("/tmp/appliance-tui-snapshots")
 
 
+@pytest.fixture(autouse=True)
+def unicode_glyphs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The glyphs do not depend on the TERM of the machine running the tests; the ASCII
+    tests set ``APPLIANCE_ASCII=1`` themselves."""
+    monkeypatch.setenv("APPLIANCE_ASCII", "0")
+
+
 @pytest.fixture(scope="session")
 def world_template(tmp_path_factory: pytest.TempPathFactory) -> World:
     return build_world(tmp_path_factory.mktemp("world") / "template")

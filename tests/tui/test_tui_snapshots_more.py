@@ -6,10 +6,13 @@ test_tui_snapshots.py, so the SVGs hold on a loaded machine.
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from conftest import make_app
+import pytest
+from conftest import make_app, sync
 from textual.pilot import Pilot
 from tui_world import STREAM, World
 
@@ -17,6 +20,8 @@ from appliance.importer import apply_trust_envelope
 from appliance.truststore import load_trust
 from bundles.documents import TRUST_PAYLOAD_TYPE, AllowLoader, TrustUpdate
 from bundles.dsse import sign_envelope
+from tui.screen_artifact import ArtifactScreen
+from tui.screen_review import ReviewScreen
 
 Before = Callable[[Pilot[Any]], Awaitable[None]]
 
@@ -63,3 +68,79 @@ def test_keys_with_grant(snap_compare: Any, snap_world: World) -> None:
     grant_loader(snap_world)
     app = make_app(snap_world)
     assert snap_compare(app, terminal_size=(80, 24), run_before=keys_then("k"))
+
+
+def screen_text(pilot: Pilot[Any]) -> str:
+    """The text of the exported screen (the SVG's text runs, one line per row)."""
+    svg = pilot.app.export_screenshot()
+    rows: dict[float, list[tuple[float, str]]] = {}
+    for m in re.finditer(r'<text class="[^"]*" x="([\d.]+)" y="([\d.]+)"[^>]*>(.*?)</text>', svg):
+        rows.setdefault(float(m[2]), []).append((float(m[1]), html.unescape(m[3])))
+    text = "\n".join("".join(t for _, t in sorted(r)) for _, r in sorted(rows.items()))
+    return text.replace("\xa0", " ")  # the SVG's spaces
+
+
+def non_ascii(text: str) -> list[str]:
+    return sorted({c for c in text if ord(c) > 0x7F})
+
+
+def to_review(world: World, bundle: str) -> Before:
+    async def run(pilot: Pilot[Any]) -> None:
+        await stable(pilot)
+        pilot.app.push_screen(ReviewScreen(world.bundles[bundle]))
+        await stable(pilot)
+
+    return run
+
+
+def to_artifact() -> Before:
+    async def run(pilot: Pilot[Any]) -> None:
+        await stable(pilot)
+        pilot.app.push_screen(ArtifactScreen("llm-weights"))
+        await stable(pilot)
+        await pilot.press("v")  # the verify result: a check mark in the Unicode mode
+        await stable(pilot)
+
+    return run
+
+
+@pytest.mark.parametrize("term", ["APPLIANCE_ASCII=1", "TERM=linux"])
+@sync
+async def test_ascii_mode_draws_only_ascii(
+    world: World, monkeypatch: pytest.MonkeyPatch, term: str
+) -> None:
+    """Home, review (allowed and refused) and artifact: nothing above U+007F on screen."""
+    name, _, value = term.partition("=")
+    monkeypatch.delenv("APPLIANCE_ASCII")
+    monkeypatch.setenv(name, value)
+    shown: dict[str, str] = {}
+    for label, before in [
+        ("home", keys_then()),
+        ("review-good", to_review(world, "good")),
+        ("review-refused", to_review(world, "wrong_site")),
+        ("artifact", to_artifact()),
+    ]:
+        app = make_app(world)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await before(pilot)
+            shown[label] = screen_text(pilot)
+    assert "OK" in shown["review-good"] and "X REFUSED" in shown["review-refused"]
+    assert "OK VERIFIED" in shown["artifact"]
+    assert {k: non_ascii(v) for k, v in shown.items()} == {k: [] for k in shown}
+
+
+@sync
+async def test_unicode_mode_draws_glyphs(world: World) -> None:
+    """The check above can fail: the same screens in the Unicode mode hold glyphs."""
+    app = make_app(world)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await to_artifact()(pilot)
+        assert "✓ VERIFIED" in screen_text(pilot)
+
+
+def test_review_ascii(
+    snap_compare: Any, snap_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APPLIANCE_ASCII", "1")
+    before = to_review(snap_world, "good")
+    assert snap_compare(make_app(snap_world), terminal_size=(80, 24), run_before=before)
