@@ -4,8 +4,11 @@ media -> trust updates carried by the bundle (each verified and applied on its
 own merit) -> authenticate the manifest against today's keys -> policy ->
 one pass per artifact into staging (several at once) -> promote every object
 -> one transaction for records, active versions, high-water marks, trusted
-time and audit events. A crash before that transaction leaves the old state
-(unreferenced objects at most); after it, the new one.
+time and audit events (repairs included) -> the repaired objects renamed over
+the damaged ones. A crash before that transaction leaves the old state
+(unreferenced objects at most); after it, the new one (with, at worst, a
+recorded repair whose object is still the damaged one: loads refuse it and the
+next import repairs it).
 """
 
 from __future__ import annotations
@@ -269,15 +272,24 @@ def _import(
         try:
             if cancel is not None and cancel.is_set():  # the last moment a cancel can count
                 raise CancelledError("import cancelled before promotion; nothing was changed")
-            repair.prepare(home, fix)
             if staged:
                 sync_home(home)  # the staged bytes are on disk before any rename
+            fixing = set(fix)
             for a, staged_path in staged.items():
-                promote(home, staged_path, a.blake3, durable=False)
-            if staged:
+                if a not in fixing:
+                    promote(home, staged_path, a.blake3, durable=False)
+            if len(staged) > len(fixing):
                 sync_home(home)  # and the renames before the commit refers to them
-            _commit(db, bundle, decision, models)
-            repair.record(db, fix, os.fspath(path))
+            _commit(db, bundle, decision, models, fix, os.fspath(path))
+            # Repairs go over the damaged objects only once their ``repair`` events are
+            # committed: a crash in between leaves an event and a still-damaged object
+            # (refused by every load, found by scrub, repaired by the next import), never
+            # a silently replaced object without its event.
+            if fix:
+                repair.prepare(home, fix)
+                for a in fix:
+                    promote(home, staged[a], a.blake3, durable=False)
+                sync_home(home)
         finally:
             home.clean_staging()
         if wcheck.status is not witness.WitnessStatus.OFF:
@@ -351,8 +363,14 @@ def _error_rank(exc: BaseException) -> int:
 
 
 def _commit(
-    db: sqlite_utils.Database, bundle: Bundle, decision: Decision, models: ModelCheck
+    db: sqlite_utils.Database,
+    bundle: Bundle,
+    decision: Decision,
+    models: ModelCheck,
+    repaired: list[Artifact],
+    source: str,
 ) -> None:
+    """Records, refs, marks and every audit event of the import (repairs too) in one go."""
     m = bundle.manifest
     now = format_time(utcnow())
     signers = json.dumps(sorted(bundle.signers))
@@ -424,3 +442,4 @@ def _commit(
                 **({"model_signatures": models.to_list()} if models.signatures else {}),
             },
         )
+        repair.record(db, repaired, source)  # with the records: no repair without its event

@@ -3,11 +3,14 @@
 An import hashes every artifact of the bundle anyway. For an artifact the store
 already has, ``damaged`` re-hashes the stored object: when it is missing or no
 longer hashes to its digest, the import stages the bundle's (verified) bytes
-like a new artifact, ``prepare`` clears the immutable inode flag of the bad
-object if it carries one, the store's ``promote`` renames the verified copy
-over it, and ``record`` writes one ``repair`` audit event per artifact. The
-import reports such an artifact as ``repaired``; ``present`` means the stored
-object verified.
+like a new artifact and ``record`` writes one ``repair`` audit event per artifact
+in the transaction that commits the import's records. Only after that commit
+does ``prepare`` clear the immutable inode flag of the bad object (if it carries
+one) and the store's ``promote`` rename the verified copy over it, so a crash
+never leaves a replaced object without its event (at worst an event and a
+still-damaged object, which every load refuses and the next import repairs).
+The import reports such an artifact as ``repaired``; ``present`` means the
+stored object verified.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from pathlib import Path
 import sqlite_utils
 
 from appliance import audit
-from appliance.db import transaction
 from appliance.home import Home
 from appliance.store import io_error, object_path
 from bundles.hashing import hash_fd
@@ -75,7 +77,8 @@ def clear_immutable_flag(path: Path) -> bool:
 
 
 def prepare(home: Home, artifacts: Iterable[Artifact]) -> None:
-    """Make the damaged objects replaceable (call under the home lock, just before promote)."""
+    """Make the damaged objects replaceable (under the home lock, after the commit
+    that recorded their ``repair`` events, just before promote)."""
     for a in artifacts:
         try:
             clear_immutable_flag(object_path(home, a.blake3))
@@ -84,17 +87,17 @@ def prepare(home: Home, artifacts: Iterable[Artifact]) -> None:
 
 
 def record(db: sqlite_utils.Database, artifacts: Iterable[Artifact], source: str) -> None:
-    """One ``repair`` event per replaced object (after the promotion)."""
-    items = list(artifacts)
-    if not items:
-        return
-    with transaction(db):
-        for a in items:
-            audit.append(
-                db,
-                "repair",
-                outcome="accepted",
-                name=a.name,
-                version=a.version,
-                detail={"digest": a.blake3, "size": a.size, "source": source},
-            )
+    """One ``repair`` event per replaced object, written in the caller's transaction.
+
+    The import calls this inside the transaction that commits its records, so the
+    repair events and the import's records are committed together or not at all.
+    """
+    for a in artifacts:
+        audit.append(
+            db,
+            "repair",
+            outcome="accepted",
+            name=a.name,
+            version=a.version,
+            detail={"digest": a.blake3, "size": a.size, "source": source},
+        )

@@ -159,3 +159,100 @@ def test_present_only_when_the_object_verifies(site: Site) -> None:
     done = import_bundle(site.h, bundle, witness_path=site.witness)
     assert [a["status"] for a in done.to_dict()["artifacts"]] == ["repaired"]
     assert object_path(site.h, rec.digest).exists()
+
+
+def _damage(site: Site) -> tuple[str, os.PathLike[str]]:
+    from appliance.store import object_path
+
+    db = site.h.db()
+    digest = find(db, "model", "1.0").digest
+    db.conn.close()
+    path = object_path(site.h, digest)
+    make_writable(path)
+    with open(path, "r+b") as f:
+        f.write(b"ROT!")
+    os.chmod(path, 0o444)
+    return digest, path
+
+
+def _events(site: Site, type: str) -> list[dict[str, object]]:
+    db = site.h.db()
+    try:
+        return [e for e in artifact_history(db, "model")["events"] if e["type"] == type]
+    finally:
+        db.conn.close()
+
+
+def _has(site: Site, name: str) -> bool:
+    db = site.h.db()
+    try:
+        return bool(list(db.query("SELECT 1 FROM artifacts WHERE name = ?", [name])))
+    finally:
+        db.conn.close()
+
+
+def test_a_fault_before_the_commit_leaves_neither_the_repair_nor_its_event(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new objects are promoted, then the commit fails: no records, no repair event,
+    the damaged object untouched (not silently replaced), the audit chain whole."""
+    from appliance import audit
+
+    digest, path = _damage(site)
+    bad = open(path, "rb").read()
+    real = audit.append
+
+    def failing(db: object, type: str, **kw: object) -> object:
+        if type == "repair":
+            raise OSError(5, "injected fault inside the commit")
+        return real(db, type, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(audit, "append", failing)
+    bundle = site.bundle({"model@1.0": b"one " * 1000, "extra@1.0": b"e" * 100})
+    with pytest.raises(OSError):
+        import_bundle(site.h, bundle, witness_path=site.witness)
+    monkeypatch.setattr(audit, "append", real)
+    assert not _has(site, "extra") and _events(site, "repair") == []
+    assert open(path, "rb").read() == bad  # not replaced without its event
+    site.cli("audit", "verify", check=0)
+    # The next import does the repair, with its event.
+    done = import_bundle(site.h, bundle, witness_path=site.witness)
+    assert {a["name"]: a["status"] for a in done.to_dict()["artifacts"]}["model"] == "repaired"
+    assert len(_events(site, "repair")) == 1 and _has(site, "extra")
+    site.cli("audit", "verify", check=0)
+
+
+def test_a_fault_after_the_commit_leaves_the_event_and_a_refused_object(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records and repair event committed together, then the repair's rename fails: the
+    history says so, loads still refuse the damaged object, the next import repairs it."""
+    import appliance
+    from appliance import importer
+
+    digest, path = _damage(site)
+    from appliance.store import promote as real
+
+    def failing(home: object, staged: object, d: str, **kw: object) -> None:
+        if d == digest:
+            raise OSError(5, "injected crash before the repair's rename")
+        real(home, staged, d, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importer, "promote", failing)
+    bundle = site.bundle({"model@1.0": b"one " * 1000, "extra@1.0": b"e" * 100})
+    with pytest.raises(OSError):
+        import_bundle(site.h, bundle, witness_path=site.witness)
+    monkeypatch.setattr(importer, "promote", real)
+    assert _has(site, "extra") and len(_events(site, "repair")) == 1
+    site.cli("audit", "verify", check=0)
+    with pytest.raises(Exception) as e:
+        with appliance.load("model@1.0", home=site.h, witness=site.witness):
+            pass
+    assert getattr(e.value, "code", None) is not None
+    done = import_bundle(
+        site.h, site.bundle({"model@1.0": b"one " * 1000}), witness_path=site.witness
+    )
+    assert [a["status"] for a in done.to_dict()["artifacts"]] == ["repaired"]
+    with appliance.load("model@1.0", home=site.h, witness=site.witness):
+        pass
+    site.cli("audit", "verify", check=0)
