@@ -83,6 +83,30 @@ def rows(db: sqlite_utils.Database, name: str | None = None) -> list[dict[str, A
     return [_row(r) for r in cur.fetchall()]
 
 
+def rows_naming(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]]:
+    """Events about ``name`` in chain order: those recorded under it and refused imports
+    whose manifest named it (``detail.artifacts``, issue 14)."""
+    cols = ", ".join((*FIELDS, "prev_hash", "hash"))
+    needle = json.dumps(name)  # a quick filter; the detail is parsed below to be sure
+    cur = db.execute(
+        f"SELECT {cols} FROM audit WHERE name = ? UNION ALL SELECT {cols} FROM audit"
+        " WHERE name IS NULL AND type = 'import' AND outcome = 'rejected' AND instr(detail, ?)"
+        " ORDER BY seq",
+        [name, needle],
+    )
+    return [e for e in map(_row, cur.fetchall()) if e["name"] == name or _names(e, name)]
+
+
+def _names(event: dict[str, Any], name: str) -> bool:
+    try:
+        listed = json.loads(event["detail"]).get("artifacts")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(listed, list) and any(
+        isinstance(a, dict) and a.get("name") == name for a in listed
+    )
+
+
 def pointer_rows(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]]:
     """Accepted imports and rollbacks of ``name``: the events that may move its pointer."""
     cols = ", ".join((*FIELDS, "prev_hash", "hash"))

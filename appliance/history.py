@@ -18,6 +18,11 @@ do not apply are null; ``detail`` is
 the audit event's full detail object; ``summary`` is one human line.
 ``loader`` (load events): who loaded, ``{uid, gid, pid, user, exe, unit,
 comm, via}`` (``via`` is ``direct`` or ``service``), else null.
+Refused imports whose manifest named NAME (issue 14) are events too, with
+``outcome`` ``rejected``, the error ``code``, ``claimed_version`` (the version
+that manifest listed for NAME) and ``authenticated`` (false: the manifest's
+signature check had not passed, so the names are only a claim); both are
+null for other events.
 """
 
 from __future__ import annotations
@@ -47,9 +52,24 @@ def _by(loader: Any) -> str:
     )
 
 
-def _summary(e: dict[str, Any], d: dict[str, Any]) -> str:
+def claimed(d: dict[str, Any], name: str | None) -> dict[str, Any] | None:
+    """The ``{name, version}`` a refused import's manifest listed for ``name``, if any."""
+    listed = d.get("artifacts")
+    if name is None or not isinstance(listed, list):
+        return None
+    return next((a for a in listed if isinstance(a, dict) and a.get("name") == name), None)
+
+
+def _summary(e: dict[str, Any], d: dict[str, Any], name: str | None = None) -> str:
     ref = f"{e['name']}@{e['version']}" if e["version"] else str(e["name"])
     kind, outcome = e["type"], e["outcome"]
+    named = claimed(d, name) if e["name"] is None else None
+    if outcome == "rejected" and named is not None:
+        how = "" if d.get("authenticated") else " (UNAUTHENTICATED: its signature check failed)"
+        return (
+            f"{kind} of a bundle naming {name}@{named.get('version')}{how} REFUSED "
+            f"[{e['code']}]: {d.get('message', '')}"
+        )
     if outcome == "rejected":
         return (
             f"{kind} of {ref} REFUSED [{e['code']}]{_by(d.get('loader'))}: {d.get('message', '')}"
@@ -88,11 +108,13 @@ def _model_signer_text(d: dict[str, Any]) -> str:
     return f"; model signed by {str(m.get('keyid'))[:16]}{label}"
 
 
-def history_event(event: dict[str, Any]) -> dict[str, Any]:
-    """One audit row (as stored) in the history shape documented above."""
+def history_event(event: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """One audit row (as stored) in the history shape documented above (``name``: the
+    artifact the history is of, for refused imports that only named it)."""
     d = audit.public_event(event)["detail"]
     if not isinstance(d, dict):
         d = {}
+    named = claimed(d, name) if event["name"] is None else None
     is_rollback = event["type"] == "rollback"
     signers = d.get("authorized_by") if is_rollback else d.get("signers")
     return {
@@ -102,7 +124,7 @@ def history_event(event: dict[str, Any]) -> dict[str, Any]:
         "outcome": event["outcome"],
         "code": event["code"],
         "version": event["version"],
-        "summary": _summary(event, d),
+        "summary": _summary(event, d, name),
         "signers": list(signers) if isinstance(signers, list) else [],
         "reason": d.get("reason") if is_rollback else None,
         "from_version": d.get("from_version") if is_rollback else None,
@@ -111,6 +133,8 @@ def history_event(event: dict[str, Any]) -> dict[str, Any]:
         "digest": d.get("digest"),
         "loader": d.get("loader") if isinstance(d.get("loader"), dict) else None,
         "model_signer": _model_signer(d),
+        "claimed_version": named.get("version") if named is not None else None,
+        "authenticated": bool(d.get("authenticated")) if named is not None else None,
         "detail": d,
     }
 
@@ -148,10 +172,10 @@ def artifact_history(
     broken = audit.first_unvouched(db)
     stamp = format_time(at) if at is not None else None
     events = []
-    for e in audit.rows(db, name):
+    for e in audit.rows_naming(db, name):
         if stamp is not None and e["ts"] > stamp:
             break
-        h = history_event(e)
+        h = history_event(e, name)
         h["verified"] = broken is None or e["seq"] < broken
         events.append(h)
     versions = [r.to_dict() for r in records(db, name) if stamp is None or r.imported_at <= stamp]

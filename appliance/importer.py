@@ -38,15 +38,25 @@ from appliance.truststore import (
     save_trust,
 )
 from bundles.documents import ResetStream, TrustUpdate
-from bundles.dsse import Envelope
-from bundles.errors import RejectedError
-from bundles.manifest import Artifact
+from bundles.dsse import Envelope, verify_envelope
+from bundles.errors import (
+    ApplianceError,
+    PayloadTypeError,
+    RejectedError,
+    SignatureError,
+    UnknownKeyError,
+    UnsignedError,
+)
+from bundles.manifest import PAYLOAD_TYPE, Artifact, Manifest
 from bundles.media import MediaSource
-from bundles.reader import Bundle, open_bundle_media
+from bundles.reader import Bundle, open_bundle_media, peek
 from bundles.timeutil import format_time, utcnow
 
 PARALLEL_ARTIFACTS = 2  # big artifacts at once (each already keeps two cores busy)
 PARALLEL_SMALL = 4  # small ones at once: their time is mostly system calls
+REFUSAL_NAMES = 1000  # artifact names a refused import's audit event keeps (docs/AUDIT.md)
+# Refusals of the signature check itself: the manifest they name is not authenticated.
+_UNAUTHENTICATED = (PayloadTypeError, UnsignedError, UnknownKeyError, SignatureError)
 
 
 @dataclass
@@ -139,6 +149,40 @@ def record_refusal(
         )
 
 
+def manifest_claims(manifest: Manifest, authenticated: bool) -> dict[str, Any]:
+    """What a refused import's manifest named, for its audit event (issue 14).
+
+    ``artifacts`` lists ``{name, version}`` of at most ``REFUSAL_NAMES`` artifacts (in
+    manifest order; ``artifact_count`` says how many it listed); ``authenticated`` is
+    false when its signature check had not passed (the names are then only a claim).
+    """
+    listed = manifest.artifacts
+    return {
+        "artifacts": [{"name": a.name, "version": a.version} for a in listed[:REFUSAL_NAMES]],
+        "artifact_count": len(listed),
+        "authenticated": authenticated,
+        "stream": manifest.stream,
+        "sequence": manifest.sequence,
+    }
+
+
+def _refused_claims(source: MediaSource, state: TrustState, error: RejectedError) -> dict[str, Any]:
+    """``manifest_claims`` of a bundle whose decision refused it; ``{}`` when its manifest
+    does not parse. Authenticated only if the refusal came after the signature check and
+    the signatures verify against ``state`` (re-checked here: media can change)."""
+    try:
+        envelope, manifest = peek(source)
+    except ApplianceError:
+        return {}
+    authenticated = not isinstance(error, _UNAUTHENTICATED)
+    if authenticated:
+        try:
+            verify_envelope(envelope, state.resolver(), PAYLOAD_TYPE)
+        except ApplianceError:
+            authenticated = False
+    return manifest_claims(manifest, authenticated)
+
+
 def _apply_carried_updates(
     db: sqlite_utils.Database, source: MediaSource, state: TrustState, dry_run: bool
 ) -> tuple[TrustState, list[int]]:
@@ -190,7 +234,8 @@ def _decide(
         models = check_bundle_models(state, bundle)  # issue 17: OpenSSF model signatures
     except RejectedError as e:
         if not dry_run:
-            record_refusal(db, "import", e, {"path": os.fspath(path)})
+            claims = _refused_claims(source, state, e)
+            record_refusal(db, "import", e, {"path": os.fspath(path), **claims})
         raise
     return _Decided(bundle, decision, applied, models)
 
@@ -348,7 +393,8 @@ def _stage_all(
         if not dry_run:
             home.clean_staging()
             if isinstance(first_error, RejectedError):
-                record_refusal(db, "import", first_error, {"path": os.fspath(path)})
+                claims = manifest_claims(bundle.manifest, authenticated=True)
+                record_refusal(db, "import", first_error, {"path": os.fspath(path), **claims})
         raise first_error
     return staged
 
