@@ -118,6 +118,27 @@ def pointer_rows(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]]:
     return [_row(r) for r in cur.fetchall()]
 
 
+def all_pointer_rows(
+    db: sqlite_utils.Database,
+) -> list[tuple[dict[str, Any], str | None, tuple[str] | None]]:
+    """Accepted imports and rollbacks of every name, in one query, each with its
+    neighbours' links: (event, the hash of event seq-1 or None when there is no such
+    row, (the prev_hash of event seq+1,) or None when there is no such row)."""
+    cols = ", ".join(f"a.{c}" for c in (*FIELDS, "prev_hash", "hash"))
+    cur = db.execute(
+        f"SELECT {cols}, p.hash, n.seq, n.prev_hash FROM audit a"
+        " LEFT JOIN audit p ON p.seq = a.seq - 1 LEFT JOIN audit n ON n.seq = a.seq + 1"
+        " WHERE a.name IS NOT NULL AND a.outcome = 'accepted'"
+        " AND a.type IN ('import', 'rollback') ORDER BY a.seq"
+    )
+    out: list[tuple[dict[str, Any], str | None, tuple[str] | None]] = []
+    while batch := cur.fetchmany(4096):
+        for r in batch:
+            nxt = None if r[-2] is None else (str(r[-1]),)
+            out.append((_row(r[:-3]), None if r[-3] is None else str(r[-3]), nxt))
+    return out
+
+
 def public_event(event: dict[str, Any]) -> dict[str, Any]:
     """An event as shown to users: detail parsed back into an object."""
     out = dict(event)

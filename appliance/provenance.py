@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from typing import Any, Literal
 
 import blake3
@@ -59,7 +60,8 @@ def parse_manifest(payload: bytes) -> Manifest:
 # many records it backs. Other bytes or other keys miss it. Only successes are kept.
 _MEMO_MAX = 8
 _memo: dict[tuple[bytes, frozenset[tuple[str, bytes]]], tuple[frozenset[str], Manifest]] = {}
-counters = {"manifest_verifications": 0, "manifest_parses": 0}  # pinned by tests/perf
+# pinned by tests/perf
+counters = {"manifest_verifications": 0, "manifest_parses": 0, "pointer_reads": 0}
 
 
 def _key_set(trust: TrustState, env_keyids: frozenset[str]) -> frozenset[tuple[str, bytes]]:
@@ -211,25 +213,49 @@ def check_record(
     return trust.check_signers(signers, role_key("publisher", record.stream))
 
 
+def _moves_pointer(e: dict[str, Any]) -> dict[str, Any] | None:
+    """The event with its detail parsed when it may move a pointer (an import that
+    activated, or a rollback), else None."""
+    detail = json.loads(e["detail"])
+    if (e["type"] == "import" and detail.get("activated")) or e["type"] == "rollback":
+        return {**e, "detail": detail}
+    return None
+
+
 def _pointer_events(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]]:
     out = []
     for e in audit.pointer_rows(db, name):
-        detail = json.loads(e["detail"])
-        if (e["type"] == "import" and detail.get("activated")) or e["type"] == "rollback":
-            out.append({**e, "detail": detail})
+        moved = _moves_pointer(e)
+        if moved is not None:
+            out.append(moved)
     return out
 
 
-def _check_links(db: sqlite_utils.Database, event: dict[str, Any]) -> None:
+def _check_hash(event: dict[str, Any]) -> None:
+    """The event hashes to its ``hash`` (its detail as parsed, written back canonically)."""
     raw = {**event, "detail": json.dumps(event["detail"], sort_keys=True, separators=(",", ":"))}
     if audit.event_hash(event["prev_hash"], raw) != event["hash"]:
         raise PointerUnauthorizedError(f"audit event {event['seq']} was altered")
-    prev = db.execute("SELECT hash FROM audit WHERE seq = ?", [event["seq"] - 1]).fetchone()
-    if event["seq"] > 1 and (prev is None or prev[0] != event["prev_hash"]):
+
+
+def _check_neighbours(
+    event: dict[str, Any], prev_hash: str | None, next_row: tuple[str] | None
+) -> None:
+    """``prev_hash``: the hash of event seq-1 (None: no such row); ``next_row``: the
+    prev_hash of event seq+1 (None: no such row)."""
+    if event["seq"] > 1 and (prev_hash is None or prev_hash != event["prev_hash"]):
         raise PointerUnauthorizedError(f"audit event {event['seq']} does not link to its past")
-    nxt = db.execute("SELECT prev_hash FROM audit WHERE seq = ?", [event["seq"] + 1]).fetchone()
-    if nxt is not None and nxt[0] != event["hash"]:
+    if next_row is not None and next_row[0] != event["hash"]:
         raise PointerUnauthorizedError(f"audit event {event['seq']} was replaced")
+
+
+def _check_links(db: sqlite_utils.Database, event: dict[str, Any]) -> None:
+    _check_hash(event)
+    prev = db.execute("SELECT hash FROM audit WHERE seq = ?", [event["seq"] - 1]).fetchone()
+    nxt = db.execute("SELECT prev_hash FROM audit WHERE seq = ?", [event["seq"] + 1]).fetchone()
+    _check_neighbours(
+        event, None if prev is None else str(prev[0]), None if nxt is None else (str(nxt[0]),)
+    )
 
 
 def _check_rollback(
@@ -272,8 +298,17 @@ def _check_rollback(
 
 def check_pointer(db: sqlite_utils.Database, trust: TrustState, name: str) -> None:
     """The active version of ``name`` is where the last authorized, audited move put it."""
-    active = active_version(db, name)
     events = _pointer_events(db, name)
+    _judge_pointer(db, name, active_version(db, name), events, lambda e: _check_links(db, e))
+
+
+def _judge_pointer(
+    db: sqlite_utils.Database,
+    name: str,
+    active: str | None,
+    events: list[dict[str, Any]],
+    check_links: Callable[[dict[str, Any]], None],
+) -> None:
     if not events:
         if active is not None:
             raise PointerUnauthorizedError(f"{name}: active version {active} was never imported")
@@ -281,7 +316,7 @@ def check_pointer(db: sqlite_utils.Database, trust: TrustState, name: str) -> No
     last_release = 0
     seen: set[str] = set()
     for e in events:
-        _check_links(db, e)
+        check_links(e)
         if e["type"] == "import":
             release = int(e["detail"].get("release", 0))
             if release <= last_release:
@@ -298,3 +333,61 @@ def check_pointer(db: sqlite_utils.Database, trust: TrustState, name: str) -> No
             f"{name}: active version {active} was not set by an authorized move "
             f"(last authorized: {events[-1]['version']})"
         )
+
+
+class Pointers:
+    """``check_pointer`` for many names in one read-only pass (``appliance verify``).
+
+    The pointer-moving events of every name and their neighbours' links are read in one
+    query and the active pointers in another, when this is made; each event's hash and
+    links are checked once (memo by seq); ``check(name)`` then judges a name from
+    memory, by the same rules and with the same errors as ``check_pointer``.
+    """
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self._db = db
+        self._events: dict[str, list[dict[str, Any]]] = {}
+        self._links: dict[int, tuple[str | None, tuple[str] | None]] = {}
+        self._checked: dict[int, PointerUnauthorizedError | None] = {}
+        self._verdicts: dict[str, PointerUnauthorizedError | None] = {}
+        counters["pointer_reads"] += 1
+        for e, prev_hash, next_row in audit.all_pointer_rows(db):
+            moved = _moves_pointer(e)
+            if moved is not None:
+                self._events.setdefault(str(e["name"]), []).append(moved)
+                self._links[int(e["seq"])] = (prev_hash, next_row)
+        self._active = {
+            str(r[0]): str(r[1]) for r in db.execute("SELECT name, version FROM active").fetchall()
+        }
+
+    def _check_links(self, event: dict[str, Any]) -> None:
+        seq = int(event["seq"])
+        if seq not in self._checked:
+            try:
+                _check_hash(event)
+                _check_neighbours(event, *self._links[seq])
+                self._checked[seq] = None
+            except PointerUnauthorizedError as e:
+                self._checked[seq] = e
+        error = self._checked[seq]
+        if error is not None:
+            raise PointerUnauthorizedError(error.message)
+
+    def check(self, name: str) -> None:
+        """As ``check_pointer(db, trust, name)`` at the time this was made (the rules use
+        the trust in force at each rollback, from the database, not today's)."""
+        if name not in self._verdicts:
+            try:
+                _judge_pointer(
+                    self._db,
+                    name,
+                    self._active.get(name),
+                    self._events.get(name, []),
+                    self._check_links,
+                )
+                self._verdicts[name] = None
+            except PointerUnauthorizedError as e:
+                self._verdicts[name] = e
+        error = self._verdicts[name]
+        if error is not None:
+            raise PointerUnauthorizedError(error.message)

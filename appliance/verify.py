@@ -18,7 +18,7 @@ import sqlite_utils
 from appliance import safefs
 from appliance.errors import ObjectTamperedError
 from appliance.home import OBJECTS_DIR, Home
-from appliance.provenance import DbToken, check_pointer, check_record, db_token
+from appliance.provenance import DbToken, Pointers, check_pointer, check_record, db_token
 from appliance.store import Record, object_path
 from appliance.trust import TrustState
 from bundles.errors import RejectedError, StateSuspectError
@@ -101,13 +101,18 @@ def check_provenance(
     record: Record,
     *,
     token: DbToken | None | Literal["read"] = "read",
+    pointers: Pointers | None = None,
 ) -> frozenset[str]:
     """The record is backed by its stored signed manifest, and, when active, its pointer by
     an authorized move; returns the signers that count today (see ``appliance.provenance``).
-    ``token``: see ``check_record``.
+    ``token``: see ``check_record``; ``pointers``: the pointers judged in one pass for
+    many records (``Pointers``), else this record's pointer is checked on its own.
     """
     if record.active:
-        check_pointer(db, trust, record.name)
+        if pointers is not None:
+            pointers.check(record.name)
+        else:
+            check_pointer(db, trust, record.name)
     return check_record(db, trust, record, token=token)
 
 
@@ -115,9 +120,11 @@ def verify_records(
     home: Home, db: sqlite_utils.Database, trust: TrustState, records: list[Record]
 ) -> list[RecordStatus]:
     """``verify_record`` of each record in one read-only pass: the database token is read
-    once for the pass, not once a record."""
+    once for the pass, not once a record, and the active pointers are judged from one
+    read of the pointer-moving audit events (``appliance.provenance.Pointers``)."""
     token = db_token(db)
-    return [verify_record(home, db, trust, r, token=token) for r in records]
+    pointers = Pointers(db)
+    return [verify_record(home, db, trust, r, token=token, pointers=pointers) for r in records]
 
 
 def verify_record(
@@ -127,6 +134,7 @@ def verify_record(
     record: Record,
     *,
     token: DbToken | None | Literal["read"] = "read",
+    pointers: Pointers | None = None,
 ) -> RecordStatus:
     """Re-hash the object and re-check its provenance and today's trust; never raises."""
     try:
@@ -138,7 +146,7 @@ def verify_record(
     except ObjectTamperedError as e:
         return RecordStatus(record, "tampered", e.code, e.message)
     try:
-        check_provenance(db, trust, record, token=token)
+        check_provenance(db, trust, record, token=token, pointers=pointers)
     except StateSuspectError as e:
         return RecordStatus(record, "unauthorized", e.code, e.message)
     except RejectedError as e:

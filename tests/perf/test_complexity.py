@@ -3,6 +3,8 @@
 * ``verify`` of N records from one bundle verifies and parses that bundle's stored
   signed manifest once, not N times; a changed stored envelope is not served from the
   memo.
+* ``verify`` of N records runs a number of SQL statements that does not grow with N
+  (the pointer events are read once, the database token taken once, per command).
 * An import makes its batch durable with two ``syncfs`` calls (before and after the
   renames) and a number of ``fsync`` calls that does not grow with its artifacts.
 """
@@ -21,7 +23,7 @@ from appliance import provenance, store
 from appliance.importer import import_bundle
 from appliance.store import records
 from appliance.truststore import load_trust
-from appliance.verify import verify_record
+from appliance.verify import verify_record, verify_records
 from bundles.dsse import Envelope
 
 
@@ -100,6 +102,36 @@ def test_a_changed_stored_envelope_is_not_served_from_the_memo(tmp_path: Path) -
         db.conn.close()
     statuses = _verify_all(site)
     assert statuses == ["unauthorized"] * 4
+
+
+def _verify_statements(site: Site) -> tuple[list[str], int, int]:
+    """Statuses, SQL statements run and pointer-event reads of one ``verify_records`` pass
+    over every record (what ``appliance verify`` does)."""
+    db = site.h.db()
+    statements: list[str] = []
+    try:
+        trust = load_trust(db)
+        recs = records(db)
+        reads = provenance.counters["pointer_reads"]
+        db.conn.set_trace_callback(statements.append)
+        statuses = [s.status for s in verify_records(site.h, db, trust, recs)]
+        db.conn.set_trace_callback(None)
+        return statuses, len(statements), provenance.counters["pointer_reads"] - reads
+    finally:
+        db.conn.close()
+
+
+def test_verify_statements_do_not_grow_with_records(tmp_path: Path) -> None:
+    small_site = make_site(tmp_path / "small")
+    import_bundle(small_site.h, _bundle(small_site, 50, "a"))
+    large_site = make_site(tmp_path / "large")
+    import_bundle(large_site.h, _bundle(large_site, 200, "a"))
+    small = _verify_statements(small_site)
+    large = _verify_statements(large_site)
+    assert small[0] == ["ok"] * 50 and large[0] == ["ok"] * 200
+    assert small[1] == large[1], (small[1], large[1])  # the same SQL for 50 and 200 records
+    assert small[2] == large[2] == 1  # the pointer events: read once per pass
+    assert small[1] < 20, small[1]
 
 
 def _import_counting(site: Site, bundle: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
