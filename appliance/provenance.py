@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import blake3
 import sqlite_utils
@@ -335,6 +335,9 @@ def _judge_pointer(
         )
 
 
+_K = TypeVar("_K", int, str)
+
+
 class Pointers:
     """``check_pointer`` for many names in one read-only pass (``appliance verify``).
 
@@ -362,32 +365,35 @@ class Pointers:
 
     def _check_links(self, event: dict[str, Any]) -> None:
         seq = int(event["seq"])
-        if seq not in self._checked:
-            try:
-                _check_hash(event)
-                _check_neighbours(event, *self._links[seq])
-                self._checked[seq] = None
-            except PointerUnauthorizedError as e:
-                self._checked[seq] = e
-        error = self._checked[seq]
-        if error is not None:
-            raise PointerUnauthorizedError(error.message)
+
+        def links() -> None:
+            _check_hash(event)
+            _check_neighbours(event, *self._links[seq])
+
+        _once(self._checked, seq, links)
 
     def check(self, name: str) -> None:
         """As ``check_pointer(db, trust, name)`` at the time this was made (the rules use
         the trust in force at each rollback, from the database, not today's)."""
-        if name not in self._verdicts:
-            try:
-                _judge_pointer(
-                    self._db,
-                    name,
-                    self._active.get(name),
-                    self._events.get(name, []),
-                    self._check_links,
-                )
-                self._verdicts[name] = None
-            except PointerUnauthorizedError as e:
-                self._verdicts[name] = e
-        error = self._verdicts[name]
-        if error is not None:
-            raise PointerUnauthorizedError(error.message)
+        active, events = self._active.get(name), self._events.get(name, [])
+        _once(
+            self._verdicts,
+            name,
+            lambda: _judge_pointer(self._db, name, active, events, self._check_links),
+        )
+
+
+def _once(
+    verdicts: dict[_K, PointerUnauthorizedError | None], key: _K, check: Callable[[], None]
+) -> None:
+    """Run ``check`` for ``key`` the first time only; raise its refusal (a fresh error with
+    the same message) every time."""
+    if key not in verdicts:
+        try:
+            check()
+            verdicts[key] = None
+        except PointerUnauthorizedError as e:
+            verdicts[key] = e
+    error = verdicts[key]
+    if error is not None:
+        raise PointerUnauthorizedError(error.message)

@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from textual.pilot import Pilot
 from tui_world import FIXED_NOW, World, build_world, frozen_clock
 
 from tui.app import ApplianceApp
@@ -60,6 +61,22 @@ def snap_world(request: pytest.FixtureRequest, snap_template: World) -> Iterator
     w = snap_template.copy_to(SNAP_ROOT / name)
     with frozen_clock(FIXED_NOW):
         yield w
+
+
+async def stable(pilot: Pilot[Any]) -> None:
+    """Workers done, then wait until two renders 50 ms apart are the same.
+
+    A table filled with a result sizes its columns on a later refresh, and a moved cursor
+    repaints on the next one: on a loaded machine one pause is not enough.
+    """
+    await pilot.app.workers.wait_for_complete()
+    last = ""
+    for _ in range(60):
+        await pilot.pause(0.05)
+        shot = pilot.app.export_screenshot()
+        if shot == last:
+            return
+        last = shot
 
 
 def make_app(world: World, **kw: object) -> ApplianceApp:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from conftest import make_app
+from conftest import make_app, stable
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input
 from tui_world import World
@@ -33,21 +33,6 @@ async def settle(pilot: Pilot[Any]) -> None:
             break
         await pilot.pause(0.02)
     await stable(pilot)
-
-
-async def stable(pilot: Pilot[Any]) -> None:
-    """Wait until two renders 50 ms apart are the same.
-
-    A table filled with a result sizes its columns on a later refresh, and a moved cursor
-    repaints on the next one: on a loaded machine one pause is not enough.
-    """
-    last = ""
-    for _ in range(40):
-        await pilot.pause(0.05)
-        shot = pilot.app.export_screenshot()
-        if shot == last:
-            return
-        last = shot
 
 
 def review(world: World, bundle: str, then: tuple[str, ...] = ()) -> Before:

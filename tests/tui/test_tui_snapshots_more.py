@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from conftest import make_app, sync
+from conftest import make_app, stable, sync
 from textual.pilot import Pilot
 from tui_world import STREAM, World
 
@@ -24,18 +24,6 @@ from tui.screen_artifact import ArtifactScreen
 from tui.screen_review import ReviewScreen
 
 Before = Callable[[Pilot[Any]], Awaitable[None]]
-
-
-async def stable(pilot: Pilot[Any]) -> None:
-    """Workers done, then wait until two renders 50 ms apart are the same."""
-    await pilot.app.workers.wait_for_complete()
-    last = ""
-    for _ in range(60):
-        await pilot.pause(0.05)
-        shot = pilot.app.export_screenshot()
-        if shot == last:
-            return
-        last = shot
 
 
 def keys_then(*keys: str) -> Before:
