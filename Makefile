@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test lint unit binary smoke bench bench-quick fuzz clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,build,torch]'

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start-up time of `appliance --version`: the frozen one-file binary, the static
-# one, and the Python entry point, against `python -c "import blake3"` (DESIGN 8:
-# at most 2.5x). Uses hyperfine; prints one line per command and the ratios.
+# one, and the Python entry point, against `python -c "import blake3"` (the start-up
+# target in docs/PERFORMANCE.md: at most 2.5x). Uses hyperfine; prints one line per command and the ratios.
 # Usage: build/startup.sh [RUNS]     (make binary-static first; bench folds it in)
 # Env:   DIST, VENV (defaults dist, .venv); STARTUP_JSON=FILE keeps hyperfine's JSON.
 set -euo pipefail
@@ -57,5 +57,5 @@ for r in results:
         f" {cpu * 1000:7.1f} {r['median'] / base:9.2f} {cpu / cpu_base:6.2f}"
     )
 print("(cpu ms: mean user+system time; 'x blake3' compares medians of wall time)")
-print("target (DESIGN 8): appliance --version at most 2.50x python -c 'import blake3'")
+print("target: appliance --version at most 2.50x python -c 'import blake3'")
 PY
