@@ -16,6 +16,8 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("y", "answer(True)", "Yes", id="confirm.yes"),
         Binding("n", "answer(False)", "No", id="confirm.no"),
         Binding("escape", "answer(False)", "Cancel", id="confirm.cancel"),
+        # a modal screen hides the app's keys: help is bound here too
+        Binding("question_mark,f1", "app.help", "Help", id="confirm.help", show=False),
     ]
 
     def __init__(self, question: str | Content, yes: str = "Yes") -> None:
