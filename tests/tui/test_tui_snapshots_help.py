@@ -1,6 +1,7 @@
 """Screenshots at 80x24 of issue 16's TUI items: the help screen, the artifact history with
 refused imports that named it and with the filter on, the audit detail pane scrolled to
-the end of a long event, the import screen in the ASCII mode.
+the end of a long event, the import screen in the ASCII mode, the rollback screen
+re-checked after rolling back.
 
 World content beyond tests/tui/tui_world.py is made here in process (the frozen clock only
 holds in this process), through the public API.
@@ -14,6 +15,7 @@ import pytest
 from conftest import make_app, stable
 from test_tui_snapshots_more import Before, keys_then
 from textual.pilot import Pilot
+from textual.widgets import Input
 from tui_world import World, seeded_key
 
 from appliance.importer import import_bundle
@@ -21,6 +23,7 @@ from appliance.loader import load_from_db
 from bundles.errors import ApplianceError
 from tui.screen_artifact import ArtifactScreen
 from tui.screen_review import ReviewScreen
+from tui.screen_rollback import RollbackScreen
 from tui.widget_event import EventDetail
 
 SIZE = (80, 24)
@@ -132,5 +135,20 @@ def test_import_done_ascii(
             if not getattr(pilot.app.screen, "running", False):
                 break
         await stable(pilot)
+
+    assert snap_compare(make_app(snap_world), terminal_size=SIZE, run_before=run)
+
+
+def test_rollback_done_rechecked(snap_compare: Any, snap_world: World) -> None:
+    """After the rollback: the result and the checks as the core reads them now."""
+
+    async def run(pilot: Pilot[Any]) -> None:
+        await stable(pilot)
+        pilot.app.push_screen(RollbackScreen("llm-weights"))
+        await stable(pilot)
+        pilot.app.screen.query_one("#auth-path", Input).value = str(snap_world.auths["valid"])
+        for key in ("enter", "ctrl+r", "y"):
+            await pilot.press(key)
+            await stable(pilot)
 
     assert snap_compare(make_app(snap_world), terminal_size=SIZE, run_before=run)
