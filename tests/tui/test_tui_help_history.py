@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from conftest import make_app, stable, sync
+from test_tui_home_items import quiet
+from test_tui_snapshots import settle
+from test_tui_snapshots_help import long_bundle, naming_bundles
 from test_tui_snapshots_more import screen_text
 from textual.binding import Binding
 from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
-from tui_world import World, seeded_key
+from tui_world import World
 
 from appliance.loader import load_from_db
 from tui import fmt
@@ -39,24 +42,6 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from conformance.driver import cli, ok
 
 SIZE = (80, 24)
-
-
-async def quiet(pilot: Pilot[Any]) -> None:
-    """Workers done and their messages handled (no screenshots: cheaper than ``settle``)."""
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
-    await pilot.pause()
-
-
-async def settle(pilot: Pilot[Any]) -> None:
-    """Workers done, a running import finished, two equal renders."""
-    await pilot.app.workers.wait_for_complete()
-    for _ in range(200):
-        await pilot.pause()
-        if not getattr(pilot.app.screen, "running", False):
-            break
-        await pilot.pause(0.02)
-    await stable(pilot)
 
 
 # --- help ----------------------------------------------------------------------------
@@ -147,18 +132,7 @@ async def test_help_follows_what_is_enabled(world: World) -> None:
 def refused_imports(world: World) -> None:
     """Two refused imports whose manifests name llm-weights, through the CLI: one for
     another site (signature verified) and one signed by a key nobody trusts."""
-    site_b = world.make_bundle(
-        world.base / "extra" / "models-6-site-b",
-        {"llm-weights@2.0": b"w20" * 50},
-        6,
-        sites=("site-b",),
-    )
-    stranger = world.make_bundle(
-        world.base / "extra" / "models-7-stranger",
-        {"llm-weights@3.0": b"w30" * 50},
-        7,
-        keys=[seeded_key(9)],
-    )
+    site_b, stranger = naming_bundles(world)
     assert cli(world.home.root, "import", site_b).code == "wrong_site"
     assert cli(world.home.root, "import", stranger).code == "unknown_key"
 
@@ -265,14 +239,7 @@ async def test_history_filter_narrows_a_flood_of_loads(world: World) -> None:
 async def test_audit_detail_shows_the_whole_event_by_scrolling(world: World) -> None:
     """An event whose detail is far longer than the pane: its first field shows, its last
     field is off the pane until the pane is scrolled, then it shows; nothing is cut."""
-    many = {f"artifact-with-a-long-name-{i:02d}@1.0": b"y" for i in range(30)}
-    big = world.make_bundle(
-        world.base / "extra" / "models-8-site-b",
-        {"config@9.0": b"c", **many},
-        8,
-        sites=("site-b",),
-    )
-    assert cli(world.home.root, "import", big).code == "wrong_site"
+    assert cli(world.home.root, "import", long_bundle(world)).code == "wrong_site"
     app = make_app(world)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)

@@ -98,8 +98,9 @@ async def test_home_marks_each_bundle_and_sorts_names_naturally(world: World) ->
     }
 
 
-@sync
-async def test_home_behind_witness_says_what_it_means_and_what_to_do(world: World) -> None:
+def restore_behind_witness(world: World) -> Path:
+    """Import the good bundle with a witness, then restore the home from a backup taken
+    before: the home is older than its witness. Returns the witness file."""
     root = world.home.root
     backup = root.with_name("home-backup")
     shutil.copytree(root, backup, symlinks=True)
@@ -109,7 +110,13 @@ async def test_home_behind_witness_says_what_it_means_and_what_to_do(world: Worl
     witness.write(db, path)
     db.conn.close()
     shutil.rmtree(root)
-    backup.rename(root)  # restored from the backup: older than its witness
+    backup.rename(root)
+    return path
+
+
+@sync
+async def test_home_behind_witness_says_what_it_means_and_what_to_do(world: World) -> None:
+    path = restore_behind_witness(world)
     app = make_app(world, witness=path)
     async with app.run_test(size=SIZE) as pilot:
         await quiet(pilot)

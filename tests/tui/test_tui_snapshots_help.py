@@ -9,6 +9,7 @@ holds in this process), through the public API.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +30,7 @@ from tui.widget_event import EventDetail
 SIZE = (80, 24)
 
 
-def refuse(world: World, path: Any, code: str) -> None:
+def refuse(world: World, path: Path, code: str) -> None:
     try:
         import_bundle(world.home, path)
     except ApplianceError as e:
@@ -38,8 +39,10 @@ def refuse(world: World, path: Any, code: str) -> None:
         raise AssertionError(f"{path} imported")
 
 
-def refused_imports(world: World) -> None:
-    """A bundle for another site and one signed by an unknown key, both naming llm-weights."""
+def naming_bundles(world: World) -> tuple[Path, Path]:
+    """Two bundles naming llm-weights that the import refuses: one for another site
+    (``wrong_site``, its signature verified) and one signed by a key nobody trusts
+    (``unknown_key``, unauthenticated)."""
     site_b = world.make_bundle(
         world.base / "extra" / "models-6-site-b",
         {"llm-weights@2.0": b"w20" * 50},
@@ -52,6 +55,19 @@ def refused_imports(world: World) -> None:
         7,
         keys=[seeded_key(9)],
     )
+    return site_b, stranger
+
+
+def long_bundle(world: World) -> Path:
+    """A bundle for another site listing 31 artifacts: its refusal's detail is long."""
+    many = {f"artifact-with-a-long-name-{i:02d}@1.0": b"y" for i in range(30)}
+    return world.make_bundle(
+        world.base / "extra" / "models-8-site-b", {"config@9.0": b"c", **many}, 8, sites=("site-b",)
+    )
+
+
+def refused_imports(world: World) -> None:
+    site_b, stranger = naming_bundles(world)
     refuse(world, site_b, "wrong_site")
     refuse(world, stranger, "unknown_key")
 
@@ -99,14 +115,7 @@ def test_history_filtered(snap_compare: Any, snap_world: World) -> None:
 
 def test_audit_detail_scrolled(snap_compare: Any, snap_world: World) -> None:
     """A refused import listing 30 artifacts: the pane scrolled to its last field."""
-    many = {f"artifact-with-a-long-name-{i:02d}@1.0": b"y" for i in range(30)}
-    big = snap_world.make_bundle(
-        snap_world.base / "extra" / "models-8-site-b",
-        {"config@9.0": b"c", **many},
-        8,
-        sites=("site-b",),
-    )
-    refuse(snap_world, big, "wrong_site")
+    refuse(snap_world, long_bundle(snap_world), "wrong_site")
 
     async def run(pilot: Pilot[Any]) -> None:
         await keys_then("a")(pilot)
