@@ -127,7 +127,7 @@ async def test_ascii_mode_draws_only_ascii(
     world: World, big_world: World, monkeypatch: pytest.MonkeyPatch, term: str
 ) -> None:
     """Home, review (allowed and refused), artifact, the import's progress bars part done,
-    the help: nothing above U+007F on screen."""
+    the help, the audit log with its detail pane: nothing above U+007F on screen."""
     name, _, value = term.partition("=")
     monkeypatch.delenv("APPLIANCE_ASCII")
     monkeypatch.setenv(name, value)
@@ -139,6 +139,7 @@ async def test_ascii_mode_draws_only_ascii(
         ("artifact", to_artifact()),
         ("import-progress", HeldImport(big_world)),
         ("help", keys_then("question_mark")),
+        ("audit", keys_then("a")),
     ]:
         app = make_app(big_world if isinstance(before, HeldImport) else world)
         async with app.run_test(size=(80, 24)) as pilot:
@@ -152,6 +153,7 @@ async def test_ascii_mode_draws_only_ascii(
     assert "OK VERIFIED" in shown["artifact"]
     assert "Verifying " in shown["import-progress"] and "#-" in shown["import-progress"]
     assert "Keys: Home" in shown["help"] and "Help" in shown["help"]
+    assert "OK CHAIN INTACT" in shown["audit"] and "detail." in shown["audit"]
     assert {k: non_ascii(v) for k, v in shown.items()} == {k: [] for k in shown}
 
 
