@@ -33,6 +33,7 @@ class ConfirmScreen(ModalScreen[bool]):
                 yield Button("No", variant="primary", id="confirm-no")
 
     def on_mount(self) -> None:
+        self.title = "Confirm"  # what the help window calls this screen
         self.query_one("#confirm-no", Button).focus()
 
     @on(Button.Pressed, "#confirm-yes")

@@ -60,6 +60,18 @@ SCREENS: list[tuple[str, Opener | None]] = [
 ]
 
 
+TITLES = {
+    "home": "Home",
+    "review": "Review bundle",
+    "inventory": "Inventory",
+    "artifact": "Artifact",
+    "rollback": "Rollback",
+    "audit": "Audit log",
+    "keys": "Keys and roles",
+    "confirm": "Confirm",
+}
+
+
 @sync
 async def test_help_opens_on_every_screen(world: World) -> None:
     """``?`` and F1 open the help over every screen; it lists that screen's bindings (each
@@ -94,6 +106,7 @@ async def test_help_opens_on_every_screen(world: World) -> None:
             everywhere = {row[1] for row in rows if row[2]}
             if label != "confirm":  # a modal screen hides the app's keys (help is its own)
                 assert {"Help", "Light/Dark"} <= everywhere, label
+            assert help_.screen_title == TITLES[label], label
             shown = str(help_.query_one("#help-keys", Static).render())
             assert all(row[1] in shown for row in rows), label
             await pilot.press("escape")
