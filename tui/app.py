@@ -39,6 +39,8 @@ class ApplianceApp(App[int]):
     ENABLE_COMMAND_PALETTE = True
     BINDINGS = [
         Binding("q", "quit", "Quit", id="app.quit"),
+        Binding("question_mark", "help", "Help", id="app.help"),
+        Binding("f1", "help", "Help", id="app.help_f1", show=False),
         Binding("f2", "toggle_theme", "Light/Dark", id="app.theme", show=False),
     ]
 
@@ -126,6 +128,16 @@ class ApplianceApp(App[int]):
 
     def action_home(self) -> None:
         self.back_to_home()
+
+    def action_help(self) -> None:
+        """``?`` / ``F1``: the keys of the current screen (again: close the help)."""
+        from tui.screen_help import HelpScreen, screen_keys
+
+        if isinstance(self.screen, HelpScreen):
+            self.screen.dismiss(None)
+            return
+        title = "Home" if len(self.screen_stack) == 1 else self.screen.title or self.title
+        self.push_screen(HelpScreen(title, screen_keys(self, self.screen)))
 
     async def action_quit(self) -> None:
         for cancel in list(self.running_imports):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -108,3 +109,26 @@ def stamp(text: str) -> str:
 
 def count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def value(v: object) -> str:
+    """A stored value for the screen: strings as they are, the rest as JSON; control
+    characters escaped, and in the ASCII mode anything above U+007F as ``\\uXXXX``."""
+    text = v if isinstance(v, str) else json.dumps(v, sort_keys=True, ensure_ascii=False)
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text.encode("ascii", "backslashreplace").decode() if glyphs().ascii else text
+
+
+def event_fields(event: Mapping[str, object], detail_first: bool = False) -> list[tuple[str, str]]:
+    """Every field of an audit or history event as ``(label, text)`` rows: the top-level
+    fields that hold a value, in the event's order, and each field of ``detail`` (all of
+    them, nulls included) as ``detail.KEY`` (first with ``detail_first``). Nothing is cut:
+    the pane wraps and scrolls."""
+    top = [(k, value(v)) for k, v in event.items() if k != "detail" and v is not None]
+    detail = event.get("detail")
+    inner: list[tuple[str, str]] = []
+    if isinstance(detail, Mapping):
+        inner = [(f"detail.{k}", value(detail[k])) for k in sorted(detail)]
+    elif detail is not None:
+        inner = [("detail", value(detail))]
+    return inner + top if detail_first else top + inner

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from textual import on, work
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.content import Content
@@ -19,12 +19,14 @@ from tui import fmt
 from tui.base import SubScreen, cell, footer, header
 from tui.messages import VerifyFinished
 from tui.model import Problem, opened
+from tui.widget_history import HistoryView
 
 
 class ArtifactScreen(SubScreen):
     BINDINGS = [
         Binding("v", "verify", "Verify now", id="artifact.verify"),
         Binding("b", "rollback", "Rollback", id="artifact.rollback"),
+        Binding("f", "filter_history", "Filter", id="artifact.filter"),
         Binding("escape", "back", "Back", id="back"),
     ]
 
@@ -41,9 +43,7 @@ class ArtifactScreen(SubScreen):
         yield header()
         yield Static(id="artifact-info")
         yield DataTable(id="versions", cursor_type="row")
-        yield Static("History", classes="section-title")
-        yield DataTable(id="history", cursor_type="row", zebra_stripes=True)
-        yield Static(id="event-summary")
+        yield HistoryView()  # tui/widget_history.py: the events, the filter, the detail
         yield Static(id="verify-result")
         yield footer()
 
@@ -52,9 +52,6 @@ class ArtifactScreen(SubScreen):
         self.sub_title = self.artifact
         self.query_one("#versions", DataTable).add_columns(
             "Version", "Rel.", "Size", "Active", "Imported (UTC)", "BLAKE3"
-        )
-        self.query_one("#history", DataTable).add_columns(
-            "#", "Time (UTC)", "Event", "Version", "Outcome"
         )
         self.refresh_data()
 
@@ -99,30 +96,7 @@ class ArtifactScreen(SubScreen):
         )
         if self.versions:
             versions.move_cursor(row=row)
-        history = self.query_one("#history", DataTable)
-        history.clear()
-        for ev in reversed(self.events):
-            outcome = ev["outcome"]
-            history.add_row(
-                str(ev["seq"]),
-                ev["ts"].replace("T", " ").rstrip("Z"),
-                cell(ev["type"]),
-                cell(ev["version"] or ""),
-                tone(outcome, "bad" if outcome == "rejected" else "ok"),
-            )
-        self._show_event(0)
-
-    @on(DataTable.RowHighlighted, "#history")
-    def _event_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        self._show_event(event.cursor_row)
-
-    def _show_event(self, row: int) -> None:
-        summary = self.query_one("#event-summary", Static)
-        if not self.events:
-            summary.update(Content.styled("No events yet.", "$text-muted"))
-            return
-        e = list(reversed(self.events))[max(0, min(row, len(self.events) - 1))]
-        summary.update(Content(e["summary"]))
+        self.query_one(HistoryView).show(self.events)
 
     def _selected_version(self) -> str | None:
         if not self.versions:
@@ -183,6 +157,9 @@ class ArtifactScreen(SubScreen):
                 text,
             )
         )
+
+    def action_filter_history(self) -> None:
+        self.query_one(HistoryView).next_filter()
 
     # --- rollback -----------------------------------------------------------------
 

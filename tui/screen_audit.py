@@ -1,8 +1,7 @@
-"""The audit log: every decision, newest first, and whether the hash chain is intact."""
+"""The audit log: every decision, newest first, and whether the hash chain is intact;
+the highlighted event whole (every field) in a scrollable pane below."""
 
 from __future__ import annotations
-
-import json
 
 from textual import on
 from textual.app import ComposeResult
@@ -14,6 +13,7 @@ from bundles.errors import ApplianceError
 from tui import fmt
 from tui.base import SubScreen, cell, footer, header
 from tui.model import AuditLog, audit_log, event_subject
+from tui.widget_event import EventDetail
 
 
 class AuditScreen(SubScreen):
@@ -30,7 +30,7 @@ class AuditScreen(SubScreen):
         yield header()
         yield Static(id="chain-status")
         yield DataTable(id="audit-events", cursor_type="row", zebra_stripes=True)
-        yield Static(id="event-detail")
+        yield EventDetail("No events yet.", detail_first=True, id="event-detail")
         yield footer()
 
     def on_mount(self) -> None:
@@ -85,10 +85,10 @@ class AuditScreen(SubScreen):
         self._show(event.cursor_row)
 
     def _show(self, row: int) -> None:
-        detail = self.query_one("#event-detail", Static)
+        detail = self.query_one("#event-detail", EventDetail)
         if not self.events_log.events:
-            detail.update("")
+            detail.show(None)
             return
         e = self.events_log.events[::-1][max(0, min(row, len(self.events_log.events) - 1))]
-        text = json.dumps(e["detail"], sort_keys=True, ensure_ascii=False)
-        detail.update(Content.assemble((f"#{e['seq']} {e['type']} ", "bold"), text))
+        when = str(e["ts"]).replace("T", " ").rstrip("Z")
+        detail.show(e, f"#{e['seq']} {e['type']} {e['outcome']} {fmt.glyphs().dot} {when}")

@@ -16,6 +16,8 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("y", "answer(True)", "Yes", id="confirm.yes"),
         Binding("n", "answer(False)", "No", id="confirm.no"),
         Binding("escape", "answer(False)", "Cancel", id="confirm.cancel"),
+        # a modal screen hides the app's keys: help is bound here too
+        Binding("question_mark,f1", "app.help", "Help", id="confirm.help", show=False),
     ]
 
     def __init__(self, question: str | Content, yes: str = "Yes") -> None:
@@ -31,6 +33,7 @@ class ConfirmScreen(ModalScreen[bool]):
                 yield Button("No", variant="primary", id="confirm-no")
 
     def on_mount(self) -> None:
+        self.title = "Confirm"  # what the help window calls this screen
         self.query_one("#confirm-no", Button).focus()
 
     @on(Button.Pressed, "#confirm-yes")

@@ -24,6 +24,7 @@ from tui import fmt
 from tui.base import SubScreen, footer, header
 from tui.messages import ImportFinished, ImportProgress
 from tui.model import Problem, Review
+from tui.widget_progress import progress_bar
 
 THROTTLE_S = 0.1  # at most 10 progress messages a second per artifact
 
@@ -55,11 +56,11 @@ class ImportScreen(SubScreen):
             yield Static(id="import-status")
             with Horizontal(classes="art-row overall"):
                 yield Static("Overall", classes="art-label")
-                yield ProgressBar(total=max(self.total, 1), show_eta=False, id="overall")
+                yield progress_bar(max(self.total, 1), id="overall")
             for i, a in enumerate(self.artifacts):
                 with Horizontal(classes="art-row"):
                     yield Static(Content(f"{a.ref} {fmt.size(a.size)}"), classes="art-label")
-                    yield ProgressBar(total=max(a.size, 1), show_eta=False, id=f"art-{i}")
+                    yield progress_bar(max(a.size, 1), id=f"art-{i}")
             yield Static(id="import-result")
             yield Static(id="import-results")
         yield footer()

@@ -112,7 +112,10 @@ class RollbackScreen(SubScreen):
             return
         parts: list[str | tuple[str, str] | Content] = []
         if self.done:
-            parts += [("AUTHORIZATION SUBMITTED", "bold"), ": see the result below\n"]
+            parts += [
+                ("AUTHORIZATION SUBMITTED", "bold"),
+                ": the result is below; the checks are re-read since\n",
+            ]
         elif p.valid:
             parts += [
                 (f"{fmt.glyphs().ok} VALID", "bold $text-success"),
@@ -206,6 +209,8 @@ class RollbackScreen(SubScreen):
     def on_rollback_finished(self, message: RollbackFinished) -> None:
         self.done = True
         self.refresh_data()
+        if self.preview is not None:  # no stale verdict: the core re-checks it now
+            self.load_preview(self.preview.path)
         self.refresh_bindings()
         self.call_after_refresh(
             self.query_one("#rollback", VerticalScroll).scroll_end, animate=False

@@ -303,6 +303,7 @@ def test_every_binding_has_an_id() -> None:
         screen_artifact,
         screen_audit,
         screen_confirm,
+        screen_help,
         screen_home,
         screen_import,
         screen_inventory,
@@ -322,6 +323,7 @@ def test_every_binding_has_an_id() -> None:
         screen_audit.AuditScreen,
         screen_keys.KeysScreen,
         screen_confirm.ConfirmScreen,
+        screen_help.HelpScreen,
     ]
     for cls in classes:
         for b in cls.BINDINGS:

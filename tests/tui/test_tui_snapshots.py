@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import make_app, stable
+from test_tui_home_items import restore_behind_witness
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input
 from tui_world import World
@@ -164,19 +165,6 @@ def test_home_light_theme(snap_compare: Any, snap_world: World) -> None:
 
 def test_home_behind_witness(snap_compare: Any, snap_world: World) -> None:
     """A home older than its witness (restored from a backup): what happened, what to do."""
-    import shutil
-
-    from appliance import witness
-
-    root = snap_world.home.root
-    backup = root.with_name("home-backup")
-    shutil.copytree(root, backup, symlinks=True)
-    snap_world.import_(snap_world.bundles["good"])
-    path = snap_world.base / "appliance.witness"
-    db = snap_world.home.db()
-    witness.write(db, path)
-    db.conn.close()
-    shutil.rmtree(root)
-    backup.rename(root)  # the restore: the home is now older than its witness
+    path = restore_behind_witness(snap_world)
     app = make_app(snap_world, witness=path)
     assert snap_compare(app, terminal_size=(80, 24), run_before=screen(()))

@@ -6,8 +6,10 @@ test_tui_snapshots.py, so the SVGs hold on a loaded machine.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -92,12 +94,40 @@ def to_artifact() -> Before:
     return run
 
 
+class HeldImport:
+    """Verify and import the 16 MiB bundle of ``big_world``, held after its first progress
+    report (so the bars are drawn part done) until ``release`` is set."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def hook(self, name: str, done: int, size: int) -> None:
+        self.started.set()
+        self.release.wait(10)
+
+    async def __call__(self, pilot: Pilot[Any]) -> None:
+        pilot.app.progress_hook = self.hook  # type: ignore[attr-defined]
+        await stable(pilot)
+        pilot.app.push_screen(ReviewScreen(self.world.bundles["big"]))
+        await stable(pilot)
+        await pilot.press("i")
+        for _ in range(200):
+            if self.started.is_set():
+                break
+            await asyncio.sleep(0.02)
+        for _ in range(5):  # not stable(): it would wait for the held worker
+            await pilot.pause(0.05)
+
+
 @pytest.mark.parametrize("term", ["APPLIANCE_ASCII=1", "TERM=linux"])
 @sync
 async def test_ascii_mode_draws_only_ascii(
-    world: World, monkeypatch: pytest.MonkeyPatch, term: str
+    world: World, big_world: World, monkeypatch: pytest.MonkeyPatch, term: str
 ) -> None:
-    """Home, review (allowed and refused) and artifact: nothing above U+007F on screen."""
+    """Home, review (allowed and refused), artifact, the import's progress bars part done,
+    the help, the audit log with its detail pane: nothing above U+007F on screen."""
     name, _, value = term.partition("=")
     monkeypatch.delenv("APPLIANCE_ASCII")
     monkeypatch.setenv(name, value)
@@ -107,23 +137,41 @@ async def test_ascii_mode_draws_only_ascii(
         ("review-good", to_review(world, "good")),
         ("review-refused", to_review(world, "wrong_site")),
         ("artifact", to_artifact()),
+        ("import-progress", HeldImport(big_world)),
+        ("help", keys_then("question_mark")),
+        ("audit", keys_then("a")),
     ]:
-        app = make_app(world)
+        app = make_app(big_world if isinstance(before, HeldImport) else world)
         async with app.run_test(size=(80, 24)) as pilot:
-            await before(pilot)
-            shown[label] = screen_text(pilot)
+            try:
+                await before(pilot)
+                shown[label] = screen_text(pilot)
+            finally:
+                if isinstance(before, HeldImport):
+                    before.release.set()
     assert "OK" in shown["review-good"] and "X REFUSED" in shown["review-refused"]
     assert "OK VERIFIED" in shown["artifact"]
+    assert "Verifying " in shown["import-progress"] and "#-" in shown["import-progress"]
+    assert "Keys: Home" in shown["help"] and "Help" in shown["help"]
+    assert "OK CHAIN INTACT" in shown["audit"] and "detail." in shown["audit"]
     assert {k: non_ascii(v) for k, v in shown.items()} == {k: [] for k in shown}
 
 
 @sync
-async def test_unicode_mode_draws_glyphs(world: World) -> None:
+async def test_unicode_mode_draws_glyphs(world: World, big_world: World) -> None:
     """The check above can fail: the same screens in the Unicode mode hold glyphs."""
     app = make_app(world)
     async with app.run_test(size=(80, 24)) as pilot:
         await to_artifact()(pilot)
         assert "✓ VERIFIED" in screen_text(pilot)
+    held = HeldImport(big_world)
+    app = make_app(big_world)
+    async with app.run_test(size=(80, 24)) as pilot:
+        try:
+            await held(pilot)
+            assert "━" in screen_text(pilot)  # textual's own bar glyphs
+        finally:
+            held.release.set()
 
 
 def test_review_ascii(
