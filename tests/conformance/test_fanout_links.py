@@ -1,4 +1,5 @@
-"""A writer of the home plants a link (or a FIFO, a file) at ``objects/<fan-out>``.
+"""A writer of the home plants a link (or a FIFO, a file) at ``objects/<fan-out>``,
+or swaps ``staging`` or a verified staging file while an import runs.
 
 From the attacker's side: the link points at a canary folder outside the home,
 planted before an import, *during* one (after every artifact is staged and
@@ -47,8 +48,10 @@ TIMEOUT = 60
 
 # Runs the real CLI; when the importer reaches $PLANT_HOOK ("sync_home": every
 # artifact staged and verified, nothing promoted yet; "sweep_orphans": the sweep
-# of unreferenced objects), it first moves $PLANT_AT aside to $PLANT_ASIDE (if
-# there) and plants a $PLANT_KIND there (a link to $PLANT_TO, a FIFO or a file).
+# of unreferenced objects; "stage_artifact": the first artifact staged), it first
+# moves $PLANT_AT aside to $PLANT_ASIDE (if there) and plants a $PLANT_KIND there (a
+# link to $PLANT_TO, a FIFO or a file), or with "swap-staged" replaces each file in
+# the folder $PLANT_AT by rename with one of other bytes.
 _PLANTING_CLI = textwrap.dedent(
     """
     import os, sys
@@ -59,9 +62,14 @@ _PLANTING_CLI = textwrap.dedent(
     def plant_then(*args, **kwargs):
         if not os.path.exists(env["PLANT_DONE"]):
             open(env["PLANT_DONE"], "w").close()
-            if os.path.lexists(at):
+            if kind != "swap-staged" and os.path.lexists(at):
                 os.rename(at, env["PLANT_ASIDE"])
-            if kind == "symlink":
+            if kind == "swap-staged":  # each verified staging file for other bytes
+                for name in os.listdir(at):
+                    with open(os.path.join(at, name + ".x"), "wb") as f:
+                        f.write(b"unverified bytes")
+                    os.rename(os.path.join(at, name + ".x"), os.path.join(at, name))
+            elif kind == "symlink":
                 os.symlink(env["PLANT_TO"], at)
             elif kind == "fifo":
                 os.mkfifo(at, 0o600)
@@ -291,3 +299,42 @@ def test_fanout_link_at_the_orphan_sweep(site: Site, home: Path, tmp_path: Path,
     assert canary_state(canary) == before
     unplant(at, tmp_path)
     assert_unchanged(site.snapshot, snapshot(home))
+
+
+# --- staging swapped while an import runs ---------------------------------------------
+
+
+def test_staged_file_swapped_before_promotion_is_never_promoted(
+    site: Site, home: Path, tmp_path: Path
+) -> None:
+    """The writer replaces each verified staging file (by rename) with other bytes: the
+    promotion checks it is still the inode that was hashed, and refuses."""
+    bundle = site.repo.bundle({"m@3.0": b"model weights v3 " * 64}, sequence=3).path
+    staging = home / "staging"
+    r = planting_cli(home, tmp_path, "sync_home", staging, "swap-staged", staging, "import", bundle)
+    assert (r.rc, r.code) == (4, "home_tampered"), str(r)
+    assert "swapped" in r.out["error"]["message"], str(r)
+    assert_unchanged(site.snapshot, snapshot(home))
+
+
+@pytest.mark.parametrize("hook", ["stage_artifact", "sync_home"])
+def test_staging_swapped_for_a_link_during_an_import(
+    site: Site, home: Path, tmp_path: Path, hook: str
+) -> None:
+    """A link at ``staging`` appears as the first artifact is staged, or once all are: the
+    staging files go into the folder the import opened (never the link's target), and
+    the promotion, reaching ``staging`` again by descriptor, refuses the link."""
+    canary = make_canary(tmp_path)
+    before = canary_state(canary)
+    bundle = site.repo.bundle({"m@3.0": b"model weights v3 " * 64}, sequence=3).path
+    staging = home / "staging"
+    r = planting_cli(home, tmp_path, hook, staging, "symlink", canary, "import", bundle)
+    assert (r.rc, r.code) == (4, "home_tampered"), str(r)
+    assert canary_state(canary) == before
+    unplant(staging, tmp_path)
+    after = snapshot(home)
+    assert after.listing == site.snapshot.listing
+    assert after.objects == site.snapshot.objects
+    r = cli(home, "import", bundle, timeout=TIMEOUT)  # control: cleans staging, imports
+    assert r.rc == 0, str(r)
+    assert os.listdir(staging) == []
