@@ -12,7 +12,18 @@ not ``0``), ``promote`` also sets the inode's immutable flag (``FS_IMMUTABLE_FL`
 through ``FS_IOC_SETFLAGS``): no one without that capability, root included, can
 then write, truncate, chmod, rename over or unlink the object, and the loader
 hashes it in place (``docs/LOADING.md``). The appliance itself removes or replaces
-objects only through ``remove_object`` and ``promote``, which clear the flag first.
+objects only through ``remove_object``, ``sweep_orphans`` and ``promote``, which clear
+the flag first.
+
+A writer of the home may swap a link, a FIFO or a file in at any name while a
+command runs, so every operation here works by descriptor (``appliance.safefs``):
+``objects``, ``objects/xx`` and ``staging`` opened with ``O_DIRECTORY |
+O_NOFOLLOW`` one name at a time (anything but a folder is ``home_tampered``);
+objects and staging files opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked
+with ``fstat`` to be regular files before any ``ioctl`` or ``fchmod``; renames
+with ``src_dir_fd``/``dst_dir_fd``; removals by ``unlinkat``. ``promote`` moves
+only the inode that was verified (``Staged``). Nothing outside the home is ever
+created, renamed into, chmod'ed, chattr'ed or removed (docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -216,16 +227,16 @@ def home_dir(home: Home, name: str, *, create: int | None = None) -> Iterator[in
             os.close(fd)
 
 
-def _open_fanout(home: Home, objects: int, digest: str, *, create: bool) -> int | None:
-    """``objects/<first two hex>`` by descriptor, never through a link; None when absent."""
+def _open_fanout(home: Home, objects: int, name: str, *, create: bool) -> int | None:
+    """The folder ``objects/<name>`` by descriptor, never through a link; None when absent."""
     try:
-        return safefs.open_dir_at(objects, digest[:2], create=0o755 if create else None)
+        return safefs.open_dir_at(objects, name, create=0o755 if create else None)
     except FileNotFoundError:
         return None
     except safefs.UnsafeEntryError as e:
         raise home.tampered(e, f"{OBJECTS_DIR}/") from e
     except OSError as e:
-        raise io_error(e, f"opening the object folder of {digest[:16]}") from e
+        raise io_error(e, f"opening {OBJECTS_DIR}/{name}/") from e
 
 
 @contextmanager
@@ -241,7 +252,7 @@ def fanout_dir(home: Home, digest: str, *, create: bool = False) -> Iterator[int
         if objects is None:
             yield None
             return
-        fan = _open_fanout(home, objects, digest, create=create)
+        fan = _open_fanout(home, objects, digest[:2], create=create)
         if fan is None:
             yield None
             return
@@ -324,13 +335,6 @@ def clear_immutable(path: Path) -> None:
         os.close(parent)
 
 
-def clear_object_flag(home: Home, digest: str) -> None:
-    """Clear the immutable flag of the stored object ``digest`` (by descriptor)."""
-    with fanout_dir(home, digest) as fan:
-        if fan is not None:
-            _clear_at(fan, digest)
-
-
 def _refuse_directory(home: Home, dir_fd: int, name: str, where: str) -> None:
     st = safefs.lstat_at(dir_fd, name)
     if st is not None and stat.S_ISDIR(st.st_mode):
@@ -390,7 +394,7 @@ def sweep_orphans(home: Home, db: sqlite_utils.Database) -> int:
     with home_dir(home, OBJECTS_DIR) as objects:
         if objects is None:
             return 0
-        for sub_name, _is_dir in safefs.entries(objects):
+        for sub_name, _ in safefs.entries(objects):
             sub = _open_fanout(home, objects, sub_name, create=False)  # a link: home_tampered
             if sub is None:
                 continue  # vanished since listed

@@ -16,8 +16,9 @@ Target (docs/PERFORMANCE.md): a key press handled within 100 ms while hashing.
 well-formed manifest (padded with artifact entries) signed by a key the home does
 not know, i.e. unsigned as far as the appliance is concerned. The home screen
 polls the stick every ``--poll`` seconds (default 0.25 s, eight times the TUI's
-default rate); with ``--cold`` the scan cache is emptied before every poll, as if
-every manifest had changed since the last one (the worst a stick can do). Prints
+default rate); with ``--cold`` the scan cache is emptied before every key press
+(so every poll finds it empty), as if every manifest had changed since the last
+poll (the worst a stick can do). Prints
 key press -> action ran ("handled") and key press -> the next frame drawn
 ("rendered"): median, p99, max, and the number of scans run while measuring.
 
@@ -289,7 +290,7 @@ def main_stick(args: argparse.Namespace) -> int:
         print(
             f"key press on the home screen polling a stick of {args.bundles} bundles with "
             f"{one / (1 << 20):.2f} MiB unsigned manifests (poll {args.poll} s"
-            f"{', cache emptied before each poll' if args.cold else ''}; "
+            f"{', cache emptied before each key press' if args.cold else ''}; "
             f"{result['samples']} presses, {result['scans_while_measuring']} scans; "
             f"listed as {result['listed_as']}):\n"
             f"  handled:  median {h['median']:.1f} ms, p99 {h['p99']:.1f} ms, "
