@@ -26,13 +26,13 @@ import sqlite_utils
 
 from appliance import audit, repair, witness
 from appliance.db import transaction
-from appliance.errors import CancelledError
+from appliance.errors import CancelledError, IOFailedError
 from appliance.evaluation import carried_updates, evaluate_source
 from appliance.home import STAGING_DIR, Home, HomeLock
 from appliance.modelsig import ModelCheck, check_bundle_models
 from appliance.policy import Decision
 from appliance.staging import SMALL, Progress, stage_artifact
-from appliance.store import Staged, home_dir, promote, sweep_orphans, sync_home
+from appliance.store import Staged, promote, sweep_orphans, sync_home
 from appliance.trust import TrustState, apply_update
 from appliance.truststore import (
     load_trust,
@@ -359,7 +359,9 @@ def _stage_all(
     with ExitStack() as stack:
         # One descriptor of ``staging`` (``O_DIRECTORY | O_NOFOLLOW``) for every staging
         # file: a link swapped in at ``staging`` while the import runs is never followed.
-        folder = None if dry_run else stack.enter_context(home_dir(home, STAGING_DIR, create=0o700))
+        folder = None if dry_run else stack.enter_context(home.open_dir(STAGING_DIR, create=0o700))
+        if folder is None and not dry_run:  # made, then removed before it was opened
+            raise IOFailedError(f"the staging folder {home.staging} vanished")
         return _stage_into(home, folder, bundle, decision, dry_run, progress, cancel, db, path, fix)
 
 

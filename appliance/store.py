@@ -206,27 +206,6 @@ class Staged:
         return cls(name, st.st_dev, st.st_ino)
 
 
-@contextmanager
-def home_dir(home: Home, name: str, *, create: int | None = None) -> Iterator[int | None]:
-    """``objects`` or ``staging`` of ``home`` by descriptor (``O_DIRECTORY | O_NOFOLLOW``);
-    None when absent (and not created). A link or anything but a directory there is
-    ``home_tampered``; an OS error the operational error it is (``io_error``)."""
-    with home.root_fd() as root:
-        try:
-            fd = safefs.open_dir_at(root, name, create=create)
-        except FileNotFoundError:
-            yield None
-            return
-        except safefs.UnsafeEntryError as e:
-            raise home.tampered(e) from e
-        except OSError as e:
-            raise io_error(e, f"opening {name}/ in the home") from e
-        try:
-            yield fd
-        finally:
-            os.close(fd)
-
-
 def _open_fanout(home: Home, objects: int, name: str, *, create: bool) -> int | None:
     """The folder ``objects/<name>`` by descriptor, never through a link; None when absent."""
     try:
@@ -248,7 +227,7 @@ def fanout_dir(home: Home, digest: str, *, create: bool = False) -> Iterator[int
     ``home_tampered``, never followed. With ``create`` both are made when absent;
     otherwise None when either is absent.
     """
-    with home_dir(home, OBJECTS_DIR, create=0o755 if create else None) as objects:
+    with home.open_dir(OBJECTS_DIR, create=0o755 if create else None) as objects:
         if objects is None:
             yield None
             return
@@ -391,7 +370,7 @@ def sweep_orphans(home: Home, db: sqlite_utils.Database) -> int:
     # By descriptor, never following a link: a link planted at objects/xx is refused, one
     # inside it is removed as a name (see appliance.safefs). The immutable flag (where
     # set) is cleared first.
-    with home_dir(home, OBJECTS_DIR) as objects:
+    with home.open_dir(OBJECTS_DIR) as objects:
         if objects is None:
             return 0
         for sub_name, _ in safefs.entries(objects):
@@ -435,7 +414,7 @@ def promote(home: Home, staged: Staged, digest: str, *, durable: bool = True) ->
     where = f"{OBJECTS_DIR}/{digest[:2]}/"
     try:
         with (
-            home_dir(home, STAGING_DIR) as staging,
+            home.open_dir(STAGING_DIR) as staging,
             fanout_dir(home, digest, create=True) as fan,
         ):
             if staging is None or fan is None:
