@@ -338,3 +338,38 @@ def test_staging_swapped_for_a_link_during_an_import(
     r = cli(home, "import", bundle, timeout=TIMEOUT)  # control: cleans staging, imports
     assert r.rc == 0, str(r)
     assert os.listdir(staging) == []
+
+
+# --- a repair over an object whose name holds a link, a FIFO or a device ---------------
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "device"])
+def test_repair_replaces_a_planted_object_as_a_name(
+    site: Site, home: Path, tmp_path: Path, kind: str
+) -> None:
+    """The link points at a canary file holding exactly the right bytes. The repair
+    import counts the object as damaged and renames the verified copy over the name:
+    the canary file is never opened for an ``ioctl``, chmod'ed or replaced, and the FIFO
+    never blocks."""
+    canary = make_canary(tmp_path)
+    (canary / "precious.txt").write_bytes(M2)
+    before = canary_state(canary)
+    digest = blake3.blake3(M2).hexdigest()
+    obj = home / "objects" / digest[:2] / digest
+    obj.unlink()
+    if kind == "symlink":
+        obj.symlink_to(canary / "precious.txt")
+    elif kind == "fifo":
+        os.mkfifo(obj, 0o600)
+    else:
+        try:
+            os.mknod(obj, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # /dev/null's numbers
+        except PermissionError:
+            pytest.skip("this test cannot make device nodes here")
+    bundle = site.repo.bundle({"m@2.0": M2}, sequence=3).path
+    r = cli(home, "import", bundle, timeout=TIMEOUT)
+    assert r.rc == 0, str(r)
+    assert [a["status"] for a in r.out["artifacts"]] == ["repaired"]
+    assert canary_state(canary) == before
+    assert stat.S_ISREG(obj.lstat().st_mode) and obj.read_bytes() == M2
+    assert stat.S_IMODE(obj.lstat().st_mode) == 0o444
