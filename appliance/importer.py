@@ -17,6 +17,7 @@ import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,13 @@ import sqlite_utils
 
 from appliance import audit, repair, witness
 from appliance.db import transaction
-from appliance.errors import CancelledError
+from appliance.errors import CancelledError, IOFailedError
 from appliance.evaluation import carried_updates, evaluate_source
-from appliance.home import Home, HomeLock
+from appliance.home import STAGING_DIR, Home, HomeLock
 from appliance.modelsig import ModelCheck, check_bundle_models
 from appliance.policy import Decision
 from appliance.staging import SMALL, Progress, stage_artifact
-from appliance.store import io_error, promote, sweep_orphans, sync_home
+from appliance.store import Staged, promote, sweep_orphans, sync_home
 from appliance.trust import TrustState, apply_update
 from appliance.truststore import (
     load_trust,
@@ -330,8 +331,9 @@ def _import(
             # committed: a crash in between leaves an event and a still-damaged object
             # (refused by every load, found by scrub, repaired by the next import), never
             # a silently replaced object without its event.
+            # (``promote`` clears a flagged object's immutable flag and renames by
+            # descriptor: a link swapped in at ``objects/xx`` is refused, never followed.)
             if fix:
-                repair.prepare(home, fix)
                 for a in fix:
                     promote(home, staged[a], a.blake3, durable=False)
                 sync_home(home)
@@ -352,19 +354,35 @@ def _stage_all(
     db: sqlite_utils.Database,
     path: str | os.PathLike[str],
     fix: list[Artifact] | None = None,
-) -> dict[Artifact, Path]:
+) -> dict[Artifact, Staged]:
     """Hash every artifact (present ones too: the bundle must be whole); stage new ones."""
-    if not dry_run:
-        try:
-            home.staging.mkdir(mode=0o700, exist_ok=True)
-        except OSError as e:
-            raise io_error(e, "creating the staging folder") from e
+    with ExitStack() as stack:
+        # One descriptor of ``staging`` (``O_DIRECTORY | O_NOFOLLOW``) for every staging
+        # file: a link swapped in at ``staging`` while the import runs is never followed.
+        folder = None if dry_run else stack.enter_context(home.open_dir(STAGING_DIR, create=0o700))
+        if folder is None and not dry_run:  # made, then removed before it was opened
+            raise IOFailedError(f"the staging folder {home.staging} vanished")
+        return _stage_into(home, folder, bundle, decision, dry_run, progress, cancel, db, path, fix)
+
+
+def _stage_into(
+    home: Home,
+    folder: int | None,
+    bundle: Bundle,
+    decision: Decision,
+    dry_run: bool,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+    db: sqlite_utils.Database,
+    path: str | os.PathLike[str],
+    fix: list[Artifact] | None,
+) -> dict[Artifact, Staged]:
     stop = cancel or threading.Event()
     new = set(decision.new) | set(fix or ())
-    staged: dict[Artifact, Path] = {}
+    staged: dict[Artifact, Staged] = {}
 
-    def one(a: Artifact) -> Path | None:
-        target_dir = None if dry_run or a not in new else home.staging
+    def one(a: Artifact) -> Staged | None:
+        target_dir = None if dry_run or a not in new else folder
         try:
             return stage_artifact(
                 bundle, a, target_dir, progress=progress, cancel=stop, durable=False

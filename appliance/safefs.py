@@ -104,6 +104,14 @@ def open_dir_at(dir_fd: int, name: str, *, create: int | None = None) -> int:
             found = kind(st.st_mode) if st is not None else "vanishing entry"
             raise UnsafeEntryError(name, found, "directory") from e
         raise
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISDIR(mode):  # O_DIRECTORY already guarantees it; checked all the same
+        os.close(fd)
+        raise UnsafeEntryError(name, kind(mode), "directory")
     return fd
 
 

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import cast
 
+from appliance import safefs
 from appliance.errors import CancelledError, IOFailedError
-from appliance.store import io_error
+from appliance.store import Staged, io_error
 from bundles.errors import MediaChangedError
 from bundles.hashing import ArtifactDigests
 from bundles.manifest import Artifact
@@ -319,24 +318,27 @@ def _copy_and_hash(
 def stage_artifact(
     bundle: Bundle,
     artifact: Artifact,
-    staging: Path | None,
+    staging: int | None,
     *,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     durable: bool = True,
-) -> Path | None:
-    """Hash one artifact from media (and write it to ``staging`` unless None: dry run).
+) -> Staged | None:
+    """Hash one artifact from media (and write it into the folder ``staging``, a
+    descriptor, unless None: dry run).
 
-    Returns the staging file (fsynced unless ``durable`` is False). Raises
-    ``DigestMismatchError`` (any signed digest) and the reader's length errors;
-    removes its staging file on any failure.
+    The staging file is created in that folder by descriptor under an unpredictable
+    name with ``O_CREAT | O_EXCL | O_NOFOLLOW`` (``safefs.create_temp_at``), so
+    neither a link at ``staging`` swapped in since it was opened nor one at the name
+    is ever written through. Returns its name and inode (fsynced unless ``durable``
+    is False) for ``store.promote``. Raises ``DigestMismatchError`` (any signed
+    digest) and the reader's length errors; removes its staging file on any failure.
     """
-    target: Path | None = None
+    name: str | None = None
     fd = -1
     if staging is not None:
-        target = staging / f"{artifact.blake3}.{secrets.token_hex(4)}.part"
         try:
-            fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd, name = safefs.create_temp_at(staging, f"{artifact.blake3}.", ".part", 0o600)
         except OSError as e:
             raise io_error(e, f"creating a staging file for {artifact.ref}") from e
     try:
@@ -351,14 +353,18 @@ def stage_artifact(
                 os.fsync(fd)
             except OSError as e:
                 raise io_error(e, f"syncing {artifact.ref} to staging") from e
+        staged = None if name is None else Staged.of(name, os.fstat(fd))
     except BaseException:
         if fd >= 0:
             os.close(fd)
             fd = -1
-        if target is not None:
-            target.unlink(missing_ok=True)
+        if name is not None and staging is not None:
+            try:
+                os.unlink(name, dir_fd=staging)
+            except FileNotFoundError:
+                pass
         raise
     finally:
         if fd >= 0:
             os.close(fd)
-    return target
+    return staged

@@ -12,7 +12,18 @@ not ``0``), ``promote`` also sets the inode's immutable flag (``FS_IMMUTABLE_FL`
 through ``FS_IOC_SETFLAGS``): no one without that capability, root included, can
 then write, truncate, chmod, rename over or unlink the object, and the loader
 hashes it in place (``docs/LOADING.md``). The appliance itself removes or replaces
-objects only through ``remove_object`` and ``promote``, which clear the flag first.
+objects only through ``remove_object``, ``sweep_orphans`` and ``promote``, which clear
+the flag first.
+
+A writer of the home may swap a link, a FIFO or a file in at any name while a
+command runs, so every operation here works by descriptor (``appliance.safefs``):
+``objects``, ``objects/xx`` and ``staging`` opened with ``O_DIRECTORY |
+O_NOFOLLOW`` one name at a time (anything but a folder is ``home_tampered``);
+objects and staging files opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked
+with ``fstat`` to be regular files before any ``ioctl`` or ``fchmod``; renames
+with ``src_dir_fd``/``dst_dir_fd``; removals by ``unlinkat``. ``promote`` moves
+only the inode that was verified (``Staged``). Nothing outside the home is ever
+created, renamed into, chmod'ed, chattr'ed or removed (docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -22,6 +33,9 @@ import errno
 import fcntl
 import json
 import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +45,13 @@ import sqlite_utils
 from appliance import safefs
 from appliance.errors import (
     DiskFullError,
+    HomeTamperedError,
     IOFailedError,
     NotFoundError,
     OperationalError,
     ReadOnlyError,
 )
-from appliance.home import OBJECTS_DIR, Home
+from appliance.home import OBJECTS_DIR, STAGING_DIR, Home
 from bundles.durable import sync_filesystem
 
 
@@ -174,18 +189,111 @@ def _set_immutable(fd: int, on: bool) -> bool:
     return True
 
 
-def _open_inode(path: Path) -> int | None:
+@dataclass(frozen=True)
+class Staged:
+    """A file the import wrote and verified in ``staging``: its name and its inode.
+
+    ``promote`` moves that inode and no other: a file swapped in at the name since
+    (by a writer of the home) is ``home_tampered``, never promoted.
+    """
+
+    name: str
+    dev: int
+    ino: int
+
+    @classmethod
+    def of(cls, name: str, st: os.stat_result) -> Staged:
+        return cls(name, st.st_dev, st.st_ino)
+
+
+def _open_fanout(home: Home, objects: int, name: str, *, create: bool) -> int | None:
+    """The folder ``objects/<name>`` by descriptor, never through a link; None when absent."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        return safefs.open_dir_at(objects, name, create=0o755 if create else None)
+    except FileNotFoundError:
         return None
+    except safefs.UnsafeEntryError as e:
+        raise home.tampered(e, f"{OBJECTS_DIR}/") from e
+    except OSError as e:
+        raise io_error(e, f"opening {OBJECTS_DIR}/{name}/") from e
+
+
+@contextmanager
+def fanout_dir(home: Home, digest: str, *, create: bool = False) -> Iterator[int | None]:
+    """The folder ``objects/xx`` that holds (or will hold) ``digest``, by descriptor.
+
+    ``objects`` and ``objects/xx`` are each opened with ``O_DIRECTORY | O_NOFOLLOW``
+    relative to the one before: a link (or a FIFO, a file) at either is
+    ``home_tampered``, never followed. With ``create`` both are made when absent;
+    otherwise None when either is absent.
+    """
+    with home.open_dir(OBJECTS_DIR, create=0o755 if create else None) as objects:
+        if objects is None:
+            yield None
+            return
+        fan = _open_fanout(home, objects, digest[:2], create=create)
+        if fan is None:
+            yield None
+            return
+        try:
+            yield fan
+        finally:
+            os.close(fan)
+
+
+def open_stored(home: Home, digest: str) -> int | None:
+    """The stored object ``digest`` opened for reading by descriptor: ``objects``,
+    ``objects/xx`` and the object itself never through a link, the object a regular
+    file (``O_NONBLOCK`` open, ``fstat`` check). None when absent; ``home_tampered``
+    for a bad folder; ``safefs.UnsafeEntryError`` when the object's name holds
+    something other than a regular file (the caller decides what that means)."""
+    with fanout_dir(home, digest) as fan:
+        if fan is None:
+            return None
+        try:
+            return safefs.open_file_at(fan, digest)
+        except FileNotFoundError:
+            return None
+
+
+def _clear_at(dir_fd: int, name: str) -> None:
+    """Clear the immutable flag of the regular file ``name`` in ``dir_fd`` so that it
+    can be replaced or removed. No-op when it is absent, has no flag, or is not a
+    regular file (a link, FIFO or device is never opened for an ``ioctl``: it is
+    replaced or removed as a name). Raises ``IOFailedError`` when a flagged file
+    cannot be cleared (the process lacks ``CAP_LINUX_IMMUTABLE``)."""
+    try:
+        fd = safefs.open_file_at(dir_fd, name)
+    except (FileNotFoundError, safefs.UnsafeEntryError):
+        return
+    try:
+        if is_immutable(fd) and not _set_immutable(fd, False):
+            raise IOFailedError(
+                f"object {name[:16]} is immutable and this process cannot clear the flag "
+                "(CAP_LINUX_IMMUTABLE)"
+            )
+    finally:
+        os.close(fd)
+
+
+def _parent_fd(path: Path) -> int:
+    return os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 def set_immutable(path: Path, on: bool = True) -> bool:
-    """Set (or clear) the immutable flag of the file at ``path``; True when it now holds."""
-    fd = _open_inode(path)
-    if fd is None:
+    """Set (or clear) the immutable flag of the regular file at ``path``; True when it now
+    holds. For paths the caller controls (tools, tests); the store itself works by
+    descriptor (``promote``, ``remove_object``, ``sweep_orphans``)."""
+    try:
+        parent = _parent_fd(path)
+    except OSError:
         return False
+    try:
+        fd = safefs.open_file_at(parent, path.name)
+    except (OSError, safefs.UnsafeEntryError):
+        return False
+    finally:
+        os.close(parent)
     try:
         return _set_immutable(fd, on)
     finally:
@@ -193,31 +301,43 @@ def set_immutable(path: Path, on: bool = True) -> bool:
 
 
 def clear_immutable(path: Path) -> None:
-    """Clear the flag so that the appliance can remove or replace ``path`` (no-op when the
-    file is absent or has no flag). Raises ``OperationalError`` when a flagged file cannot
-    be cleared (the process lacks the capability)."""
-    fd = _open_inode(path)
-    if fd is None:
+    """Clear the flag of the regular file at ``path`` (no-op when absent, unflagged or not
+    a regular file; ``IOFailedError`` when it cannot be cleared). For paths the caller
+    controls; the store itself works by descriptor."""
+    try:
+        parent = _parent_fd(path)
+    except FileNotFoundError:
         return
     try:
-        if is_immutable(fd) and not _set_immutable(fd, False):
-            raise IOFailedError(
-                f"{path} is immutable and this process cannot clear the flag (CAP_LINUX_IMMUTABLE)"
-            )
+        _clear_at(parent, path.name)
     finally:
-        os.close(fd)
+        os.close(parent)
+
+
+def _refuse_directory(home: Home, dir_fd: int, name: str, where: str) -> None:
+    st = safefs.lstat_at(dir_fd, name)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise home.tampered(safefs.UnsafeEntryError(name, "directory", "regular file"), where)
 
 
 def remove_object(home: Home, digest: str) -> bool:
-    """Remove the object ``digest`` from the store (flag cleared first); False if absent."""
-    path = object_path(home, digest)
+    """Remove the object ``digest`` from the store (flag cleared first); False if absent.
+
+    By descriptor: ``unlinkat`` in ``objects/xx`` opened without following a link, so
+    the name goes (even if it is a link), never what a link points at.
+    """
+    what = f"removing object {digest[:16]}"
     try:
-        clear_immutable(path)
-        os.unlink(path)
+        with fanout_dir(home, digest) as fan:
+            if fan is None:
+                return False
+            _refuse_directory(home, fan, digest, f"{OBJECTS_DIR}/{digest[:2]}/")
+            _clear_at(fan, digest)
+            os.unlink(digest, dir_fd=fan)
     except FileNotFoundError:
         return False
     except OSError as e:
-        raise io_error(e, f"removing object {digest[:16]}") from e
+        raise io_error(e, what) from e
     return True
 
 
@@ -230,15 +350,6 @@ def sync_home(home: Home) -> None:
         sync_filesystem(home.root)
     except OSError as e:
         raise io_error(e, "syncing the store") from e
-
-
-def _fsync_dir(path: Path) -> None:
-    counters["fsync"] += 1
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def io_error(e: OSError, what: str) -> OperationalError:
@@ -262,18 +373,15 @@ def sweep_orphans(home: Home, db: sqlite_utils.Database) -> int:
     with home.open_dir(OBJECTS_DIR) as objects:
         if objects is None:
             return 0
-        for sub_name, is_dir in safefs.entries(objects):
-            if not is_dir:
-                continue
-            try:
-                sub = safefs.open_dir_at(objects, sub_name)
-            except safefs.UnsafeEntryError as e:
-                raise home.tampered(e, f"{OBJECTS_DIR}/") from e
+        for sub_name, _ in safefs.entries(objects):
+            sub = _open_fanout(home, objects, sub_name, create=False)  # a link: home_tampered
+            if sub is None:
+                continue  # vanished since listed
             name = sub_name
             try:
                 for name, _ in safefs.entries(sub):
                     if name not in referenced:
-                        clear_immutable(home.objects / sub_name / name)
+                        _clear_at(sub, name)
                         safefs.remove_entry_at(sub, name)
                         removed += 1
             except safefs.UnsafeEntryError as e:
@@ -285,9 +393,17 @@ def sweep_orphans(home: Home, db: sqlite_utils.Database) -> int:
     return removed
 
 
-def promote(home: Home, staged: Path, digest: str, *, durable: bool = True) -> Path:
+def promote(home: Home, staged: Staged, digest: str, *, durable: bool = True) -> Path:
     """Move a verified staging file into the store (once per digest), read-only and, where
     the kernel allows it, immutable.
+
+    All by descriptor, never through a link: ``staging``, ``objects`` and
+    ``objects/xx`` are opened with ``O_DIRECTORY | O_NOFOLLOW`` (a link or anything
+    but a folder at any of them is ``home_tampered``); the staging file is opened
+    without following a link and must still be the inode that was verified; it is
+    made read-only by ``fchmod`` and renamed with ``src_dir_fd``/``dst_dir_fd``; the
+    object is then opened again by descriptor and must be that inode before its
+    immutable flag is set (something swapped in is removed as a name, and refused).
 
     An existing object of that digest is replaced (its flag cleared first): ours was
     just verified, while one left by an interrupted import was never referenced and may
@@ -295,16 +411,77 @@ def promote(home: Home, staged: Path, digest: str, *, durable: bool = True) -> P
     leaves the directory entry to the caller's ``sync_home`` (a batch import syncs
     once); with ``durable`` the directory is fsynced here.
     """
-    target = object_path(home, digest)
+    where = f"{OBJECTS_DIR}/{digest[:2]}/"
     try:
-        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        os.chmod(staged, 0o444)
-        clear_immutable(target)  # whatever set it: an immutable target cannot be replaced
-        os.rename(staged, target)
-        if immutable_wanted():
-            set_immutable(target)  # refused without CAP_LINUX_IMMUTABLE: then a plain object
-        if durable:
-            _fsync_dir(target.parent)
+        with (
+            home.open_dir(STAGING_DIR) as staging,
+            fanout_dir(home, digest, create=True) as fan,
+        ):
+            if staging is None or fan is None:
+                raise IOFailedError(f"promoting {digest[:16]}: the staging folder vanished")
+            fd = _open_staged(home, staging, staged)
+            try:
+                os.fchmod(fd, 0o444)
+            finally:
+                os.close(fd)
+            _refuse_directory(home, fan, digest, where)
+            _clear_at(fan, digest)  # whatever set it: an immutable target cannot be replaced
+            os.rename(staged.name, digest, src_dir_fd=staging, dst_dir_fd=fan)
+            _check_promoted(home, fan, digest, staged, where)
+            if durable:
+                counters["fsync"] += 1
+                os.fsync(fan)
     except OSError as e:
         raise io_error(e, f"promoting {digest[:16]} into the store") from e
-    return target
+    return object_path(home, digest)
+
+
+def _open_staged(home: Home, staging: int, staged: Staged) -> int:
+    """The staging file, still the inode the import wrote and hashed."""
+    where = f"{STAGING_DIR}/"
+    try:
+        fd = safefs.open_file_at(staging, staged.name)
+    except FileNotFoundError as e:
+        raise home.tampered(
+            safefs.UnsafeEntryError(staged.name, "vanishing entry", "regular file"), where
+        ) from e
+    except safefs.UnsafeEntryError as e:
+        raise home.tampered(e, where) from e
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (staged.dev, staged.ino):
+        os.close(fd)
+        raise home.tampered(
+            safefs.UnsafeEntryError(
+                staged.name, "file swapped since it was verified", "regular file"
+            ),
+            where,
+        )
+    return fd
+
+
+def _check_promoted(home: Home, fan: int, digest: str, staged: Staged, where: str) -> None:
+    """The object's name now holds our inode (else it is removed as a name and refused);
+    then its immutable flag is set where the kernel allows it."""
+    try:
+        fd = safefs.open_file_at(fan, digest)
+    except (FileNotFoundError, safefs.UnsafeEntryError) as e:
+        raise _swapped(home, fan, digest, where) from e
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (staged.dev, staged.ino):
+            raise _swapped(home, fan, digest, where)
+        if immutable_wanted():
+            _set_immutable(fd, True)  # refused without CAP_LINUX_IMMUTABLE: a plain object
+    finally:
+        os.close(fd)
+
+
+def _swapped(home: Home, fan: int, digest: str, where: str) -> HomeTamperedError:
+    """Something other than our file took the object's name as it was promoted: remove
+    that name (never what it may point at) and refuse."""
+    found = "entry swapped in while promoted"
+    try:
+        safefs.remove_entry_at(fan, digest)
+    except (OSError, safefs.UnsafeEntryError) as e:
+        found += f" (left in place: {e})"
+    return home.tampered(safefs.UnsafeEntryError(digest, found, "regular file"), where)

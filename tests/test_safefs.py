@@ -280,19 +280,20 @@ def test_database_swapped_for_a_link_after_the_check_is_refused(
         home.db()
 
 
-def test_object_folder_link_is_skipped_or_refused_by_the_sweep(
+def test_object_folder_link_is_refused_by_the_sweep(
     home: Home, canary: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A link at objects/xx is never walked: listed as a link it is skipped; swapped in
-    between the listing and the open (the listing said "directory") it is refused."""
+    """A link at objects/xx is never walked: listed as a link, or swapped in between the
+    listing and the open (the listing said "directory"), it is refused."""
     (home.objects / "ab").symlink_to(canary)
     (canary / ("ab" * 32)).write_bytes(b"unreferenced, outside the home")
     before = tree(canary)
     db = connect(home.db_path)  # as the import does, after Home.check
     try:
-        assert sweep_orphans(home, db) == 0
+        with pytest.raises(HomeTamperedError, match="objects/ab is a symbolic link"):
+            sweep_orphans(home, db)
         monkeypatch.setattr(safefs, "entries", lambda fd: [("ab", True)])
-        with pytest.raises(HomeTamperedError):
+        with pytest.raises(HomeTamperedError, match="objects/ab is a symbolic link"):
             sweep_orphans(home, db)
     finally:
         db.conn.close()

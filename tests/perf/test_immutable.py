@@ -102,10 +102,10 @@ def test_the_appliance_removes_and_replaces_immutable_objects(site: Site) -> Non
     digest = _digest(site, "small")
     path = object_path(site.h, digest)
     # replace: promote over an immutable target
-    staged = site.h.staging / "again.part"
+    path_staged = site.h.staging / "again.part"
     site.h.staging.mkdir(exist_ok=True)
-    staged.write_bytes(DATA["small@1"])
-    store.promote(site.h, staged, digest)
+    path_staged.write_bytes(DATA["small@1"])
+    store.promote(site.h, store.Staged.of(path_staged.name, path_staged.stat()), digest)
     assert path.read_bytes() == DATA["small@1"]
     with appliance.load("small", home=site.home, record=False) as art:
         assert art.to_dict()["copy"] == "immutable_inode"

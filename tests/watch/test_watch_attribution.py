@@ -18,8 +18,7 @@ from watch_world import DEADLINE, MARGIN, Watched, make_writable, start
 import appliance
 from appliance.home import HomeLock
 from appliance.importer import import_bundle
-from appliance.repair import FS_IMMUTABLE_FL, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS
-from appliance.store import find, object_path
+from appliance.store import FS_IMMUTABLE_FL, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, find, object_path
 from appliance.watch import homelock
 from bundles.errors import ApplianceError
 

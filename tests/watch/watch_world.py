@@ -78,9 +78,9 @@ def make_writable(path: Path) -> None:
 
 
 def clear_immutable(path: Path) -> None:
-    from appliance.repair import clear_immutable_flag
+    from appliance.store import clear_immutable as clear
 
-    clear_immutable_flag(path)
+    clear(path)
 
 
 def start(site: Site, **kw: object) -> Watched:
