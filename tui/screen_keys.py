@@ -32,7 +32,7 @@ class KeysScreen(SubScreen):
     def on_mount(self) -> None:
         self.title = "Keys and roles"
         self.query_one("#roles", DataTable).add_columns("Role", "Threshold", "Keys", "Status")
-        self.query_one("#keys", DataTable).add_columns("Key", "Role", "Added", "Status")
+        self.query_one("#keys", DataTable).add_columns("Key id", "Role", "Added", "Status")
         self.query_one("#grants", DataTable).add_columns(
             "Loader", "Stream", "Artifacts", "Versions", "Granted"
         )

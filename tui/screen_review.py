@@ -92,7 +92,7 @@ class ReviewScreen(SubScreen):
     def on_mount(self) -> None:
         self.title = "Review bundle"
         self.sub_title = self.path.name
-        self.query_one("#signatures", DataTable).add_columns("Key", "Role", "Status")
+        self.query_one("#signatures", DataTable).add_columns("Key id", "Role", "Status")
         self.query_one("#artifacts", DataTable).add_columns(
             "Name", "Version", "Rel.", "Size", "Status", "BLAKE3"
         )
