@@ -323,3 +323,34 @@ def test_refused_carried_trust_update_records_the_manifest_names(tmp_path: Path)
         "trust_update"
     ]
     assert "naming model@9.0" in site.cli("history", "model", check=0).stdout.decode()
+
+
+def test_trusted_time_follows_new_trust_documents_and_is_null_when_underivable(
+    tmp_path: Path,
+) -> None:
+    """One open database (as the loader service keeps): a newer root-signed time is seen
+    by the next event; an edited trust document makes trusted_time null with the refusal's
+    code, and the event is still recorded."""
+    from appliance.db import transaction
+
+    site = make_site(tmp_path)
+    db = site.h.db()
+    try:
+        with transaction(db):
+            first = json.loads(audit.append(db, "load", outcome="verified")["detail"])
+        ahead = utcnow() + timedelta(days=2)
+        update = TrustUpdate(site.trust_version + 1, ahead, (SetThreshold("publisher", STREAM, 1),))
+        site.trust_version += 1
+        env = sign_envelope(TRUST_PAYLOAD_TYPE, update.to_payload(), [site.root])
+        apply_trust_envelope(db, load_trust(db), env, "test")
+        with transaction(db):
+            second = json.loads(audit.append(db, "load", outcome="verified")["detail"])
+        assert parse_stamp(first["trusted_time"]) < ahead
+        assert second["trusted_time"] == format_time(ahead)
+        db.execute("UPDATE trust_documents SET envelope = ? WHERE version = 2", [b"{}"])
+        with transaction(db):
+            third = json.loads(audit.append(db, "load", outcome="verified")["detail"])
+        assert third["trusted_time"] is None
+        assert third["trusted_time_unknown"] == "trust_state_unauthorized"
+    finally:
+        db.conn.close()
