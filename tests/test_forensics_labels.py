@@ -354,3 +354,41 @@ def test_trusted_time_follows_new_trust_documents_and_is_null_when_underivable(
         assert third["trusted_time_unknown"] == "trust_state_unauthorized"
     finally:
         db.conn.close()
+
+
+def test_appending_derives_the_trust_chain_once_per_change_not_once_per_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting, not timing: 50 events on one open database (the loader service's journal)
+    derive the verified root floor once; a new trust document makes it once more."""
+    from appliance import evidence
+    from appliance.db import transaction
+
+    site = make_site(tmp_path)
+    calls: list[int] = []
+    real = evidence.trust_chain
+
+    def counted(db: Any) -> Any:
+        calls.append(1)
+        return real(db)
+
+    monkeypatch.setattr(evidence, "trust_chain", counted)
+    db = site.h.db()
+    try:
+        with transaction(db):
+            for _ in range(50):
+                audit.append(db, "load", outcome="verified")
+        assert len(calls) == 1
+        update = TrustUpdate(
+            site.trust_version + 1, utcnow(), (SetThreshold("publisher", STREAM, 1),)
+        )
+        site.trust_version += 1
+        env = sign_envelope(TRUST_PAYLOAD_TYPE, update.to_payload(), [site.root])
+        apply_trust_envelope(db, real(db).current, env, "test")  # appends one event itself
+        calls.clear()
+        with transaction(db):
+            for _ in range(50):
+                audit.append(db, "load", outcome="verified")
+        assert len(calls) == 0  # the trust_update event already derived the new floor
+    finally:
+        db.conn.close()
