@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
+from datetime import datetime
 from typing import Any
 
 import sqlite_utils
 
+from appliance import evidence
 from appliance.errors import AuditChainError
 from bundles.canonical import canonical_bytes
+from bundles.errors import ApplianceError
 from bundles.timeutil import format_time, utcnow
 
 GENESIS = "0" * 64
@@ -41,11 +45,15 @@ def append(
     version: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Append one event; call inside the transaction that makes the change it records."""
+    """Append one event; call inside the transaction that makes the change it records.
+
+    ``detail.trusted_time`` is the trusted time in force (docs/AUDIT.md).
+    """
     seq, prev = head(db)
-    clock = format_time(utcnow())
+    now = utcnow()
+    clock = format_time(now)
     last = db.execute("SELECT ts FROM audit WHERE seq = ?", [seq]).fetchone() if seq else None
-    body = dict(detail or {})
+    body = {**(detail or {}), **_trusted_time(db, now)}
     if last is not None and str(last[0]) > clock:
         # Time stamps never run backwards along the chain; a clock that did is recorded.
         body["clock"] = clock
@@ -70,6 +78,42 @@ def append(
     return event
 
 
+def _trusted_time(db: sqlite_utils.Database, now: datetime) -> dict[str, Any]:
+    """``{"trusted_time": ...}``: max(system clock, the newest root-signed time counted from
+    the last ``reset_time``), from the verified trust chain (no root-signed update yet: the
+    clock). When that chain cannot be derived (its anchor or a stored trust document
+    refused), ``trusted_time`` is null and ``trusted_time_unknown`` names the refusal: the
+    event is still recorded."""
+    rows = db.conn.execute(
+        "SELECT version, envelope FROM trust_documents ORDER BY version"
+    ).fetchall()
+    if not rows:
+        return {"trusted_time": format_time(now)}
+    h = hashlib.sha256()
+    for version, env in rows:
+        h.update(b"%d:%d:" % (int(version), len(env)))
+        h.update(bytes(env))
+    token = h.digest()
+    hit = _root_floors.get(db)
+    if hit is not None and hit[0] == token:
+        floor = hit[1]
+    else:
+        try:
+            floor = evidence.trust_chain(db).root_floor()
+        except ApplianceError as e:
+            return {"trusted_time": None, "trusted_time_unknown": e.code}
+        _root_floors[db] = (token, floor)
+    return {"trusted_time": format_time(max(now, floor) if floor else now)}
+
+
+# Per open database: the root floor verified for the stored trust documents of that token
+# (the same bytes always give the same floor), so an event costs one query and one hash,
+# not a re-read of the anchor (the loader service appends thousands a second).
+_root_floors: weakref.WeakKeyDictionary[sqlite_utils.Database, tuple[bytes, datetime | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _row(row: tuple[Any, ...]) -> dict[str, Any]:
     return dict(zip((*FIELDS, "prev_hash", "hash"), row, strict=True))
 
@@ -85,12 +129,14 @@ def rows(db: sqlite_utils.Database, name: str | None = None) -> list[dict[str, A
 
 def rows_naming(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]]:
     """Events about ``name`` in chain order: those recorded under it and refused imports
-    whose manifest named it (``detail.artifacts``, issue 14)."""
+    (and refused trust updates carried by a bundle) whose manifest named it
+    (``detail.artifacts``, issue 14)."""
     cols = ", ".join((*FIELDS, "prev_hash", "hash"))
     needle = json.dumps(name)  # a quick filter; the detail is parsed below to be sure
     cur = db.execute(
         f"SELECT {cols} FROM audit WHERE name = ? UNION ALL SELECT {cols} FROM audit"
-        " WHERE name IS NULL AND type = 'import' AND outcome = 'rejected' AND instr(detail, ?)"
+        " WHERE name IS NULL AND type IN ('import', 'trust_update') AND outcome = 'rejected'"
+        " AND instr(detail, ?)"
         " ORDER BY seq",
         [name, needle],
     )
@@ -139,10 +185,29 @@ def all_pointer_rows(
     return out
 
 
+def detail_of(event: dict[str, Any]) -> dict[str, Any]:
+    """An event's detail parsed back into its object; a detail that is not a JSON object
+    (someone wrote the database: the chain hash has no key) is ``audit_chain_broken``."""
+    try:
+        d = json.loads(event["detail"])
+    except (TypeError, ValueError) as e:
+        raise AuditChainError(
+            f"audit event {event['seq']} has a detail that is not JSON: the log was edited",
+            seq=event["seq"],
+        ) from e
+    if not isinstance(d, dict):
+        raise AuditChainError(
+            f"audit event {event['seq']} has a detail that is not a JSON object: the log was "
+            "edited",
+            seq=event["seq"],
+        )
+    return d
+
+
 def public_event(event: dict[str, Any]) -> dict[str, Any]:
-    """An event as shown to users: detail parsed back into an object."""
+    """An event as shown to users: detail parsed back into an object (``detail_of``)."""
     out = dict(event)
-    out["detail"] = json.loads(event["detail"])
+    out["detail"] = detail_of(event)
     return out
 
 

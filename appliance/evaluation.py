@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -137,6 +137,7 @@ class SignatureStatus:
     role: str
     status: str
     counts: bool
+    label: str | None = None  # the key's root-signed label (``TrustState.label``)
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ def _signature_rows(
             rows.append(SignatureStatus(kid, role, "valid, counts", True))
         else:
             rows.append(SignatureStatus(kid, role, f"valid, but not {describe(publisher)}", False))
-    return tuple(rows)
+    return tuple(replace(r, label=state.label(r.keyid)) for r in rows)
 
 
 def preview_bundle(home: Home, path: Path, witness_path: Path | None = None) -> BundlePreview:

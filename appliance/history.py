@@ -6,16 +6,21 @@ sequence), active-version moves (rollbacks, with who authorized them, the
 reason and the authorization id), loads with their verification result, and
 refusals that name it (rejected rollbacks, refused loads). Each event is::
 
-    {seq, ts, type, outcome, code, version, summary, signers, reason,
-     from_version, to_version, authorization_id, digest, loader, model_signer, detail}
+    {seq, ts, trusted_time, type, outcome, code, version, summary, signers, labels,
+     reason, from_version, to_version, authorization_id, digest, loader, model_signer,
+     detail}
 
 ``type`` is the audit type (``import``, ``rollback``, ``load``, ...);
 ``outcome`` is ``accepted``, ``rejected`` or, for loads, ``verified``;
 ``signers`` holds the key ids that signed (imports) or authorized
-(rollbacks), else ``[]``; ``model_signer`` (imports of model-signed artifacts)
-is ``{model, signature, keyid, label, hash_type, root_digest}``; fields that
-do not apply are null; ``detail`` is
-the audit event's full detail object; ``summary`` is one human line.
+(rollbacks), else ``[]``; ``labels`` lists ``{keyid, label}`` for each of them
+(the root-signed label, null when it has none; from the signed trust state,
+never a table);
+``ts`` is the event's time stamp and ``trusted_time`` the trusted time then
+(``detail.trusted_time``, docs/AUDIT.md); events are in chain order;
+``model_signer`` (imports of model-signed artifacts) is ``{model, signature,
+keyid, label, hash_type, root_digest}``; fields that do not apply are null;
+``detail`` is the audit event's full detail object; ``summary`` is one human line.
 ``loader`` (load events): who loaded, ``{uid, gid, pid, user, exe, unit,
 comm, via}`` (``via`` is ``direct`` or ``service``), else null.
 Refused imports whose manifest named NAME (issue 14) are events too, with
@@ -27,7 +32,6 @@ null for other events.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -35,9 +39,11 @@ import sqlite_utils
 
 from appliance import audit
 from appliance.store import active_version, records
+from appliance.trust import TrustState, key_labels, labels_text
+from appliance.truststore import naming_trust
 from bundles.timeutil import format_time
 
-__all__ = ["active_at", "artifact_history", "history_event"]
+__all__ = ["active_at", "artifact_history", "event_keys", "history_event"]
 
 
 def _by(loader: Any) -> str:
@@ -60,7 +66,27 @@ def claimed(d: dict[str, Any], name: str | None) -> dict[str, Any] | None:
     return next((a for a in listed if isinstance(a, dict) and a.get("name") == name), None)
 
 
-def _summary(e: dict[str, Any], d: dict[str, Any], name: str | None = None) -> str:
+def _keys(ids: Any, keys: TrustState | None) -> str:
+    return labels_text(key_labels([str(k) for k in ids] if isinstance(ids, list) else [], keys))
+
+
+KEY_FIELDS = ("signers", "authorized_by", "root_keys")  # audit detail fields of key ids
+
+
+def event_keys(d: dict[str, Any]) -> list[str]:
+    """The key ids an audit event's detail names (signers, authorizers, root keys), in
+    order, each once."""
+    out: dict[str, None] = {}
+    for f in KEY_FIELDS:
+        listed = d.get(f)
+        if isinstance(listed, list):
+            out.update((str(k), None) for k in listed)
+    return list(out)
+
+
+def _summary(
+    e: dict[str, Any], d: dict[str, Any], name: str | None, keys: TrustState | None
+) -> str:
     ref = f"{e['name']}@{e['version']}" if e["version"] else str(e["name"])
     kind, outcome = e["type"], e["outcome"]
     named = claimed(d, name) if e["name"] is None else None
@@ -75,13 +101,13 @@ def _summary(e: dict[str, Any], d: dict[str, Any], name: str | None = None) -> s
             f"{kind} of {ref} REFUSED [{e['code']}]{_by(d.get('loader'))}: {d.get('message', '')}"
         )
     if kind == "import":
-        signers = ", ".join(s[:16] for s in d.get("signers", []))
+        signers = _keys(d.get("signers"), keys)
         return (
             f"imported {ref} from stream {d.get('stream')} sequence {d.get('sequence')}, "
-            f"signed by {signers}{_model_signer_text(d)}"
+            f"signed by {signers}{_model_signer_text(d, keys)}"
         )
     if kind == "rollback":
-        who = ", ".join(s[:16] for s in d.get("authorized_by", []))
+        who = _keys(d.get("authorized_by"), keys)
         return (
             f"active version moved {d.get('from_version')} -> {d.get('to_version')} by "
             f"rollback authorization {d.get('authorization_id')}, authorized by {who}: "
@@ -100,23 +126,24 @@ def _model_signer(d: dict[str, Any]) -> dict[str, Any] | None:
     return m if isinstance(m, dict) else None
 
 
-def _model_signer_text(d: dict[str, Any]) -> str:
+def _model_signer_text(d: dict[str, Any], keys: TrustState | None) -> str:
     m = _model_signer(d)
     if m is None:
         return ""
-    label = f" ({m['label']})" if m.get("label") else ""
-    return f"; model signed by {str(m.get('keyid'))[:16]}{label}"
+    return f"; model signed by {_keys([m.get('keyid')], keys)}"
 
 
-def history_event(event: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+def history_event(
+    event: dict[str, Any], name: str | None = None, keys: TrustState | None = None
+) -> dict[str, Any]:
     """One audit row (as stored) in the history shape documented above (``name``: the
-    artifact the history is of, for refused imports that only named it)."""
-    d = audit.public_event(event)["detail"]
-    if not isinstance(d, dict):
-        d = {}
+    artifact the history is of, for refused imports that only named it; ``keys``: the
+    signed trust state whose labels name the signers)."""
+    d = audit.detail_of(event)
     named = claimed(d, name) if event["name"] is None else None
     is_rollback = event["type"] == "rollback"
     signers = d.get("authorized_by") if is_rollback else d.get("signers")
+    ids = [str(k) for k in signers] if isinstance(signers, list) else []
     return {
         "seq": event["seq"],
         "ts": event["ts"],
@@ -124,8 +151,10 @@ def history_event(event: dict[str, Any], name: str | None = None) -> dict[str, A
         "outcome": event["outcome"],
         "code": event["code"],
         "version": event["version"],
-        "summary": _summary(event, d, name),
-        "signers": list(signers) if isinstance(signers, list) else [],
+        "trusted_time": d.get("trusted_time"),
+        "summary": _summary(event, d, name, keys),
+        "signers": ids,
+        "labels": key_labels(ids, keys),
         "reason": d.get("reason") if is_rollback else None,
         "from_version": d.get("from_version") if is_rollback else None,
         "to_version": d.get("to_version") if is_rollback else None,
@@ -143,7 +172,7 @@ def _moves(event: dict[str, Any]) -> bool:
     """An audited event that set the active version (an activating import or a rollback)."""
     if event["outcome"] != "accepted" or event["type"] not in ("import", "rollback"):
         return False
-    return event["type"] == "rollback" or bool(json.loads(event["detail"]).get("activated"))
+    return event["type"] == "rollback" or bool(audit.detail_of(event).get("activated"))
 
 
 def active_at(db: sqlite_utils.Database, at: datetime) -> dict[str, str]:
@@ -162,20 +191,22 @@ def active_at(db: sqlite_utils.Database, at: datetime) -> dict[str, str]:
 def artifact_history(
     db: sqlite_utils.Database, name: str, at: datetime | None = None
 ) -> dict[str, Any]:
-    """``{name, active, versions, events, unvouched_from}`` for NAME.
+    """``{name, active, versions, events, unvouched_from, labels_error}`` for NAME.
 
     ``versions`` are store records; with ``at``, only what had happened by then (the
     active version then, records imported by then, events up to then). Each event says
     ``verified``: false from the first event that a broken audit chain no longer vouches
-    for (``unvouched_from``, null when the chain verifies).
+    for (``unvouched_from``, null when the chain verifies). ``labels_error`` says why
+    signers have no labels when the signed trust chain cannot be derived (else null).
     """
     broken = audit.first_unvouched(db)
+    keys, labels_error = naming_trust(db)
     stamp = format_time(at) if at is not None else None
     events = []
     for e in audit.rows_naming(db, name):
         if stamp is not None and e["ts"] > stamp:
             break
-        h = history_event(e, name)
+        h = history_event(e, name, keys)
         h["verified"] = broken is None or e["seq"] < broken
         events.append(h)
     versions = [r.to_dict() for r in records(db, name) if stamp is None or r.imported_at <= stamp]
@@ -189,4 +220,5 @@ def artifact_history(
         "versions": versions,
         "events": events,
         "unvouched_from": broken,
+        "labels_error": labels_error,
     }

@@ -33,7 +33,7 @@ from appliance.modelsig import ModelCheck, check_bundle_models
 from appliance.policy import Decision
 from appliance.staging import SMALL, Progress, stage_artifact
 from appliance.store import Staged, promote, sweep_orphans, sync_home
-from appliance.trust import TrustState, apply_update
+from appliance.trust import KeyLabel, TrustState, apply_update
 from appliance.truststore import (
     load_trust,
     save_trust,
@@ -72,6 +72,7 @@ class ImportResult:
     bytes_verified: int = 0
     warnings: list[str] = field(default_factory=list)  # after the commit (docs/CLI.md)
     model_signatures: list[dict[str, Any]] = field(default_factory=list)
+    labels: list[KeyLabel] = field(default_factory=list)  # signers with root-signed labels
 
     def to_dict(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"warnings": self.warnings} if self.warnings else {}
@@ -82,6 +83,7 @@ class ImportResult:
             "sequence": self.sequence,
             "dry_run": self.dry_run,
             "signers": self.signers,
+            "labels": self.labels,
             "artifacts": self.artifacts,
             "trust_updates_applied": self.trust_updates,
             "bytes_verified": self.bytes_verified,
@@ -200,8 +202,9 @@ def _apply_carried_updates(
             state = new
             applied.append(state.version)
     except RejectedError as e:
-        if not dry_run:
-            record_refusal(db, "trust_update", e, {"source": source.location})
+        if not dry_run:  # what the bundle's manifest named, as for a refused import
+            claims = _refused_claims(source, state, e)
+            record_refusal(db, "trust_update", e, {"source": source.location, **claims})
         raise
     return state, applied
 
@@ -218,6 +221,7 @@ class _Decided:
     decision: Decision
     applied: list[int]
     models: ModelCheck
+    state: TrustState  # the trust the decision was made under (carried updates applied)
 
 
 def _decide(
@@ -238,7 +242,7 @@ def _decide(
             claims = _refused_claims(source, state, e)
             record_refusal(db, "import", e, {"path": os.fspath(path), **claims})
         raise
-    return _Decided(bundle, decision, applied, models)
+    return _Decided(bundle, decision, applied, models, state)
 
 
 def import_bundle(
@@ -294,6 +298,7 @@ def _import(
                 sequence=bundle.manifest.sequence,
                 dry_run=dry_run,
                 signers=sorted(decision.counted_signers),
+                labels=decided.state.key_labels(sorted(decision.counted_signers)),
                 trust_updates=decided.applied,
                 model_signatures=models.to_list(),
             )

@@ -47,7 +47,7 @@ from appliance.errors import (
 )
 from appliance.home import Home, HomeLock
 from appliance.store import active_version, find
-from appliance.trust import role_key
+from appliance.trust import KeyLabel, role_key
 from appliance.truststore import load_trust, site, trusted_now
 from bundles.documents import ROLLBACK_PAYLOAD_TYPE, RollbackAuthorization
 from bundles.dsse import Envelope, sign_envelope, verify_envelope
@@ -91,6 +91,7 @@ class RollbackResult:
     reason: str
     digest: str
     warnings: list[str] = field(default_factory=list)  # after the commit (docs/CLI.md)
+    labels: list[KeyLabel] = field(default_factory=list)  # authorizers, root-signed labels
 
     def to_dict(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"warnings": self.warnings} if self.warnings else {}
@@ -101,6 +102,7 @@ class RollbackResult:
             "to_version": self.to_version,
             "authorization_id": self.authorization_id,
             "authorized_by": self.authorized_by,
+            "labels": self.labels,
             "reason": self.reason,
             "digest": {"blake3": self.digest},
         }
@@ -348,6 +350,7 @@ def apply_rollback(
                 authorized_by=sorted(signers),
                 reason=auth.reason,
                 digest=digest,
+                labels=load_trust(db).key_labels(sorted(signers)),
             )
             _commit(db, auth, data, result, source)
             result.warnings.extend(witness.refresh_after_commit(db, wpath))

@@ -8,6 +8,7 @@ answered here and tested directly.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from appliance.errors import (
@@ -49,6 +50,25 @@ def role_key(role: str, stream: str | None = None) -> RoleKey:
 
 def describe(role: RoleKey) -> str:
     return f"{role[0]}:{role[1]}" if role[1] else role[0]
+
+
+def key_text(keyid: str, label: str | None) -> str:
+    """How a key is shown to people: ``LABEL (KEYID-PREFIX)``, or the 16-hex prefix alone."""
+    return f"{label} ({keyid[:16]})" if label else keyid[:16]
+
+
+KeyLabel = dict[str, str | None]  # {"keyid": ..., "label": ... or None}
+
+
+def key_labels(keyids: Iterable[str], state: TrustState | None) -> list[KeyLabel]:
+    """``[{"keyid", "label"}, ...]`` for JSON, in the order given: each key id with its
+    root-signed label (null when it has none, or when no signed trust state is at hand)."""
+    return [{"keyid": k, "label": state.label(k) if state else None} for k in keyids]
+
+
+def labels_text(labels: Iterable[KeyLabel]) -> str:
+    """``key_labels`` entries as people read them, comma-separated (``key_text``)."""
+    return ", ".join(key_text(str(e["keyid"]), e["label"]) for e in labels)
 
 
 @dataclass(frozen=True)
@@ -125,7 +145,15 @@ class TrustState:
         return lambda keyid: self.keys[keyid].key if keyid in self.keys else None
 
     def label(self, keyid: str) -> str | None:
-        return self.labels.get(keyid)
+        """The root-signed label of a key (``--add-key PUB --name LABEL``), if any."""
+        if keyid in self.labels:
+            return self.labels[keyid]
+        model = self.model_signers.get(keyid)
+        return model.name if model is not None else None
+
+    def key_labels(self, keyids: Iterable[str]) -> list[KeyLabel]:
+        """``key_labels`` under this state."""
+        return key_labels(keyids, self)
 
     def members(self, role: RoleKey) -> set[str]:
         return {kid for kid, e in self.keys.items() if e.role == role and kid not in self.revoked}

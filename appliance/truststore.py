@@ -16,6 +16,7 @@ import sqlite_utils
 from appliance import audit, evidence
 from appliance.db import get_meta, set_meta
 from appliance.trust import KeyEntry, TrustState
+from bundles.errors import ApplianceError
 from bundles.keys import PublicKey
 from bundles.timeutil import utcnow
 
@@ -27,6 +28,25 @@ def load_trust(db: sqlite_utils.Database) -> TrustState:
     evidence; see ``appliance.evidence``.
     """
     return evidence.verified_trust(db)
+
+
+def signed_trust(db: sqlite_utils.Database) -> TrustState:
+    """Today's trust state from the signed evidence alone (anchor and stored root-signed
+    documents), for naming keys in output: labels live only in those documents, no table
+    holds them, so an edit of the database cannot rename a key (it breaks the chain:
+    ``trust_state_unauthorized``)."""
+    return evidence.trust_chain(db).current
+
+
+def naming_trust(db: sqlite_utils.Database) -> tuple[TrustState | None, str | None]:
+    """``(signed_trust(db), None)``, or ``(None, why)`` when the signed chain cannot be
+    derived (a missing anchor, an edited trust document): output that only names keys
+    (``history``, ``audit show``) then shows bare key ids and says why, and never takes
+    a label from anywhere else."""
+    try:
+        return signed_trust(db), None
+    except ApplianceError as e:
+        return None, f"key labels unavailable [{e.code}]: {e.message}"
 
 
 def trust_tables(db: sqlite_utils.Database) -> TrustState:

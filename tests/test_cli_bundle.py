@@ -90,7 +90,12 @@ def test_create_and_inspect_directory(env: dict[str, Path]) -> None:
     plain = run("bundle", "inspect", out, "--json")
     shown = ok_json(plain)
     assert shown["verified"] is False and shown["signers"] == []
-    assert shown["signatures"][0] == {"keyid": doc["signers"][0], "known": False, "verified": False}
+    assert shown["signatures"][0] == {
+        "keyid": doc["signers"][0],
+        "label": None,  # no home given: no signed trust to name the key
+        "known": False,
+        "verified": False,
+    }
     assert "NOT VERIFIED" in plain.stderr
 
     checked = ok_json(run("bundle", "inspect", out, "--key", env["pub"], "--verify", "--json"))

@@ -101,6 +101,7 @@ class SignatureRow:
     role: str
     status: str
     counts: bool
+    label: str | None = None  # root-signed (issue 14): shown with ``key_text``
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def review_bundle(home: Home, path: Path, witness_path: Path | None = None) -> R
         p.verified,
         m,
         tuple(checks),
-        tuple(SignatureRow(s.keyid, s.role, s.status, s.counts) for s in p.signatures),
+        tuple(SignatureRow(s.keyid, s.role, s.status, s.counts, s.label) for s in p.signatures),
         sum(s.counts for s in p.signatures),
         ev.threshold if ev is not None else 1,
         artifacts,
@@ -192,6 +193,7 @@ class KeyRow:
     role: str
     added_version: int | None
     revoked_version: int | None
+    label: str | None = None  # root-signed (issue 14): shown with ``key_text``
 
 
 @dataclass(frozen=True)
@@ -230,11 +232,11 @@ def trust_summary(home: Home, witness_path: Path | None = None) -> TrustSummary:
             RoleRow(describe(r), state.threshold(r), len(state.members(r))) for r in roles
         )
         keys = [
-            KeyRow(kid, describe(e.role), e.added_version, e.revoked_version)
+            KeyRow(kid, describe(e.role), e.added_version, e.revoked_version, state.label(kid))
             for kid, e in sorted(state.keys.items(), key=lambda kv: (kv[1].role, kv[0]))
         ]
         keys += [
-            KeyRow(kid, "revoked", None, state.version)
+            KeyRow(kid, "revoked", None, state.version, state.label(kid))
             for kid in sorted(state.revoked - set(state.keys))
         ]
         try:

@@ -7,6 +7,7 @@ from textual.binding import Binding
 from textual.content import Content
 from textual.widgets import DataTable, Static
 
+from appliance.trust import key_text
 from bundles.errors import ApplianceError
 from tui import fmt
 from tui.base import SubScreen, cell, footer, header
@@ -72,7 +73,7 @@ class KeysScreen(SubScreen):
                 if k.revoked_version is not None
                 else tone("active", "ok")
             )
-            keys.add_row(fmt.short_id(k.keyid, 24), cell(k.role), added, status)
+            keys.add_row(cell(key_text(k.keyid, k.label)), cell(k.role), added, status)
         grants = self.query_one("#grants", DataTable)
         grants.clear()
         for g in t.grants:

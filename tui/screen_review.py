@@ -13,6 +13,7 @@ from textual.content import Content
 from textual.widgets import DataTable, Static
 
 from appliance.modelsig import ModelReview, review_models
+from appliance.trust import key_text
 from tui import fmt
 from tui.base import SubScreen, cell, footer, header
 from tui.messages import ReviewReady
@@ -59,9 +60,8 @@ def model_lines(m: ModelReview | None) -> list[str | tuple[str, str]]:
     if m.problem is not None:
         return ["\n", mark(False), ("Model sig. ", "bold"), f"[{m.problem[0]}] {m.problem[1]}"]
     for s in m.signatures:
-        label = f" ({s.label})" if s.label else ""
         out += ["\n", mark(True), ("Model sig. ", "bold")]
-        out.append(f"{s.model}: signed by {fmt.short_id(s.keyid)}{label}, {len(s.files)} files")
+        out.append(f"{s.model}: signed by {key_text(s.keyid, s.label)}, {len(s.files)} files")
     return out
 
 
@@ -146,7 +146,7 @@ class ReviewScreen(SubScreen):
         sigs.clear()
         for s in r.signatures:
             sigs.add_row(
-                fmt.short_id(s.keyid),
+                cell(key_text(s.keyid, s.label)),
                 cell(s.role),
                 tone(s.status, "ok" if s.counts else "bad"),
             )

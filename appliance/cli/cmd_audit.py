@@ -2,8 +2,11 @@
 
 ``audit verify`` JSON: ``events``, ``head`` (hash), ``witness`` (status).
 ``audit show`` JSON: ``events`` (each ``{seq, ts, type, outcome, code, name,
-version, detail, prev_hash, hash}``). ``audit export`` prints JSON Lines, one
-event a line; with ``--json``, one object with ``events``.
+version, detail, prev_hash, hash, labels}``; ``labels`` lists ``{keyid, label}`` for
+each key id the detail names (signers, authorizers, root keys), the label
+root-signed or null).
+``audit export`` prints JSON Lines, one event a line; with ``--json``, one
+object with ``events``.
 ``witness reset`` JSON: ``path``, ``witness`` (the counters written).
 ``audit verify`` exits 4 when the chain is broken, when the home is behind its
 witness (``audit_chain_broken``) or when a configured witness is absent
@@ -18,8 +21,11 @@ from typing import Any
 
 from appliance import audit, witness
 from appliance.cli.context import Context
+from appliance.history import event_keys
 from appliance.home import Home, HomeLock
 from appliance.integrity import check_integrity
+from appliance.trust import key_labels, labels_text
+from appliance.truststore import naming_trust
 from bundles.errors import UsageError
 
 
@@ -56,17 +62,27 @@ def run_verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
 def _line(e: dict[str, Any]) -> str:
     what = f"{e['name']}@{e['version']}" if e["name"] else (e["version"] or "")
     code = f" [{e['code']}]" if e["code"] else ""
-    return f"{e['seq']:>6} {e['ts']} {e['type']:<14} {e['outcome']:<9}{code} {what}"
+    trusted = e["detail"].get("trusted_time") or "unknown"
+    who = f" by {labels_text(e['labels'])}" if e["labels"] else ""
+    return (
+        f"{e['seq']:>6} {e['ts']} trusted {trusted} {e['type']:<14} {e['outcome']:<9}{code} "
+        f"{what}{who}"
+    )
 
 
 def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     if args.limit < 0:
         raise UsageError("--limit must be 0 or more")
-    events = [audit.public_event(e) for e in audit.rows(Home(ctx.home).db())]
-    if args.limit:
-        events = events[-args.limit :]
-    for e in events:
+    db = Home(ctx.home).db()
+    keys, labels_error = naming_trust(db)
+    rows = audit.rows(db)
+    events = [audit.public_event(e) for e in (rows[-args.limit :] if args.limit else rows)]
+    for e in events:  # issue 14: each key id the event names, with its root-signed label
+        ids = event_keys(e["detail"])
+        e["labels"] = key_labels(ids, keys)
         ctx.say(_line(e))
+    if labels_error is not None:
+        ctx.warn(f"appliance: warning: {labels_error}")
     return {"events": events}
 
 

@@ -15,8 +15,11 @@ JSON fields (with ``--json``; besides ``"ok": true``):
     ``trust_updates``), plus ``verified`` (bool: true only when a signature
     verified under a given ``--key``; without ``--key`` it is false, a warning
     goes to stderr and the exit code is 0), ``signers`` (key ids that verified,
-    sorted), ``signatures`` (list of ``{"keyid": str, "known": bool,
-    "verified": bool}``: ``known`` when the key id is one of the ``--key`` keys)
+    sorted), ``labels`` (each signer's root-signed label, or null), ``signatures``
+    (list of ``{"keyid": str, "label": str | null, "known": bool, "verified":
+    bool}``: ``known`` when the key id is one of the ``--key`` keys; ``label``
+    from the signed trust of the home given by ``--home`` or ``$APPLIANCE_HOME``,
+    null without one))
     and ``artifacts_verified`` (bool: true only after ``--verify`` re-hashed
     every artifact and found the files complete). With ``--key`` given and no
     signature verifying, the command fails with exit 1 and the specific code
@@ -30,6 +33,7 @@ Each entry of ``artifacts``: ``name``, ``version``, ``release`` (int), ``size``
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +43,7 @@ from bundles.errors import UsageError
 from bundles.files import read_input_file
 
 if TYPE_CHECKING:
+    from appliance.trust import TrustState
     from bundles.dsse import Envelope
     from bundles.manifest import Manifest
 
@@ -224,8 +229,27 @@ def bundle_create(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     }
 
 
+def _home_trust(args: argparse.Namespace, ctx: Context) -> TrustState | None:
+    """The signed trust of the home named by ``--home`` or ``$APPLIANCE_HOME`` (when one
+    exists there), whose labels name the bundle's keys; None on the connected side."""
+    from appliance.home import Home
+    from appliance.truststore import signed_trust
+
+    if getattr(args, "home", None) is None and not os.environ.get("APPLIANCE_HOME"):
+        return None
+    home = Home(ctx.home)
+    if not home.exists():
+        return None
+    db = home.db()
+    try:
+        return signed_trust(db)
+    finally:
+        db.conn.close()
+
+
 def bundle_inspect(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     from appliance.modelsig.check import describe_models, read_signature
+    from appliance.trust import key_labels
     from bundles.keys import load_ec_public_key, load_public_key
     from bundles.media import open_media, printable
     from bundles.media_tar import TarSource
@@ -253,8 +277,14 @@ def bundle_inspect(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             {k.keyid: k for k in (load_ec_public_key(p) for p in args.model_key)},
         )
     fields = _manifest_fields(manifest)
+    names = _home_trust(args, ctx)  # issue 14: labels from the home's signed trust, if given
     signatures = [  # key ids come from the media: escape them before they are shown
-        {"keyid": printable(s.keyid, 80), "known": s.keyid in keys, "verified": s.keyid in signers}
+        {
+            "keyid": printable(s.keyid, 80),
+            "label": names.label(s.keyid) if names else None,
+            "known": s.keyid in keys,
+            "verified": s.keyid in signers,
+        }
         for s in envelope.signatures
     ]
     ctx.say(f"bundle    {args.path} ({fmt})")
@@ -265,7 +295,8 @@ def bundle_inspect(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     ctx.say(f"signatures ({len(signatures)}):")
     for s in signatures:
         state = "verified" if s["verified"] else ("not checked" if not keys else "unknown key")
-        ctx.say(f"  {s['keyid']}  {state}")
+        label = f"  ({s['label']})" if s["label"] else ""
+        ctx.say(f"  {s['keyid']}{label}  {state}")
     if args.verify:
         ctx.say("artifacts verified: every file present, every BLAKE3 digest matches")
     for m in models:
@@ -282,6 +313,7 @@ def bundle_inspect(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         **fields,
         "verified": bool(signers),
         "signers": sorted(signers),
+        "labels": key_labels(sorted(signers), names),
         "signatures": signatures,
         "trust_updates": trust_count,
         "artifacts_verified": bool(args.verify),

@@ -1,12 +1,14 @@
 """``appliance history NAME``: imports, pointer moves, who authorized them, loads, refusals.
 
 JSON (see ``appliance.history``): ``name``, ``active`` (version or null),
-``versions`` (store records as in ``list``), ``events`` (each ``{seq, ts,
-type, outcome, code, version, summary, signers, reason, from_version,
-to_version, authorization_id, digest, loader, detail}``; ``type`` is
-``import``, ``rollback``, ``load``, ...; ``loader`` says who loaded, for load
-events). An artifact the store and the audit log have
-never seen: exit 2 ``not_found``.
+``versions`` (store records as in ``list``), ``events`` in chain order (each
+``{seq, ts, trusted_time, type, outcome, code, version, summary, signers,
+labels, reason, from_version, to_version, authorization_id, digest, loader,
+detail}``; ``type`` is ``import``, ``rollback``, ``load``, ...; ``labels`` maps
+each signer to its root-signed label; ``loader`` says who loaded, for load
+events). An artifact the store and the audit log have never seen: exit 2
+``not_found``. An audit detail that is not a JSON object: exit 4
+``audit_chain_broken``.
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ def run_history(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         ctx.say(f"  {mark} {r['version']:<14} {r['digest']['blake3'][:16]}  seq {r['sequence']}")
     for e in hist["events"]:
         mark = "" if e["verified"] else "  [UNVERIFIED: after a break in the audit chain]"
-        ctx.say(f"{e['seq']:>6} {e['ts']} {e['summary']}{mark}")
+        clock = f" (system clock {e['detail']['clock']})" if "clock" in e["detail"] else ""
+        trusted = e["trusted_time"] or "unknown"
+        ctx.say(f"{e['seq']:>6} {e['ts']} trusted {trusted}{clock} {e['summary']}{mark}")
+    if hist["labels_error"] is not None:
+        ctx.warn(f"appliance: warning: {hist['labels_error']}")
     if hist["unvouched_from"] is not None:
         ctx.warn(
             f"appliance: warning: the audit chain is broken at event {hist['unvouched_from']}; "

@@ -30,6 +30,7 @@ from appliance.evaluation import claimed_statuses
 from appliance.home import Home
 from appliance.importer import import_bundle
 from appliance.mediascan import natural_key, scan
+from appliance.trust import labels_text
 from bundles.media import open_media, printable
 from bundles.reader import peek
 
@@ -130,7 +131,8 @@ def _import_one(ctx: Context, args: argparse.Namespace, path: str) -> dict[str, 
     verb = "verified (dry run, nothing changed)" if result.dry_run else "imported"
     ctx.say(
         f"{ctx.paint(verb, 'green')} stream {printable(result.stream)} sequence "
-        f"{result.sequence}, signed by {len(result.signers)} publisher key(s)"
+        f"{result.sequence}, signed by {len(result.signers)} publisher key(s): "
+        f"{labels_text(result.labels)}"
     )
     for a in result.artifacts:
         ctx.say(

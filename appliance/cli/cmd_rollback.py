@@ -5,14 +5,17 @@ Connected side: ``rollback authorize OUT NAME --to VERSION --key K.key [...]
 writes a DSSE envelope of a single-use rollback authorization to OUT (never
 overwritten; no ``--site``: any site). JSON: ``out``, ``id``, ``name``,
 ``to_version``, ``digest`` (hex or null), ``reason``, ``issued_at``,
-``expires``, ``sites``, ``any_site``, ``signers`` (key ids).
+``expires``, ``sites``, ``any_site``, ``signers`` (key ids), ``labels``
+(each signer's root-signed label when ``--home`` names an existing home, else
+null).
 
 Appliance side: ``rollback NAME --authorization FILE [--wait]`` verifies the
 authorization (see ``appliance.rollback`` for the checks and their codes)
 and moves NAME's active version. JSON: ``name``, ``from_version``,
 ``to_version``, ``authorization_id``, ``authorized_by`` (rollback key ids
 that counted), ``reason``, ``digest`` (``{blake3}`` of the now-active
-version). Refusals exit 1 (``rollback_not_authorized``, ``key_not_authorized``,
+version), ``labels`` (each authorizer's root-signed label). Refusals exit 1
+(``rollback_not_authorized``, ``key_not_authorized``,
 ``revoked_key``, ``threshold_not_met``, ``bad_signature``,
 ``authorization_expired``, ``authorization_reused``,
 ``authorization_mismatch``), 2 (``not_found``, ``already_active``), 3 (file
@@ -28,6 +31,8 @@ from typing import Any
 from appliance.cli.context import Context
 from appliance.home import Home
 from appliance.rollback import apply_rollback, authorize_rollback, read_authorization
+from appliance.trust import KeyLabel, key_labels, labels_text
+from appliance.truststore import naming_trust
 from bundles.errors import BadNameError, UsageError
 from bundles.keys import load_private_key
 from bundles.names import check_artifact_name, check_identifier
@@ -87,9 +92,10 @@ def run_rollback(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         wait=args.wait,
         source=str(args.authorization),
     )
+    who = labels_text(result.labels)
     ctx.say(
         f"rolled {name} back from {result.from_version} to {result.to_version}, "
-        f"authorized by {', '.join(k[:16] for k in result.authorized_by)} "
+        f"authorized by {who} "
         f"({result.reason or 'no reason given'}); the next load verifies it in full"
     )
     for w in result.warnings:
@@ -130,13 +136,31 @@ def run_authorize(args: argparse.Namespace, ctx: Context, out: Path, name: str) 
         sites=sites,
         from_version=from_version,
     )
+    signers = sorted({k.keyid for k in keys})
+    labels = _home_labels(ctx, signers)
     ctx.say(
         f"wrote rollback authorization {auth.id} for {name} -> {version} to {out} "
         f"(expires {format_time(auth.expires)}, "
-        f"{'any site' if auth.any_site else 'sites ' + ', '.join(auth.sites)}; single use)"
+        f"{'any site' if auth.any_site else 'sites ' + ', '.join(auth.sites)}; single use), "
+        f"signed by {labels_text(labels)}"
     )
     return {
         "out": str(out),
         **{k: v for k, v in auth.to_dict().items() if k != "type"},
-        "signers": sorted({k.keyid for k in keys}),
+        "signers": signers,
+        "labels": labels,
     }
+
+
+def _home_labels(ctx: Context, keyids: list[str]) -> list[KeyLabel]:
+    """The connected side usually has no home: labels (root-signed) only when ``--home``
+    names an existing one whose signed trust chain derives; else null."""
+    home = Home(ctx.home)
+    if not home.exists():
+        return key_labels(keyids, None)
+    db = home.db()
+    try:
+        state, _why = naming_trust(db)
+    finally:
+        db.conn.close()
+    return key_labels(keyids, state)

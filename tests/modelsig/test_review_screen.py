@@ -56,7 +56,7 @@ def test_review_shows_the_model_signer_and_refuses_a_changed_model(tmp_path: Pat
     facts, verdict, allowed = review_text(home, good)
     assert allowed, verdict
     short = ec_public(signer).keyid[:16]
-    assert f"m: signed by {short}" in facts and "(ML team), 3 files" in facts, facts
+    assert f"m: signed by ML team ({short}), 3 files" in facts, facts  # key_text
     changed = tmp_path / "changed"
     shutil.copytree(model, changed)
     (changed / "config.json").write_bytes(b"{}")
