@@ -6,9 +6,11 @@ active versions, high-water marks and the audit chain together.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlite_utils
@@ -104,6 +106,29 @@ def get_meta(db: sqlite_utils.Database, key: str) -> str | None:
 
 def set_meta(db: sqlite_utils.Database, key: str, value: str) -> None:
     db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
+
+
+@contextlib.contextmanager
+def snapshot(db: sqlite_utils.Database) -> Iterator[None]:
+    """One read transaction around several reads, so that they see one state of the database.
+
+    Every statement outside a transaction is its own snapshot: an import that commits
+    between two reads would show its stored manifest without its audit event. Inside a
+    transaction already (``transaction`` or an enclosing ``snapshot``) this does nothing.
+    """
+    conn = db.conn
+    if conn.in_transaction:
+        yield
+        return
+    try:
+        conn.execute("BEGIN")  # deferred: the shared lock is taken by the first read
+    except sqlite3.OperationalError as e:
+        raise translate_sqlite_error(e) from e
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")  # nothing was written: this only releases the lock
 
 
 class transaction:

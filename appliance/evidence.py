@@ -41,7 +41,7 @@ from typing import Any
 import sqlite_utils
 
 from appliance.anchor import Anchor, anchor_path, read_anchor
-from appliance.db import get_meta, read_only
+from appliance.db import get_meta, read_only, snapshot
 from appliance.errors import TrustStateUnauthorizedError
 from appliance.trust import TrustState, apply_update, role_key
 from bundles.canonical import parse_json
@@ -209,6 +209,11 @@ def _table_rows(db: sqlite_utils.Database) -> tuple[Any, ...]:
 
 def verified_trust(db: sqlite_utils.Database) -> TrustState:
     """Today's trust state from the evidence; exit 4 when the tables say otherwise."""
+    with snapshot(db):
+        return _verified_trust(db)
+
+
+def _verified_trust(db: sqlite_utils.Database) -> TrustState:
     chain = trust_chain(db)
     state = chain.current
     if _table_rows(db) != _state_rows(state):
@@ -317,13 +322,19 @@ def _artifact_releases(payload: bytes) -> tuple[tuple[str, int], ...]:
     return hit
 
 
+def _detail(seq: int, detail: str) -> dict[str, Any]:
+    from appliance.audit import detail_of  # audit imports this module
+
+    return detail_of({"seq": seq, "detail": detail})
+
+
 def _stream_evidence(db: sqlite_utils.Database, chain: TrustChain) -> _StreamEvidence:
     tu_seqs = _trust_update_seqs(db)
     imported: dict[tuple[str, int], int] = {}
     for seq, detail in db.execute(
         "SELECT seq, detail FROM audit WHERE type = 'bundle_import' AND outcome = 'accepted'"
     ):
-        d = json.loads(detail)
+        d = _detail(seq, detail)
         imported[(str(d.get("stream")), int(d.get("sequence", 0)))] = int(seq)
     resets = chain.stream_resets()
     time_reset = chain.time_reset()
@@ -369,8 +380,9 @@ def _stream_evidence(db: sqlite_utils.Database, chain: TrustChain) -> _StreamEvi
 
 def stream_marks(db: sqlite_utils.Database) -> dict[str, int]:
     """Every stream's high-water mark from the evidence; exit 4 if the table disagrees."""
-    marks = _stream_evidence(db, trust_chain(db)).marks
-    table = {str(s): int(n) for s, n in db.execute("SELECT stream, sequence FROM streams")}
+    with snapshot(db):
+        marks = _stream_evidence(db, trust_chain(db)).marks
+        table = {str(s): int(n) for s, n in db.execute("SELECT stream, sequence FROM streams")}
     if table != marks:
         diff = sorted(set(table.items()) ^ set(marks.items()))
         raise TrustStateUnauthorizedError(
@@ -383,7 +395,8 @@ def name_owners(db: sqlite_utils.Database) -> dict[str, tuple[str, int]]:
     """Each artifact name's stream (the first to ship it) and highest release counter, from
     the signed manifests (releases of manifests undone by a ``reset_stream`` do not count).
     """
-    return _stream_evidence(db, trust_chain(db)).owners
+    with snapshot(db):
+        return _stream_evidence(db, trust_chain(db)).owners
 
 
 # --- time floors ---------------------------------------------------------------------
@@ -425,7 +438,7 @@ def _rollback_floor(db: sqlite_utils.Database, chain: TrustChain) -> datetime | 
     for seq, detail in db.execute(
         "SELECT seq, detail FROM audit WHERE type = 'rollback' AND outcome = 'accepted'"
     ):
-        auth_id = json.loads(detail).get("authorization_id")
+        auth_id = _detail(seq, detail).get("authorization_id")
         if isinstance(auth_id, str):
             events[auth_id] = int(seq)
     time_reset = chain.time_reset()
@@ -449,7 +462,8 @@ def _rollback_floor(db: sqlite_utils.Database, chain: TrustChain) -> datetime | 
 
 
 def time_floors(db: sqlite_utils.Database) -> Floors:
-    chain = trust_chain(db)
-    return Floors(
-        chain.root_floor(), _stream_evidence(db, chain).floors, _rollback_floor(db, chain)
-    )
+    with snapshot(db):
+        chain = trust_chain(db)
+        return Floors(
+            chain.root_floor(), _stream_evidence(db, chain).floors, _rollback_floor(db, chain)
+        )
