@@ -281,6 +281,10 @@ def test_history_refuses_an_audit_detail_that_is_not_a_json_object(
     assert site.cli("audit", "show", "--json", check=4).json["error"]["code"] == (
         "audit_chain_broken"
     )
+    # the export is the responder's raw material: the row as stored, never refused
+    exported = next(e for e in _export(site) if e["seq"] == seq)
+    assert exported["detail"] is None and exported["detail_json"] == detail
+    assert f"audit event {seq}" in exported["detail_error"]
     assert _db_bytes(site.home) == before
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from appliance import audit, witness
 from appliance.cli.context import Context
+from appliance.errors import AuditChainError
 from appliance.history import event_keys
 from appliance.home import Home, HomeLock
 from appliance.integrity import check_integrity
@@ -86,12 +87,18 @@ def run_show(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     return {"events": events}
 
 
+def _exported(event: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return {**audit.public_event(event), "detail_json": event["detail"]}
+    except AuditChainError as e:
+        return {**event, "detail": None, "detail_json": event["detail"], "detail_error": e.message}
+
+
 def run_export(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
-    # detail_json: the exact bytes the chain hashes (docs/AUDIT.md), beside the parsed detail
-    events = [
-        {**audit.public_event(e), "detail_json": e["detail"]}
-        for e in audit.rows(Home(ctx.home).db())
-    ]
+    # detail_json: the exact bytes the chain hashes (docs/AUDIT.md), beside the parsed detail.
+    # An export is the responder's raw material: a detail that is not a JSON object is
+    # exported as it is stored (detail null, detail_error), never refused or dropped.
+    events = [_exported(e) for e in audit.rows(Home(ctx.home).db())]
     if not ctx.json:
         for e in events:
             ctx.stdout.write(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n")
