@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_load import REPO, Site, make_site
+from conformance.driver import apply_trust, cli_env
+from conftest_load import Site, make_site
 
 from appliance.home import Home
-from appliance.importer import apply_trust_envelope, import_bundle
+from appliance.importer import import_bundle
 from appliance.service.ownership import give_home_to
-from appliance.truststore import load_trust
-from bundles.dsse import Envelope
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create users")
 MODEL_V1 = b"model weights v1\n" * 8
@@ -38,13 +37,7 @@ MODEL_V2 = b"model weights v2\n" * 8
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("APPLIANCE_") or k == "APPLIANCE_ANCHOR_DIR"
-    }
-    env.update(PYTHONPATH=str(REPO), HOME="/", PYTHONDONTWRITEBYTECODE="1", **extra)
-    return env
+    return cli_env({"HOME": "/", "PYTHONDONTWRITEBYTECODE": "1", **extra})
 
 
 @dataclass
@@ -165,12 +158,7 @@ class World:
 
     def apply(self, *ops: Any) -> None:
         """Apply a root-signed trust update holding ``ops`` (as root, like an operator)."""
-        db = Home(self.home).db()
-        try:
-            env = Envelope.from_bytes(self.site.trust_update(*ops))
-            apply_trust_envelope(db, load_trust(db), env, "test")
-        finally:
-            db.conn.close()
+        apply_trust(self.home, self.site.trust_update(*ops))
 
     def ship(self, artifacts: dict[str, bytes]) -> None:
         import_bundle(Home(self.home), self.site.bundle(artifacts))
