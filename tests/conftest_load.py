@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from conformance.driver import (
     apply_trust,
-    cli_env,
     make_key,
+    run_appliance,
     trust_envelope,
     write_bundle,
     write_sources,
@@ -91,8 +89,7 @@ class Site:
         return path
 
     def cli(self, *args: str | os.PathLike[str], check: int | None = None) -> Result:
-        cmd = [sys.executable, "-m", "appliance", "--home", str(self.home), *map(str, args)]
-        p = subprocess.run(cmd, capture_output=True, env=cli_env(), cwd=self.tmp, timeout=60)
+        p = run_appliance("--home", self.home, *args, cwd=self.tmp, timeout=60)
         res = Result(p.returncode, p.stdout, p.stderr.decode(errors="replace"))
         if check is not None:
             assert res.code == check, (res.code, res.stderr, res.stdout[:500])

@@ -11,9 +11,10 @@ assert that a refusal changed nothing but the audit log.
 
 This module holds every primitive the tests build worlds with, once:
 
-- the CLI: ``cli`` (strict: one JSON line, no traceback), ``run_cli`` (the exit
-  code and the JSON object), ``run_in_process`` and ``observe`` (read-only
-  commands without an interpreter start-up each), ``cli_env``/``cli_argv``;
+- the CLI: ``run_appliance`` (any arguments, output captured), ``cli`` (strict:
+  one JSON line, no traceback), ``run_cli`` (the exit code and the JSON object),
+  ``run_in_process`` and ``observe`` (read-only commands without an interpreter
+  start-up each), ``cli_env``/``cli_argv``;
 - keys: ``make_key`` (made, and saved as ``NAME.key|.pub`` when a folder is
   given), ``seeded_key`` (deterministic), ``resolver_for``;
 - trust documents: ``trust_envelope``, and ``apply_trust`` (in process, as an
@@ -152,6 +153,20 @@ def parse_output(rc: int, out: str, err: str, argv: Sequence[str]) -> Json:
     return doc
 
 
+def run_appliance(
+    *args: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    timeout: float = CLI_TIMEOUT,
+    **kw: Any,
+) -> subprocess.CompletedProcess[Any]:
+    """``python -m appliance ARGS`` in a subprocess, output captured, with ``cli_env(env)``;
+    ``kw`` goes to ``subprocess.run`` (``cwd``, ``text``, ``input``, ``user``, ...)."""
+    argv = [sys.executable, "-m", "appliance", *map(os.fspath, args)]
+    return subprocess.run(
+        argv, capture_output=True, env=cli_env(env), timeout=timeout, check=False, **kw
+    )
+
+
 def cli(
     home: Path,
     *args: str | os.PathLike[str],
@@ -160,9 +175,7 @@ def cli(
     timeout: float = CLI_TIMEOUT,
 ) -> Result:
     argv = cli_argv(home, *args, witness=witness)
-    p = subprocess.run(
-        argv, capture_output=True, env=cli_env(env), cwd=home.parent, timeout=timeout, check=False
-    )
+    p = run_appliance(*argv[3:], env=env, timeout=timeout, cwd=home.parent)
     out = parse_json_stdout(p.stdout, argv, p.stderr)
     stderr = p.stderr.decode(errors="replace")
     assert out["ok"] is (p.returncode == 0), (argv, out, stderr)
@@ -181,9 +194,7 @@ def ok(result: Result) -> dict[str, Any]:
 def run_cli(home: Path, *args: str | os.PathLike[str]) -> tuple[int, Json]:
     """Run ``appliance --home HOME --json ARGS`` and return (exit code, JSON object)."""
     argv = cli_argv(home, *args)
-    proc = subprocess.run(
-        argv, capture_output=True, text=True, env=cli_env(), timeout=CLI_TIMEOUT, check=False
-    )
+    proc = run_appliance(*argv[3:], text=True)
     return proc.returncode, parse_output(proc.returncode, proc.stdout, proc.stderr, argv)
 
 

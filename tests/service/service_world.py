@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conformance.driver import apply_trust, cli_env
+from conformance.driver import apply_trust, cli_env, run_appliance
 from conftest_load import Site, make_site
 
 from appliance.home import Home
-from appliance.importer import import_bundle
 from appliance.service.ownership import give_home_to
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create users")
@@ -36,8 +35,11 @@ MODEL_V1 = b"model weights v1\n" * 8
 MODEL_V2 = b"model weights v2\n" * 8
 
 
+CHILD = {"HOME": "/", "PYTHONDONTWRITEBYTECODE": "1"}  # what a service child sees besides
+
+
 def child_env(**extra: str) -> dict[str, str]:
-    return cli_env({"HOME": "/", "PYTHONDONTWRITEBYTECODE": "1", **extra})
+    return cli_env({**CHILD, **extra})
 
 
 @dataclass
@@ -161,7 +163,7 @@ class World:
         apply_trust(self.home, self.site.trust_update(*ops))
 
     def ship(self, artifacts: dict[str, bytes]) -> None:
-        import_bundle(Home(self.home), self.site.bundle(artifacts))
+        self.site.ship(artifacts)
 
     def start(self, *extra: str) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "appliance", "--home", str(self.home), "serve"]
@@ -191,15 +193,7 @@ class World:
             kw = {"user": user.uid, "group": user.gid, "extra_groups": []}
         elif isinstance(user, int):
             kw = {"user": user, "group": user, "extra_groups": []}
-        return subprocess.run(
-            [sys.executable, "-m", "appliance", *args],
-            env=child_env(),
-            cwd=self.tmp,
-            capture_output=True,
-            input=stdin,
-            timeout=120,
-            **kw,
-        )
+        return run_appliance(*args, env=CHILD, cwd=self.tmp, input=stdin, timeout=120, **kw)
 
     def events(self, type: str = "load") -> list[dict[str, Any]]:
         db = Home(self.home).db()
