@@ -26,10 +26,10 @@ from typing import Any
 from conformance.driver import (
     OBSERVED,
     Json,
+    copy_world,
     error_code,
     make_key,
     object_files,
-    rebind_anchor,
     run_cli,
     run_in_process,
     stable_trust,
@@ -109,11 +109,9 @@ class Env:
 
     def clone(self, work: Path) -> Env:
         """A copy of this environment (home, keys, files) under ``work``: cheap per-test setup."""
-        shutil.copytree(self.work, work, symlinks=True)
-        rebind_anchor(self.home, work / "home")
         new = copy.copy(self)
+        new.home = copy_world(self.work, work, self.home)
         new.work = work
-        new.home = work / "home"
         new.keys_dir = work / "keys"
         new.publishers = dict(self.publishers)
         new.initial_update = work / self.initial_update.relative_to(self.work)

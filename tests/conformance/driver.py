@@ -24,7 +24,8 @@ This module holds every primitive the tests build worlds with, once:
   (``sign_payload``, ``write_manifest``, ``resign``, ``tamper_*``, ``raw_envelope``),
   ``flip_bit``; tars: ``tar_member``, ``pack_tar``;
 - homes: ``copy_home`` (a template copied with its own trust anchor),
-  ``rebind_anchor``, ``rebind_witness``, ``remove_tree``;
+  ``copy_world`` (a folder holding a home, copied likewise), ``rebind_anchor``,
+  ``rebind_witness``, ``remove_tree``;
 - ``Repo``: keys by name, trust updates, bundles and rollback authorizations;
   ``build_site``: the prepared site every conformance case copies.
 
@@ -645,6 +646,17 @@ def copy_home(
     return dst
 
 
+def copy_world(src: Path, dst: Path, home: Path) -> Path:
+    """A whole test world (home, keys, media, ...) copied from ``src`` to ``dst`` (emptied
+    first; links kept as links), its ``home`` re-bound to its new place: the new home."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, symlinks=True)
+    new_home = dst / home.relative_to(src)
+    rebind_anchor(home, new_home)
+    return new_home
+
+
 def remove_tree(path: Path) -> None:
     """Remove a tree that may hold 0444 files or read-only folders."""
     for dirpath, dirs, _files in os.walk(path):
@@ -703,6 +715,16 @@ class Repo:
         path = self.fresh(stem).with_suffix(".dsse.json")
         path.write_bytes(env if isinstance(env, bytes) else env.to_bytes())
         return path
+
+    # homes, through the real CLI
+
+    def init_home(self, home: Path, *, site: str = SITE, witness: Path | None = None) -> None:
+        """``appliance init`` of ``home`` trusting this repo's ``root`` key."""
+        ok(cli(home, "init", "--root-key", self.pub("root"), "--site", site, witness=witness))
+
+    def apply(self, home: Path, env: Envelope, *, witness: Path | None = None) -> Json:
+        """``appliance trust apply`` of a trust update this repo made."""
+        return ok(cli(home, "trust", "apply", self.write(env, "trust"), witness=witness))
 
     # bundles
 
@@ -943,15 +965,13 @@ def build_site(root: Path, *, witness: bool = False) -> Site:
     repo = Repo(root)
     home = root / "home"
     wpath = root / "witness.json" if witness else None
-    init = ["init", "--root-key", repo.pub("root"), "--site", SITE]
-    ok(cli(home, *init, witness=wpath))
+    repo.init_home(home, witness=wpath)
     ops: list[Operation] = []
     for stream, names in PUBLISHERS.items():
         ops += [AddKey(repo.key(n).public, "publisher", stream) for n in names]
     ops += [AddKey(repo.key("rb").public, "rollback", None), SetThreshold("publisher", "dual", 2)]
-    ok(cli(home, "trust", "apply", repo.write(repo.trust_update(2, ops), "trust"), witness=wpath))
-    v3 = repo.trust_update(3, [RevokeKey(repo.key("old").keyid)])
-    ok(cli(home, "trust", "apply", repo.write(v3, "trust"), witness=wpath))
+    repo.apply(home, repo.trust_update(2, ops), witness=wpath)
+    repo.apply(home, repo.trust_update(3, [RevokeKey(repo.key("old").keyid)]), witness=wpath)
     bundles = {
         "models1": repo.bundle({"m@1.0": M1}, sequence=1),
         "models2": repo.bundle({"m@2.0": M2, "tok@1.0": TOK}, sequence=2),

@@ -21,7 +21,7 @@ from bundles.documents import AddKey, AddModelSigner, RequireModelSignature
 from bundles.keys import EcPublicKey
 from bundles.timeutil import utcnow
 from bundles.writer import ArtifactSpec
-from tests.conformance.driver import SITE, Repo, cli, ok, write_bundle
+from tests.conformance.driver import SITE, Repo, cli, write_bundle
 
 OMS_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 FILES = {
@@ -143,10 +143,10 @@ def init_home(
 ) -> None:
     """A home at trust version 2: publisher ``pub`` of stream models, the model signer
     ``signer`` (ECDSA) of models, and with ``require`` the stream needs model signatures."""
-    ok(cli(home, "init", "--root-key", repo.pub("root"), "--site", SITE))
+    repo.init_home(home)
     ops: list[Any] = [AddKey(repo.key("pub").public, "publisher", "models")]
     if signer is not None:
         ops.append(AddModelSigner(ec_public(signer), "models", label))
     if require:
         ops.append(RequireModelSignature("models"))
-    ok(cli(home, "trust", "apply", repo.write(repo.trust_update(2, ops), "trust")))
+    repo.apply(home, repo.trust_update(2, ops))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from conformance.driver import (
     apply_trust,
-    rebind_anchor,
+    copy_world,
     seeded_key,
     trust_envelope,
     write_bundle,
@@ -125,18 +125,14 @@ class World:
 
     def copy_to(self, base: Path) -> World:
         """The same world at another place (nothing in the store records these paths)."""
-        if base.exists():
-            shutil.rmtree(base)
-        shutil.copytree(self.base, base, symlinks=True)
 
         def moved(p: Path) -> Path:
             return base / p.relative_to(self.base)
 
-        rebind_anchor(self.home.root, moved(self.home.root))  # the copy's own trust anchor
-
+        home = copy_world(self.base, base, self.home.root)  # with its own trust anchor
         return World(
             base,
-            Home(moved(self.home.root)),
+            Home(home),
             moved(self.media),
             self.root,
             self.publisher,
