@@ -677,7 +677,7 @@ class Repo:
     """Keys, trust updates, bundles and rollback authorizations, made in process.
 
     ``key(name)`` makes (once) and saves ``keys/NAME.key|.pub``. Nothing here
-    talks to the appliance; an ``Appliance`` applies what the repo makes.
+    talks to the appliance; the CLI (``cli``) applies what the repo makes.
     """
 
     def __init__(self, root: Path) -> None:
