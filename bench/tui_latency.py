@@ -29,15 +29,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "tui"))
 
-from conformance.driver import write_bundle  # noqa: E402
 from textual import events  # noqa: E402
 from textual.binding import Binding  # noqa: E402
 from tui_world import STREAM, build_world  # noqa: E402
 
-from bundles.writer import ArtifactSpec  # noqa: E402
+from bundles.writer import ArtifactSpec, create_bundle  # noqa: E402
 from tui.app import ApplianceApp  # noqa: E402
 from tui.screen_import import ImportScreen  # noqa: E402
 from tui.screen_review import ReviewScreen  # noqa: E402
@@ -168,13 +166,14 @@ def main(argv: list[str] | None = None) -> int:
         write_big(src, size)
         bundle = tmp / "media" / "big-bundle"
         bundle.parent.mkdir()
-        write_bundle(
+        create_bundle(
             bundle,
             [ArtifactSpec("big-model", "1.0", src)],
-            [world.publisher],
             stream=STREAM,
             sequence=99,
+            keys=[world.publisher],
             expires=world.now + timedelta(days=1),
+            any_site=True,
         )
         app = ProbeApp(world.home.root, [bundle.parent], auto_media=False, cursor_blink=False)
         result = asyncio.run(measure(app, bundle, presses, args.mode))
