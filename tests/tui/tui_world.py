@@ -23,6 +23,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import bundles.timeutil
+from appliance.home import Home
+from appliance.importer import import_bundle
+from appliance.initialize import init_home
+from appliance.rollback import authorize_rollback
+from bundles.documents import AddKey
+from bundles.keys import PrivateKey
+
+# tests/, where the one test simulator lives: on the path under pytest already, not when
+# bench/tui_latency.py imports this file
+if (_TESTS := str(Path(__file__).resolve().parents[1])) not in sys.path:
+    sys.path.append(_TESTS)
+
 from conformance.driver import (
     apply_trust,
     copy_world,
@@ -32,13 +45,17 @@ from conformance.driver import (
     write_sources,
 )
 
-import bundles.timeutil
-from appliance.home import Home
-from appliance.importer import import_bundle
-from appliance.initialize import init_home
-from appliance.rollback import authorize_rollback
-from bundles.documents import AddKey
-from bundles.keys import PrivateKey
+# seeded_key: the deterministic keys the TUI tests and bench/tui_latency.py take from here
+__all__ = [
+    "FIXED_NOW",
+    "SITE",
+    "STREAM",
+    "World",
+    "build_world",
+    "data",
+    "frozen_clock",
+    "seeded_key",
+]
 
 FIXED_NOW = datetime(2026, 3, 2, 9, 30, 0, tzinfo=UTC)
 STREAM = "models"
