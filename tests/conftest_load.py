@@ -2,31 +2,33 @@
 
 ``make_site`` builds a home with root, publisher (stream ``models``) and
 rollback keys, and ``Site.ship`` signs and imports bundles through the real
-writer and importer. ``Site.cli`` runs the real CLI in a subprocess.
+writer and importer. ``Site.cli`` runs the real CLI in a subprocess. A scenario
+on the primitives of ``tests/conformance/driver.py``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from appliance.home import Home
-from appliance.importer import apply_trust_envelope, import_bundle
-from appliance.initialize import init_home
-from appliance.truststore import load_trust
-from bundles.documents import TRUST_PAYLOAD_TYPE, AddKey, RevokeKey, TrustUpdate
-from bundles.dsse import sign_envelope
-from bundles.keys import PrivateKey, save_keypair
-from bundles.timeutil import utcnow
-from bundles.writer import ArtifactSpec, create_bundle
+from conformance.driver import (
+    apply_trust,
+    make_key,
+    run_appliance,
+    trust_envelope,
+    write_bundle,
+    write_sources,
+)
 
-REPO = Path(__file__).resolve().parent.parent
+from appliance.home import Home
+from appliance.importer import import_bundle
+from appliance.initialize import init_home
+from bundles.documents import AddKey, RevokeKey
+from bundles.keys import PrivateKey
+
 STREAM = "models"
 
 
@@ -58,22 +60,14 @@ class Site:
         """Sign a bundle of NAME@VERSION -> bytes onto the media folder (not imported)."""
         seq = sequence if sequence is not None else self.sequence + 1
         self.sequence = max(self.sequence, seq)
-        src = self.tmp / f"src{seq}"
-        src.mkdir(exist_ok=True)
-        specs = []
-        for i, (ref, data) in enumerate(artifacts.items()):
-            name, _, version = ref.partition("@")
-            p = src / f"a{i}"
-            p.write_bytes(data)
-            specs.append(ArtifactSpec(name, version, p))
+        specs = write_sources(self.tmp / f"src{seq}", artifacts, file_name="a{i}")
         out = self.media / f"bundle-{seq}"
-        create_bundle(
+        write_bundle(
             out,
             specs,
+            [self.publisher],
             stream=STREAM,
             sequence=seq,
-            keys=[self.publisher],
-            expires=utcnow() + timedelta(days=30),
             any_site=True,
             trust_updates=trust_updates,
         )
@@ -87,8 +81,7 @@ class Site:
 
     def trust_update(self, *ops: Any) -> bytes:
         self.trust_version += 1
-        update = TrustUpdate(self.trust_version, utcnow(), tuple(ops))
-        return sign_envelope(TRUST_PAYLOAD_TYPE, update.to_payload(), [self.root]).to_bytes()
+        return trust_envelope(self.trust_version, ops, [self.root]).to_bytes()
 
     def revoke(self, key: PrivateKey) -> Path:
         path = self.tmp / f"trust-{self.trust_version + 1}.json"
@@ -96,10 +89,7 @@ class Site:
         return path
 
     def cli(self, *args: str | os.PathLike[str], check: int | None = None) -> Result:
-        cmd = [sys.executable, "-m", "appliance", "--home", str(self.home), *map(str, args)]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        env.pop("APPLIANCE_WITNESS", None)
-        p = subprocess.run(cmd, capture_output=True, env=env, cwd=self.tmp, timeout=60)
+        p = run_appliance("--home", self.home, *args, cwd=self.tmp, timeout=60)
         res = Result(p.returncode, p.stdout, p.stderr.decode(errors="replace"))
         if check is not None:
             assert res.code == check, (res.code, res.stderr, res.stdout[:500])
@@ -120,9 +110,7 @@ class Result:
 
 def make_site(tmp: Path, *, witness: bool = False) -> Site:
     keydir = tmp / "keys"
-    keys = {n: PrivateKey.generate() for n in ("root", "publisher", "rollback")}
-    for n, k in keys.items():
-        save_keypair(k, keydir, n)
+    keys = {n: make_key(keydir, n) for n in ("root", "publisher", "rollback")}
     media = tmp / "media"
     media.mkdir()
     home = tmp / "home"
@@ -135,13 +123,5 @@ def make_site(tmp: Path, *, witness: bool = False) -> Site:
         AddKey(keys["publisher"].public, "publisher", STREAM),
         AddKey(keys["rollback"].public, "rollback", None),
     )
-    from bundles.dsse import Envelope
-
-    db = site.h.db()
-    apply_trust_envelope(db, load_trust(db), Envelope.from_bytes(env), "test")
-    if wpath is not None:
-        from appliance import witness as w
-
-        w.refresh(db, wpath)
-    db.conn.close()
+    apply_trust(home, env, witness=wpath)
     return site

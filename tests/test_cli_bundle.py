@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bundle_factory import flip_bit, pack_tar, tamper_payload, tar_member
+from conformance.driver import flip_bit, pack_tar, tamper_payload, tar_member
 
 from bundles.hashing import hash_path
 from bundles.keys import PrivateKey, save_keypair

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bundle_factory import BuiltBundle, make_bundle
+from conformance.driver import Built, make_bundle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,7 +32,7 @@ SETTINGS = settings(
 
 
 @pytest.fixture(scope="module")
-def built() -> Iterator[tuple[BuiltBundle, BuiltBundle]]:
+def built() -> Iterator[tuple[Built, Built]]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         d = make_bundle(root / "d", part_size=1000, sha256=True, sites=("s1", "s2"))
@@ -92,7 +92,7 @@ def test_manifest_random_bytes(data: bytes) -> None:
 
 @SETTINGS
 @given(edits)
-def test_manifest_mutated_payload(built: tuple[BuiltBundle, BuiltBundle], e: Any) -> None:
+def test_manifest_mutated_payload(built: tuple[Built, Built], e: Any) -> None:
     payload = built[0].manifest.to_payload()
     _only_ours(Manifest.from_payload, _mutate(payload, e))
 
@@ -105,7 +105,7 @@ def test_manifest_random_json(value: Any) -> None:
 
 @SETTINGS
 @given(st.data())
-def test_manifest_one_field_replaced(built: tuple[BuiltBundle, BuiltBundle], data: Any) -> None:
+def test_manifest_one_field_replaced(built: tuple[Built, Built], data: Any) -> None:
     doc = json.loads(built[0].manifest.to_payload())
     target: Any = doc
     for _ in range(data.draw(st.integers(1, 6))):
@@ -133,7 +133,7 @@ def test_envelope_random_bytes(data: bytes) -> None:
 
 @SETTINGS
 @given(edits)
-def test_envelope_mutated(built: tuple[BuiltBundle, BuiltBundle], e: Any) -> None:
+def test_envelope_mutated(built: tuple[Built, Built], e: Any) -> None:
     raw = (built[0].path / MANIFEST_FILE).read_bytes()
     _only_ours(Envelope.from_bytes, _mutate(raw, e))
 
@@ -147,7 +147,7 @@ def test_envelope_random_json(value: Any) -> None:
 # --- tar reader and the whole pipeline -------------------------------------------------
 
 
-def _read_everything(path: Path, built: BuiltBundle) -> None:
+def _read_everything(path: Path, built: Built) -> None:
     with open_media(path) as src:
         for name in list(src.files())[:50]:
             with src.open(name) as m:
@@ -173,7 +173,7 @@ def test_tar_random_bytes(data: bytes) -> None:
 @SETTINGS
 @given(st.binary(min_size=512, max_size=512), st.integers(0, 40))
 def test_tar_random_header_in_valid_tar(
-    built: tuple[BuiltBundle, BuiltBundle], header: bytes, block: int
+    built: tuple[Built, Built], header: bytes, block: int
 ) -> None:
     raw = bytearray(built[1].path.read_bytes())
     at = (block * 512) % len(raw)
@@ -186,7 +186,7 @@ def test_tar_random_header_in_valid_tar(
 
 @SETTINGS
 @given(edits)
-def test_tar_mutated_bundle(built: tuple[BuiltBundle, BuiltBundle], e: Any) -> None:
+def test_tar_mutated_bundle(built: tuple[Built, Built], e: Any) -> None:
     raw = built[1].path.read_bytes()
     # most edits land in the headers and manifest: the interesting part
     head = _mutate(raw[:16384], e)
@@ -198,9 +198,7 @@ def test_tar_mutated_bundle(built: tuple[BuiltBundle, BuiltBundle], e: Any) -> N
 
 @SETTINGS
 @given(edits, st.integers(0, 20))
-def test_directory_bundle_mutated_files(
-    built: tuple[BuiltBundle, BuiltBundle], e: Any, which: int
-) -> None:
+def test_directory_bundle_mutated_files(built: tuple[Built, Built], e: Any, which: int) -> None:
     import shutil
 
     src = built[0].path

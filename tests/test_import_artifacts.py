@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from import_env import Env, Snapshot, manifest_of, staging_files, tar_directory
+from conformance.driver import manifest_of, pack_tar, staging_files
+from import_env import Env, Snapshot
 
 from appliance.home import Home
 from appliance.importer import import_bundle
@@ -95,7 +96,7 @@ def broken_bundle(env: Env, defect: Callable[[Path], None], tar: bool, **kw: obj
     names = [a.name for a in manifest_of(bundle).artifacts]
     assert names[-1] == LAST
     defect(bundle)
-    return tar_directory(bundle, env.path("broken.tar")) if tar else bundle
+    return pack_tar(env.path("broken.tar"), bundle) if tar else bundle
 
 
 def assert_refused(env: Env, before: Snapshot, code: str, bundle: Path) -> None:
@@ -127,14 +128,14 @@ def test_split_artifact_with_a_flipped_bit_in_its_last_part(
     raw[-1] ^= 0x01
     last_part.write_bytes(bytes(raw))
     if tar:
-        bundle = tar_directory(bundle, env.path("broken.tar"))
+        bundle = pack_tar(env.path("broken.tar"), bundle)
     assert_refused(env, template[1], "digest_mismatch", bundle)
 
 
 def test_control_the_intact_bundle_is_imported(template: tuple[Env, Snapshot], env: Env) -> None:
     """The corpus itself is good: without the defect, everything is promoted."""
     bundle = env.bundle(ARTIFACTS, sequence=2)
-    env.import_ok(tar_directory(bundle, env.path("good.tar")))
+    env.import_ok(pack_tar(env.path("good.tar"), bundle))
     after = env.snapshot()
     assert len(after.objects) == len(template[1].objects) + len(ARTIFACTS)
     assert staging_files(env.home) == []

@@ -22,20 +22,20 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import homecopy
 import pytest
-from import_env import (
-    Env,
+from conformance.driver import (
     Json,
     cli_argv,
     cli_env,
+    copy_home,
     object_files,
+    pack_tar,
     run_in_process,
     run_many,
     stable_list,
     staging_files,
-    tar_directory,
 )
+from import_env import Env
 
 from bundles.documents import AddKey
 
@@ -69,7 +69,7 @@ def _state(home: Path) -> tuple[list[Json], int]:
 
 
 def _copy_home(src: Path, dst: Path) -> None:
-    homecopy.copy_home(src, dst)
+    copy_home(src, dst)
 
 
 def _corpus(env: Env) -> list[Path]:
@@ -87,7 +87,7 @@ def _corpus(env: Env) -> list[Path]:
         },
         sequence=2,
     )
-    multi_tar = tar_directory(multi, env.path("multi.tar"))
+    multi_tar = pack_tar(env.path("multi.tar"), multi)
     split = env.bundle(
         {"weights@2": os.urandom(8 << 20), "config@2": os.urandom(300_000), "notes@1": b"n" * 99},
         sequence=3,

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from import_env import Env, manifest_of, staging_files, tar_directory
+from conformance.driver import manifest_of, pack_tar, staging_files
+from import_env import Env
 
 from appliance.home import Home
 from appliance.importer import import_bundle
@@ -198,7 +199,7 @@ def test_each_artifact_byte_is_read_once(
     manifest = manifest_of(bundle)
     if c.part_size:
         assert any(len(a.parts) > 1 for a in manifest.artifacts)
-    tar = tar_directory(bundle, env.path("bundle.tar")) if c.tar else None
+    tar = pack_tar(env.path("bundle.tar"), bundle) if c.tar else None
     media = tar or bundle
     artifact_bytes = sum(a.size for a in manifest.artifacts)
     manifest_size = (bundle / "manifest.dsse.json").stat().st_size

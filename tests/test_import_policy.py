@@ -13,7 +13,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from import_env import Env, Json, manifest_of, sign_trust_update, staging_files
+from conformance.driver import Json, manifest_of, pack_tar, staging_files, trust_envelope
+from import_env import Env
 
 from appliance.errors import ExpiredError
 from appliance.home import Home
@@ -198,9 +199,9 @@ def test_forged_trust_update_via_apply(env: Env, signer: str) -> None:
 
 def test_forged_trust_update_carried_in_a_bundle(env: Env) -> None:
     evil = env.new_key("evil")
-    forged = sign_trust_update(
+    forged = trust_envelope(
         env.trust_version + 1, [AddKey(evil.public, "publisher", "models")], [evil]
-    )
+    ).to_bytes()
     bundle = env.bundle({"m@1": DATA}, keys=[evil], trust_updates=[forged])
     refused_unchanged(
         env, "trust_update_not_authorized", "import", bundle, event_type="trust_update"
@@ -258,16 +259,14 @@ def test_revoked_key_readded(env: Env) -> None:
 @pytest.mark.parametrize("tar", [False, True], ids=["dir", "tar"])
 def test_carried_revocation_applies_although_the_artifacts_are_refused(env: Env, tar: bool) -> None:
     revoked = env.publishers["tools"].keyid
-    revocation = sign_trust_update(env.trust_version + 1, [RevokeKey(revoked)], [env.root])
+    revocation = trust_envelope(env.trust_version + 1, [RevokeKey(revoked)], [env.root]).to_bytes()
     src = env.bundle({"a@1": DATA, "b@1": b"small artifact"}, trust_updates=[revocation], tar=False)
     target = src / manifest_of(src).artifact("b").path  # type: ignore[union-attr]
     raw = bytearray(target.read_bytes())
     raw[3] ^= 0x01
     target.write_bytes(bytes(raw))
     if tar:
-        from import_env import tar_directory
-
-        bundle = tar_directory(src, env.path("broken.tar"))
+        bundle = pack_tar(env.path("broken.tar"), src)
     else:
         bundle = src
     assert revoked not in env.expect_ok("trust", "show")["revoked"]

@@ -27,13 +27,13 @@ import difflib
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conformance.driver import run_appliance
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -351,26 +351,8 @@ STEPS: tuple[Step, ...] = (
 # fmt: on
 
 
-def _env() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("APPLIANCE_HOME", "APPLIANCE_WITNESS", "APPLIANCE_DEBUG")
-    }
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
 def run_cli(argv: list[str], cwd: Path) -> Result:
-    proc = subprocess.run(
-        [sys.executable, "-m", "appliance", *argv],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-    )
+    proc = run_appliance(*argv, text=True, cwd=cwd, stdin=subprocess.DEVNULL, timeout=60)
     return Result(argv, proc.returncode, proc.stdout, proc.stderr)
 
 

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from import_env import Env, cli_argv, cli_env, error_code, parse_output, staging_files
+from conformance.driver import cli_argv, cli_env, error_code, parse_output, staging_files
+from import_env import Env
 
 HOLDER = """
 import sys

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bundle_factory import make_bundle, resign, sign_payload, write_manifest
+from conformance.driver import make_bundle, resign, sign_payload, write_manifest
 
 from bundles.canonical import canonical_bytes
 from bundles.errors import (

@@ -10,7 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from bundle_factory import fifo, pack_tar, tar_member
+from conformance.driver import fifo, pack_tar, tar_member
 
 import bundles.media_dir
 import bundles.media_tar

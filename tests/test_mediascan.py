@@ -4,42 +4,35 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from import_env import cli_argv, cli_env, parse_output, tar_directory
+from conformance.driver import (
+    cli_argv,
+    cli_env,
+    make_key,
+    pack_tar,
+    parse_output,
+    write_bundle,
+    write_sources,
+)
 
 from appliance.mediascan import Mount, is_removable, parse_mountinfo, scan, unescape
-from bundles.keys import PrivateKey
 from bundles.timeutil import utcnow
-from bundles.writer import ArtifactSpec, create_bundle
 
-KEY = PrivateKey.generate()
+KEY = make_key()
 
 
 def make_bundle(out: Path, stream: str = "models", sequence: int = 7, count: int = 2) -> Path:
     src = out.parent / f".{out.name}.src"
-    src.mkdir()
-    specs = []
-    for i in range(count):
-        f = src / f"a{i}.bin"
-        f.write_bytes(os.urandom(100 + i))
-        specs.append(ArtifactSpec(f"art{i}", "1", f))
-    create_bundle(
-        out,
-        specs,
-        stream=stream,
-        sequence=sequence,
-        keys=[KEY],
-        expires=utcnow() + timedelta(days=1),
-        any_site=True,
-    )
-    for f in src.iterdir():
-        f.unlink()
-    src.rmdir()
+    specs = write_sources(src, [(f"art{i}@1", os.urandom(100 + i)) for i in range(count)])
+    expires = utcnow() + timedelta(days=1)
+    write_bundle(out, specs, [KEY], stream=stream, sequence=sequence, expires=expires)
+    shutil.rmtree(src)
     return out
 
 
@@ -150,7 +143,7 @@ def world(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
     for d in (usb, disk, fixed):
         d.mkdir(parents=True)
     good = make_bundle(usb / "release-7", sequence=7, count=3)
-    tar_directory(good, usb / "release-7.tar")
+    pack_tar(usb / "release-7.tar", good)
     make_bundle(usb / "tools-2", stream="tools", sequence=2, count=1)
     broken = usb / "broken"
     broken.mkdir()
@@ -162,7 +155,7 @@ def world(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
     (usb / "fake.tar").write_bytes(b"this is not a tar archive at all" * 40)
     outside = make_bundle(tmp_path / "outside-bundle", sequence=99)
     os.symlink(outside, usb / "symlinked-dir")  # never followed out of the medium
-    tar_directory(outside, tmp_path / "outside.tar")
+    pack_tar(tmp_path / "outside.tar", outside)
     os.symlink(tmp_path / "outside.tar", usb / "symlinked.tar")
     make_bundle(fixed / "on-fixed-disk")
     esc = str(usb).replace(" ", "\\040")
@@ -222,7 +215,7 @@ def test_upper_case_tar_on_fat_and_dot_files(tmp_path: Path) -> None:
     stick = tmp_path / "stick"
     stick.mkdir()
     good = make_bundle(tmp_path / "b", sequence=4)
-    tar_directory(good, stick / "MODELS.TAR")
+    pack_tar(stick / "MODELS.TAR", good)
     (stick / "._MODELS.TAR").write_bytes(b"\x00\x05\x16\x07 AppleDouble" * 10)
     make_bundle(stick / ".Trashes", sequence=5)
     (stick / "AUTH.JSON").write_text("{}")
@@ -340,7 +333,7 @@ def test_cli_media_folders(tmp_path: Path) -> None:
     stick = tmp_path / "stick"
     stick.mkdir()
     make_bundle(stick / "b1", sequence=3, count=2)
-    tar_directory(stick / "b1", stick / "b1.tar")
+    pack_tar(stick / "b1.tar", stick / "b1")
     (stick / "empty").mkdir()
     other = tmp_path / "other"
     other.mkdir()

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bundle_factory import (
-    BuiltBundle,
+from conformance.driver import (
+    Built,
     flip_bit,
     make_bundle,
     make_key,
@@ -57,12 +57,12 @@ from bundles.reader import (
 )
 
 
-def _open(b: BuiltBundle) -> Bundle:
+def _open(b: Built) -> Bundle:
     return open_bundle(b.path, b.resolver())
 
 
 def _refused(
-    b: BuiltBundle, cls: type[ApplianceError], code: str, *, full: bool = True
+    b: Built, cls: type[ApplianceError], code: str, *, full: bool = True
 ) -> ApplianceError:
     with pytest.raises(cls) as info:
         with _open(b) as bundle:

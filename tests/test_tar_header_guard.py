@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bundle_factory import pack_tar, tar_member
+from conformance.driver import pack_tar, tar_member
 
 import bundles.media_tar
 from bundles.errors import ArchiveError, ArchiveSpecialFileError

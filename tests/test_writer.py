@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from bundle_factory import make_bundle, make_key, resolver_for
+from conformance.driver import make_bundle, make_key, resolver_for
 
 import bundles.hashing
 import bundles.writer

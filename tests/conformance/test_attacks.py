@@ -40,11 +40,11 @@ from .driver import (
     assert_unchanged,
     cli,
     duplicate_signature_envelope,
-    member,
     new_events,
     ok,
     pack_tar,
     snapshot,
+    tar_member,
 )
 
 M3 = b"model weights v3 " * 300  # 5,100 bytes
@@ -94,7 +94,7 @@ def as_form(ctx: Ctx, built: Built, form: str, extra: Any = ()) -> Path:
     if form == "dir":
         assert not extra
         return built.path
-    return pack_tar(built.path, built.path.with_suffix(".tar"), extra)
+    return pack_tar(built.path.with_suffix(".tar"), built.path, extra)
 
 
 def importing(path: Path) -> list[str | os.PathLike[str]]:
@@ -181,7 +181,7 @@ def _replay(ctx: Ctx) -> list[str | os.PathLike[str]]:
 @case("replay-same-sequence-tar", 1, "sequence_replayed")
 def _replay_tar(ctx: Ctx) -> list[str | os.PathLike[str]]:
     b = ctx.site.bundles["models2"]
-    return importing(pack_tar(b.path, ctx.tmp / "replay.tar"))
+    return importing(pack_tar(ctx.tmp / "replay.tar", b.path))
 
 
 @case("replay-older-sequence", 1, "sequence_older")
@@ -259,7 +259,7 @@ def _dupes_tar(ctx: Ctx) -> list[str | os.PathLike[str]]:
     b = _dual(ctx, ("dual1",))
     env = duplicate_signature_envelope(b.envelope(), ctx.repo.key("dual1"), 5)
     (b.path / MANIFEST_FILE).write_bytes(env.to_bytes())
-    return importing(pack_tar(b.path, ctx.tmp / "dupes.tar"))
+    return importing(pack_tar(ctx.tmp / "dupes.tar", b.path))
 
 
 @case("signature-under-another-keyid", 1, "bad_signature")
@@ -483,41 +483,44 @@ def _rb_reused(ctx: Ctx) -> list[str | os.PathLike[str]]:
 # --- archive tricks: tar -----------------------------------------------------------------
 
 TAR_TRICKS: dict[str, tuple[str, Callable[[Ctx, Built], Any]]] = {
-    "absolute-path": ("archive_unsafe_path", lambda c, b: [member("/etc/cron.d/evil", b"x")]),
-    "dotdot": ("archive_unsafe_path", lambda c, b: [member("../evil", b"x")]),
+    "absolute-path": ("archive_unsafe_path", lambda c, b: [tar_member("/etc/cron.d/evil", b"x")]),
+    "dotdot": ("archive_unsafe_path", lambda c, b: [tar_member("../evil", b"x")]),
     "dotdot-inside": (
         "archive_unsafe_path",
-        lambda c, b: [member("artifacts/../../evil", b"x")],
+        lambda c, b: [tar_member("artifacts/../../evil", b"x")],
     ),
     "symlink-member": (
         "archive_link",
-        lambda c, b: [member("artifacts/link", type=tarfile.SYMTYPE, linkname="/etc/shadow")],
+        lambda c, b: [tar_member("artifacts/link", type=tarfile.SYMTYPE, linkname="/etc/shadow")],
     ),
     "hardlink-member": (
         "archive_link",
-        lambda c, b: [member("artifacts/hard", type=tarfile.LNKTYPE, linkname="/etc/shadow")],
+        lambda c, b: [tar_member("artifacts/hard", type=tarfile.LNKTYPE, linkname="/etc/shadow")],
     ),
-    "char-device": ("archive_special_file", lambda c, b: [member("dev", type=tarfile.CHRTYPE)]),
-    "block-device": ("archive_special_file", lambda c, b: [member("blk", type=tarfile.BLKTYPE)]),
-    "fifo": ("archive_special_file", lambda c, b: [member("fifo", type=tarfile.FIFOTYPE)]),
+    "char-device": ("archive_special_file", lambda c, b: [tar_member("dev", type=tarfile.CHRTYPE)]),
+    "block-device": (
+        "archive_special_file",
+        lambda c, b: [tar_member("blk", type=tarfile.BLKTYPE)],
+    ),
+    "fifo": ("archive_special_file", lambda c, b: [tar_member("fifo", type=tarfile.FIFOTYPE)]),
     "duplicate-member": (
         "archive_duplicate_member",
-        lambda c, b: [member(b.manifest.artifacts[0].path, os.urandom(len(M3)))],
+        lambda c, b: [tar_member(b.manifest.artifacts[0].path, os.urandom(len(M3)))],
     ),
     "case-look-alike": (
         "archive_duplicate_member",
-        lambda c, b: [member(MANIFEST_FILE.upper(), b"{}")],
+        lambda c, b: [tar_member(MANIFEST_FILE.upper(), b"{}")],
     ),
     "unicode-look-alike": (
         # FULLWIDTH LATIN SMALL LETTER M: NFKC folds it onto "manifest.dsse.json"
         "archive_duplicate_member",
-        lambda c, b: [member("\uff4danifest.dsse.json", b"{}")],
+        lambda c, b: [tar_member("\uff4danifest.dsse.json", b"{}")],
     ),
-    "not-nfc-name": ("archive_unsafe_path", lambda c, b: [member("artifacts/e\u0301", b"x")]),
-    "name-over-1024-bytes": ("path_too_long", lambda c, b: [member("a/" * 520 + "x", b"x")]),
+    "not-nfc-name": ("archive_unsafe_path", lambda c, b: [tar_member("artifacts/e\u0301", b"x")]),
+    "name-over-1024-bytes": ("path_too_long", lambda c, b: [tar_member("a/" * 520 + "x", b"x")]),
     "nested-deeper-than-32": (
         "nesting_too_deep",
-        lambda c, b: [member("/".join(["d"] * 40), b"x")],
+        lambda c, b: [tar_member("/".join(["d"] * 40), b"x")],
     ),
 }
 
@@ -526,15 +529,15 @@ for trick, (trick_code, extra) in TAR_TRICKS.items():
     @case(f"tar-{trick}", 1, trick_code)
     def _tar_trick(ctx: Ctx, extra: Any = extra) -> list[str | os.PathLike[str]]:
         b = ctx.next_bundle()
-        return importing(pack_tar(b.path, ctx.tmp / "trick.tar", extra(ctx, b)))
+        return importing(pack_tar(ctx.tmp / "trick.tar", b.path, extra(ctx, b)))
 
 
 @case("tar-artifact-is-symlink", 1, "archive_link")
 def _tar_art_link(ctx: Ctx) -> list[str | os.PathLike[str]]:
     b = ctx.next_bundle()
     path = b.manifest.artifact("m").path  # type: ignore[union-attr]
-    link = member(path, type=tarfile.SYMTYPE, linkname="/etc/passwd")
-    return importing(pack_tar(b.path, ctx.tmp / "t.tar", [link], skip=[path]))
+    link = tar_member(path, type=tarfile.SYMTYPE, linkname="/etc/passwd")
+    return importing(pack_tar(ctx.tmp / "t.tar", b.path, [link], skip=[path]))
 
 
 @case("tar-gzip-compressed", 1, "archive_corrupt")
@@ -542,7 +545,7 @@ def _tar_gz(ctx: Ctx) -> list[str | os.PathLike[str]]:
     import gzip
 
     b = ctx.next_bundle()
-    raw = pack_tar(b.path, ctx.tmp / "raw.tar").read_bytes()
+    raw = pack_tar(ctx.tmp / "raw.tar", b.path).read_bytes()
     out = ctx.tmp / "b.tar"
     out.write_bytes(gzip.compress(raw))
     return importing(out)
@@ -551,7 +554,7 @@ def _tar_gz(ctx: Ctx) -> list[str | os.PathLike[str]]:
 @case("tar-truncated-no-end-block", 1, "archive_corrupt")
 def _tar_cut(ctx: Ctx) -> list[str | os.PathLike[str]]:
     b = ctx.next_bundle()
-    out = pack_tar(b.path, ctx.tmp / "b.tar")
+    out = pack_tar(ctx.tmp / "b.tar", b.path)
     data = out.read_bytes().rstrip(b"\0")
     out.write_bytes(data + b"\0" * (-len(data) % 512))
     return importing(out)

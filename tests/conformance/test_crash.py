@@ -26,8 +26,6 @@ in docs/SECURITY.md come from that).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import random
@@ -45,7 +43,17 @@ import pytest
 
 from bundles.documents import AddKey, RevokeKey, SetThreshold
 
-from .driver import Site, cli_argv, cli_env, copy_home, remove_tree, staging_files
+from .driver import (
+    Site,
+    cli_argv,
+    cli_env,
+    copy_home,
+    remove_tree,
+    run_in_process,
+    stable_list,
+    stable_trust,
+    staging_files,
+)
 
 SEED = int(os.environ.get("CRASH_SEED", "7"))
 # (operation, chunks, kills per chunk): 4*20 + 4*18 + 3*20 = 212 kills
@@ -57,18 +65,6 @@ REPLAY = {
 }
 
 
-def run_in_process(home: Path, *args: str | os.PathLike[str]) -> tuple[int, dict[str, Any]]:
-    """The real CLI entry point, in this process (checks after a kill must be cheap)."""
-    from appliance.cli.main import main
-
-    out = io.StringIO()
-    argv = cli_argv(home, *args)[3:]
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        rc = main(argv)
-    doc: dict[str, Any] = json.loads(out.getvalue())
-    return rc, doc
-
-
 def fingerprint(home: Path) -> dict[str, Any]:
     """What a script sees, without clock-dependent fields."""
     rc, listing = run_in_process(home, "list")
@@ -78,8 +74,8 @@ def fingerprint(home: Path) -> dict[str, Any]:
     rc, events = run_in_process(home, "audit", "show", "--limit", "0")
     assert rc == 0, events
     return {
-        "list": [{k: v for k, v in a.items() if k != "imported_at"} for a in listing["artifacts"]],
-        "trust": {k: v for k, v in trust.items() if k not in ("trusted_time", "anchor")},
+        "list": stable_list(listing),
+        "trust": stable_trust(trust),
         "audit": [
             (e["type"], e["outcome"], e["code"], e["name"], e["version"]) for e in events["events"]
         ],

@@ -18,7 +18,7 @@ import pytest
 from appliance.anchor import anchor_path
 from bundles.keys import PrivateKey
 
-from .driver import M2, Site, cli, ok, snapshot
+from .driver import M2, Site, cli, copy_home, ok, snapshot
 
 
 def _sql(home: Path, statement: str, *params: object) -> None:
@@ -110,12 +110,9 @@ def test_site_edited_in_home_is_refused(site: Site, home: Path) -> None:
 def test_witness_cannot_be_switched_off_from_the_home(wsite: Site, tmp_path: Path) -> None:
     """The witness's place is in the anchor, outside the home: no row of the home turns it
     off, and a restored older home is still caught (the old ``witness_path`` row is gone)."""
-    import homecopy
 
     w = tmp_path / "witness.json"
-    home = homecopy.copy_home(
-        wsite.home, tmp_path / "home", witness_src=wsite.witness, witness_dst=w
-    )
+    home = copy_home(wsite.home, tmp_path / "home", witness_src=wsite.witness, witness_dst=w)
     _sql(home, "DELETE FROM meta WHERE key LIKE 'witness%'")
     w.unlink()
     r = cli(home, "load", "m", "-o", tmp_path / "o")  # no --witness given: the anchor's counts

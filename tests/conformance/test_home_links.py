@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import homecopy
 import pytest
 
 from .driver import (
@@ -34,6 +33,7 @@ from .driver import (
     assert_unchanged,
     cli,
     copy_home,
+    rebind_witness,
     snapshot,
 )
 
@@ -286,7 +286,7 @@ def test_witness_replaced_is_witness_unreadable(wsite: Site, tmp_path: Path, kin
     home = copy_home(wsite.home, root / "home")
     witness = root / "witness.json"
     shutil.copyfile(wsite.witness, witness)
-    homecopy.rebind_witness(witness, home)  # the copied witness belongs to the copied home
+    rebind_witness(witness, home)  # the copied witness belongs to the copied home
     canary = make_canary(tmp_path)
     shutil.copyfile(witness, canary / "precious.txt")  # a link to a valid witness
     before_canary = fingerprint(canary)

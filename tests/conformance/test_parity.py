@@ -13,13 +13,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import homecopy
 import pytest
 
 from appliance.home import Home
 from tui.model import review_bundle
 
-from .driver import Site, cli, ok, snapshot
+from .driver import Site, cli, copy_home, ok, snapshot
 from .test_attacks import CASES, Case, Ctx
 
 # Found only by opening and reading the artifacts (the review reads the manifest and the listing).
@@ -68,9 +67,7 @@ def test_review_of_a_home_behind_its_witness(wsite: Site, tmp_path: Path) -> Non
     """The issue's case: restored behind its witness, review said allowed, import said 4."""
     assert wsite.witness is not None
     w = tmp_path / "witness.json"
-    home = homecopy.copy_home(
-        wsite.home, tmp_path / "home", witness_src=wsite.witness, witness_dst=w
-    )
+    home = copy_home(wsite.home, tmp_path / "home", witness_src=wsite.witness, witness_dst=w)
     backup = tmp_path / "backup"
     subprocess.run(["cp", "-a", str(home), str(backup)], check=True)
     repo = wsite.repo

@@ -20,12 +20,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import homecopy
-
 from bundles.documents import ResetStream, ResetTime, RevokeKey, SetThreshold
 from bundles.timeutil import format_time, utcnow
 
-from .driver import M1, M2, Site, cli, ok
+from .driver import M1, M2, Site, cli, copy_home, ok
 
 FAR = datetime(9999, 1, 1, tzinfo=UTC)
 
@@ -98,9 +96,7 @@ def test_far_future_rollback_authorization_does_not_freeze_publishers(
 def test_copied_home_never_touches_the_original_witness(wsite: Site, tmp_path: Path) -> None:
     assert wsite.witness is not None
     w = tmp_path / "witness.json"
-    live = homecopy.copy_home(
-        wsite.home, tmp_path / "live", witness_src=wsite.witness, witness_dst=w
-    )
+    live = copy_home(wsite.home, tmp_path / "live", witness_src=wsite.witness, witness_dst=w)
     ok(cli(live, "load", "m", "-o", tmp_path / "o1"))
     copy = tmp_path / "forensic"
     subprocess.run(["cp", "-a", str(live), str(copy)], check=True)
@@ -217,9 +213,7 @@ def test_committed_change_with_failed_witness_write_is_reported_done(
 ) -> None:
     w = tmp_path / "wdir" / "witness.json"
     w.parent.mkdir()
-    home = homecopy.copy_home(
-        wsite.home, tmp_path / "home", witness_src=wsite.witness, witness_dst=w
-    )
+    home = copy_home(wsite.home, tmp_path / "home", witness_src=wsite.witness, witness_dst=w)
     b = wsite.repo.bundle({"m@3.0": M2 + b"3"}, sequence=3)
     subprocess.run(["chattr", "+i", str(w.parent)], check=True)  # renames into it now fail
     try:

@@ -19,7 +19,6 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-import homecopy
 import pytest
 
 from bundles.documents import RevokeKey
@@ -29,6 +28,7 @@ from .driver import (
     Site,
     assert_unchanged,
     cli,
+    copy_home,
     new_events,
     ok,
     snapshot,
@@ -176,7 +176,7 @@ def test_audit_tail_truncated_is_caught_by_witness(wsite: Site, tmp_path: Path) 
 def _whome(wsite: Site, tmp: Path) -> tuple[Path, Path]:
     assert wsite.witness is not None
     w = tmp / "witness.json"
-    home = homecopy.copy_home(wsite.home, tmp / "home", witness_src=wsite.witness, witness_dst=w)
+    home = copy_home(wsite.home, tmp / "home", witness_src=wsite.witness, witness_dst=w)
     return home, w
 
 

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from bundles.documents import AddKey, AddModelSigner, RequireModelSignature
 from bundles.keys import EcPublicKey
 from bundles.timeutil import utcnow
-from bundles.writer import ArtifactSpec, create_bundle
-from tests.conformance.driver import SITE, Repo, cli, ok
+from bundles.writer import ArtifactSpec
+from tests.conformance.driver import SITE, Repo, cli, write_bundle
 
 OMS_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 FILES = {
@@ -133,15 +133,8 @@ def writer_bundle(
     ]
     if sig is not None:
         specs.append(ArtifactSpec(f"{name}.sig", "1.0", sig, media_type=OMS_MEDIA_TYPE))
-    create_bundle(
-        out,
-        specs,
-        stream="models",
-        sequence=sequence,
-        keys=[repo.key("pub")],
-        expires=utcnow() + timedelta(days=1),
-        sites=(SITE,),
-    )
+    expires = utcnow() + timedelta(days=1)
+    write_bundle(out, specs, [repo.key("pub")], sequence=sequence, expires=expires, sites=(SITE,))
     return out
 
 
@@ -150,10 +143,10 @@ def init_home(
 ) -> None:
     """A home at trust version 2: publisher ``pub`` of stream models, the model signer
     ``signer`` (ECDSA) of models, and with ``require`` the stream needs model signatures."""
-    ok(cli(home, "init", "--root-key", repo.pub("root"), "--site", SITE))
+    repo.init_home(home)
     ops: list[Any] = [AddKey(repo.key("pub").public, "publisher", "models")]
     if signer is not None:
         ops.append(AddModelSigner(ec_public(signer), "models", label))
     if require:
         ops.append(RequireModelSignature("models"))
-    ok(cli(home, "trust", "apply", repo.write(repo.trust_update(2, ops), "trust")))
+    repo.apply(home, repo.trust_update(2, ops))

@@ -24,27 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_load import REPO, Site, make_site
+from conformance.driver import apply_trust, cli_env, run_appliance
+from conftest_load import Site, make_site
 
 from appliance.home import Home
-from appliance.importer import apply_trust_envelope, import_bundle
 from appliance.service.ownership import give_home_to
-from appliance.truststore import load_trust
-from bundles.dsse import Envelope
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create users")
 MODEL_V1 = b"model weights v1\n" * 8
 MODEL_V2 = b"model weights v2\n" * 8
 
 
+CHILD = {"HOME": "/", "PYTHONDONTWRITEBYTECODE": "1"}  # what a service child sees besides
+
+
 def child_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("APPLIANCE_") or k == "APPLIANCE_ANCHOR_DIR"
-    }
-    env.update(PYTHONPATH=str(REPO), HOME="/", PYTHONDONTWRITEBYTECODE="1", **extra)
-    return env
+    return cli_env({**CHILD, **extra})
 
 
 @dataclass
@@ -165,15 +160,10 @@ class World:
 
     def apply(self, *ops: Any) -> None:
         """Apply a root-signed trust update holding ``ops`` (as root, like an operator)."""
-        db = Home(self.home).db()
-        try:
-            env = Envelope.from_bytes(self.site.trust_update(*ops))
-            apply_trust_envelope(db, load_trust(db), env, "test")
-        finally:
-            db.conn.close()
+        apply_trust(self.home, self.site.trust_update(*ops))
 
     def ship(self, artifacts: dict[str, bytes]) -> None:
-        import_bundle(Home(self.home), self.site.bundle(artifacts))
+        self.site.ship(artifacts)
 
     def start(self, *extra: str) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "appliance", "--home", str(self.home), "serve"]
@@ -203,15 +193,7 @@ class World:
             kw = {"user": user.uid, "group": user.gid, "extra_groups": []}
         elif isinstance(user, int):
             kw = {"user": user, "group": user, "extra_groups": []}
-        return subprocess.run(
-            [sys.executable, "-m", "appliance", *args],
-            env=child_env(),
-            cwd=self.tmp,
-            capture_output=True,
-            input=stdin,
-            timeout=120,
-            **kw,
-        )
+        return run_appliance(*args, env=CHILD, cwd=self.tmp, input=stdin, timeout=120, **kw)
 
     def events(self, type: str = "load") -> list[dict[str, Any]]:
         db = Home(self.home).db()

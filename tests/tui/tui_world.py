@@ -23,27 +23,43 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 import bundles.timeutil
-from appliance.anchor import copy_anchor
 from appliance.home import Home
-from appliance.importer import apply_trust_envelope, import_bundle
+from appliance.importer import import_bundle
 from appliance.initialize import init_home
 from appliance.rollback import authorize_rollback
-from appliance.truststore import load_trust
-from bundles.documents import TRUST_PAYLOAD_TYPE, AddKey, TrustUpdate
-from bundles.dsse import sign_envelope
+from bundles.documents import AddKey
 from bundles.keys import PrivateKey
-from bundles.writer import ArtifactSpec, create_bundle
+
+# tests/, where the one test simulator lives: on the path under pytest already, not when
+# bench/tui_latency.py imports this file
+if (_TESTS := str(Path(__file__).resolve().parents[1])) not in sys.path:
+    sys.path.append(_TESTS)
+
+from conformance.driver import (
+    apply_trust,
+    copy_world,
+    seeded_key,
+    trust_envelope,
+    write_bundle,
+    write_sources,
+)
+
+# seeded_key: the deterministic keys the TUI tests and bench/tui_latency.py take from here
+__all__ = [
+    "FIXED_NOW",
+    "SITE",
+    "STREAM",
+    "World",
+    "build_world",
+    "data",
+    "frozen_clock",
+    "seeded_key",
+]
 
 FIXED_NOW = datetime(2026, 3, 2, 9, 30, 0, tzinfo=UTC)
 STREAM = "models"
 SITE = "site-a"
-
-
-def seeded_key(seed: int) -> PrivateKey:
-    return PrivateKey(Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32))
 
 
 def data(label: str, size: int) -> bytes:
@@ -104,25 +120,19 @@ class World:
         keys: list[PrivateKey] | None = None,
         tar: bool = False,
     ) -> Path:
-        src = self.base / "src" / out.name
-        src.mkdir(parents=True, exist_ok=True)
+        specs = write_sources(
+            self.base / "src" / out.name, artifacts, file_name="{name}-{version}.bin"
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
-        specs = []
-        for ref, content in artifacts.items():
-            name, _, version = ref.partition("@")
-            p = src / f"{name}-{version}.bin"
-            p.write_bytes(content)
-            specs.append(ArtifactSpec(name, version, p))
-        create_bundle(
+        write_bundle(
             out,
             specs,
+            keys or [self.publisher],
             stream=STREAM,
             sequence=sequence,
-            keys=keys or [self.publisher],
             expires=self.now + timedelta(days=30),
-            sites=sites,
-            any_site=not sites,
             issued_at=self.now - timedelta(hours=1),
+            sites=sites,
             tar=tar,
         )
         return out
@@ -132,18 +142,14 @@ class World:
 
     def copy_to(self, base: Path) -> World:
         """The same world at another place (nothing in the store records these paths)."""
-        if base.exists():
-            shutil.rmtree(base)
-        shutil.copytree(self.base, base, symlinks=True)
 
         def moved(p: Path) -> Path:
             return base / p.relative_to(self.base)
 
-        copy_anchor(self.home.root, moved(self.home.root))  # the copy's own trust anchor
-
+        home = copy_world(self.base, base, self.home.root)  # with its own trust anchor
         return World(
             base,
-            Home(moved(self.home.root)),
+            Home(home),
             moved(self.media),
             self.root,
             self.publisher,
@@ -170,15 +176,8 @@ def _build(base: Path, now: datetime, big: int) -> World:
     root, publisher, rollback = seeded_key(1), seeded_key(2), seeded_key(3)
     home = Home(base / "home")
     init_home(home, [root.public], site=SITE)
-    db = home.db()
-    update = TrustUpdate(
-        2,
-        now - timedelta(days=1),
-        (AddKey(publisher.public, "publisher", STREAM), AddKey(rollback.public, "rollback", None)),
-    )
-    env = sign_envelope(TRUST_PAYLOAD_TYPE, update.to_payload(), [root])
-    apply_trust_envelope(db, load_trust(db), env, "tests")
-    db.conn.close()
+    ops = (AddKey(publisher.public, "publisher", STREAM), AddKey(rollback.public, "rollback", None))
+    apply_trust(home, trust_envelope(2, ops, [root], now - timedelta(days=1)), source="tests")
     media = base / "media"
     media.mkdir()
     w = World(base, home, media, root, publisher, rollback, now)

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest_load import REPO, Site
+from conformance.driver import REPO
+from conftest_load import Site
 from watch_world import DEADLINE, MARGIN, make_writable
 
 from appliance.store import find, object_path

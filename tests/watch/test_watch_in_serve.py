@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest_load import REPO, Site
+from conformance.driver import cli_env
+from conftest_load import Site
 
 from appliance.store import find, object_path
 
@@ -23,8 +24,7 @@ def test_serve_with_watch_raises_an_alarm_for_a_tampered_object(site: Site, tmp_
     finally:
         db.conn.close()
     sock = tmp_path / "s.sock"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("APPLIANCE_WITNESS", None)
+    env = cli_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "appliance", "--home", str(site.home), "serve", "--watch",
          "--socket", str(sock)],
