@@ -18,6 +18,7 @@ from bundles.timeutil import utcnow
 from tui.screen_artifact import ArtifactScreen
 from tui.screen_keys import KeysScreen
 from tui.screen_review import ReviewScreen
+from tui.widget_history import HistoryView
 
 SIZE = (120, 40)
 PUBLISHER = "alice-laptop"
@@ -79,6 +80,7 @@ async def test_labels_on_keys_review_and_artifact_screens(world: World) -> None:
         assert isinstance(screen, ArtifactScreen)
         imports = [e for e in screen.events if e["type"] == "import"]
         assert imports and all(pub in e["summary"] for e in imports)
-        screen._show_event(len(screen.events) - 1)  # the oldest: the first import
+        history = screen.query_one(HistoryView)
+        history._show_event(len(history.shown) - 1)  # the oldest: the first import
         await pilot.pause()
-        assert pub in str(screen.query_one("#event-summary", Static).render())
+        assert pub in str(screen.query_one("#event-summary .event-detail-text", Static).render())
