@@ -56,7 +56,13 @@ class ArtifactScreen(SubScreen):
         self.refresh_data()
 
     def on_screen_resume(self) -> None:
+        before = self.events[-1]["seq"] if self.events else None
         self.refresh_data()
+        after = self.events[-1]["seq"] if self.events else None
+        if after != before and not self.verifying:
+            # a verdict is about the state it was reached in: a rollback or an import since
+            # makes it stale, so it goes (press v to verify again)
+            self.query_one("#verify-result", Static).update("")
 
     def refresh_data(self) -> None:
         info = self.query_one("#artifact-info", Static)

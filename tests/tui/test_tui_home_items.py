@@ -140,6 +140,10 @@ async def test_screens_show_the_rollback_when_back(world: World) -> None:
         await quiet(pilot)
         artifact = app.screen
         assert isinstance(artifact, ArtifactScreen) and artifact.active == "1.1"
+        await pilot.press("v")  # verify now: a verdict about the state before the rollback
+        await quiet(pilot)
+        result = artifact.query_one("#verify-result", Static)
+        assert "VERIFIED" in str(result.render())
         app.push_screen(RollbackScreen("llm-weights"))
         await quiet(pilot)
         ok(cli(world.home.root, "rollback", "llm-weights", "--authorization", world.auths["valid"]))
@@ -148,6 +152,7 @@ async def test_screens_show_the_rollback_when_back(world: World) -> None:
         assert app.screen is artifact and artifact.active == "1.0"
         info = str(artifact.query_one("#artifact-info", Static).render())
         assert "active 1.0" in info
+        assert "VERIFIED" not in str(result.render())  # the old verdict is gone
         history = artifact.query_one("#history", DataTable)
         assert str(history.get_row_at(0)[2]) == "rollback"
         app.pop_screen()
