@@ -280,8 +280,9 @@ class AuditLog:
     problem: Problem | None = None
 
 
-def audit_log(home: Home, name: str | None = None, last: int | None = None) -> AuditLog:
-    """Events (detail parsed), newest last, with the whole chain's status."""
+def audit_log(home: Home, last: int | None = None) -> AuditLog:
+    """Events (detail parsed), newest last, with the whole chain's status. (One artifact's
+    events are ``appliance.history.artifact_history``'s, as the CLI shows them.)"""
     with opened(home) as db:
         problem: Problem | None = None
         try:
@@ -289,7 +290,7 @@ def audit_log(home: Home, name: str | None = None, last: int | None = None) -> A
         except ApplianceError as e:
             problem = Problem.of(e)
             count, head = audit.head(db)
-        events = audit.rows(db, name)
+        events = audit.rows(db)
     if last is not None:
         events = events[-last:]
     return AuditLog([audit.public_event(e) for e in events], count, head, problem)
