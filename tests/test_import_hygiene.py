@@ -1,4 +1,4 @@
-"""Non-TUI code never imports textual (DESIGN 3 and 8; issue 6).
+"""Non-TUI code never imports textual (start-up time: docs/BINARY.md, docs/PERFORMANCE.md).
 
 ``python -X importtime`` cannot be used inside the frozen binary, so the rule is
 checked here on the Python entry: each core module (``appliance.*``,

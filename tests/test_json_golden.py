@@ -1,4 +1,4 @@
-"""Golden tests of the ``--json`` contract (DESIGN section 9): one scenario, every command.
+"""Golden tests of the ``--json`` contract (docs/CLI.md): one scenario, every command.
 
 One module-scoped fixture runs a whole story through the real CLI in subprocesses
 (``python -m appliance --home H --json ...``): keys, a trust update, init, bundles

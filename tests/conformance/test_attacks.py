@@ -1,4 +1,6 @@
-"""Every attack of DESIGN section 2 against the real CLI: exit code, error code, no change.
+"""Every attack of the threat model (docs/SECURITY.md) against the real CLI.
+
+For each: exit code, error code, no change.
 
 Each case copies the prepared site, makes one hostile input with the
 repository simulator (changing exactly one thing of a valid bundle, trust
@@ -750,7 +752,7 @@ def test_attack_is_refused_and_changes_nothing(
 
 
 def test_case_count() -> None:
-    """The issue asks for at least 40 cases covering every attack of DESIGN section 2."""
+    """At least 40 cases, covering every attack of the threat model (docs/SECURITY.md)."""
     assert len(CASES) >= 40
     assert len({c.id for c in CASES}) == len(CASES)
 

@@ -1,6 +1,6 @@
 """A writer of the home plants links and special files: refused, nothing outside touched.
 
-From the attacker's side of DESIGN section 2 (a writer that can modify files in
+From the attacker's side of the threat model (docs/SECURITY.md) (a writer that can modify files in
 the store): a symbolic link, a FIFO, a directory or regular file of the wrong
 kind, or a device node at each fixed path of the home (``appliance.db`` and its
 journal, ``lock``, ``objects``, ``objects/xx``, ``staging``), at a store object

@@ -1,6 +1,6 @@
 """Attacks on the appliance's own state: the store, the database, a restored older copy.
 
-The attacker here can write the home (DESIGN section 2: "a writer that can
+The attacker here can write the home (the threat model (docs/SECURITY.md): "a writer that can
 modify files in the store"; root is out of scope, but what such a writer does
 must be evident). Each case changes one thing under the home with ordinary
 file or ``sqlite3`` writes and asserts what ``verify``, ``load`` and ``audit
