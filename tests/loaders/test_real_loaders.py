@@ -21,9 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conformance.driver import REPO
+from conftest_load import Site, make_site
 
 import appliance
-from tests.conftest_load import REPO, Site, make_site
 
 np = pytest.importorskip("numpy")
 
