@@ -22,6 +22,7 @@ from appliance.importer import apply_trust_envelope
 from appliance.truststore import load_trust
 from bundles.documents import TRUST_PAYLOAD_TYPE, AllowLoader, TrustUpdate
 from bundles.dsse import sign_envelope
+from tui.messages import ImportProgress
 from tui.screen_artifact import ArtifactScreen
 from tui.screen_review import ReviewScreen
 
@@ -102,8 +103,10 @@ class HeldImport:
         self.world = world
         self.started = threading.Event()
         self.release = threading.Event()
+        self.held = ("", 0)
 
     def hook(self, name: str, done: int, size: int) -> None:
+        self.held = (name, size)
         self.started.set()
         self.release.wait(10)
 
@@ -117,6 +120,11 @@ class HeldImport:
             if self.started.is_set():
                 break
             await asyncio.sleep(0.02)
+        # The first progress report may already be the whole file (the copy moves big
+        # chunks): show the bars part done, whatever the copy's chunk size, with the
+        # message the worker itself sends.
+        name, size = self.held
+        pilot.app.screen.post_message(ImportProgress(name, size // 2, size))
         for _ in range(5):  # not stable(): it would wait for the held worker
             await pilot.pause(0.05)
 
