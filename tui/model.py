@@ -471,6 +471,29 @@ class MediaScanner:
         self._executor: ProcessPoolExecutor | None = None
         self._forget = False
         self._closed = False
+        self._turn = threading.Lock()
+        self._polling = False
+        self._again = False
+
+    def claim(self) -> bool:
+        """Ask for a poll. True: the caller runs it (then ``more`` until False); False: a
+        poll is running and its thread polls once more for this request. So polls that
+        come faster than a scan never stack threads: one polls, the others return."""
+        with self._turn:
+            if self._polling:
+                self._again = True
+                return False
+            self._polling = True
+            return True
+
+    def more(self) -> bool:
+        """After a claimed poll: True when another was asked for meanwhile (poll again)."""
+        with self._turn:
+            if self._again:
+                self._again = False
+                return True
+            self._polling = False
+            return False
 
     def forget(self) -> None:
         """The next poll starts with empty caches (as if every manifest changed)."""

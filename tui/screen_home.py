@@ -89,16 +89,23 @@ class HomeScreen(ApplianceScreen):
 
     # --- media polling (worker thread; the UI hears about it by message) ---------
 
-    @work(thread=True, exclusive=True, group="media")
+    @work(thread=True, group="media")
     def scan_media(self) -> None:
-        """One scan at a time (exclusive: a new poll cancels a pending one), in the app's
-        scanner process, whose caches survive polls: an unchanged stick costs a directory
-        listing, no manifest parse and no policy evaluation (the statuses are the core's)."""
-        poll = self.app_.scan_media()
-        if poll.problem is not None and not poll.media:  # the scanner itself failed
-            message = f"Media scan failed: {poll.problem.message}"
-            self.app.call_from_thread(self.notify, message, severity="error")
-        self.post_message(MediaScanned(poll.media, poll.statuses))
+        """One scan at a time (a poll asked for while one runs is run by that one's thread,
+        after it: never a second thread), in the app's scanner process, whose caches
+        survive polls: an unchanged stick costs a directory listing, no manifest parse and
+        no policy evaluation (the statuses are the core's)."""
+        scanner = self.app_.scanner
+        if not scanner.claim():
+            return
+        again = True
+        while again:
+            poll = self.app_.scan_media()
+            if poll.problem is not None and not poll.media:  # the scanner itself failed
+                message = f"Media scan failed: {poll.problem.message}"
+                self.app.call_from_thread(self.notify, message, severity="error")
+            self.post_message(MediaScanned(poll.media, poll.statuses))
+            again = scanner.more()
 
     def on_media_scanned(self, message: MediaScanned) -> None:
         if _shown(message.media) != _shown(self.media) or message.statuses != self.statuses:
