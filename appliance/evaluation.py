@@ -13,8 +13,10 @@ files on media are the ones it lists; then the policy.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -23,9 +25,10 @@ import sqlite_utils
 
 from appliance import witness
 from appliance.errors import ApplianceError, TrustUpdateReplayError
-from appliance.evidence import name_owners
+from appliance.evidence import Floors, anchor_of, name_owners
 from appliance.home import Home
 from appliance.policy import Evaluation, StoreView, WitnessGate, evaluate_bundle
+from appliance.provenance import db_token
 from appliance.trust import TrustState, apply_update, describe, role_key
 from appliance.truststore import load_trust, site, stream_sequences, time_floors, trusted_now
 from bundles.documents import TrustUpdate
@@ -37,6 +40,7 @@ from bundles.timeutil import utcnow
 
 __all__ = [
     "BundlePreview",
+    "ClaimedStatusCache",
     "SignatureStatus",
     "carried_updates",
     "claimed_statuses",
@@ -106,26 +110,130 @@ def evaluate_source(
     return bundle, evaluation
 
 
-def claimed_statuses(home: Home, manifests: dict[str, Manifest]) -> dict[str, str]:
+_HomeState = tuple[TrustState, StoreView, Floors]
+
+
+def _home_state(db: sqlite_utils.Database) -> _HomeState:
+    return load_trust(db), store_view(db), time_floors(db)
+
+
+def _claimed_now(floors: Floors, clock: datetime, stream: str) -> datetime:
+    """The stream's trusted time: the clock, never below the stream's own floor."""
+    floor = floors.for_stream(stream)
+    return max(clock, floor) if floor else clock
+
+
+def _claimed_status(state: _HomeState, manifest: Manifest, now: datetime) -> str:
+    trust, view, _floors = state
+    return evaluate_bundle(trust, view, manifest, frozenset(), now).claimed_status
+
+
+def claimed_statuses(
+    home: Home,
+    manifests: dict[str, Manifest],
+    *,
+    clock: datetime | None = None,
+    cache: ClaimedStatusCache | None = None,
+    identities: dict[str, Hashable] | None = None,
+) -> dict[str, str]:
     """For manifests as media claim them (UNVERIFIED): ``new``, ``imported``, ``older``,
-    ``expired``, ``other site`` or ``refused``, by the import's own policy checks."""
+    ``expired``, ``other site`` or ``refused``, by the import's own policy checks.
+
+    ``clock``: the system time to judge expiry by (default now; never below the stream's
+    trusted-time floor). With a ``cache`` and each path's ``identities`` (the scanner's
+    ``BundleEntry.identity``), a status is recomputed only when that identity, the home's
+    state (``ClaimedStatusCache``) or the manifest's side of its expiry changed.
+    """
     if not manifests:
         return {}
+    when = utcnow() if clock is None else clock
+    if cache is not None and identities is not None:
+        return cache.statuses(home, manifests, identities, when)
     db = home.db()
     try:
-        state, view, floors = load_trust(db), store_view(db), time_floors(db)
+        state = _home_state(db)
     finally:
         db.conn.close()
-    clock = utcnow()
-
-    def now(stream: str) -> datetime:  # the stream's own trusted-time floor
-        floor = floors.for_stream(stream)
-        return max(clock, floor) if floor else clock
-
     return {
-        path: evaluate_bundle(state, view, m, frozenset(), now(m.stream)).claimed_status
+        path: _claimed_status(state, m, _claimed_now(state[2], when, m.stream))
         for path, m in manifests.items()
     }
+
+
+class ClaimedStatusCache:
+    """``claimed_statuses`` across polls of the same media (the TUI's scanner keeps one).
+
+    The status of a manifest depends on the manifest, the home's state (trust, the
+    store's names, digests and sequences, the site, the time floors) and which side of
+    the manifest's ``expires`` the trusted time is on. So a cached status is served
+    while its manifest's identity (device, inode, size, mtime of the file read), the
+    home's database token (``appliance.provenance.db_token``: the file's inode, size,
+    mtime and SQLite's change counter, and the ``-wal``) together with its trust anchor,
+    and its expiry side are all unchanged; else it is evaluated again by the same
+    policy checks. Without a token (the database file cannot be read) nothing is cached.
+    ``evaluations`` and ``state_loads`` count the real work (tests pin it by counting).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state: tuple[Hashable, _HomeState] | None = None
+        self._entries: dict[str, tuple[Hashable, Hashable, bool, str]] = {}
+        self.evaluations = 0
+        self.state_loads = 0
+
+    def forget(self) -> None:
+        with self._lock:
+            self._state = None
+            self._entries.clear()
+
+    def _home(self, home: Home) -> tuple[Hashable | None, _HomeState]:
+        db = home.db()  # checks the home and its anchor, every time
+        try:
+            token = db_token(db)
+            key: Hashable | None = (
+                None
+                if token is None
+                else (token, json.dumps(anchor_of(db).to_dict(), sort_keys=True))
+            )
+            if key is not None and self._state is not None and self._state[0] == key:
+                return key, self._state[1]
+            state = _home_state(db)
+            self.state_loads += 1
+        finally:
+            db.conn.close()
+        self._state = None if key is None else (key, state)
+        return key, state
+
+    def statuses(
+        self,
+        home: Home,
+        manifests: dict[str, Manifest],
+        identities: dict[str, Hashable],
+        clock: datetime,
+    ) -> dict[str, str]:
+        with self._lock:
+            home_key, state = self._home(home)
+            out: dict[str, str] = {}
+            for path, m in manifests.items():
+                now = _claimed_now(state[2], clock, m.stream)
+                expired = not m.expires > now
+                ident = identities.get(path)
+                hit = self._entries.get(path)
+                if (
+                    hit is not None
+                    and home_key is not None
+                    and ident is not None
+                    and hit[:3] == (ident, home_key, expired)
+                ):
+                    out[path] = hit[3]
+                    continue
+                out[path] = _claimed_status(state, m, now)
+                self.evaluations += 1
+                if home_key is not None and ident is not None:
+                    self._entries[path] = (ident, home_key, expired, out[path])
+            for gone in set(self._entries) - set(manifests):
+                del self._entries[gone]
+            return out
 
 
 # --- the preview --------------------------------------------------------------------

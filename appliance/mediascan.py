@@ -22,8 +22,10 @@ Bounded cost (docs/CLI.md): at most ``MAX_ENTRIES`` names per folder, a
 manifest over ``MAX_LISTED_MANIFEST`` bytes is not read here (the review reads
 it), and one scan reads at most ``SCAN_BUDGET`` bytes of manifests; what is
 left is listed as "not read yet" and read by a later scan. A ``ScanCache``
-(the TUI keeps one across polls) re-reads a bundle only when its manifest's
-(inode, size, mtime) changes.
+(the TUI's scanner process keeps one across polls) re-reads a bundle only when
+its manifest's identity (device, inode, size, mtime) changes; an entry it read
+carries that identity (``BundleEntry.identity``) so that what is derived from
+it (the claimed status) can be cached by it too.
 
 The roots (``mountinfo``, ``sys_root``) are parameters so tests can hand in a
 fake ``/proc`` and ``/sys``.
@@ -36,7 +38,7 @@ import re
 import stat
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,7 @@ LOOP_MEDIA_ROOTS = ("/media/", "/run/media/")
 
 __all__ = [
     "BundleEntry",
+    "Identity",
     "Medium",
     "Mount",
     "ScanCache",
@@ -90,6 +93,8 @@ class BundleEntry:
     expires: datetime | None = None
     not_read: str | None = None  # why the manifest was not read by this scan
     claimed: Any = field(default=None, compare=False, repr=False)  # the UNVERIFIED Manifest
+    # (device, inode, size, mtime_ns) of the manifest (or tar) this entry was read from
+    identity: tuple[int, int, int, int] | None = field(default=None, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -230,25 +235,32 @@ def removable_mounts(mountinfo: Path = MOUNTINFO, sys_root: Path = SYS_ROOT) -> 
     return sorted(found.values(), key=lambda m: m.mount_point)
 
 
-class ScanCache:
-    """What earlier scans read, by path and the (inode, size, mtime) of what was read.
+Identity = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
 
-    Thread-safe; the TUI keeps one for its whole run so that a poll reads only
-    what changed. ``scan`` without one reads everything (within the budget).
+
+class ScanCache:
+    """What earlier scans read, by path and the identity (device, inode, size, mtime)
+    of what was read.
+
+    Thread-safe; the TUI's scanner keeps one for its whole run so that a poll reads
+    only what changed. ``scan`` without one reads everything (within the budget).
+    ``reads`` counts the manifests read through it (tests count work with it).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[str, tuple[tuple[int, int, int], BundleEntry]] = {}
+        self._entries: dict[str, tuple[Identity, BundleEntry]] = {}
+        self.reads = 0
 
-    def get(self, path: str, key: tuple[int, int, int]) -> BundleEntry | None:
+    def get(self, path: str, key: Identity) -> BundleEntry | None:
         with self._lock:
             hit = self._entries.get(path)
         return hit[1] if hit is not None and hit[0] == key else None
 
-    def put(self, path: str, key: tuple[int, int, int], entry: BundleEntry) -> None:
+    def put(self, path: str, key: Identity, entry: BundleEntry) -> None:
         with self._lock:
             self._entries[path] = (key, entry)
+            self.reads += 1
 
 
 class _Budget:
@@ -256,8 +268,8 @@ class _Budget:
         self.left = limit
 
 
-def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+def _stat_key(st: os.stat_result) -> Identity:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _peek(
@@ -266,7 +278,7 @@ def _peek(
     size: int,
     cache: ScanCache | None,
     budget: _Budget,
-    key: tuple[int, int, int],
+    key: Identity,
 ) -> BundleEntry:
     if cache is not None:
         hit = cache.get(path, key)
@@ -279,7 +291,7 @@ def _peek(
     if size > budget.left:
         return BundleEntry(path, fmt, not_read="not read yet (this scan's budget is spent)")
     budget.left -= min(size, MAX_LISTED_MANIFEST) if fmt == "tar" else size
-    entry = _read_entry(path, fmt)
+    entry = replace(_read_entry(path, fmt), identity=key)
     if cache is not None:
         cache.put(path, key, entry)
     return entry

@@ -16,9 +16,9 @@ Target (docs/PERFORMANCE.md): a key press handled within 100 ms while hashing.
 well-formed manifest (padded with artifact entries) signed by a key the home does
 not know, i.e. unsigned as far as the appliance is concerned. The home screen
 polls the stick every ``--poll`` seconds (default 0.25 s, eight times the TUI's
-default rate); with ``--cold`` the scan cache is emptied before every key press
-(so every poll finds it empty), as if every manifest had changed since the last
-poll (the worst a stick can do). Prints
+default rate); with ``--cold`` the scanner's caches (the scan cache and the claimed
+statuses) are emptied before every key press (so every poll finds them empty), as if
+every manifest had changed since the last poll (the worst a stick can do). Prints
 key press -> action ran ("handled") and key press -> the next frame drawn
 ("rendered"): median, p99, max, and the number of scans run while measuring.
 
@@ -223,7 +223,7 @@ async def measure_stick(app: ProbeApp, presses: int, cold: bool) -> dict[str, An
         t_start = time.monotonic()
         for _ in range(presses):
             if cold:
-                app.scan_cache = mediascan.ScanCache()  # every manifest "changed"
+                app.scanner.forget()  # the next poll: empty caches, every manifest "changed"
             h, r = await app.probe_rendered()
             handled.append(h)
             rendered.append(r)

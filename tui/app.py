@@ -16,8 +16,9 @@ from textual.scrollbar import ScrollBar, ScrollBarRender
 from textual.theme import Theme
 
 from appliance.home import Home
-from appliance.mediascan import Medium, ScanCache, scan
+from appliance.mediascan import Medium
 from tui import fmt
+from tui.model import MediaPoll, MediaScanner
 
 ProgressHook = Callable[[str, int, int], None]
 
@@ -63,7 +64,10 @@ class ApplianceApp(App[int]):
         self.witness = witness
         self.media_dirs = [Path(p) for p in media]
         self.auto_media = auto_media
-        self.scan_cache = ScanCache()  # survives polls: a poll re-reads only what changed
+        # One poll at a time, in a child process whose caches survive polls: a poll
+        # re-reads only what changed, and never parses on this process's GIL.
+        self.scanner = MediaScanner(self.home, self.media_dirs, auto_media)
+        self.scanner.start()
         self.scans = 0  # media scans run (one at a time: the home screen's exclusive worker)
         self.poll_interval = poll_interval
         self.cursor_blink = cursor_blink
@@ -75,6 +79,9 @@ class ApplianceApp(App[int]):
 
     def on_mount(self) -> None:
         self.theme_changed_signal.subscribe(self, self._theme_changed)
+
+    def on_unmount(self) -> None:
+        self.scanner.close()
 
     def format_title(self, title: str, sub_title: str) -> Content:
         if not sub_title:
@@ -92,10 +99,11 @@ class ApplianceApp(App[int]):
 
     # --- screens -----------------------------------------------------------------
 
-    def scan_media(self) -> list[Medium]:
-        """One scan of the media (call from a worker thread; the cache is thread-safe)."""
+    def scan_media(self) -> MediaPoll:
+        """One poll of the media and the core's claimed statuses (call from a worker
+        thread; it waits for the scanner process)."""
         self.scans += 1
-        return scan(self.media_dirs, cache=self.scan_cache, auto=self.auto_media, strict=False)
+        return self.scanner.poll()
 
     def get_default_screen(self) -> Screen[None]:
         from tui.screen_home import HomeScreen

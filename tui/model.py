@@ -1,16 +1,21 @@
 """What the screens show, gathered from the appliance's public API (no textual here).
 
 Every function opens its own database connection and closes it, so each runs
-in a worker, never on the UI thread. ``review_bundle`` formats the core's
-preview (``appliance.evaluation.preview_bundle``: the same steps and checks as
-the import, hashing nothing); no decision is made here.
+in a worker, never on the UI thread. The media polls (``MediaScanner``) run in a
+child process: parsing a stick's manifests must not hold the TUI's GIL.
+``review_bundle`` formats the core's preview (``appliance.evaluation.preview_bundle``:
+the same steps and checks as the import, hashing nothing); no decision is made here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import multiprocessing
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,8 +23,9 @@ from typing import Any
 import sqlite_utils
 
 from appliance import audit, witness
-from appliance.evaluation import preview_bundle
+from appliance.evaluation import ClaimedStatusCache, claimed_statuses, preview_bundle
 from appliance.home import Home
+from appliance.mediascan import Medium, ScanCache, scan
 from appliance.rollback import (
     MAX_AUTHORIZATION_BYTES,
     evaluate_authorization,
@@ -33,6 +39,7 @@ from bundles.documents import ROLLBACK_PAYLOAD_TYPE, RollbackAuthorization
 from bundles.dsse import Envelope
 from bundles.errors import ApplianceError
 from bundles.manifest import Manifest
+from bundles.timeutil import utcnow
 
 # What a refusal means, in words; the error's own message gives the particulars.
 HEADLINES: dict[str, str] = {
@@ -375,3 +382,166 @@ def preview_rollback(
         tuple(Check(label, ok, text) for label, ok, text, _ in checks),
         problem,
     )
+
+
+# --- media polls (in a child process) -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class MediaPoll:
+    """One poll of the media: the bundles as claimed and the core's claimed status of each.
+
+    ``media`` carries no parsed manifests (``BundleEntry.claimed`` is None): they stay in
+    the scanner process, which parsed them. ``parsed`` and ``evaluated`` count the work
+    this poll did (manifests read, policy evaluations run): an unchanged stick costs 0.
+    """
+
+    media: list[Medium]
+    statuses: dict[str, str]
+    parsed: int = 0
+    evaluated: int = 0
+    problem: Problem | None = None
+
+
+@dataclass
+class _PollState:
+    key: tuple[str, tuple[str, ...], bool]
+    scans: ScanCache = field(default_factory=ScanCache)
+    statuses: ClaimedStatusCache = field(default_factory=ClaimedStatusCache)
+
+
+_poll_state: _PollState | None = None
+
+
+def _without_claimed(medium: Medium) -> Medium:
+    return replace(medium, bundles=tuple(replace(b, claimed=None) for b in medium.bundles))
+
+
+def poll_media(
+    home_root: str, dirs: tuple[str, ...], auto: bool, clock: datetime, forget: bool = False
+) -> MediaPoll:
+    """Scan the media and give each readable bundle the core's claimed status (runs in
+    the scanner process; its caches live there, across polls, until ``forget``).
+
+    ``clock``: the TUI's system time (the status's expiry is judged by it, never below
+    the stream's trusted-time floor)."""
+    global _poll_state
+    key = (home_root, dirs, auto)
+    if _poll_state is None or _poll_state.key != key or forget:
+        _poll_state = _PollState(key)
+    state = _poll_state
+    reads, evaluations = state.scans.reads, state.statuses.evaluations
+    media = scan(list(dirs), cache=state.scans, auto=auto, strict=False)
+    bundles = [b for m in media for b in m.bundles if b.claimed is not None]
+    problem: Problem | None = None
+    try:
+        statuses = claimed_statuses(
+            Home(Path(home_root)),
+            {b.path: b.claimed for b in bundles},
+            clock=clock,
+            cache=state.statuses,
+            identities={b.path: b.identity for b in bundles if b.identity is not None},
+        )
+    except ApplianceError as e:
+        statuses, problem = {}, Problem.of(e)
+    return MediaPoll(
+        [_without_claimed(m) for m in media],
+        statuses,
+        state.scans.reads - reads,
+        state.statuses.evaluations - evaluations,
+        problem,
+    )
+
+
+class MediaScanner:
+    """The TUI's media polls, one at a time, in one child process that it keeps.
+
+    Parsing a stick's manifests (up to ``mediascan.SCAN_BUDGET`` per poll) and running
+    the policy checks of every claimed artifact is seconds of Python on a hostile stick;
+    in the TUI's own process it would hold the GIL and starve the UI thread. The child
+    keeps the scan cache and the claimed-status cache between polls, and sends back only
+    what the home screen shows. ``in_process``: run the poll here instead (tests).
+    """
+
+    def __init__(
+        self, home: Home, dirs: Sequence[Path], auto: bool, *, in_process: bool = False
+    ) -> None:
+        self.home = home
+        self.dirs = tuple(str(d) for d in dirs)
+        self.auto = auto
+        self.in_process = in_process
+        self._lock = threading.Lock()
+        self._executor: ProcessPoolExecutor | None = None
+        self._forget = False
+        self._closed = False
+        self._turn = threading.Lock()
+        self._polling = False
+        self._again = False
+
+    def claim(self) -> bool:
+        """Ask for a poll. True: the caller runs it (then ``more`` until False); False: a
+        poll is running and its thread polls once more for this request. So polls that
+        come faster than a scan never stack threads: one polls, the others return."""
+        with self._turn:
+            if self._polling:
+                self._again = True
+                return False
+            self._polling = True
+            return True
+
+    def more(self) -> bool:
+        """After a claimed poll: True when another was asked for meanwhile (poll again)."""
+        with self._turn:
+            if self._again:
+                self._again = False
+                return True
+            self._polling = False
+            return False
+
+    def forget(self) -> None:
+        """The next poll starts with empty caches (as if every manifest changed)."""
+        self._forget = True
+
+    def start(self) -> None:
+        """Fork the scanner process now, from the thread that calls this (the app's
+        constructor: before the UI's threads run). Forked, not spawned: no second start-up
+        of the interpreter, the frozen build included."""
+        with self._lock:
+            self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("fork")
+            )
+            self._executor.submit(int)  # with "fork", the worker is forked at the first submit
+        return self._executor
+
+    def poll(self, clock: datetime | None = None) -> MediaPoll:
+        """One poll (blocks its caller: call from a worker thread); never raises.
+        ``clock``: the time to judge expiry by (default: this process's clock, now)."""
+        clock = utcnow() if clock is None else clock
+        with self._lock:
+            forget, self._forget = self._forget, False
+            job = (str(self.home.root), self.dirs, self.auto, clock, forget)
+            if self.in_process:
+                return poll_media(*job)
+            failure = "the media scanner is closed"
+            for _attempt in range(2):  # a scanner that died (killed, out of memory): once more
+                if self._closed:
+                    break
+                executor = self._start()
+                try:
+                    return executor.submit(poll_media, *job).result()
+                except (BrokenProcessPool, OSError) as e:
+                    executor.shutdown(wait=False, cancel_futures=True)
+                    self._executor = None
+                    job = (*job[:4], True)
+                    failure = f"the media scanner stopped ({type(e).__name__})"
+            return MediaPoll([], {}, problem=Problem("io_error", failure))
+
+    def close(self) -> None:
+        self._closed = True
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)

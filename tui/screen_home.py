@@ -10,7 +10,6 @@ from textual.binding import Binding
 from textual.content import Content
 from textual.widgets import DataTable, Static
 
-from appliance.evaluation import claimed_statuses
 from appliance.mediascan import Medium
 from bundles.errors import ApplianceError
 from tui import fmt
@@ -29,6 +28,23 @@ BEHIND_ADVICE = (
     "if the restore was intended."
 )
 STATUS_TONE = {"new": "ok", "imported": "muted", "older": "bad", "expired": "bad"}
+
+
+def _shown(media: list[Medium]) -> list[tuple[object, ...]]:
+    """What the bundle table shows of the media (a poll's objects are new every time)."""
+    return [
+        (
+            m.path,
+            m.documents,
+            None if m.error is None else (m.error.code, m.error.message),
+            *(
+                (b.path, b.format, b.stream, b.sequence, b.artifacts, b.total_size, b.not_read)
+                + (() if b.error is None else (b.error.code, b.error.message))
+                for b in m.bundles
+            ),
+        )
+        for m in media
+    ]
 
 
 class HomeScreen(ApplianceScreen):
@@ -73,20 +89,26 @@ class HomeScreen(ApplianceScreen):
 
     # --- media polling (worker thread; the UI hears about it by message) ---------
 
-    @work(thread=True, exclusive=True, group="media")
+    @work(thread=True, group="media")
     def scan_media(self) -> None:
-        """One scan at a time (exclusive: a new poll cancels a pending one; the app's
-        scan cache survives polls, so an unchanged stick costs a directory listing)."""
-        media = self.app_.scan_media()
-        claimed = {b.path: b.claimed for m in media for b in m.bundles if b.claimed is not None}
-        try:
-            statuses = claimed_statuses(self.app_.home, claimed)
-        except ApplianceError:
-            statuses = {}
-        self.post_message(MediaScanned(media, statuses))
+        """One scan at a time (a poll asked for while one runs is run by that one's thread,
+        after it: never a second thread), in the app's scanner process, whose caches
+        survive polls: an unchanged stick costs a directory listing, no manifest parse and
+        no policy evaluation (the statuses are the core's)."""
+        scanner = self.app_.scanner
+        if not scanner.claim():
+            return
+        again = True
+        while again:
+            poll = self.app_.scan_media()
+            if poll.problem is not None and not poll.media:  # the scanner itself failed
+                message = f"Media scan failed: {poll.problem.message}"
+                self.app.call_from_thread(self.notify, message, severity="error")
+            self.post_message(MediaScanned(poll.media, poll.statuses))
+            again = scanner.more()
 
     def on_media_scanned(self, message: MediaScanned) -> None:
-        if message.media != self.media or message.statuses != self.statuses:
+        if _shown(message.media) != _shown(self.media) or message.statuses != self.statuses:
             self.media = message.media
             self.statuses = message.statuses
             self.app_.media = message.media

@@ -18,6 +18,7 @@ from tui_world import STREAM, World, data
 
 from appliance import witness
 from appliance.evaluation import claimed_statuses
+from appliance.mediascan import scan
 from bundles.writer import ArtifactSpec, create_bundle
 from tui.screen_artifact import ArtifactScreen
 from tui.screen_home import HomeScreen
@@ -74,7 +75,8 @@ async def test_home_marks_each_bundle_and_sorts_names_naturally(world: World) ->
         assert isinstance(home, HomeScreen)
         rows = bundle_rows(home)
         paths = [str(p) for p in home._bundle_paths]
-        claimed = {b.path: b.claimed for m in app.media for b in m.bundles if b.claimed}
+    # The TUI's scanner keeps the parsed manifests in its own process: read them here.
+    claimed = {b.path: b.claimed for m in scan([world.media]) for b in m.bundles if b.claimed}
     names = [name for name, _ in rows]
     assert names == [
         "models-2",
