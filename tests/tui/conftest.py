@@ -64,17 +64,18 @@ def snap_world(request: pytest.FixtureRequest, snap_template: World) -> Iterator
 
 
 async def stable(pilot: Pilot[Any]) -> None:
-    """Workers done, then wait until two renders 50 ms apart are the same.
+    """Workers done, then wait until four renders 50 ms apart are the same.
 
     A table filled with a result sizes its columns on a later refresh, and a moved cursor
     repaints on the next one: on a loaded machine one pause is not enough.
     """
     await pilot.app.workers.wait_for_complete()
-    last = ""
-    for _ in range(60):
+    last, same = "", 0
+    for _ in range(80):
         await pilot.pause(0.05)
         shot = pilot.app.export_screenshot()
-        if shot == last:
+        same = same + 1 if shot == last else 0
+        if same == 3:  # unchanged over 150 ms: a loaded machine can delay one refresh
             return
         last = shot
 
