@@ -157,18 +157,41 @@ def first_unvouched(db: sqlite_utils.Database) -> int | None:
 
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+_quote = json.encoder.encode_basestring  # the C encoder's string writer (ensure_ascii off)
+# The fields in sorted order, as ``_dumps`` writes them; seq is the one integer.
+_SORTED = tuple(sorted(FIELDS))
+_SHAPE = "{{" + ",".join(f'"{k}":{{}}' for k in _SORTED) + "}}"  # str.format
+
+
+def _value(v: object) -> str:
+    """One field value as ``_dumps`` writes it: a string, null, or an integer."""
+    if type(v) is str:
+        return str(_quote(v))
+    if v is None:
+        return "null"
+    if type(v) is int:
+        return str(v)
+    return _dumps(v)
 
 
 def _fast_body(event: dict[str, Any]) -> bytes:
-    """The RFC 8785 bytes of an event's fields for the usual case, by the C JSON encoder.
+    """The RFC 8785 bytes of an event's fields for the usual case, as the C JSON encoder
+    with sorted keys and no spaces writes them (``_dumps``), one value at a time.
 
     The fields are ASCII-named strings, one integer and nulls: for those the encoder
-    with sorted keys and no spaces writes what RFC 8785 writes, except where they
-    differ on escapes of unusual characters; ``verify_chain`` falls back to
-    ``canonical_bytes`` whenever this gives a hash that does not match, so the chain
-    rule is exactly ``event_hash``.
+    writes what RFC 8785 writes, except where they differ on escapes of unusual
+    characters; ``verify_chain`` falls back to ``canonical_bytes`` whenever this gives
+    a hash that does not match, so the chain rule is exactly ``event_hash``.
     """
-    return _dumps({k: event[k] for k in FIELDS}).encode("utf-8", "surrogatepass")
+    body = _SHAPE.format(*[_value(event[k]) for k in _SORTED])
+    return body.encode("utf-8", "surrogatepass")
+
+
+def hash_matches(prev_hash: str, event: dict[str, Any], digest: str) -> bool:
+    """``event_hash(prev_hash, event) == digest``, by the C encoder first (``_fast_body``)
+    and by the reference ``event_hash`` only when that does not match."""
+    fast = hashlib.sha256(bytes.fromhex(prev_hash) + _fast_body(event)).hexdigest()
+    return fast == digest or event_hash(prev_hash, event) == digest
 
 
 def verify_chain(db: sqlite_utils.Database) -> tuple[int, str]:

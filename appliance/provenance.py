@@ -30,7 +30,7 @@ import sqlite_utils
 from appliance import audit, evidence
 from appliance.errors import PointerUnauthorizedError, RecordUnauthorizedError
 from appliance.store import Record, active_version
-from appliance.trust import TrustState, role_key
+from appliance.trust import RoleKey, TrustState, role_key
 from bundles.documents import ROLLBACK_PAYLOAD_TYPE
 from bundles.dsse import Envelope, verify_envelope
 from bundles.errors import RejectedError
@@ -189,13 +189,31 @@ def check_record(
     ``token``: the database token (``db_token``) taken by a caller that checks many
     records in one read-only pass; by default it is read here, for this record.
     """
-    ref = f"{record.name}@{record.version}"
     if isinstance(token, str):
         token = db_token(db)
     try:
-        found = _stored_manifest(db, trust, record, token)
+        found: _Found = _stored_manifest(db, trust, record, token)
     except RejectedError as e:
-        raise RecordUnauthorizedError(f"{ref}: stored manifest does not verify ({e.code})") from e
+        found = e
+    return _judge_record(trust, record, found, trust.check_signers)
+
+
+_Found = tuple[frozenset[str], Manifest] | RejectedError | None
+
+
+def _judge_record(
+    trust: TrustState,
+    record: Record,
+    found: _Found,
+    check_signers: Callable[[frozenset[str], RoleKey], frozenset[str]],
+) -> frozenset[str]:
+    """``check_record``'s verdict from what the manifests row gave (``found``: the verified
+    manifest, the reason it does not verify, or None when there is no row)."""
+    ref = f"{record.name}@{record.version}"
+    if isinstance(found, RejectedError):
+        raise RecordUnauthorizedError(
+            f"{ref}: stored manifest does not verify ({found.code})"
+        ) from found
     if found is None:
         raise RecordUnauthorizedError(
             f"{ref}: no signed manifest for stream {record.stream} sequence {record.sequence}"
@@ -210,7 +228,41 @@ def check_record(
         or a.size != record.size
     ):
         raise RecordUnauthorizedError(f"{ref}: record differs from its signed manifest")
-    return trust.check_signers(signers, role_key("publisher", record.stream))
+    return check_signers(signers, role_key("publisher", record.stream))
+
+
+class Records:
+    """``check_record`` for many records in one read-only pass (``appliance verify``).
+
+    Each (stream, sequence)'s stored manifest is looked up and judged once per pass (by
+    ``_stored_manifest``: read, hashed and verified, or found in the memo), each set of
+    signers once per role; ``check(record)`` then gives what ``check_record`` gives for
+    that record, with the same errors. ``token``: the pass's ``db_token``.
+    """
+
+    def __init__(self, db: sqlite_utils.Database, trust: TrustState, token: DbToken | None) -> None:
+        self._db, self._trust, self._token = db, trust, token
+        self._found: dict[tuple[str, int], _Found] = {}
+        self._counted: dict[tuple[frozenset[str], RoleKey], frozenset[str]] = {}
+
+    def _check_signers(self, signers: frozenset[str], role: RoleKey) -> frozenset[str]:
+        key = (signers, role)
+        counted = self._counted.get(key)
+        if counted is None:  # only successes are kept: a refusal is judged again
+            counted = self._counted[key] = self._trust.check_signers(signers, role)
+        return counted
+
+    def check(self, record: Record) -> frozenset[str]:
+        where = (record.stream, record.sequence)
+        if where in self._found:
+            found = self._found[where]
+        else:
+            try:
+                found = _stored_manifest(self._db, self._trust, record, self._token)
+            except RejectedError as e:
+                found = e
+            self._found[where] = found
+        return _judge_record(self._trust, record, found, self._check_signers)
 
 
 def _moves_pointer(e: dict[str, Any]) -> dict[str, Any] | None:
@@ -218,8 +270,11 @@ def _moves_pointer(e: dict[str, Any]) -> dict[str, Any] | None:
     activated, or a rollback), else None."""
     detail = json.loads(e["detail"])
     if (e["type"] == "import" and detail.get("activated")) or e["type"] == "rollback":
-        return {**e, "detail": detail}
+        return {**e, "detail": detail, _STORED_DETAIL: e["detail"]}
     return None
+
+
+_STORED_DETAIL = "stored_detail"  # the detail as stored, the bytes the chain hashed
 
 
 def _pointer_events(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]]:
@@ -232,9 +287,10 @@ def _pointer_events(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]
 
 
 def _check_hash(event: dict[str, Any]) -> None:
-    """The event hashes to its ``hash`` (its detail as parsed, written back canonically)."""
-    raw = {**event, "detail": json.dumps(event["detail"], sort_keys=True, separators=(",", ":"))}
-    if audit.event_hash(event["prev_hash"], raw) != event["hash"]:
+    """The event as stored hashes to its ``hash``: the detail string the chain covers,
+    which the parsed detail the rules read is parsed from (``_moves_pointer``)."""
+    raw = {**event, "detail": event[_STORED_DETAIL]}
+    if not audit.hash_matches(event["prev_hash"], raw, event["hash"]):
         raise PointerUnauthorizedError(f"audit event {event['seq']} was altered")
 
 
@@ -296,8 +352,11 @@ def _check_rollback(
         )
 
 
-def check_pointer(db: sqlite_utils.Database, trust: TrustState, name: str) -> None:
-    """The active version of ``name`` is where the last authorized, audited move put it."""
+def check_pointer(db: sqlite_utils.Database, name: str) -> None:
+    """The active version of ``name`` is where the last authorized, audited move put it
+    (no active version when no move put one: a name whose ``active`` row is gone while
+    an audited move set it is refused). The rules use the trust in force at each
+    rollback, read from the database, not today's."""
     events = _pointer_events(db, name)
     _judge_pointer(db, name, active_version(db, name), events, lambda e: _check_links(db, e))
 
@@ -328,6 +387,11 @@ def _judge_pointer(
             chain = evidence.trust_chain(db)
             version = evidence.trust_version_at(db, int(e["seq"]))
             _check_rollback(db, chain.at(version), name, e, seen)
+    if active is None:
+        raise PointerUnauthorizedError(
+            f"{name}: has no active version, but the last authorized move set "
+            f"{events[-1]['version']} (the active pointer was removed)"
+        )
     if events[-1]["version"] != active:
         raise PointerUnauthorizedError(
             f"{name}: active version {active} was not set by an authorized move "
@@ -372,9 +436,12 @@ class Pointers:
 
         _once(self._checked, seq, links)
 
+    def has_active(self, name: str) -> bool:
+        """An ``active`` row names ``name`` (at the time this was made)."""
+        return name in self._active
+
     def check(self, name: str) -> None:
-        """As ``check_pointer(db, trust, name)`` at the time this was made (the rules use
-        the trust in force at each rollback, from the database, not today's)."""
+        """As ``check_pointer(db, name)`` at the time this was made."""
         active, events = self._active.get(name), self._events.get(name, [])
         _once(
             self._verdicts,
