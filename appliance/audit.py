@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from typing import Any
 
 import sqlite_utils
@@ -190,21 +191,80 @@ def _fast_body(event: dict[str, Any]) -> bytes:
 def hash_matches(prev_hash: str, event: dict[str, Any], digest: str) -> bool:
     """``event_hash(prev_hash, event) == digest``, by the C encoder first (``_fast_body``)
     and by the reference ``event_hash`` only when that does not match."""
-    fast = hashlib.sha256(bytes.fromhex(prev_hash) + _fast_body(event)).hexdigest()
-    return fast == digest or event_hash(prev_hash, event) == digest
+    try:
+        fast = hashlib.sha256(bytes.fromhex(prev_hash) + _fast_body(event)).hexdigest()
+        return fast == digest or event_hash(prev_hash, event) == digest
+    except (TypeError, ValueError):  # a value no event holds (a BLOB, NaN): not this hash
+        return False
 
 
 def verify_chain(db: sqlite_utils.Database) -> tuple[int, str]:
     """Walk the log; return (events, head hash) or raise ``AuditChainError``.
 
-    One pass over a cursor (no list of all events), the event bytes from the C JSON
-    encoder; an event whose hash does not match that way is checked again with the
-    reference ``event_hash`` before it is called altered.
+    One pass over a cursor (no list of all events). SQLite writes each event's bytes
+    as ``_fast_body`` would (``_SQL_BODY``: ``json_quote`` escapes as the C encoder
+    does), so the loop here is one SHA-256 an event; an event whose hash does not
+    match that way is read again and checked with ``_fast_body`` and the reference
+    ``event_hash`` before it is called altered. Where SQLite cannot write the bytes (a
+    value of another type in a column, no JSON functions), the walk is made again with
+    the event bytes from Python (``_verify_chain_rows``).
     """
+    try:
+        return _verify_chain_sql(db)
+    except sqlite3.OperationalError:
+        return _verify_chain_rows(db)
+
+
+# The event bytes of ``_fast_body``, written by SQLite: keys in sorted order, each value
+# by json_quote (strings escaped as the C encoder escapes them, NULL as null, integers).
+_SQL_BODY = (
+    "printf('{"
+    + ",".join(f'"{k}":%s' for k in _SORTED)
+    + "}', "
+    + ", ".join(f"json_quote({k})" for k in _SORTED)
+    + ")"
+)
+
+
+def _verify_chain_sql(db: sqlite_utils.Database) -> tuple[int, str]:
+    prev = GENESIS
+    expected_seq = 1
+    sha256 = hashlib.sha256
+    fromhex = bytes.fromhex
+    cur = db.execute(f"SELECT seq, {_SQL_BODY}, prev_hash, hash FROM audit ORDER BY seq")
+    while batch := cur.fetchmany(4096):
+        for seq, body, prev_hash, digest in batch:
+            if seq != expected_seq:
+                raise AuditChainError(
+                    f"audit event {expected_seq} is missing (found {seq} next)",
+                    seq=expected_seq,
+                )
+            if prev_hash != prev or (
+                (
+                    type(body) is not str
+                    or sha256(fromhex(prev) + body.encode()).hexdigest() != digest
+                )
+                and not _row_matches(db, seq, prev, digest)
+            ):
+                raise AuditChainError(f"audit event {seq} was altered: chain broken", seq=seq)
+            prev = digest
+            expected_seq += 1
+    return expected_seq - 1, prev
+
+
+def _row_matches(db: sqlite_utils.Database, seq: int, prev: str, digest: object) -> bool:
+    """The event ``seq`` as read back hashes to ``digest`` by ``hash_matches``."""
+    cols = ", ".join(FIELDS)
+    row = db.execute(f"SELECT {cols} FROM audit WHERE seq = ?", [seq]).fetchone()
+    if row is None or not isinstance(digest, str):
+        return False
+    return hash_matches(prev, dict(zip(FIELDS, row, strict=True)), digest)
+
+
+def _verify_chain_rows(db: sqlite_utils.Database) -> tuple[int, str]:
     prev = GENESIS
     expected_seq = 1
     cols = ", ".join((*FIELDS, "prev_hash", "hash"))
-    sha256 = hashlib.sha256
     cur = db.execute(f"SELECT {cols} FROM audit ORDER BY seq")
     while batch := cur.fetchmany(4096):
         for row in batch:
@@ -215,10 +275,7 @@ def verify_chain(db: sqlite_utils.Database) -> tuple[int, str]:
                     seq=expected_seq,
                 )
             digest = event["hash"]
-            if event["prev_hash"] != prev or (
-                sha256(bytes.fromhex(prev) + _fast_body(event)).hexdigest() != digest
-                and event_hash(prev, event) != digest
-            ):
+            if event["prev_hash"] != prev or not hash_matches(prev, event, digest):
                 raise AuditChainError(
                     f"audit event {event['seq']} was altered: chain broken", seq=event["seq"]
                 )
