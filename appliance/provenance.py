@@ -127,6 +127,10 @@ def db_token(db: sqlite_utils.Database) -> DbToken | None:
     once and passes it to ``check_record`` for each record."""
     if db.conn.in_transaction:
         return None
+    return _file_token(db)
+
+
+def _file_token(db: sqlite_utils.Database) -> DbToken | None:
     row = db.execute("PRAGMA database_list").fetchone()
     path = str(row[2]) if row is not None and row[2] else ""
     if not path:
@@ -145,7 +149,46 @@ def db_token(db: sqlite_utils.Database) -> DbToken | None:
             wal_token = None
     except OSError:
         return None
-    return path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, counter, wal_token)
+    return path, (
+        st.st_dev,
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,  # no one but the kernel sets it: a write then utimes still shows
+        counter,
+        wal_token,
+    )
+
+
+def token_inside(db: sqlite_utils.Database) -> DbToken | None:
+    """The file's token inside a write transaction of ``db`` (the write lock is held:
+    no one else can commit until this one does); for ``carry_audit_commit``."""
+    return _file_token(db) if db.conn.in_transaction else None
+
+
+def carry_audit_commit(db: sqlite_utils.Database, inside: DbToken | None) -> None:
+    """After a commit of ``db`` that changed only the audit log (a load event), with
+    ``inside`` its ``token_inside``: the stored manifests it left alone stay known.
+
+    If SQLite's file change counter moved by exactly one from ``inside`` (this commit
+    and no other, in the rollback-journal mode the appliance uses; same file, no WAL),
+    the ``_row_digests`` entries taken in the state ``inside`` saw are carried to the
+    new token. Otherwise nothing is carried and the next lookup reads the rows again.
+    """
+    after = db_token(db)
+    if inside is None or after is None or after[0] != inside[0]:
+        return
+    before, now = inside[1], after[1]
+    if before[-1] is not None or now[-1] is not None or before[:2] != now[:2]:
+        return
+    count, count2 = before[-2], now[-2]
+    if not isinstance(count, bytes) or not isinstance(count2, bytes):
+        return
+    if (int.from_bytes(count2, "big") - int.from_bytes(count, "big")) % (1 << 32) != 1:
+        return
+    for where, (token, digest) in list(_row_digests.items()):
+        if where[0] == inside[0] and token == before:
+            _row_digests[where] = (now, digest)
 
 
 def _stored_manifest(
