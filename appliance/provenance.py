@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
 import blake3
@@ -395,13 +396,27 @@ def _check_rollback(
         )
 
 
+@contextmanager
+def _snapshot(db: sqlite_utils.Database) -> Iterator[None]:
+    """Several reads from one snapshot of the database: a savepoint (outside a
+    transaction it opens one, so no commit by another process falls between the reads;
+    inside the caller's, it is part of it)."""
+    db.conn.execute("SAVEPOINT provenance_read")
+    try:
+        yield
+    finally:
+        db.conn.execute("RELEASE provenance_read")
+
+
 def check_pointer(db: sqlite_utils.Database, name: str) -> None:
     """The active version of ``name`` is where the last authorized, audited move put it
     (no active version when no move put one: a name whose ``active`` row is gone while
     an audited move set it is refused). The rules use the trust in force at each
     rollback, read from the database, not today's."""
-    events = _pointer_events(db, name)
-    _judge_pointer(db, name, active_version(db, name), events, lambda e: _check_links(db, e))
+    with _snapshot(db):  # the events and the pointer as of one moment, not across a commit
+        events = _pointer_events(db, name)
+        active = active_version(db, name)
+    _judge_pointer(db, name, active, events, lambda e: _check_links(db, e))
 
 
 def _judge_pointer(
@@ -461,14 +476,15 @@ class Pointers:
         self._checked: dict[int, PointerUnauthorizedError | None] = {}
         self._verdicts: dict[str, PointerUnauthorizedError | None] = {}
         counters["pointer_reads"] += 1
-        for e, prev_hash, next_row in audit.all_pointer_rows(db):
+        with _snapshot(db):  # the events and the pointers as of one moment
+            rows = audit.all_pointer_rows(db)
+            active = db.execute("SELECT name, version FROM active").fetchall()
+        for e, prev_hash, next_row in rows:
             moved = _moves_pointer(e)
             if moved is not None:
                 self._events.setdefault(str(e["name"]), []).append(moved)
                 self._links[int(e["seq"])] = (prev_hash, next_row)
-        self._active = {
-            str(r[0]): str(r[1]) for r in db.execute("SELECT name, version FROM active").fetchall()
-        }
+        self._active = {str(r[0]): str(r[1]) for r in active}
 
     def _check_links(self, event: dict[str, Any]) -> None:
         seq = int(event["seq"])
