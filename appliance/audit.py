@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import weakref
 from datetime import datetime
 from typing import Any
@@ -222,31 +223,113 @@ def first_unvouched(db: sqlite_utils.Database) -> int | None:
 
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+_quote = json.encoder.encode_basestring  # the C encoder's string writer (ensure_ascii off)
+# The fields in sorted order, as ``_dumps`` writes them; seq is the one integer.
+_SORTED = tuple(sorted(FIELDS))
+_SHAPE = "{{" + ",".join(f'"{k}":{{}}' for k in _SORTED) + "}}"  # str.format
+
+
+def _value(v: object) -> str:
+    """One field value as ``_dumps`` writes it: a string, null, or an integer."""
+    if type(v) is str:
+        return str(_quote(v))
+    if v is None:
+        return "null"
+    if type(v) is int:
+        return str(v)
+    return _dumps(v)
 
 
 def _fast_body(event: dict[str, Any]) -> bytes:
-    """The RFC 8785 bytes of an event's fields for the usual case, by the C JSON encoder.
+    """The RFC 8785 bytes of an event's fields for the usual case, as the C JSON encoder
+    with sorted keys and no spaces writes them (``_dumps``), one value at a time.
 
     The fields are ASCII-named strings, one integer and nulls: for those the encoder
-    with sorted keys and no spaces writes what RFC 8785 writes, except where they
-    differ on escapes of unusual characters; ``verify_chain`` falls back to
-    ``canonical_bytes`` whenever this gives a hash that does not match, so the chain
-    rule is exactly ``event_hash``.
+    writes what RFC 8785 writes, except where they differ on escapes of unusual
+    characters; ``verify_chain`` falls back to ``canonical_bytes`` whenever this gives
+    a hash that does not match, so the chain rule is exactly ``event_hash``.
     """
-    return _dumps({k: event[k] for k in FIELDS}).encode("utf-8", "surrogatepass")
+    body = _SHAPE.format(*[_value(event[k]) for k in _SORTED])
+    return body.encode("utf-8", "surrogatepass")
+
+
+def hash_matches(prev_hash: str, event: dict[str, Any], digest: str) -> bool:
+    """``event_hash(prev_hash, event) == digest``, by the C encoder first (``_fast_body``)
+    and by the reference ``event_hash`` only when that does not match."""
+    try:
+        fast = hashlib.sha256(bytes.fromhex(prev_hash) + _fast_body(event)).hexdigest()
+        return fast == digest or event_hash(prev_hash, event) == digest
+    except (TypeError, ValueError):  # a value no event holds (a BLOB, NaN): not this hash
+        return False
 
 
 def verify_chain(db: sqlite_utils.Database) -> tuple[int, str]:
     """Walk the log; return (events, head hash) or raise ``AuditChainError``.
 
-    One pass over a cursor (no list of all events), the event bytes from the C JSON
-    encoder; an event whose hash does not match that way is checked again with the
-    reference ``event_hash`` before it is called altered.
+    One pass over a cursor (no list of all events). SQLite writes each event's bytes
+    as ``_fast_body`` would (``_SQL_BODY``: ``json_quote`` escapes as the C encoder
+    does), so the loop here is one SHA-256 an event; an event whose hash does not
+    match that way is read again and checked with ``_fast_body`` and the reference
+    ``event_hash`` before it is called altered. Where SQLite cannot write the bytes (a
+    value of another type in a column, no JSON functions), the walk is made again with
+    the event bytes from Python (``_verify_chain_rows``).
     """
+    try:
+        return _verify_chain_sql(db)
+    except sqlite3.OperationalError:
+        return _verify_chain_rows(db)
+
+
+# The event bytes of ``_fast_body``, written by SQLite: keys in sorted order, each value
+# by json_quote (strings escaped as the C encoder escapes them, NULL as null, integers).
+_SQL_BODY = (
+    "printf('{"
+    + ",".join(f'"{k}":%s' for k in _SORTED)
+    + "}', "
+    + ", ".join(f"json_quote({k})" for k in _SORTED)
+    + ")"
+)
+
+
+def _verify_chain_sql(db: sqlite_utils.Database) -> tuple[int, str]:
+    prev = GENESIS
+    expected_seq = 1
+    sha256 = hashlib.sha256
+    fromhex = bytes.fromhex
+    cur = db.execute(f"SELECT seq, {_SQL_BODY}, prev_hash, hash FROM audit ORDER BY seq")
+    while batch := cur.fetchmany(4096):
+        for seq, body, prev_hash, digest in batch:
+            if seq != expected_seq:
+                raise AuditChainError(
+                    f"audit event {expected_seq} is missing (found {seq} next)",
+                    seq=expected_seq,
+                )
+            if prev_hash != prev or (
+                (
+                    type(body) is not str
+                    or sha256(fromhex(prev) + body.encode()).hexdigest() != digest
+                )
+                and not _row_matches(db, seq, prev, digest)
+            ):
+                raise AuditChainError(f"audit event {seq} was altered: chain broken", seq=seq)
+            prev = digest
+            expected_seq += 1
+    return expected_seq - 1, prev
+
+
+def _row_matches(db: sqlite_utils.Database, seq: int, prev: str, digest: object) -> bool:
+    """The event ``seq`` as read back hashes to ``digest`` by ``hash_matches``."""
+    cols = ", ".join(FIELDS)
+    row = db.execute(f"SELECT {cols} FROM audit WHERE seq = ?", [seq]).fetchone()
+    if row is None or not isinstance(digest, str):
+        return False
+    return hash_matches(prev, dict(zip(FIELDS, row, strict=True)), digest)
+
+
+def _verify_chain_rows(db: sqlite_utils.Database) -> tuple[int, str]:
     prev = GENESIS
     expected_seq = 1
     cols = ", ".join((*FIELDS, "prev_hash", "hash"))
-    sha256 = hashlib.sha256
     cur = db.execute(f"SELECT {cols} FROM audit ORDER BY seq")
     while batch := cur.fetchmany(4096):
         for row in batch:
@@ -257,10 +340,7 @@ def verify_chain(db: sqlite_utils.Database) -> tuple[int, str]:
                     seq=expected_seq,
                 )
             digest = event["hash"]
-            if event["prev_hash"] != prev or (
-                sha256(bytes.fromhex(prev) + _fast_body(event)).hexdigest() != digest
-                and event_hash(prev, event) != digest
-            ):
+            if event["prev_hash"] != prev or not hash_matches(prev, event, digest):
                 raise AuditChainError(
                     f"audit event {event['seq']} was altered: chain broken", seq=event["seq"]
                 )

@@ -41,7 +41,7 @@ from typing import Any
 
 import sqlite_utils
 
-from appliance import audit, witness
+from appliance import audit, provenance, witness
 from appliance.db import read_only, transaction
 from appliance.errors import DigestPinnedError
 from appliance.home import Home, default_home
@@ -255,8 +255,13 @@ def load_event(
 
 
 def _record_event(db: sqlite_utils.Database, fields: dict[str, Any]) -> None:
+    """Commit one load event; the next load on this connection still knows the stored
+    manifests it read (``provenance.carry_audit_commit``): an audited load costs what
+    an unrecorded one does, whatever the size of the artifact's bundle."""
     with transaction(db):
+        inside = provenance.token_inside(db)
         audit.append(db, "load", **fields)
+    provenance.carry_audit_commit(db, inside)
 
 
 def load_from_db(

@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
 import blake3
@@ -30,7 +31,7 @@ import sqlite_utils
 from appliance import audit, evidence
 from appliance.errors import PointerUnauthorizedError, RecordUnauthorizedError
 from appliance.store import Record, active_version
-from appliance.trust import TrustState, role_key
+from appliance.trust import RoleKey, TrustState, role_key
 from bundles.documents import ROLLBACK_PAYLOAD_TYPE
 from bundles.dsse import Envelope, verify_envelope
 from bundles.errors import RejectedError
@@ -127,6 +128,10 @@ def db_token(db: sqlite_utils.Database) -> DbToken | None:
     once and passes it to ``check_record`` for each record."""
     if db.conn.in_transaction:
         return None
+    return _file_token(db)
+
+
+def _file_token(db: sqlite_utils.Database) -> DbToken | None:
     row = db.execute("PRAGMA database_list").fetchone()
     path = str(row[2]) if row is not None and row[2] else ""
     if not path:
@@ -145,7 +150,46 @@ def db_token(db: sqlite_utils.Database) -> DbToken | None:
             wal_token = None
     except OSError:
         return None
-    return path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, counter, wal_token)
+    return path, (
+        st.st_dev,
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,  # no one but the kernel sets it: a write then utimes still shows
+        counter,
+        wal_token,
+    )
+
+
+def token_inside(db: sqlite_utils.Database) -> DbToken | None:
+    """The file's token inside a write transaction of ``db`` (the write lock is held:
+    no one else can commit until this one does); for ``carry_audit_commit``."""
+    return _file_token(db) if db.conn.in_transaction else None
+
+
+def carry_audit_commit(db: sqlite_utils.Database, inside: DbToken | None) -> None:
+    """After a commit of ``db`` that changed only the audit log (a load event), with
+    ``inside`` its ``token_inside``: the stored manifests it left alone stay known.
+
+    If SQLite's file change counter moved by exactly one from ``inside`` (this commit
+    and no other, in the rollback-journal mode the appliance uses; same file, no WAL),
+    the ``_row_digests`` entries taken in the state ``inside`` saw are carried to the
+    new token. Otherwise nothing is carried and the next lookup reads the rows again.
+    """
+    after = db_token(db)
+    if inside is None or after is None or after[0] != inside[0]:
+        return
+    before, now = inside[1], after[1]
+    if before[-1] is not None or now[-1] is not None or before[:2] != now[:2]:
+        return
+    count, count2 = before[-2], now[-2]
+    if not isinstance(count, bytes) or not isinstance(count2, bytes):
+        return
+    if (int.from_bytes(count2, "big") - int.from_bytes(count, "big")) % (1 << 32) != 1:
+        return
+    for where, (token, digest) in list(_row_digests.items()):
+        if where[0] == inside[0] and token == before:
+            _row_digests[where] = (now, digest)
 
 
 def _stored_manifest(
@@ -189,13 +233,31 @@ def check_record(
     ``token``: the database token (``db_token``) taken by a caller that checks many
     records in one read-only pass; by default it is read here, for this record.
     """
-    ref = f"{record.name}@{record.version}"
     if isinstance(token, str):
         token = db_token(db)
     try:
-        found = _stored_manifest(db, trust, record, token)
+        found: _Found = _stored_manifest(db, trust, record, token)
     except RejectedError as e:
-        raise RecordUnauthorizedError(f"{ref}: stored manifest does not verify ({e.code})") from e
+        found = e
+    return _judge_record(trust, record, found, trust.check_signers)
+
+
+_Found = tuple[frozenset[str], Manifest] | RejectedError | None
+
+
+def _judge_record(
+    trust: TrustState,
+    record: Record,
+    found: _Found,
+    check_signers: Callable[[frozenset[str], RoleKey], frozenset[str]],
+) -> frozenset[str]:
+    """``check_record``'s verdict from what the manifests row gave (``found``: the verified
+    manifest, the reason it does not verify, or None when there is no row)."""
+    ref = f"{record.name}@{record.version}"
+    if isinstance(found, RejectedError):
+        raise RecordUnauthorizedError(
+            f"{ref}: stored manifest does not verify ({found.code})"
+        ) from found
     if found is None:
         raise RecordUnauthorizedError(
             f"{ref}: no signed manifest for stream {record.stream} sequence {record.sequence}"
@@ -210,7 +272,41 @@ def check_record(
         or a.size != record.size
     ):
         raise RecordUnauthorizedError(f"{ref}: record differs from its signed manifest")
-    return trust.check_signers(signers, role_key("publisher", record.stream))
+    return check_signers(signers, role_key("publisher", record.stream))
+
+
+class Records:
+    """``check_record`` for many records in one read-only pass (``appliance verify``).
+
+    Each (stream, sequence)'s stored manifest is looked up and judged once per pass (by
+    ``_stored_manifest``: read, hashed and verified, or found in the memo), each set of
+    signers once per role; ``check(record)`` then gives what ``check_record`` gives for
+    that record, with the same errors. ``token``: the pass's ``db_token``.
+    """
+
+    def __init__(self, db: sqlite_utils.Database, trust: TrustState, token: DbToken | None) -> None:
+        self._db, self._trust, self._token = db, trust, token
+        self._found: dict[tuple[str, int], _Found] = {}
+        self._counted: dict[tuple[frozenset[str], RoleKey], frozenset[str]] = {}
+
+    def _check_signers(self, signers: frozenset[str], role: RoleKey) -> frozenset[str]:
+        key = (signers, role)
+        counted = self._counted.get(key)
+        if counted is None:  # only successes are kept: a refusal is judged again
+            counted = self._counted[key] = self._trust.check_signers(signers, role)
+        return counted
+
+    def check(self, record: Record) -> frozenset[str]:
+        where = (record.stream, record.sequence)
+        if where in self._found:
+            found = self._found[where]
+        else:
+            try:
+                found = _stored_manifest(self._db, self._trust, record, self._token)
+            except RejectedError as e:
+                found = e
+            self._found[where] = found
+        return _judge_record(self._trust, record, found, self._check_signers)
 
 
 def _moves_pointer(e: dict[str, Any]) -> dict[str, Any] | None:
@@ -218,8 +314,11 @@ def _moves_pointer(e: dict[str, Any]) -> dict[str, Any] | None:
     activated, or a rollback), else None."""
     detail = json.loads(e["detail"])
     if (e["type"] == "import" and detail.get("activated")) or e["type"] == "rollback":
-        return {**e, "detail": detail}
+        return {**e, "detail": detail, _STORED_DETAIL: e["detail"]}
     return None
+
+
+_STORED_DETAIL = "stored_detail"  # the detail as stored, the bytes the chain hashed
 
 
 def _pointer_events(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]]:
@@ -232,9 +331,10 @@ def _pointer_events(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]
 
 
 def _check_hash(event: dict[str, Any]) -> None:
-    """The event hashes to its ``hash`` (its detail as parsed, written back canonically)."""
-    raw = {**event, "detail": json.dumps(event["detail"], sort_keys=True, separators=(",", ":"))}
-    if audit.event_hash(event["prev_hash"], raw) != event["hash"]:
+    """The event as stored hashes to its ``hash``: the detail string the chain covers,
+    which the parsed detail the rules read is parsed from (``_moves_pointer``)."""
+    raw = {**event, "detail": event[_STORED_DETAIL]}
+    if not audit.hash_matches(event["prev_hash"], raw, event["hash"]):
         raise PointerUnauthorizedError(f"audit event {event['seq']} was altered")
 
 
@@ -296,10 +396,27 @@ def _check_rollback(
         )
 
 
-def check_pointer(db: sqlite_utils.Database, trust: TrustState, name: str) -> None:
-    """The active version of ``name`` is where the last authorized, audited move put it."""
-    events = _pointer_events(db, name)
-    _judge_pointer(db, name, active_version(db, name), events, lambda e: _check_links(db, e))
+@contextmanager
+def _snapshot(db: sqlite_utils.Database) -> Iterator[None]:
+    """Several reads from one snapshot of the database: a savepoint (outside a
+    transaction it opens one, so no commit by another process falls between the reads;
+    inside the caller's, it is part of it)."""
+    db.conn.execute("SAVEPOINT provenance_read")
+    try:
+        yield
+    finally:
+        db.conn.execute("RELEASE provenance_read")
+
+
+def check_pointer(db: sqlite_utils.Database, name: str) -> None:
+    """The active version of ``name`` is where the last authorized, audited move put it
+    (no active version when no move put one: a name whose ``active`` row is gone while
+    an audited move set it is refused). The rules use the trust in force at each
+    rollback, read from the database, not today's."""
+    with _snapshot(db):  # the events and the pointer as of one moment, not across a commit
+        events = _pointer_events(db, name)
+        active = active_version(db, name)
+    _judge_pointer(db, name, active, events, lambda e: _check_links(db, e))
 
 
 def _judge_pointer(
@@ -328,6 +445,11 @@ def _judge_pointer(
             chain = evidence.trust_chain(db)
             version = evidence.trust_version_at(db, int(e["seq"]))
             _check_rollback(db, chain.at(version), name, e, seen)
+    if active is None:
+        raise PointerUnauthorizedError(
+            f"{name}: has no active version, but the last authorized move set "
+            f"{events[-1]['version']} (the active pointer was removed)"
+        )
     if events[-1]["version"] != active:
         raise PointerUnauthorizedError(
             f"{name}: active version {active} was not set by an authorized move "
@@ -354,14 +476,15 @@ class Pointers:
         self._checked: dict[int, PointerUnauthorizedError | None] = {}
         self._verdicts: dict[str, PointerUnauthorizedError | None] = {}
         counters["pointer_reads"] += 1
-        for e, prev_hash, next_row in audit.all_pointer_rows(db):
+        with _snapshot(db):  # the events and the pointers as of one moment
+            rows = audit.all_pointer_rows(db)
+            active = db.execute("SELECT name, version FROM active").fetchall()
+        for e, prev_hash, next_row in rows:
             moved = _moves_pointer(e)
             if moved is not None:
                 self._events.setdefault(str(e["name"]), []).append(moved)
                 self._links[int(e["seq"])] = (prev_hash, next_row)
-        self._active = {
-            str(r[0]): str(r[1]) for r in db.execute("SELECT name, version FROM active").fetchall()
-        }
+        self._active = {str(r[0]): str(r[1]) for r in active}
 
     def _check_links(self, event: dict[str, Any]) -> None:
         seq = int(event["seq"])
@@ -372,9 +495,12 @@ class Pointers:
 
         _once(self._checked, seq, links)
 
+    def has_active(self, name: str) -> bool:
+        """An ``active`` row names ``name`` (at the time this was made)."""
+        return name in self._active
+
     def check(self, name: str) -> None:
-        """As ``check_pointer(db, trust, name)`` at the time this was made (the rules use
-        the trust in force at each rollback, from the database, not today's)."""
+        """As ``check_pointer(db, name)`` at the time this was made."""
         active, events = self._active.get(name), self._events.get(name, [])
         _once(
             self._verdicts,

@@ -8,18 +8,30 @@ tampered with, exit 4), and do the record's signers still meet today's trust
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import re
+import signal
+import stat
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import blake3
 import sqlite_utils
 
 from appliance import safefs
 from appliance.errors import ObjectTamperedError
 from appliance.home import OBJECTS_DIR, Home
-from appliance.provenance import DbToken, Pointers, check_pointer, check_record, db_token
-from appliance.store import Record, object_path
+from appliance.provenance import (
+    DbToken,
+    Pointers,
+    Records,
+    check_pointer,
+    check_record,
+    db_token,
+)
+from appliance.store import Record, active_version, object_path
 from appliance.trust import TrustState
 from bundles.errors import RejectedError, StateSuspectError
 from bundles.hashing import hash_fd
@@ -70,11 +82,7 @@ def check_hash(fd: int, record: Record) -> None:
     """Hash from ``fd``; raise ``ObjectTamperedError`` unless size and digest match."""
     digest, size = hash_fd(fd)
     if size != record.size or digest != record.digest:
-        raise ObjectTamperedError(
-            f"{record.name}@{record.version}: stored object does not match its record "
-            f"(BLAKE3 {digest[:16]}..., expected {record.digest[:16]}...; "
-            f"{size} bytes, expected {record.size})"
-        )
+        raise ObjectTamperedError(_mismatch(record, digest, size))
 
 
 @dataclass(frozen=True)
@@ -102,29 +110,59 @@ def check_provenance(
     *,
     token: DbToken | None | Literal["read"] = "read",
     pointers: Pointers | None = None,
+    checks: Records | None = None,
 ) -> frozenset[str]:
-    """The record is backed by its stored signed manifest, and, when active, its pointer by
-    an authorized move; returns the signers that count today (see ``appliance.provenance``).
-    ``token``: see ``check_record``; ``pointers``: the pointers judged in one pass for
-    many records (``Pointers``), else this record's pointer is checked on its own.
+    """The record is backed by its stored signed manifest, and its name's pointer by an
+    authorized move (when the record is active, or when no version of the name is: an
+    ``active`` row removed under an audited move is tampering); returns the signers that
+    count today (see ``appliance.provenance``). ``token``: see ``check_record``;
+    ``pointers`` and ``checks``: the pointers and records judged in one pass for many
+    records (``Pointers``, ``Records``), else this record is checked on its own.
     """
-    if record.active:
-        if pointers is not None:
+    if pointers is not None:
+        if record.active or not pointers.has_active(record.name):
             pointers.check(record.name)
-        else:
-            check_pointer(db, trust, record.name)
+    elif record.active or active_version(db, record.name) is None:
+        check_pointer(db, record.name)
+    if checks is not None:
+        return checks.check(record)
     return check_record(db, trust, record, token=token)
 
 
 def verify_records(
     home: Home, db: sqlite_utils.Database, trust: TrustState, records: list[Record]
 ) -> list[RecordStatus]:
-    """``verify_record`` of each record in one read-only pass: the database token is read
-    once for the pass, not once a record, and the active pointers are judged from one
-    read of the pointer-moving audit events (``appliance.provenance.Pointers``)."""
-    token = db_token(db)
-    pointers = Pointers(db)
-    return [verify_record(home, db, trust, r, token=token, pointers=pointers) for r in records]
+    """``verify_record`` of each record in one read-only pass.
+
+    The objects are opened by descriptor under one descriptor of ``objects/`` and one
+    of each ``objects/xx/`` (``_ObjectsDir``), each distinct object hashed once, small
+    ones in a forked helper process beside this one (``_hash_all``); the database
+    token is read once for the pass, the active pointers judged from one read of the
+    pointer-moving audit events (``Pointers``), each stored manifest looked up once
+    (``Records``). Same statuses, codes and messages as ``verify_record``; like it,
+    raises only ``home_tampered`` (``objects/`` or ``objects/xx/`` replaced).
+    """
+    hashing = _HashPass(home, records)
+    try:
+        token = db_token(db)
+        pointers = Pointers(db)
+        checks = Records(db, trust, token)
+        judged = [
+            _judge_provenance(db, trust, r, pointers=pointers, checks=checks) for r in records
+        ]
+        found = hashing.finish()
+    finally:
+        hashing.close()
+    out = []
+    for r, provenance in zip(records, judged, strict=True):
+        problem = found[r.digest] if _HEX64.fullmatch(r.digest) else _NOT_HEX
+        try:
+            _judge_hash(home, r, problem)
+        except ObjectTamperedError as e:
+            out.append(RecordStatus(r, "tampered", e.code, e.message))
+            continue
+        out.append(provenance)
+    return out
 
 
 def verify_record(
@@ -145,10 +183,317 @@ def verify_record(
             os.close(fd)
     except ObjectTamperedError as e:
         return RecordStatus(record, "tampered", e.code, e.message)
+    return _judge_provenance(db, trust, record, token=token, pointers=pointers)
+
+
+def _judge_provenance(
+    db: sqlite_utils.Database,
+    trust: TrustState,
+    record: Record,
+    *,
+    token: DbToken | None | Literal["read"] = "read",
+    pointers: Pointers | None = None,
+    checks: Records | None = None,
+) -> RecordStatus:
     try:
-        check_provenance(db, trust, record, token=token, pointers=pointers)
+        check_provenance(db, trust, record, token=token, pointers=pointers, checks=checks)
     except StateSuspectError as e:
         return RecordStatus(record, "unauthorized", e.code, e.message)
     except RejectedError as e:
         return RecordStatus(record, "untrusted", e.code, e.message)
     return RecordStatus(record, "ok")
+
+
+# --- the hash pass of ``verify_records`` ---------------------------------------------------
+#
+# What opening and hashing one object found, as plain tuples (they cross a pipe from the
+# helper process): ("ok", hex digest, size), or a refusal that ``_judge_hash`` turns into
+# the error ``open_object`` / ``check_hash`` raise for it.
+_Problem = tuple[str | int, ...]
+_NOT_HEX: _Problem = ("not_hex",)
+_NO_OBJECTS: _Problem = ("no_objects",)
+SMALL_OBJECT = 1 << 20  # below this (by the record's size) an object may go to the helper
+_HELPER_MIN = 512  # fewer small objects than this: no helper process
+_MAX_HELPERS = 3
+_BATCH = 128  # small objects per batch of the work queue, at least
+_MAX_BATCHES = 8192  # 4 bytes each: the whole queue fits in a pipe's 64 KiB
+_READ = 1 << 16
+counters = {"helper_processes": 0, "subdir_opens": 0}  # pinned by tests/perf
+
+
+def _judge_hash(home: Home, record: Record, problem: _Problem) -> None:
+    """Raise what ``open_object`` then ``check_hash`` raise for ``record`` given what the
+    hash pass found; return when the object hashes to the record."""
+    kind = problem[0]
+    if kind == "ok":
+        if problem[2] != record.size or problem[1] != record.digest:
+            raise ObjectTamperedError(_mismatch(record, str(problem[1]), int(problem[2])))
+        return
+    path = object_path(home, record.digest)
+    what = f"{record.name}@{record.version}"
+    if kind == "not_hex":
+        raise ObjectTamperedError(f"{what}: the record's digest is not a BLAKE3 hex digest")
+    if kind == "no_objects":
+        raise ObjectTamperedError(f"{what}: object {path} is missing (no objects folder)")
+    if kind == "missing":
+        raise ObjectTamperedError(f"{what}: object {path} is missing")
+    if kind == "dir_unsafe":
+        e = safefs.UnsafeEntryError(str(problem[1]), str(problem[2]), str(problem[3]))
+        raise home.tampered(e, f"{OBJECTS_DIR}/")
+    if kind == "unsafe":
+        raise ObjectTamperedError(f"{what}: object {path} is a {problem[1]}, not a regular file")
+    raise ObjectTamperedError(f"{what}: object {path} cannot be opened ({problem[1]})")
+
+
+def _mismatch(record: Record, digest: str, size: int) -> str:
+    return (
+        f"{record.name}@{record.version}: stored object does not match its record "
+        f"(BLAKE3 {digest[:16]}..., expected {record.digest[:16]}...; "
+        f"{size} bytes, expected {record.size})"
+    )
+
+
+class _ObjectsDir:
+    """``objects/`` by one descriptor, each ``objects/xx/`` opened once (never through a
+    link); each object opened as ``open_object`` opens it (``safefs.open_file_at``, minus
+    clearing ``O_NONBLOCK``, which reads of a regular file ignore) and hashed."""
+
+    def __init__(self, objects: int) -> None:
+        self.objects = objects
+        self.subs: dict[str, int | _Problem] = {}
+        self.buffer = bytearray(_READ)
+
+    def close(self) -> None:
+        for fd in self.subs.values():
+            if isinstance(fd, int):
+                os.close(fd)
+        self.subs.clear()
+
+    def _sub(self, prefix: str) -> int | _Problem:
+        sub = self.subs.get(prefix)
+        if sub is None:
+            counters["subdir_opens"] += 1
+            try:
+                sub = safefs.open_dir_at(self.objects, prefix)
+            except FileNotFoundError:
+                sub = ("missing",)
+            except safefs.UnsafeEntryError as e:
+                sub = ("dir_unsafe", e.name, e.found, e.expected)
+            except OSError as e:
+                sub = ("oserror", e.strerror or str(e))
+            self.subs[prefix] = sub
+        return sub
+
+    def hash(self, digest: str, large: bool) -> _Problem:
+        """Open and hash one object; ``large``: hash with all cores (never in the helper,
+        whose copy of this process has no BLAKE3 thread pool)."""
+        sub = self._sub(digest[:2])
+        if not isinstance(sub, int):
+            return sub
+        try:
+            before = os.stat(digest, dir_fd=sub, follow_symlinks=False)
+        except FileNotFoundError:
+            return ("missing",)
+        except OSError as e:
+            return ("oserror", e.strerror or str(e))
+        if not stat.S_ISREG(before.st_mode):
+            return ("unsafe", safefs.kind(before.st_mode))
+        try:
+            fd = os.open(digest, _OPEN_FLAGS, dir_fd=sub)
+        except FileNotFoundError:
+            return ("missing",)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENOTDIR):
+                st = safefs.lstat_at(sub, digest)
+                return ("unsafe", safefs.kind(st.st_mode) if st is not None else "vanishing entry")
+            return ("oserror", e.strerror or str(e))
+        try:
+            after = os.fstat(fd)
+            if not stat.S_ISREG(after.st_mode):
+                return ("unsafe", safefs.kind(after.st_mode))
+            if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+                return ("unsafe", "file swapped while opened")
+            if large:
+                hexdigest, size = hash_fd(fd)
+            else:
+                hexdigest, size = self._hash_small(fd)
+            return ("ok", hexdigest, size)
+        except OSError as e:
+            return ("oserror", e.strerror or str(e))
+        finally:
+            os.close(fd)
+
+    def _hash_small(self, fd: int) -> tuple[str, int]:
+        """One core, this object's own buffer: no thread, safe in the forked helper."""
+        view = memoryview(self.buffer)
+        hasher = blake3.blake3()
+        size = 0
+        while n := os.preadv(fd, [view], size):
+            hasher.update(view[:n])
+            size += n
+        return str(hasher.hexdigest()), size
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class _HashPass:
+    """Open and hash each distinct well-formed digest of ``records``.
+
+    Small objects are cut into batches whose numbers wait in a pipe (a work queue that
+    any process can take from: each takes one 4-byte number per read). When there are
+    many and more than one core, ``start`` forks helper processes that take batches
+    and hash them while this process does its database work (two processes hash small
+    files faster than threads, which the GIL serialises); ``finish`` then hashes the
+    large objects (all cores), takes the batches left, and collects the helpers'
+    findings. What a helper fails to report (it died, or wrote something else) is
+    hashed here.
+    """
+
+    def __init__(self, home: Home, records: list[Record]) -> None:
+        small: dict[str, None] = {}
+        large: dict[str, None] = {}
+        for r in records:
+            if _HEX64.fullmatch(r.digest):
+                (large if r.size >= SMALL_OBJECT else small)[r.digest] = None
+        self.large = list(large)
+        names = list(small)
+        size = max(_BATCH, -(-len(names) // _MAX_BATCHES))
+        self.batches = [names[i : i + size] for i in range(0, len(names), size)]
+        self.found: dict[str, _Problem] = {}
+        self.helpers: list[tuple[int, int]] = []
+        self.objs: _ObjectsDir | None = None
+        if not names and not self.large:
+            return
+        with home.open_dir(OBJECTS_DIR) as objects:
+            if objects is None:
+                self.found = dict.fromkeys([*names, *self.large], _NO_OBJECTS)
+                return
+            self.objs = _ObjectsDir(os.dup(objects))
+        queue, end = os.pipe()
+        try:
+            os.write(end, b"".join(n.to_bytes(4, "little") for n in range(len(self.batches))))
+        finally:
+            os.close(end)  # the queue ends: an empty one reads as end of file
+        self.queue: int | None = queue
+        if len(names) >= _HELPER_MIN:
+            for _ in range(min((os.cpu_count() or 1) - 1, _MAX_HELPERS)):
+                helper = _start_helper(self)
+                if helper is None:
+                    break
+                self.helpers.append(helper)
+
+    def take(self) -> int | None:
+        """The next batch number from the queue, or None when it is empty."""
+        assert self.queue is not None
+        got = os.read(self.queue, 4)
+        return int.from_bytes(got, "little") if len(got) == 4 else None
+
+    def hash_batches(self) -> dict[int, list[_Problem]]:
+        """Take batches until the queue is empty; what each one's objects gave."""
+        assert self.objs is not None
+        out = {}
+        while (n := self.take()) is not None:
+            out[n] = [self.objs.hash(d, False) for d in self.batches[n]]
+        return out
+
+    def finish(self) -> dict[str, _Problem]:
+        """What opening and hashing found for each distinct well-formed digest."""
+        objs = self.objs
+        if objs is None:
+            return self.found
+        try:
+            self.found.update((d, objs.hash(d, True)) for d in self.large)
+            done = self.hash_batches()
+            for pid, r in self.helpers:
+                done.update(_finish_helper(self, pid, r))
+            self.helpers = []
+            for n, batch in enumerate(self.batches):
+                results = done.get(n)
+                if results is None:  # a helper took it and did not report it
+                    results = [objs.hash(d, False) for d in batch]
+                self.found.update(zip(batch, results, strict=True))
+            return self.found
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the descriptors and reap the helpers (idempotent)."""
+        if self.queue is not None:
+            os.close(self.queue)
+            self.queue = None
+        for pid, r in self.helpers:  # only when this process failed before ``finish``
+            os.close(r)
+            os.kill(pid, signal.SIGKILL)  # its findings are not wanted any more
+            os.waitpid(pid, 0)
+        self.helpers = []
+        if self.objs is not None:
+            self.objs.close()
+            os.close(self.objs.objects)
+            self.objs = None
+
+
+def _start_helper(hashing: _HashPass) -> tuple[int, int] | None:
+    """Fork a process that takes batches from ``hashing``'s queue, hashes them, and
+    writes what it found to a pipe as JSON: (pid, read end); None when it cannot be
+    started."""
+    try:
+        r, w = os.pipe()
+    except OSError:
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        return None
+    if pid == 0:  # the helper: only descriptors, blake3 and json; never returns
+        code = 1
+        try:
+            os.close(r)
+            data = json.dumps(hashing.hash_batches()).encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(w, view) :]
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    counters["helper_processes"] += 1
+    return pid, r
+
+
+def _finish_helper(hashing: _HashPass, pid: int, r: int) -> dict[int, list[_Problem]]:
+    """A helper's findings, each checked for shape (batch number, one finding for each
+    of its objects); anything else is left out, to be hashed in this process."""
+    chunks = []
+    try:
+        while chunk := os.read(r, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        return {}
+    try:
+        results = json.loads(b"".join(chunks))
+    except ValueError:
+        return {}
+    out: dict[int, list[_Problem]] = {}
+    if isinstance(results, dict):
+        for key, found in results.items():
+            n = int(key) if key.isdigit() else -1
+            if 0 <= n < len(hashing.batches) and isinstance(found, list):
+                if len(found) == len(hashing.batches[n]) and all(map(_shaped, found)):
+                    out[n] = [tuple(x) for x in found]
+    return out
+
+
+def _shaped(x: object) -> bool:
+    """A finding as ``_ObjectsDir.hash`` makes them: a list of strings, the last of an
+    ``ok`` one the size."""
+    if not isinstance(x, list) or not x or not all(isinstance(v, str) for v in x[:-1]):
+        return False
+    if x[0] == "ok":
+        return len(x) == 3 and isinstance(x[2], int)
+    return isinstance(x[-1], str)

@@ -707,6 +707,18 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scale_table(path: Path) -> str:
+    """The second-round targets table of the last ``bench/scale.py`` run (its own
+    ``table``), as docs/PERFORMANCE.md shows it; empty when there was none."""
+    if not path.exists():
+        return ""
+    sys.path.insert(0, str(REPO / "bench"))
+    import scale
+
+    report = json.loads(path.read_text())
+    return f"\n## Second-round targets ({path.name})\n\n" + scale.table(report)
+
+
 def parse_size(text: str) -> int:
     units = {"K": 1 << 10, "M": MiB, "G": GiB}
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
@@ -734,7 +746,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated sections (hash,import,small,load,startup,tui,service)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    ap.add_argument(
+        "--scale-table",
+        type=Path,
+        help="only print the second-round targets table of this bench/scale.py JSON",
+    )
     args = ap.parse_args(argv)
+    if args.scale_table is not None:
+        print(scale_table(args.scale_table))
+        return 0
     size = args.size or (64 * MiB if args.quick else 2 * GiB)
     count = args.small_files or (500 if args.quick else 20_000)
     reps = args.reps or (2 if args.quick else 5)
@@ -914,7 +934,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     text = json.dumps(report, indent=2)
-    md = markdown(report)
+    md = markdown(report) + scale_table(args.out / "scale-latest.json")
     for stem in (f"bench-{report['mode']}-{stamp}", "latest"):
         (args.out / f"{stem}.json").write_text(text)
         (args.out / f"{stem}.md").write_text(md)

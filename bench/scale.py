@@ -240,7 +240,45 @@ def per_count(
     inner = [s.inner for s in tiny.samples if s.inner]
     out["tiny_load_ms"] = sorted(x["unrecorded_ms"] for x in inner)[len(inner) // 2]
     out["tiny_load_audited_ms"] = sorted(x["audited_ms"] for x in inner)[len(inner) // 2]
+    out["tiny_first_load_ms"] = sorted(x["first_ms"] for x in inner)[len(inner) // 2]
     rmtree(d / "src")
+    return out
+
+
+def tiny_only(work: Path, keys: Path, template: Path, n: int, reps: int) -> dict[str, Any]:
+    """A home holding one bundle of ``n`` artifacts (built and imported once, not timed:
+    at 100,000 that takes minutes), then only the tiny verified load, in process: the
+    first load of the process (it verifies and parses the bundle's stored manifest) and
+    the median of 30 after it, unrecorded and audited."""
+    app = R.cli()
+    d = work / f"t{n}"
+    src = d / "src"
+    log(f"== tiny load from a bundle of {n} artifacts: building it (not timed)")
+    names = small_files(src, n)
+    bundle = d / "bundle"
+    make_bundle_api(keys, bundle, src, names, 1)
+    rmtree(src)
+    home = d / "home"
+    R._copy_home(template, home)
+    R.quiet([*app, "--home", home, "import", bundle])
+    rmtree(bundle)
+    cases = [
+        R.Case(
+            "appliance.load tiny (in process)",
+            R.py(R.WORKER, "load-tiny", home, names[n // 2], "30"),
+            inner=True,
+        )
+    ]
+    R.measure(cases, reps, log)
+    inner = [s.inner for s in cases[0].samples if s.inner]
+    mid = len(inner) // 2
+    out = {
+        "count": n,
+        "tiny_load_ms": sorted(x["unrecorded_ms"] for x in inner)[mid],
+        "tiny_load_audited_ms": sorted(x["audited_ms"] for x in inner)[mid],
+        "tiny_first_load_ms": sorted(x["first_ms"] for x in inner)[mid],
+    }
+    rmtree(d)
     return out
 
 
@@ -323,6 +361,143 @@ def audit_log(work: Path, template: Path, events: int, reps: int) -> dict[str, A
     return {"events": events + seq, "audit_verify_s": cases[0].median()}
 
 
+def _row(target: str, size: str, ours: str, ref: str, ratio: float | None, limit: str) -> str:
+    if ratio is None:
+        return f"| {target} | {size} | {ours} | {ref} | | {limit} | not measured |"
+    op, bound = limit.split()
+    value = float(bound)
+    met = ratio >= value if op == ">=" else (ratio < value if op == "<" else ratio <= value)
+    return (
+        f"| {target} | {size} | {ours} | {ref} | {ratio:.3g} | {limit} | "
+        f"{'yes' if met else '**no**'} |"
+    )
+
+
+def table(report: dict[str, Any]) -> str:
+    """Every second-round target of the run in ``report``, one row per size: what was
+    measured, the reference in the same run, the ratio and whether the target is met."""
+    m = report.get("machine", {})
+    lines = [
+        f"Run {report['when']}, command `{' '.join(report.get('argv', []))}`; machine "
+        f"{m.get('Model name', '?')}, {m.get('CPU(s)', '?')} CPUs, {m.get('filesystem', '?')}; "
+        f"load average {report['load_before']} before, {report.get('load_after', '?')} after.",
+        "",
+        "| target | N / size | ours | reference | ratio | target | met? |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    f = R.fmt_s
+    for c in report["counts"]:
+        n = f"{c['count']:,}"
+        if "verify_s" in c:
+            lines.append(
+                _row(
+                    "`verify` files/s vs `b3sum` (b3sum time / ours)",
+                    n,
+                    f(c["verify_s"]),
+                    f(c["b3sum_objects_s"]),
+                    c["b3sum_objects_s"] / c["verify_s"],
+                    ">= 1.5",
+                )
+            )
+        if "import_s" in c:
+            lines.append(
+                _row(
+                    "`import` vs `cp -r` + `sync`",
+                    n,
+                    f(c["import_s"]),
+                    f(c["cp_sync_s"]),
+                    c["import_s"] / c["cp_sync_s"],
+                    "<= 1.5",
+                )
+            )
+        if "create_s" in c:
+            lines.append(
+                _row(
+                    "`bundle create` vs `cp -r` + `b3sum`",
+                    n,
+                    f(c["create_s"]),
+                    f(c["cp_b3sum_s"]),
+                    c["create_s"] / c["cp_b3sum_s"],
+                    "<= 1.5",
+                )
+            )
+        lines.append(
+            _row(
+                "tiny verified load, ms (unrecorded)",
+                n,
+                f"{c['tiny_load_ms']:.2f} ms",
+                "",
+                c["tiny_load_ms"],
+                "< 5",
+            )
+        )
+        lines.append(
+            _row(
+                "tiny verified load, ms (audited)",
+                n,
+                f"{c['tiny_load_audited_ms']:.2f} ms",
+                "",
+                c["tiny_load_audited_ms"],
+                "< 5",
+            )
+        )
+        if "tiny_first_load_ms" in c:
+            lines.append(
+                f"| first tiny load of a process (verifies the stored manifest), informative "
+                f"| {n} | {c['tiny_first_load_ms']:.0f} ms | | | | |"
+            )
+    for sz in report["sizes"]:
+        g = f"{sz['size'] / R.GiB:g} GiB ({sz.get('copy') or '?'})"
+        for key, what in (("load_s", "`load -o /dev/null`"), ("exec_s", "`exec -- true`")):
+            lines.append(
+                _row(
+                    f"{what} vs `b3sum` of the object",
+                    g,
+                    f(sz[key]),
+                    f(sz["b3sum_s"]),
+                    sz[key] / sz["b3sum_s"],
+                    "<= 1.25",
+                )
+            )
+    if "audit" in report:
+        a = report["audit"]
+        lines.append(
+            _row(
+                "`audit verify`, seconds",
+                f"{a['events']:,} events",
+                f(a["audit_verify_s"]),
+                "",
+                a["audit_verify_s"],
+                "< 10",
+            )
+        )
+    svc = report.get("service")
+    if svc:
+        t = svc["tiny_service_ms"]
+        lines.append(
+            _row(
+                "tiny load through the service, ms (median, audited)",
+                "1 artifact",
+                f"{t['median']:.2f} ms (p99 {t['p99']:.2f})",
+                f"direct {svc['tiny_direct_ms']['median']:.2f} ms",
+                t["median"],
+                "< 5",
+            )
+        )
+        cc = svc["concurrent"]
+        lines.append(
+            _row(
+                "64 loaders through the service, audited loads/s",
+                f"{cc.get('loads', '?')} loads",
+                f"{cc['per_second']:,.0f}/s, {cc['events_lost']} lost",
+                "",
+                cc["per_second"],
+                ">= 1000",
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
 def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -381,12 +556,22 @@ def main() -> int:
     ap.add_argument("--counts", default="1000,5000,20000")
     ap.add_argument("--sizes", default="1G,2G", help="big-load sizes (4G, 16G as disk allows)")
     ap.add_argument("--audit-events", type=int, default=1_000_000)
+    ap.add_argument(
+        "--tiny-counts",
+        default="",
+        help="bundle sizes for the tiny load alone (e.g. 100000: built once, not timed)",
+    )
+    ap.add_argument("--service", action="store_true", help="also bench/service_bench.py")
+    ap.add_argument("--table-from", type=Path, help="only print the targets table of this JSON")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "scale.png")
     ap.add_argument("--plot-python", help="an interpreter with matplotlib (the bench extra)")
     ap.add_argument("--plot-from", type=Path, help="only draw the plot of this JSON report")
     args = ap.parse_args()
+    if args.table_from is not None:
+        print(table(json.loads(args.table_from.read_text())))
+        return 0
     if args.plot_from is not None:
         plot(json.loads(args.plot_from.read_text()), args.plot)
         return 0
@@ -408,12 +593,19 @@ def main() -> int:
         for n in (int(x) for x in args.counts.split(",") if x):
             report["counts"].append(per_count(work, keys, template, n, b3sum, args.reps))
             log(json.dumps(report["counts"][-1]))
+        for n in (int(x) for x in args.tiny_counts.split(",") if x):
+            report["counts"].append(tiny_only(work, keys, template, n, args.reps))
+            log(json.dumps(report["counts"][-1]))
         for s in (R.parse_size(x) for x in args.sizes.split(",") if x):
             report["sizes"].append(per_size(work, keys, template, s, b3sum, args.reps))
             log(json.dumps(report["sizes"][-1]))
         if args.audit_events:
             report["audit"] = audit_log(work, template, args.audit_events, args.reps)
             log(json.dumps(report["audit"]))
+        if args.service:
+            import service_bench
+
+            report["service"] = service_bench.run(work / "service", False, log)
     finally:
         report["load_after"] = R.loadavg()
         rmtree(work)
@@ -433,6 +625,7 @@ def main() -> int:
         except ImportError:
             log("matplotlib is missing (see --plot-python): no plot")
     log(json.dumps(report, indent=1))
+    log(table(report))
     return 0
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import sqlite_utils
 
 from appliance import audit
-from appliance.provenance import check_pointer, check_record
+from appliance.provenance import Pointers, Records, db_token
 from appliance.store import records
 from appliance.truststore import load_trust
 from appliance.watch.alarms import ACK, ALARM, Alarm
@@ -260,7 +260,11 @@ class DbMonitor:
         except ApplianceError as e:
             return [Alarm("trust_state_unauthorized", "trust", e.message)]
         recs = records(self.db)
-        pointer_names = {r.name for r in recs if r.active} | {
+        # Every stored name's pointer, and every active row's: a name with stored
+        # records whose active row is gone is judged too (tampering when an audited
+        # move set it). One read of the pointer events for all of them (``Pointers``).
+        pointers = Pointers(self.db)
+        pointer_names = {r.name for r in recs} | {
             str(n) for (n,) in self.db.execute("SELECT name FROM active")
         }
         for name in sorted(pointer_names):
@@ -268,15 +272,16 @@ class DbMonitor:
                 continue
             self.stats.pointer_checks += 1
             try:
-                check_pointer(self.db, trust, name)
+                pointers.check(name)
             except StateSuspectError as e:
                 alarms.append(Alarm(e.code, name, e.message, name=name))
+        checks = Records(self.db, trust, db_token(self.db))
         for rec in recs:
             if names is not None and rec.name not in names:
                 continue
             ref = f"{rec.name}@{rec.version}"
             try:
-                check_record(self.db, trust, rec)
+                checks.check(rec)
             except StateSuspectError as e:
                 alarms.append(Alarm(e.code, ref, e.message, name=rec.name))
             except ApplianceError:

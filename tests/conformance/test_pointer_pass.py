@@ -21,7 +21,6 @@ import pytest
 from appliance.errors import PointerUnauthorizedError
 from appliance.home import Home
 from appliance.provenance import Pointers, check_pointer
-from appliance.truststore import load_trust
 
 from .driver import Site, cli, ok
 
@@ -50,18 +49,16 @@ def _verdict(fn: object, *args: object) -> str | None:
     return None
 
 
-def _verdicts(home: Path) -> tuple[dict[str, str | None], dict[str, str | None], set[str]]:
-    """Per-record and one-pass verdicts for every stored name; the names verify judges
-    (those with an active record)."""
+def _verdicts(home: Path) -> tuple[dict[str, str | None], dict[str, str | None]]:
+    """Per-record and one-pass verdicts for every stored name (verify judges them all:
+    the active ones, and those with no active row, which an audited move set)."""
     db = Home(home).db()
     try:
-        trust = load_trust(db)
         names = [str(r[0]) for r in db.execute("SELECT DISTINCT name FROM artifacts")]
-        active = {str(r[0]) for r in db.execute("SELECT name FROM active")}
         one_pass = Pointers(db)
-        per_record = {n: _verdict(check_pointer, db, trust, n) for n in names}
+        per_record = {n: _verdict(check_pointer, db, n) for n in names}
         batched = {n: _verdict(one_pass.check, n) for n in names}
-        return per_record, batched, active
+        return per_record, batched
     finally:
         db.conn.close()
 
@@ -94,7 +91,7 @@ _AFTER_ROLLBACK = ("pointer moved", "event detail edited", "event before edited"
 def test_untampered_verdicts_agree(site: Site, home: Path, rollback: bool) -> None:
     if rollback:
         _rolled_back(site, home)
-    per_record, batched, _ = _verdicts(home)
+    per_record, batched = _verdicts(home)
     assert batched == per_record
     assert set(batched.values()) == {None}
     ok(cli(home, "verify"))
@@ -112,12 +109,12 @@ def test_tampered_verdicts_agree(site: Site, home: Path, rollback: bool, stateme
     if rollback:
         _rolled_back(site, home)
     _sql(home, statement)
-    per_record, batched, active = _verdicts(home)
+    per_record, batched = _verdicts(home)
     assert batched == per_record
     before = _files(home)
     v = cli(home, "verify")
-    if any(per_record[n] for n in active):
+    if any(per_record.values()):
         assert (v.rc, v.code) == (4, "pointer_unauthorized"), str(v)
-    else:  # a cleared pointer: nothing active to judge (verify judges active records)
+    else:
         assert "pointer_unauthorized" not in str(v)
     assert _files(home) == before  # verify is read-only

@@ -124,6 +124,19 @@ def test_pointer_moved_in_database(site: Site, home: Path, tmp_path: Path) -> No
     ok(cli(home, "audit", "verify"))
 
 
+def test_active_pointer_removed_from_database(site: Site, home: Path) -> None:
+    """``DELETE FROM active``: a name with stored records and audited pointer moves but no
+    active version is tampering too (the last authorized move set one)."""
+    _sql(home, "DELETE FROM active WHERE name = 'm'")
+    before = snapshot(home)
+    v = cli(home, "verify")
+    assert (v.rc, v.code) == (4, "pointer_unauthorized"), str(v)
+    statuses = {(x["name"], x["version"]): (x["status"], x["code"]) for x in v.out["results"]}
+    assert statuses[("m", "2.0")] == ("unauthorized", "pointer_unauthorized")
+    assert {s for (n, _), s in statuses.items() if n != "m"} == {("ok", None)}
+    assert_unchanged(before, snapshot(home))  # verify is read-only
+
+
 def test_pointer_moved_and_audit_event_forged(site: Site, home: Path, tmp_path: Path) -> None:
     """Moving the pointer and rewriting the import event's version breaks the chain."""
     _sql(home, "UPDATE active SET version = '1.0' WHERE name = 'm'")

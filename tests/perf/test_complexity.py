@@ -5,6 +5,11 @@
   memo.
 * ``verify`` of N records runs a number of SQL statements that does not grow with N
   (the pointer events are read once, the database token taken once, per command).
+* Audited loads from one bundle read and hash its stored signed manifest once, not once
+  per load (a load's own audit commit does not make the next one read it again); a
+  change by anyone else does.
+* ``verify`` opens each ``objects/xx`` once, and hashes small objects in helper
+  processes when there are many.
 * An import makes its batch durable with two ``syncfs`` calls (before and after the
   renames) and a number of ``fsync`` calls that does not grow with its artifacts.
 """
@@ -19,7 +24,9 @@ from typing import Any
 import pytest
 from conftest_load import Site, make_site
 
-from appliance import provenance, store
+import appliance
+from appliance import provenance, store, verify
+from appliance.errors import RecordUnauthorizedError
 from appliance.importer import import_bundle
 from appliance.store import records
 from appliance.truststore import load_trust
@@ -201,3 +208,78 @@ def test_bundle_create_durability_does_not_grow_with_artifacts(
     small = _create_counting(tmp_path, 2, monkeypatch)
     large = _create_counting(tmp_path, 50, monkeypatch)
     assert small == large == (1, small[1]), (small, large)
+
+
+def _count_manifest_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    seen = {"reads": 0}
+    real = provenance._envelope_digest
+
+    def digest(raw: bytes) -> bytes:
+        seen["reads"] += 1
+        return real(raw)
+
+    monkeypatch.setattr(provenance, "_envelope_digest", digest)
+    return seen
+
+
+def _load(site: Site, name: str) -> bytes:
+    with appliance.load(name, home=site.home, record=True) as art:
+        return art.read()
+
+
+def test_audited_loads_read_the_stored_manifest_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = make_site(tmp_path)
+    import_bundle(site.h, _bundle(site, 30, "a"))
+    seen = _count_manifest_reads(monkeypatch)
+    for i in range(6):
+        assert _load(site, f"a{i}") == f"a {i}".encode() * 50
+    assert seen["reads"] == 1  # before: once per load (each load's event changed the file)
+    db = site.h.db()
+    try:
+        loads = db.execute("SELECT COUNT(*) FROM audit WHERE type = 'load'").fetchone()[0]
+    finally:
+        db.conn.close()
+    assert loads == 6  # every one audited
+
+
+def test_a_manifest_changed_between_audited_loads_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another connection's commit (here: a forged stored envelope) is never carried over:
+    the next load reads the row again and refuses it."""
+    site = make_site(tmp_path)
+    import_bundle(site.h, _bundle(site, 4, "a"))
+    seen = _count_manifest_reads(monkeypatch)
+    _load(site, "a1")
+    db = site.h.db()
+    try:
+        raw = bytes(db.execute("SELECT envelope FROM manifests").fetchone()[0])
+        env = Envelope.from_bytes(raw)
+        forged = Envelope(env.payload_type, env.payload + b" ", env.signatures)
+        db.execute("UPDATE manifests SET envelope = ?", [forged.to_bytes()])
+    finally:
+        db.conn.close()
+    with pytest.raises(RecordUnauthorizedError):
+        _load(site, "a2")
+    assert seen["reads"] == 2
+
+
+def test_verify_opens_each_objects_subdir_once_and_uses_helpers(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    n = verify._HELPER_MIN + 88
+    import_bundle(site.h, site.bundle({f"f{i}@1": b"%d" % i * 20 for i in range(n)}))
+    before = dict(verify.counters)
+    db = site.h.db()
+    try:
+        recs = records(db)
+        statuses = {s.status for s in verify_records(site.h, db, load_trust(db), recs)}
+    finally:
+        db.conn.close()
+    assert statuses == {"ok"}
+    prefixes = {r.digest[:2] for r in recs}
+    # each objects/xx opened once by this process (a helper counts in its own copy)
+    helpers = verify.counters["helper_processes"] - before["helper_processes"]
+    assert helpers == min((os.cpu_count() or 1) - 1, verify._MAX_HELPERS)
+    assert verify.counters["subdir_opens"] - before["subdir_opens"] <= len(prefixes)
