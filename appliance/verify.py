@@ -363,6 +363,7 @@ class _HashPass:
         self.found: dict[str, _Problem] = {}
         self.helpers: list[tuple[int, int]] = []
         self.objs: _ObjectsDir | None = None
+        self.queue: int | None = None
         if not names and not self.large:
             return
         with home.open_dir(OBJECTS_DIR) as objects:
@@ -375,7 +376,7 @@ class _HashPass:
             os.write(end, b"".join(n.to_bytes(4, "little") for n in range(len(self.batches))))
         finally:
             os.close(end)  # the queue ends: an empty one reads as end of file
-        self.queue: int | None = queue
+        self.queue = queue
         if len(names) >= _HELPER_MIN:
             for _ in range(min((os.cpu_count() or 1) - 1, _MAX_HELPERS)):
                 helper = _start_helper(self)

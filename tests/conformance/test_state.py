@@ -262,3 +262,16 @@ def test_removed_trailing_load_event_is_evident(wsite: Site, tmp_path: Path) -> 
     _sql(home, "DELETE FROM audit WHERE type = 'load'")
     a = cli(home, "audit", "verify", witness=w)
     assert (a.rc, a.code) == (4, "audit_chain_broken"), str(a)
+
+
+def test_verify_of_a_home_without_its_objects_folder(home: Path) -> None:
+    """Every object gone with its folder: each record is object_tampered (exit 4), never an
+    internal error (verify's hashing pass once failed closing what it never opened)."""
+    import shutil
+
+    subprocess.run(["chattr", "-R", "-i", str(home / "objects")], check=False, capture_output=True)
+    shutil.rmtree(home / "objects")
+    before = snapshot(home)
+    r = cli(home, "verify")
+    assert (r.rc, r.code) == (4, "object_tampered"), str(r)
+    assert_unchanged(before, snapshot(home))
