@@ -21,14 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import blake3
 import sqlite_utils
 
 from appliance import audit, evidence
+from appliance.db import snapshot
 from appliance.errors import PointerUnauthorizedError, RecordUnauthorizedError
 from appliance.store import Record, active_version
 from appliance.trust import RoleKey, TrustState, role_key
@@ -396,24 +396,12 @@ def _check_rollback(
         )
 
 
-@contextmanager
-def _snapshot(db: sqlite_utils.Database) -> Iterator[None]:
-    """Several reads from one snapshot of the database: a savepoint (outside a
-    transaction it opens one, so no commit by another process falls between the reads;
-    inside the caller's, it is part of it)."""
-    db.conn.execute("SAVEPOINT provenance_read")
-    try:
-        yield
-    finally:
-        db.conn.execute("RELEASE provenance_read")
-
-
 def check_pointer(db: sqlite_utils.Database, name: str) -> None:
     """The active version of ``name`` is where the last authorized, audited move put it
     (no active version when no move put one: a name whose ``active`` row is gone while
     an audited move set it is refused). The rules use the trust in force at each
     rollback, read from the database, not today's."""
-    with _snapshot(db):  # the events and the pointer as of one moment, not across a commit
+    with snapshot(db):  # the events and the pointer as of one moment, not across a commit
         events = _pointer_events(db, name)
         active = active_version(db, name)
     _judge_pointer(db, name, active, events, lambda e: _check_links(db, e))
@@ -476,7 +464,7 @@ class Pointers:
         self._checked: dict[int, PointerUnauthorizedError | None] = {}
         self._verdicts: dict[str, PointerUnauthorizedError | None] = {}
         counters["pointer_reads"] += 1
-        with _snapshot(db):  # the events and the pointers as of one moment
+        with snapshot(db):  # the events and the pointers as of one moment
             rows = audit.all_pointer_rows(db)
             active = db.execute("SELECT name, version FROM active").fetchall()
         for e, prev_hash, next_row in rows:
