@@ -95,10 +95,8 @@ def test_two_bundles_two_verifications(tmp_path: Path, monkeypatch: pytest.Monke
     assert seen == {"verify_envelope": 2, "from_payload": 2}
 
 
-def test_a_changed_stored_envelope_is_not_served_from_the_memo(tmp_path: Path) -> None:
-    site = make_site(tmp_path)
-    import_bundle(site.h, _bundle(site, 4, "a"))
-    assert _verify_all(site) == ["ok"] * 4  # now in the memo
+def _forge_stored_envelope(site: Site) -> None:
+    """Another connection rewrites the stored manifest (one byte more of payload)."""
     db = site.h.db()
     try:
         raw = bytes(db.execute("SELECT envelope FROM manifests").fetchone()[0])
@@ -107,6 +105,13 @@ def test_a_changed_stored_envelope_is_not_served_from_the_memo(tmp_path: Path) -
         db.execute("UPDATE manifests SET envelope = ?", [forged.to_bytes()])
     finally:
         db.conn.close()
+
+
+def test_a_changed_stored_envelope_is_not_served_from_the_memo(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    import_bundle(site.h, _bundle(site, 4, "a"))
+    assert _verify_all(site) == ["ok"] * 4  # now in the memo
+    _forge_stored_envelope(site)
     statuses = _verify_all(site)
     assert statuses == ["unauthorized"] * 4
 
@@ -253,14 +258,7 @@ def test_a_manifest_changed_between_audited_loads_is_read_again(
     import_bundle(site.h, _bundle(site, 4, "a"))
     seen = _count_manifest_reads(monkeypatch)
     _load(site, "a1")
-    db = site.h.db()
-    try:
-        raw = bytes(db.execute("SELECT envelope FROM manifests").fetchone()[0])
-        env = Envelope.from_bytes(raw)
-        forged = Envelope(env.payload_type, env.payload + b" ", env.signatures)
-        db.execute("UPDATE manifests SET envelope = ?", [forged.to_bytes()])
-    finally:
-        db.conn.close()
+    _forge_stored_envelope(site)
     with pytest.raises(RecordUnauthorizedError):
         _load(site, "a2")
     assert seen["reads"] == 2
