@@ -8,16 +8,21 @@ child process. Work is counted by calls (``mediascan._read_entry`` parses one ma
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from tui_world import World
 
+import tui.model
 from appliance import evaluation, mediascan
 from bundles.reader import MANIFEST_FILE
 from tui.model import MediaPoll, MediaScanner
+
+_real_poll_media = tui.model.poll_media
 
 
 def counting(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
@@ -123,3 +128,59 @@ def test_polls_asked_for_during_a_poll_run_after_it_in_its_thread(world: World) 
     assert not scanner.more()  # done: the next request polls again
     assert scanner.claim()
     assert not scanner.more()
+
+
+def _scanner_dies(*_job: object) -> MediaPoll:
+    os._exit(1)  # the scanner child is killed mid-poll (out of memory, an operator's kill)
+
+
+def _children() -> list[int]:
+    return sorted(p.pid for p in multiprocessing.active_children() if p.pid is not None)
+
+
+def test_a_killed_scanner_is_restarted_with_empty_caches(world: World) -> None:
+    """The child killed between polls: the next poll forks a new one, which starts cold
+    (it parses every manifest again) and gives the same statuses; no error is shown."""
+    scanner = MediaScanner(world.home, [world.media], False)
+    scanner.start()
+    try:
+        first = scanner.poll()
+        n = len(bundles(first))
+        assert first.problem is None and n >= 4
+        (child,) = _children()
+        os.kill(child, signal.SIGKILL)
+        again = scanner.poll()
+        assert again.problem is None
+        assert again.parsed == n and again.statuses == first.statuses
+        assert _children() != [child]
+    finally:
+        scanner.close()
+
+
+def test_a_scanner_that_dies_on_every_poll_gives_one_io_error_and_no_exception(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two forks in a row die: the poll reports ``io_error`` (the home screen shows it)
+    instead of raising into the UI or retrying forever; a later poll tries again."""
+    monkeypatch.setattr(tui.model, "poll_media", _scanner_dies)
+    scanner = MediaScanner(world.home, [world.media], False)
+    scanner.start()
+    try:
+        poll = scanner.poll()
+        assert poll.media == [] and poll.statuses == {}
+        assert poll.problem is not None and poll.problem.code == "io_error"
+        assert poll.problem.message == "the media scanner stopped (BrokenProcessPool)"
+        monkeypatch.setattr(tui.model, "poll_media", _real_poll_media)
+        recovered = scanner.poll()  # the scanner forks afresh, with the real poll
+        assert recovered.problem is None and len(bundles(recovered)) >= 4
+    finally:
+        scanner.close()
+
+
+def test_a_closed_scanner_polls_nothing(world: World) -> None:
+    scanner = MediaScanner(world.home, [world.media], False)
+    scanner.start()
+    scanner.close()
+    poll = scanner.poll()
+    assert poll.problem is not None and poll.problem.code == "io_error"
+    assert poll.problem.message == "the media scanner is closed"
