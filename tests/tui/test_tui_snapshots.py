@@ -98,21 +98,7 @@ def test_home(snap_compare: Any, snap_world: World, size: tuple[int, int]) -> No
     assert snap_compare(make_app(snap_world), terminal_size=size, run_before=home(snap_world))
 
 
-@pytest.mark.parametrize(
-    "size",
-    [
-        pytest.param(
-            s,
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="intermittent under -n 2 (differs outside the text; cause not found)",
-            ),
-        )
-        if s == (80, 24)
-        else s
-        for s in SIZES
-    ],
-)
+@pytest.mark.parametrize("size", SIZES)
 def test_review_allowed(snap_compare: Any, snap_world: World, size: tuple[int, int]) -> None:
     before = review(snap_world, "good")
     assert snap_compare(make_app(snap_world), terminal_size=size, run_before=before)
