@@ -96,7 +96,9 @@ def connect(path: Path, *, create: bool = False) -> sqlite_utils.Database:
         if isinstance(e, sqlite3.OperationalError) and "readonly" in str(e):
             raise ReadOnlyError(f"state database {path} is read-only: {e}") from e
         raise StoreCorruptError(f"state database {path} is unreadable or corrupt: {e}") from e
-    return sqlite_utils.Database(conn)
+    # No sqlite-utils plugins: an installed package's entry point must not get a hook on
+    # the state database; and finding them scans every installed distribution at start-up.
+    return sqlite_utils.Database(conn, execute_plugins=False)
 
 
 def get_meta(db: sqlite_utils.Database, key: str) -> str | None:

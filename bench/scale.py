@@ -564,6 +564,12 @@ def main() -> int:
     ap.add_argument("--service", action="store_true", help="also bench/service_bench.py")
     ap.add_argument("--table-from", type=Path, help="only print the targets table of this JSON")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument(
+        "--only",
+        choices=("counts", "tiny", "sizes", "audit", "service"),
+        action="append",
+        help="run only these sections (repeatable; e.g. --only sizes: the big load/exec rows)",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "scale.png")
     ap.add_argument("--plot-python", help="an interpreter with matplotlib (the bench extra)")
@@ -575,6 +581,12 @@ def main() -> int:
     if args.plot_from is not None:
         plot(json.loads(args.plot_from.read_text()), args.plot)
         return 0
+    if args.only:
+        args.counts = args.counts if "counts" in args.only else ""
+        args.tiny_counts = args.tiny_counts if "tiny" in args.only else ""
+        args.sizes = args.sizes if "sizes" in args.only else ""
+        args.audit_events = args.audit_events if "audit" in args.only else 0
+        args.service = args.service or "service" in args.only
     b3sum = R.ensure_b3sum(log)
     if b3sum is None:
         log("b3sum is needed")
