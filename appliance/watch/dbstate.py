@@ -72,7 +72,7 @@ def open_reader(path: Path) -> sqlite_utils.Database:
     conn = sqlite3.connect(
         target, uri=True, timeout=30, isolation_level=None, check_same_thread=False
     )
-    return sqlite_utils.Database(conn)
+    return sqlite_utils.Database(conn, execute_plugins=False)  # as db.connect: no plugin hooks
 
 
 def fingerprint(db: sqlite_utils.Database) -> dict[str, str]:

@@ -207,3 +207,6 @@ def test_the_state_database_loads_no_sqlite_utils_plugins(
     db.conn.close()
     doc = cmd_load.run_load(_args(output=Path("/dev/null")), _ctx(site))
     assert doc["size"] == len(BIG)
+    from appliance.watch import dbstate  # the watcher's read-only connection: the same
+
+    dbstate.open_reader(site.h.root / "appliance.db").conn.close()
