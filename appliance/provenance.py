@@ -35,19 +35,22 @@ from appliance.trust import RoleKey, TrustState, role_key
 from bundles.documents import ROLLBACK_PAYLOAD_TYPE
 from bundles.dsse import Envelope, verify_envelope
 from bundles.errors import RejectedError
-from bundles.manifest import MAX_MANIFEST_FILE_BYTES, PAYLOAD_TYPE, Manifest
+from bundles.manifest import MAX_MANIFEST_FILE_BYTES, PAYLOAD_TYPE, StoredManifest, parse_stored
 
-_manifest_cache: dict[bytes, Manifest] = {}
+_manifest_cache: dict[bytes, StoredManifest] = {}
 
 
-def parse_manifest(payload: bytes) -> Manifest:
+def parse_manifest(payload: bytes) -> StoredManifest:
     """Parse a (verified) stored manifest payload; results are cached by payload hash
-    (``appliance.evidence`` reads release counters through it)."""
+    (``appliance.evidence`` reads release counters through it). Its entries are shown
+    valid at once and an artifact is made only for each name asked for
+    (``bundles.manifest.StoredManifest``): a record's check costs what its own entry
+    costs, not what the bundle's other entries cost."""
     key = hashlib.sha256(payload).digest()
     manifest = _manifest_cache.get(key)
     if manifest is None:
         counters["manifest_parses"] += 1
-        manifest = Manifest.from_payload(payload)
+        manifest = parse_stored(payload)
         if len(_manifest_cache) > 64:
             _manifest_cache.clear()
         _manifest_cache[key] = manifest
@@ -60,7 +63,7 @@ def parse_manifest(payload: bytes) -> Manifest:
 # process (one command, or until the service's trust or database changes), however
 # many records it backs. Other bytes or other keys miss it. Only successes are kept.
 _MEMO_MAX = 8
-_memo: dict[tuple[bytes, frozenset[tuple[str, bytes]]], tuple[frozenset[str], Manifest]] = {}
+_memo: dict[tuple[bytes, frozenset[tuple[str, bytes]]], tuple[frozenset[str], StoredManifest]] = {}
 # pinned by tests/perf
 counters = {"manifest_verifications": 0, "manifest_parses": 0, "pointer_reads": 0}
 
@@ -75,14 +78,14 @@ def _key_set(trust: TrustState, env_keyids: frozenset[str]) -> frozenset[tuple[s
     return frozenset(out)
 
 
-def _parse_manifest(env: Envelope) -> Manifest:
+def _parse_manifest(env: Envelope) -> StoredManifest:
     """Parse a (verified) stored manifest."""
     return parse_manifest(env.payload)
 
 
 def _verified_manifest(
     trust: TrustState, raw: bytes, digest: bytes
-) -> tuple[frozenset[str], Manifest]:
+) -> tuple[frozenset[str], StoredManifest]:
     """Signers and parsed manifest of a stored envelope (``digest``: its BLAKE3), from the
     memo when the same bytes were verified under the same keys before."""
     keyids = _memo_keyids.get(digest)
@@ -194,7 +197,7 @@ def carry_audit_commit(db: sqlite_utils.Database, inside: DbToken | None) -> Non
 
 def _stored_manifest(
     db: sqlite_utils.Database, trust: TrustState, record: Record, token: DbToken | None
-) -> tuple[frozenset[str], Manifest] | None:
+) -> tuple[frozenset[str], StoredManifest] | None:
     """The verified manifest of the record's (stream, sequence); None when there is no row."""
     where = (token[0], record.stream, record.sequence) if token is not None else None
     if token is not None and where is not None:
@@ -242,7 +245,7 @@ def check_record(
     return _judge_record(trust, record, found, trust.check_signers)
 
 
-_Found = tuple[frozenset[str], Manifest] | RejectedError | None
+_Found = tuple[frozenset[str], StoredManifest] | RejectedError | None
 
 
 def _judge_record(
