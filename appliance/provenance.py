@@ -22,7 +22,8 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from json.scanner import make_scanner
+from typing import Any, Literal, TypeVar, cast
 
 import blake3
 import sqlite_utils
@@ -312,10 +313,28 @@ class Records:
         return _judge_record(self._trust, record, found, self._check_signers)
 
 
+# the C scanner ``json.loads`` runs (typeshed types its argument as a scanner)
+_scan_once: Callable[[str, int], tuple[Any, int]] = make_scanner(cast(Any, json.JSONDecoder()))
+
+
+def _loads(text: Any) -> Any:
+    """``json.loads(text)``: the C scanner straight when it reads the whole of a string
+    (no whitespace around, nothing after), else ``json.loads`` itself, which gives its
+    own value or error."""
+    if type(text) is str:
+        try:
+            value, end = _scan_once(text, 0)
+        except (StopIteration, ValueError, RecursionError):
+            end = -1  # not a JSON value from the start: json.loads raises its own error
+        if end == len(text):
+            return value
+    return json.loads(text)
+
+
 def _moves_pointer(e: dict[str, Any]) -> dict[str, Any] | None:
     """The event with its detail parsed when it may move a pointer (an import that
     activated, or a rollback), else None."""
-    detail = json.loads(e["detail"])
+    detail = _loads(e["detail"])
     if (e["type"] == "import" and detail.get("activated")) or e["type"] == "rollback":
         return {**e, "detail": detail, _STORED_DETAIL: e["detail"]}
     return None

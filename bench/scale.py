@@ -162,7 +162,7 @@ def fresh_home(template: Path, home: Path) -> Callable[[], None]:
 
 
 def per_count(
-    work: Path, keys: Path, template: Path, n: int, b3sum: str, reps: int
+    work: Path, keys: Path, template: Path, n: int, b3sum: str, reps: int, only: str = ""
 ) -> dict[str, Any]:
     app = R.cli()
     d = work / f"n{n}"
@@ -171,6 +171,11 @@ def per_count(
     names = small_files(src, n)
     bundle = d / "bundle"
     out: dict[str, Any] = {"count": n}
+    if only == "verify":  # the store is built (not timed); only verify and the tiny load
+        make_bundle_api(keys, bundle, src, names, 1)
+        R._copy_home(template, d / "home")
+        R.quiet([*app, "--home", d / "home", "import", bundle])
+        return _verify_rows(d, names, b3sum, reps, out)
     cp_b3 = f"cp -r {src} {d}/copy && cd {d}/copy && {b3sum} * > /dev/null"
     cases = [
         R.Case("cp -r + b3sum", ["sh", "-c", cp_b3], prep=R.rm(d / "copy"), after=R.rm(d / "copy")),
@@ -215,6 +220,15 @@ def per_count(
     by = R.by_name(cases)
     out["import_s"] = by["appliance import"].median()
     out["cp_sync_s"] = by["cp -r + sync"].median()
+    return _verify_rows(d, names, b3sum, reps, out)
+
+
+def _verify_rows(
+    d: Path, names: list[str], b3sum: str, reps: int, out: dict[str, Any]
+) -> dict[str, Any]:
+    """``verify`` beside ``b3sum`` of the store's objects, and the tiny load, of the home
+    ``d/home`` holding the bundle of ``names``."""
+    app, home, n = R.cli(), d / "home", len(names)
     objs = objects_of(home)
     listing = d / "objects.txt"
     listing.write_text("\0".join(map(str, objs)))
@@ -564,6 +578,12 @@ def main() -> int:
     ap.add_argument("--service", action="store_true", help="also bench/service_bench.py")
     ap.add_argument("--table-from", type=Path, help="only print the targets table of this JSON")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument(
+        "--only",
+        choices=["verify"],
+        default="",
+        help="verify: per count only the verify and tiny-load rows (the rest skipped)",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "scale.png")
     ap.add_argument("--plot-python", help="an interpreter with matplotlib (the bench extra)")
@@ -591,15 +611,15 @@ def main() -> int:
     try:
         keys, template = setup_keys(work)
         for n in (int(x) for x in args.counts.split(",") if x):
-            report["counts"].append(per_count(work, keys, template, n, b3sum, args.reps))
+            report["counts"].append(per_count(work, keys, template, n, b3sum, args.reps, args.only))
             log(json.dumps(report["counts"][-1]))
         for n in (int(x) for x in args.tiny_counts.split(",") if x):
             report["counts"].append(tiny_only(work, keys, template, n, args.reps))
             log(json.dumps(report["counts"][-1]))
-        for s in (R.parse_size(x) for x in args.sizes.split(",") if x):
+        for s in (R.parse_size(x) for x in args.sizes.split(",") if x and not args.only):
             report["sizes"].append(per_size(work, keys, template, s, b3sum, args.reps))
             log(json.dumps(report["sizes"][-1]))
-        if args.audit_events:
+        if args.audit_events and not args.only:
             report["audit"] = audit_log(work, template, args.audit_events, args.reps)
             log(json.dumps(report["audit"]))
         if args.service:
