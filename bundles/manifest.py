@@ -4,7 +4,11 @@ Each artifact is a subject ``{"name": NAME, "digest": {"blake3": HEX}}`` and an
 entry in the predicate's ``artifacts`` list. ``Manifest.from_payload`` applies
 the limits on raw bytes before parsing, then validates strictly: unknown keys,
 wrong types, out-of-range numbers, unsafe paths and colliding names are all
-refused with their own error.
+refused with their own error. Entries are first shown valid for the whole list at
+once (``all_entries_valid``: whole-list checks, no Python work per entry); only a
+document that fails that is checked entry by entry, which gives the exact refusal.
+``parse_stored`` reads a stored (already verified) manifest the same way without
+making an ``Artifact`` for each entry (``StoredManifest``).
 """
 
 from __future__ import annotations
