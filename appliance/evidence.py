@@ -315,7 +315,7 @@ def _artifact_releases(payload: bytes) -> tuple[tuple[str, int], ...]:
     if hit is None:
         from appliance.provenance import parse_manifest
 
-        hit = tuple((a.name, a.release) for a in parse_manifest(payload).artifacts)
+        hit = parse_manifest(payload).releases()
         if len(_releases) > 4096:
             _releases.clear()
         _releases[key] = hit

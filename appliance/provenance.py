@@ -22,7 +22,8 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from json.scanner import make_scanner
+from typing import Any, Literal, TypeVar, cast
 
 import blake3
 import sqlite_utils
@@ -35,19 +36,22 @@ from appliance.trust import RoleKey, TrustState, role_key
 from bundles.documents import ROLLBACK_PAYLOAD_TYPE
 from bundles.dsse import Envelope, verify_envelope
 from bundles.errors import RejectedError
-from bundles.manifest import MAX_MANIFEST_FILE_BYTES, PAYLOAD_TYPE, Manifest
+from bundles.manifest import MAX_MANIFEST_FILE_BYTES, PAYLOAD_TYPE, StoredManifest, parse_stored
 
-_manifest_cache: dict[bytes, Manifest] = {}
+_manifest_cache: dict[bytes, StoredManifest] = {}
 
 
-def parse_manifest(payload: bytes) -> Manifest:
+def parse_manifest(payload: bytes) -> StoredManifest:
     """Parse a (verified) stored manifest payload; results are cached by payload hash
-    (``appliance.evidence`` reads release counters through it)."""
+    (``appliance.evidence`` reads release counters through it). Its entries are shown
+    valid at once and an artifact is made only for each name asked for
+    (``bundles.manifest.StoredManifest``): a record's check costs what its own entry
+    costs, not what the bundle's other entries cost."""
     key = hashlib.sha256(payload).digest()
     manifest = _manifest_cache.get(key)
     if manifest is None:
         counters["manifest_parses"] += 1
-        manifest = Manifest.from_payload(payload)
+        manifest = parse_stored(payload)
         if len(_manifest_cache) > 64:
             _manifest_cache.clear()
         _manifest_cache[key] = manifest
@@ -60,7 +64,7 @@ def parse_manifest(payload: bytes) -> Manifest:
 # process (one command, or until the service's trust or database changes), however
 # many records it backs. Other bytes or other keys miss it. Only successes are kept.
 _MEMO_MAX = 8
-_memo: dict[tuple[bytes, frozenset[tuple[str, bytes]]], tuple[frozenset[str], Manifest]] = {}
+_memo: dict[tuple[bytes, frozenset[tuple[str, bytes]]], tuple[frozenset[str], StoredManifest]] = {}
 # pinned by tests/perf
 counters = {"manifest_verifications": 0, "manifest_parses": 0, "pointer_reads": 0}
 
@@ -75,14 +79,14 @@ def _key_set(trust: TrustState, env_keyids: frozenset[str]) -> frozenset[tuple[s
     return frozenset(out)
 
 
-def _parse_manifest(env: Envelope) -> Manifest:
+def _parse_manifest(env: Envelope) -> StoredManifest:
     """Parse a (verified) stored manifest."""
     return parse_manifest(env.payload)
 
 
 def _verified_manifest(
     trust: TrustState, raw: bytes, digest: bytes
-) -> tuple[frozenset[str], Manifest]:
+) -> tuple[frozenset[str], StoredManifest]:
     """Signers and parsed manifest of a stored envelope (``digest``: its BLAKE3), from the
     memo when the same bytes were verified under the same keys before."""
     keyids = _memo_keyids.get(digest)
@@ -194,7 +198,7 @@ def carry_audit_commit(db: sqlite_utils.Database, inside: DbToken | None) -> Non
 
 def _stored_manifest(
     db: sqlite_utils.Database, trust: TrustState, record: Record, token: DbToken | None
-) -> tuple[frozenset[str], Manifest] | None:
+) -> tuple[frozenset[str], StoredManifest] | None:
     """The verified manifest of the record's (stream, sequence); None when there is no row."""
     where = (token[0], record.stream, record.sequence) if token is not None else None
     if token is not None and where is not None:
@@ -242,7 +246,7 @@ def check_record(
     return _judge_record(trust, record, found, trust.check_signers)
 
 
-_Found = tuple[frozenset[str], Manifest] | RejectedError | None
+_Found = tuple[frozenset[str], StoredManifest] | RejectedError | None
 
 
 def _judge_record(
@@ -309,10 +313,28 @@ class Records:
         return _judge_record(self._trust, record, found, self._check_signers)
 
 
+# the C scanner ``json.loads`` runs (typeshed types its argument as a scanner)
+_scan_once: Callable[[str, int], tuple[Any, int]] = make_scanner(cast(Any, json.JSONDecoder()))
+
+
+def _loads(text: Any) -> Any:
+    """``json.loads(text)``: the C scanner straight when it reads the whole of a string
+    (no whitespace around, nothing after), else ``json.loads`` itself, which gives its
+    own value or error."""
+    if type(text) is str:
+        try:
+            value, end = _scan_once(text, 0)
+        except (StopIteration, ValueError, RecursionError):
+            end = -1  # not a JSON value from the start: json.loads raises its own error
+        if end == len(text):
+            return value
+    return json.loads(text)
+
+
 def _moves_pointer(e: dict[str, Any]) -> dict[str, Any] | None:
     """The event with its detail parsed when it may move a pointer (an import that
     activated, or a rollback), else None."""
-    detail = json.loads(e["detail"])
+    detail = _loads(e["detail"])
     if (e["type"] == "import" and detail.get("activated")) or e["type"] == "rollback":
         return {**e, "detail": detail, _STORED_DETAIL: e["detail"]}
     return None
@@ -452,7 +474,8 @@ class Pointers:
     """``check_pointer`` for many names in one read-only pass (``appliance verify``).
 
     The pointer-moving events of every name and their neighbours' links are read in one
-    query and the active pointers in another, when this is made; each event's hash and
+    query, their hashes checked in another (``audit.pointer_rows_hashed``), and the
+    active pointers read in a third, when this is made; each event's hash and
     links are checked once (memo by seq); ``check(name)`` then judges a name from
     memory, by the same rules and with the same errors as ``check_pointer``.
     """
@@ -466,6 +489,7 @@ class Pointers:
         counters["pointer_reads"] += 1
         with snapshot(db):  # the events and the pointers as of one moment
             rows = audit.all_pointer_rows(db)
+            self._hashed = audit.pointer_rows_hashed(db)  # each event's hash, in one pass
             active = db.execute("SELECT name, version FROM active").fetchall()
         for e, prev_hash, next_row in rows:
             moved = _moves_pointer(e)
@@ -478,7 +502,8 @@ class Pointers:
         seq = int(event["seq"])
 
         def links() -> None:
-            _check_hash(event)
+            if seq not in self._hashed:  # not shown by the one pass: checked here
+                _check_hash(event)
             _check_neighbours(event, *self._links[seq])
 
         _once(self._checked, seq, links)

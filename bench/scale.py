@@ -162,7 +162,7 @@ def fresh_home(template: Path, home: Path) -> Callable[[], None]:
 
 
 def per_count(
-    work: Path, keys: Path, template: Path, n: int, b3sum: str, reps: int
+    work: Path, keys: Path, template: Path, n: int, b3sum: str, reps: int, only: str = ""
 ) -> dict[str, Any]:
     app = R.cli()
     d = work / f"n{n}"
@@ -171,6 +171,11 @@ def per_count(
     names = small_files(src, n)
     bundle = d / "bundle"
     out: dict[str, Any] = {"count": n}
+    if only == "verify":  # the store is built (not timed); only verify and the tiny load
+        make_bundle_api(keys, bundle, src, names, 1)
+        R._copy_home(template, d / "home")
+        R.quiet([*app, "--home", d / "home", "import", bundle])
+        return _verify_rows(d, names, b3sum, reps, out)
     cp_b3 = f"cp -r {src} {d}/copy && cd {d}/copy && {b3sum} * > /dev/null"
     cases = [
         R.Case("cp -r + b3sum", ["sh", "-c", cp_b3], prep=R.rm(d / "copy"), after=R.rm(d / "copy")),
@@ -215,6 +220,15 @@ def per_count(
     by = R.by_name(cases)
     out["import_s"] = by["appliance import"].median()
     out["cp_sync_s"] = by["cp -r + sync"].median()
+    return _verify_rows(d, names, b3sum, reps, out)
+
+
+def _verify_rows(
+    d: Path, names: list[str], b3sum: str, reps: int, out: dict[str, Any]
+) -> dict[str, Any]:
+    """``verify`` beside ``b3sum`` of the store's objects, and the tiny load, of the home
+    ``d/home`` holding the bundle of ``names``."""
+    app, home, n = R.cli(), d / "home", len(names)
     objs = objects_of(home)
     listing = d / "objects.txt"
     listing.write_text("\0".join(map(str, objs)))
@@ -566,9 +580,10 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument(
         "--only",
-        choices=("counts", "tiny", "sizes", "audit", "service"),
+        choices=("counts", "verify", "tiny", "sizes", "audit", "service"),
         action="append",
-        help="run only these sections (repeatable; e.g. --only sizes: the big load/exec rows)",
+        help="run only these sections (repeatable; e.g. --only sizes: the big load/exec rows;"
+        " verify: per count only the verify and tiny-load rows)",
     )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "scale.png")
@@ -582,11 +597,13 @@ def main() -> int:
         plot(json.loads(args.plot_from.read_text()), args.plot)
         return 0
     if args.only:
-        args.counts = args.counts if "counts" in args.only else ""
+        args.counts = args.counts if {"counts", "verify"} & set(args.only) else ""
         args.tiny_counts = args.tiny_counts if "tiny" in args.only else ""
         args.sizes = args.sizes if "sizes" in args.only else ""
         args.audit_events = args.audit_events if "audit" in args.only else 0
         args.service = args.service or "service" in args.only
+    # per count: every row, or (--only verify without --only counts) verify and the tiny load
+    rows = "verify" if args.only and "verify" in args.only and "counts" not in args.only else ""
     b3sum = R.ensure_b3sum(log)
     if b3sum is None:
         log("b3sum is needed")
@@ -603,7 +620,7 @@ def main() -> int:
     try:
         keys, template = setup_keys(work)
         for n in (int(x) for x in args.counts.split(",") if x):
-            report["counts"].append(per_count(work, keys, template, n, b3sum, args.reps))
+            report["counts"].append(per_count(work, keys, template, n, b3sum, args.reps, rows))
             log(json.dumps(report["counts"][-1]))
         for n in (int(x) for x in args.tiny_counts.split(",") if x):
             report["counts"].append(tiny_only(work, keys, template, n, args.reps))

@@ -4,7 +4,11 @@ Each artifact is a subject ``{"name": NAME, "digest": {"blake3": HEX}}`` and an
 entry in the predicate's ``artifacts`` list. ``Manifest.from_payload`` applies
 the limits on raw bytes before parsing, then validates strictly: unknown keys,
 wrong types, out-of-range numbers, unsafe paths and colliding names are all
-refused with their own error.
+refused with their own error. Entries are first shown valid for the whole list at
+once (``all_entries_valid``: whole-list checks, no Python work per entry); only a
+document that fails that is checked entry by entry, which gives the exact refusal.
+``parse_stored`` reads a stored (already verified) manifest the same way without
+making an ``Artifact`` for each entry (``StoredManifest``).
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bundles.canonical import canonical_bytes, parse_json
+from bundles.canonical import canonical_bytes, parse_json, parse_json_exact
 from bundles.errors import TooManyArtifactsError
-from bundles.fields import as_hex, as_int, as_str, as_time, fail, require_object
+from bundles.fields import MAX_INT, as_hex, as_int, as_str, as_time, fail, require_object
 from bundles.names import (
     check_artifact_name,
     check_identifier,
@@ -142,110 +146,285 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, doc: Any) -> Manifest:
-        doc = require_object(doc, "statement", {"_type", "subject", "predicateType", "predicate"})
-        if doc["_type"] != STATEMENT_TYPE:
-            raise fail(f"_type must be {STATEMENT_TYPE}")
-        if doc["predicateType"] != PREDICATE_TYPE:
-            raise fail(f"predicateType must be {PREDICATE_TYPE}")
-        pred = require_object(
-            doc["predicate"],
-            "predicate",
-            {"stream", "sequence", "issued_at", "expires", "sites", "any_site", "artifacts"},
-        )
-        subjects, entries = doc["subject"], pred["artifacts"]
-        if not isinstance(subjects, list) or not isinstance(entries, list):
-            raise fail("subject and predicate.artifacts must be lists")
-        if len(subjects) > MAX_ARTIFACTS or len(entries) > MAX_ARTIFACTS:
-            raise TooManyArtifactsError(f"more than {MAX_ARTIFACTS} artifacts")
-        if not entries:
-            raise fail("a bundle must carry at least one artifact")
-        if len(subjects) != len(entries):
-            raise fail("subject and predicate.artifacts differ in length")
+        return cls._from_outline(_outline(doc))
 
-        digests: dict[str, dict[str, Any]] = {}
-        for i, s in enumerate(subjects):
-            s = require_object(s, f"subject[{i}]", {"name", "digest"})
-            name = check_artifact_name(s["name"])
-            if name in digests:
-                raise fail(f"subject {name!r} appears twice")
-            digests[name] = require_object(
-                s["digest"], f"subject[{i}].digest", {"blake3"}, frozenset({"sha256"})
-            )
-
-        artifacts = [cls._artifact(i, e, digests) for i, e in enumerate(entries)]
-        check_unique((a.name for a in artifacts), "artifact name")
-        paths = [a.path for a in artifacts] + [p.path for a in artifacts for p in a.parts]
-        check_unique(paths, "bundle path")
-
-        sites = pred["sites"]
-        if not isinstance(sites, list) or not isinstance(pred["any_site"], bool):
-            raise fail("sites must be a list and any_site a boolean")
-        site_ids = tuple(check_identifier(s, "site") for s in sites)
-        check_unique(site_ids, "site")
-        issued, expires = (
-            as_time(pred["issued_at"], "issued_at"),
-            as_time(pred["expires"], "expires"),
-        )
-        if expires <= issued:
-            raise fail("expires must be after issued_at")
-        return cls(
-            stream=check_identifier(pred["stream"], "stream"),
-            sequence=as_int(pred["sequence"], "sequence", 1),
-            issued_at=issued,
-            expires=expires,
-            artifacts=tuple(artifacts),
-            sites=site_ids,
-            any_site=pred["any_site"],
-        )
+    @classmethod
+    def _from_outline(cls, outline: _Outline) -> Manifest:
+        header, subjects, entries = outline
+        if all_entries_valid(subjects, entries):
+            digests = {s["name"]: s["digest"] for s in subjects}
+            artifacts = [_trusted_artifact(e, digests[e["name"]]) for e in entries]
+        else:
+            artifacts = _validated_artifacts(subjects, entries)
+        return cls(artifacts=tuple(artifacts), **header)
 
     @staticmethod
     def _artifact(i: int, e: Any, digests: dict[str, dict[str, Any]]) -> Artifact:
-        what = f"artifacts[{i}]"
-        e = require_object(
-            e,
-            what,
-            {"name", "version", "release", "size", "media_type", "path"},
-            frozenset({"parts"}),
+        counters["entries_validated"] += 1
+        return _artifact(i, e, digests)
+
+
+_Outline = tuple[dict[str, Any], list[Any], list[Any]]
+# pinned by tests/perf: entries validated one by one (``Manifest._artifact``), and
+# documents whose entries were all shown valid at once (``all_entries_valid``)
+counters = {"entries_validated": 0, "entries_valid_at_once": 0}
+
+
+def _outline(doc: Any) -> _Outline:
+    """The statement's header validated (everything but the subjects and entries, whose
+    lists are only checked for type and length): (the ``Manifest`` fields but the
+    artifacts, the subjects, the entries)."""
+    doc = require_object(doc, "statement", {"_type", "subject", "predicateType", "predicate"})
+    if doc["_type"] != STATEMENT_TYPE:
+        raise fail(f"_type must be {STATEMENT_TYPE}")
+    if doc["predicateType"] != PREDICATE_TYPE:
+        raise fail(f"predicateType must be {PREDICATE_TYPE}")
+    pred = require_object(
+        doc["predicate"],
+        "predicate",
+        {"stream", "sequence", "issued_at", "expires", "sites", "any_site", "artifacts"},
+    )
+    subjects, entries = doc["subject"], pred["artifacts"]
+    if not isinstance(subjects, list) or not isinstance(entries, list):
+        raise fail("subject and predicate.artifacts must be lists")
+    if len(subjects) > MAX_ARTIFACTS or len(entries) > MAX_ARTIFACTS:
+        raise TooManyArtifactsError(f"more than {MAX_ARTIFACTS} artifacts")
+    if not entries:
+        raise fail("a bundle must carry at least one artifact")
+    if len(subjects) != len(entries):
+        raise fail("subject and predicate.artifacts differ in length")
+
+    sites = pred["sites"]
+    if not isinstance(sites, list) or not isinstance(pred["any_site"], bool):
+        raise fail("sites must be a list and any_site a boolean")
+    site_ids = tuple(check_identifier(s, "site") for s in sites)
+    check_unique(site_ids, "site")
+    issued, expires = (
+        as_time(pred["issued_at"], "issued_at"),
+        as_time(pred["expires"], "expires"),
+    )
+    if expires <= issued:
+        raise fail("expires must be after issued_at")
+    header = {
+        "stream": check_identifier(pred["stream"], "stream"),
+        "sequence": as_int(pred["sequence"], "sequence", 1),
+        "issued_at": issued,
+        "expires": expires,
+        "sites": site_ids,
+        "any_site": pred["any_site"],
+    }
+    if header["any_site"] == bool(site_ids):
+        raise fail("a manifest names its sites or says any_site, exactly one of them")
+    return header, subjects, entries
+
+
+def _validated_artifacts(subjects: list[Any], entries: list[Any]) -> list[Artifact]:
+    """Every subject and entry checked one by one, with each refusal's own message."""
+    digests: dict[str, dict[str, Any]] = {}
+    for i, s in enumerate(subjects):
+        s = require_object(s, f"subject[{i}]", {"name", "digest"})
+        name = check_artifact_name(s["name"])
+        if name in digests:
+            raise fail(f"subject {name!r} appears twice")
+        digests[name] = require_object(
+            s["digest"], f"subject[{i}].digest", {"blake3"}, frozenset({"sha256"})
         )
-        name = check_artifact_name(e["name"])
-        if name not in digests:
-            raise fail(f"artifact {name!r} has no subject digest")
-        path = check_relative_path(e["path"], f"{what}.path")
-        size = as_int(e["size"], f"{what}.size")
-        media_type = as_str(e["media_type"], f"{what}.media_type", 255)
-        if not _MEDIA_TYPE.match(media_type):
-            raise fail(f"{what}.media_type {media_type!r} is not type/subtype")
-        parts: tuple[Part, ...] = ()
-        if "parts" in e:
-            raw = e["parts"]
-            if not isinstance(raw, list) or not raw or len(raw) > MAX_ARTIFACTS:
-                raise fail(f"{what}.parts must be a non-empty list")
-            parts = tuple(
-                Part(
-                    check_relative_path(
-                        require_object(p, f"{what}.parts[{j}]", {"path", "size"})["path"],
-                        f"{what}.parts[{j}].path",
-                    ),
-                    as_int(p["size"], f"{what}.parts[{j}].size"),
-                )
-                for j, p in enumerate(raw)
+    artifacts = [Manifest._artifact(i, e, digests) for i, e in enumerate(entries)]
+    check_unique((a.name for a in artifacts), "artifact name")
+    paths = [a.path for a in artifacts] + [p.path for a in artifacts for p in a.parts]
+    check_unique(paths, "bundle path")
+    return artifacts
+
+
+def _artifact(i: int, e: Any, digests: dict[str, dict[str, Any]]) -> Artifact:
+    what = f"artifacts[{i}]"
+    e = require_object(
+        e,
+        what,
+        {"name", "version", "release", "size", "media_type", "path"},
+        frozenset({"parts"}),
+    )
+    name = check_artifact_name(e["name"])
+    if name not in digests:
+        raise fail(f"artifact {name!r} has no subject digest")
+    path = check_relative_path(e["path"], f"{what}.path")
+    size = as_int(e["size"], f"{what}.size")
+    media_type = as_str(e["media_type"], f"{what}.media_type", 255)
+    if not _MEDIA_TYPE.match(media_type):
+        raise fail(f"{what}.media_type {media_type!r} is not type/subtype")
+    parts: tuple[Part, ...] = ()
+    if "parts" in e:
+        raw = e["parts"]
+        if not isinstance(raw, list) or not raw or len(raw) > MAX_ARTIFACTS:
+            raise fail(f"{what}.parts must be a non-empty list")
+        parts = tuple(
+            Part(
+                check_relative_path(
+                    require_object(p, f"{what}.parts[{j}]", {"path", "size"})["path"],
+                    f"{what}.parts[{j}].path",
+                ),
+                as_int(p["size"], f"{what}.parts[{j}].size"),
             )
-            if sum(p.size for p in parts) != size:
-                raise fail(f"{what}: part sizes do not add up to the artifact size")
-        for f in (Part(path, size), *parts):
-            if not f.path.startswith(ARTIFACT_PREFIX):
-                raise fail(f"{what}: path {f.path!r} must be under {ARTIFACT_PREFIX}")
-        digest = digests[name]
-        return Artifact(
-            name=name,
-            version=check_identifier(e["version"], f"{what}.version"),
-            release=as_int(e["release"], f"{what}.release", 1),
-            size=size,
-            media_type=media_type,
-            path=path,
-            blake3=as_hex(digest["blake3"], f"{name} blake3 digest"),
-            sha256=as_hex(digest["sha256"], f"{name} sha256 digest")
-            if "sha256" in digest
-            else None,
-            parts=parts,
+            for j, p in enumerate(raw)
         )
+        if sum(p.size for p in parts) != size:
+            raise fail(f"{what}: part sizes do not add up to the artifact size")
+    for f in (Part(path, size), *parts):
+        if not f.path.startswith(ARTIFACT_PREFIX):
+            raise fail(f"{what}: path {f.path!r} must be under {ARTIFACT_PREFIX}")
+    digest = digests[name]
+    return Artifact(
+        name=name,
+        version=check_identifier(e["version"], f"{what}.version"),
+        release=as_int(e["release"], f"{what}.release", 1),
+        size=size,
+        media_type=media_type,
+        path=path,
+        blake3=as_hex(digest["blake3"], f"{name} blake3 digest"),
+        sha256=as_hex(digest["sha256"], f"{name} sha256 digest") if "sha256" in digest else None,
+        parts=parts,
+    )
+
+
+# --- all entries at once ------------------------------------------------------------------
+#
+# ``all_entries_valid`` shows with a few whole-list operations (set comprehensions of
+# types and key sets, one regular expression over the joined values of each field) that
+# every subject and entry passes ``_validated_artifacts``'s checks; when it cannot (a
+# value of another type, non-ASCII text, parts, anything unusual) the entries are checked
+# one by one, which gives the exact refusal. Each pattern below accepts only values that
+# the per-entry check accepts (ASCII printable, no newline: a value holding one changes the
+# count of lines and is sent to the per-entry check).
+_ENTRY_KEYS = frozenset({"name", "version", "release", "size", "media_type", "path"})
+_SUBJECT_KEYS = frozenset({"name", "digest"})
+_DIGEST_KEYS = (frozenset({"blake3"}), frozenset({"blake3", "sha256"}))
+_NAME_SEG = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_NAME_LINE = rf"{_NAME_SEG}(?:/{_NAME_SEG})*"
+_IDENT_LINE = r"[A-Za-z0-9][A-Za-z0-9._+-]*"
+_TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*"
+_MEDIA_LINE = rf"{_TOKEN}/{_TOKEN}"
+# under artifacts/, segments of printable ASCII but / and \\, never empty, . or ..
+_PATH_LINE = r"artifacts(?:/(?!\.{1,2}(?:/|\n|\Z))[\x20-\x2e\x30-\x5b\x5d-\x7e]+)+"
+_HEX_LINE = r"[0-9a-f]{64}"
+
+
+def _lines(line: str) -> re.Pattern[str]:
+    return re.compile(rf"(?:{line}\n)*{line}")
+
+
+_NAMES, _IDENTS, _MEDIA, _PATHS, _HEXES = map(
+    _lines, (_NAME_LINE, _IDENT_LINE, _MEDIA_LINE, _PATH_LINE, _HEX_LINE)
+)
+
+
+def _all_match(values: list[Any], pattern: re.Pattern[str], max_len: int) -> bool:
+    """Every value is a string of at most ``max_len`` characters matching ``pattern``'s
+    line (one match of the joined lines, and as many lines as values)."""
+    if not values or {type(v) for v in values} != {str}:
+        return False
+    if max(map(len, values)) > max_len:
+        return False
+    joined = "\n".join(values)
+    return joined.count("\n") == len(values) - 1 and pattern.fullmatch(joined) is not None
+
+
+def _all_ints(values: list[Any], minimum: int) -> bool:
+    return {type(v) for v in values} == {int} and minimum <= min(values) and max(values) <= MAX_INT
+
+
+def all_entries_valid(subjects: list[Any], entries: list[Any]) -> bool:
+    """True only when every subject and entry is valid (the checks of
+    ``_validated_artifacts``, shown for the whole lists at once: no Python work per entry
+    beyond building the lists of each field); False: check them one by one."""
+    n = len(entries)
+    if n == 0 or len(subjects) != n:
+        return False
+    if {type(x) for x in subjects} != {dict} or {type(x) for x in entries} != {dict}:
+        return False
+    if {frozenset(x) for x in subjects} != {_SUBJECT_KEYS}:
+        return False
+    if {frozenset(x) for x in entries} != {_ENTRY_KEYS}:  # no parts: those go one by one
+        return False
+    digests = [x["digest"] for x in subjects]
+    if {type(x) for x in digests} != {dict} or not {frozenset(x) for x in digests} <= set(
+        _DIGEST_KEYS
+    ):
+        return False
+    names = [x["name"] for x in entries]
+    subject_names = [x["name"] for x in subjects]
+    sha256 = [x["sha256"] for x in digests if "sha256" in x]
+    paths = [x["path"] for x in entries]
+    ok = (
+        _all_match(names, _NAMES, 128)
+        and {type(x) for x in subject_names} == {str}
+        and len(set(names)) == n
+        and set(subject_names) == set(names)  # n distinct names both: each subject once
+        and _all_match([x["version"] for x in entries], _IDENTS, 128)
+        and _all_ints([x["release"] for x in entries], 1)
+        and _all_ints([x["size"] for x in entries], 0)
+        and _all_match([x["media_type"] for x in entries], _MEDIA, 255)
+        and _all_match(paths, _PATHS, 1024)  # ASCII: characters are bytes
+        and _all_match([x["blake3"] for x in digests], _HEXES, 64)
+        and (not sha256 or _all_match(sha256, _HEXES, 64))
+        # ASCII names and paths: ``fold`` (NFKC, case folded) is ``lower``
+        and len({x.lower() for x in names}) == n
+        and len({x.lower() for x in paths}) == n
+    )
+    if ok:
+        counters["entries_valid_at_once"] += 1
+    return ok
+
+
+def _trusted_artifact(e: dict[str, Any], digest: dict[str, Any]) -> Artifact:
+    """An entry ``all_entries_valid`` accepted, as an ``Artifact``."""
+    return Artifact(
+        name=e["name"],
+        version=e["version"],
+        release=e["release"],
+        size=e["size"],
+        media_type=e["media_type"],
+        path=e["path"],
+        blake3=digest["blake3"],
+        sha256=digest.get("sha256"),
+    )
+
+
+class StoredManifest:
+    """A stored manifest (already verified) read for its records: the header validated
+    as ``Manifest.from_dict`` validates it, every entry shown valid at once
+    (``all_entries_valid``), and an ``Artifact`` made only for the names asked for. A
+    document whose entries cannot be shown valid at once is parsed in full
+    (``Manifest.from_dict``): the same refusals, the same answers.
+    """
+
+    def __init__(self, doc: Any) -> None:
+        outline = _outline(doc)
+        header, subjects, entries = outline
+        self.stream: str = header["stream"]
+        self.sequence: int = header["sequence"]
+        self._full: Manifest | None = None
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._digests: dict[str, dict[str, Any]] = {}
+        if all_entries_valid(subjects, entries):
+            self._entries = {e["name"]: e for e in entries}
+            self._digests = {s["name"]: s["digest"] for s in subjects}
+        else:
+            self._full = Manifest._from_outline(outline)
+
+    def artifact(self, name: str) -> Artifact | None:
+        if self._full is not None:
+            return self._full.artifact(name)
+        e = self._entries.get(name)
+        return None if e is None else _trusted_artifact(e, self._digests[name])
+
+    def releases(self) -> tuple[tuple[str, int], ...]:
+        """(name, release) of every artifact, in the manifest's order."""
+        if self._full is not None:
+            return tuple((a.name, a.release) for a in self._full.artifacts)
+        return tuple((e["name"], e["release"]) for e in self._entries.values())
+
+
+def parse_stored(payload: bytes) -> StoredManifest:
+    """A stored manifest's payload (signature verified by the caller): the limits on
+    bytes, the parse (``parse_json_exact``) and the validation of ``from_payload``."""
+    return StoredManifest(parse_json_exact(payload, what="manifest", max_bytes=MAX_MANIFEST_BYTES))

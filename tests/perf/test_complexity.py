@@ -57,7 +57,7 @@ def _verify_all(site: Site) -> list[str]:
 def _counting(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     seen = {"verify_envelope": 0, "from_payload": 0}
     real_verify = provenance.verify_envelope
-    real_parse = provenance.Manifest.from_payload
+    real_parse = provenance.parse_stored
 
     def verify(*a: Any, **k: Any) -> Any:
         seen["verify_envelope"] += 1
@@ -68,7 +68,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         return real_parse(payload)
 
     monkeypatch.setattr(provenance, "verify_envelope", verify)
-    monkeypatch.setattr(provenance.Manifest, "from_payload", staticmethod(parse))
+    monkeypatch.setattr(provenance, "parse_stored", parse)
     provenance._manifest_cache.clear()  # parses made earlier in this process (imports)
     return seen
 
