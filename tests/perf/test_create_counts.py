@@ -27,7 +27,7 @@ from bundles.reader import MANIFEST_FILE
 from bundles.timeutil import utcnow
 from bundles.writer import ArtifactSpec, create_bundle
 
-N_LARGE = 600  # over the writer's batch size: several threads write
+N_LARGE = 600
 
 
 def _specs(root: Path, n: int) -> list[ArtifactSpec]:
