@@ -480,8 +480,18 @@ def bench_import(
     home = work / "home-import"
     dest = work / "cp-dest"
 
-    def fresh_home() -> None:
+    def rm_home() -> None:
+        # The store's objects carry the immutable flag (root, ext4): clear it first, or
+        # rmtree leaves the home behind and the next run's copy of the template fails.
+        from appliance.store import clear_immutable
+
+        for p in (home / "objects").rglob("*"):
+            if p.is_file():
+                clear_immutable(p)
         rm(home)()
+
+    def fresh_home() -> None:
+        rm_home()
         _copy_home(site.template, home)
         sync()
 
@@ -496,13 +506,13 @@ def bench_import(
             "appliance import (CLI, one pass)",
             [*app, "--home", str(home), "import", str(site.big_bundle)],
             prep=fresh_home,
-            after=rm(home),
+            after=rm_home,
         ),
         Case(
             "ours: import_bundle (in process)",
             py(WORKER, "import", home, site.big_bundle),
             prep=fresh_home,
-            after=rm(home),
+            after=rm_home,
             inner=True,
         ),
         Case("cp (alone)", cp, prep=fresh_dest, after=rm(dest)),

@@ -161,8 +161,18 @@ def fresh_home(template: Path, home: Path) -> Callable[[], None]:
     return go
 
 
+SECTIONS = ("create", "import", "verify", "sizes", "audit")
+COUNT_SECTIONS = frozenset({"create", "import", "verify"})  # the per-count rows
+
+
 def per_count(
-    work: Path, keys: Path, template: Path, n: int, b3sum: str, reps: int, only: str = ""
+    work: Path,
+    keys: Path,
+    template: Path,
+    n: int,
+    b3sum: str,
+    reps: int,
+    only: frozenset[str] = frozenset(SECTIONS),
 ) -> dict[str, Any]:
     app = R.cli()
     d = work / f"n{n}"
@@ -171,11 +181,6 @@ def per_count(
     names = small_files(src, n)
     bundle = d / "bundle"
     out: dict[str, Any] = {"count": n}
-    if only == "verify":  # the store is built (not timed); only verify and the tiny load
-        make_bundle_api(keys, bundle, src, names, 1)
-        R._copy_home(template, d / "home")
-        R.quiet([*app, "--home", d / "home", "import", bundle])
-        return _verify_rows(d, names, b3sum, reps, out)
     cp_b3 = f"cp -r {src} {d}/copy && cd {d}/copy && {b3sum} * > /dev/null"
     cases = [
         R.Case("cp -r + b3sum", ["sh", "-c", cp_b3], prep=R.rm(d / "copy"), after=R.rm(d / "copy")),
@@ -193,11 +198,15 @@ def per_count(
         )
     for c in cases:
         c.inputs = [src / x for x in names]
-    R.measure(cases, reps, log)
-    by = R.by_name(cases)
-    if argv_ok:
-        out["create_s"] = by["appliance bundle create"].median()
-    out["cp_b3sum_s"] = by["cp -r + b3sum"].median()
+    if "create" in only:
+        R.measure(cases, reps, log)
+        by = R.by_name(cases)
+        if argv_ok:
+            out["create_s"] = by["appliance bundle create"].median()
+        out["cp_b3sum_s"] = by["cp -r + b3sum"].median()
+    if not only & {"import", "verify"}:
+        rmtree(d)
+        return out
     make_bundle_api(keys, bundle, src, names, 1)
     media = bundle / "artifacts"
     home = d / "home"
@@ -216,10 +225,17 @@ def per_count(
     ]
     for c in cases:
         c.inputs = sorted(p for p in bundle.rglob("*") if p.is_file())
-    R.measure(cases, reps, log)
-    by = R.by_name(cases)
-    out["import_s"] = by["appliance import"].median()
-    out["cp_sync_s"] = by["cp -r + sync"].median()
+    if "import" in only:
+        R.measure(cases, reps, log)
+        by = R.by_name(cases)
+        out["import_s"] = by["appliance import"].median()
+        out["cp_sync_s"] = by["cp -r + sync"].median()
+    else:  # only verify: the store is built (not timed)
+        R._copy_home(template, home)
+        R.quiet([*app, "--home", home, "import", bundle])
+    if "verify" not in only:
+        rmtree(d)
+        return out
     return _verify_rows(d, names, b3sum, reps, out)
 
 
@@ -435,6 +451,8 @@ def table(report: dict[str, Any]) -> str:
                     "<= 1.5",
                 )
             )
+        if "tiny_load_ms" not in c:
+            continue
         lines.append(
             _row(
                 "tiny verified load, ms (unrecorded)",
@@ -520,7 +538,6 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     counts = report["counts"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    ns = [c["count"] for c in counts]
     ax = axes[0]
     for key, label in (
         ("import_s", "appliance import"),
@@ -538,10 +555,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_title("small files: product vs reference")
     ax.legend(fontsize=8)
     ax = axes[1]
-    ax.plot(ns, [c["tiny_load_ms"] for c in counts], marker="o", label="tiny load (unrecorded)")
-    ax.plot(
-        ns, [c["tiny_load_audited_ms"] for c in counts], marker="o", label="tiny load (audited)"
-    )
+    tiny = [c for c in counts if "tiny_load_ms" in c]  # --only create has none
+    ns = [c["count"] for c in tiny]
+    ax.plot(ns, [c["tiny_load_ms"] for c in tiny], marker="o", label="tiny load (unrecorded)")
+    ax.plot(ns, [c["tiny_load_audited_ms"] for c in tiny], marker="o", label="tiny load (audited)")
     ax.axhline(5, color="grey", ls="--", label="target 5 ms")
     ax.set_xlabel("artifacts in the bundle")
     ax.set_ylabel("ms (median, in process)")
@@ -580,10 +597,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument(
         "--only",
-        choices=("counts", "verify", "tiny", "sizes", "audit", "service"),
-        action="append",
-        help="run only these sections (repeatable; e.g. --only sizes: the big load/exec rows;"
-        " verify: per count only the verify and tiny-load rows)",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections ({','.join(SECTIONS)}); per count, import and "
+        "verify share one import",
     )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "scale.png")
@@ -596,14 +612,10 @@ def main() -> int:
     if args.plot_from is not None:
         plot(json.loads(args.plot_from.read_text()), args.plot)
         return 0
-    if args.only:
-        args.counts = args.counts if {"counts", "verify"} & set(args.only) else ""
-        args.tiny_counts = args.tiny_counts if "tiny" in args.only else ""
-        args.sizes = args.sizes if "sizes" in args.only else ""
-        args.audit_events = args.audit_events if "audit" in args.only else 0
-        args.service = args.service or "service" in args.only
-    # per count: every row, or (--only verify without --only counts) verify and the tiny load
-    rows = "verify" if args.only and "verify" in args.only and "counts" not in args.only else ""
+    only = frozenset(x for x in args.only.split(",") if x)
+    if not only <= set(SECTIONS):
+        log(f"--only: unknown section(s) {', '.join(sorted(only - set(SECTIONS)))}")
+        return 2
     b3sum = R.ensure_b3sum(log)
     if b3sum is None:
         log("b3sum is needed")
@@ -619,16 +631,16 @@ def main() -> int:
     }
     try:
         keys, template = setup_keys(work)
-        for n in (int(x) for x in args.counts.split(",") if x):
-            report["counts"].append(per_count(work, keys, template, n, b3sum, args.reps, rows))
+        for n in (int(x) for x in args.counts.split(",") if x and only & COUNT_SECTIONS):
+            report["counts"].append(per_count(work, keys, template, n, b3sum, args.reps, only))
             log(json.dumps(report["counts"][-1]))
         for n in (int(x) for x in args.tiny_counts.split(",") if x):
             report["counts"].append(tiny_only(work, keys, template, n, args.reps))
             log(json.dumps(report["counts"][-1]))
-        for s in (R.parse_size(x) for x in args.sizes.split(",") if x):
+        for s in (R.parse_size(x) for x in args.sizes.split(",") if x and "sizes" in only):
             report["sizes"].append(per_size(work, keys, template, s, b3sum, args.reps))
             log(json.dumps(report["sizes"][-1]))
-        if args.audit_events:
+        if args.audit_events and "audit" in only:
             report["audit"] = audit_log(work, template, args.audit_events, args.reps)
             log(json.dumps(report["audit"]))
         if args.service:

@@ -9,7 +9,6 @@ built beside OUT and renamed into place.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
@@ -18,7 +17,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,7 +32,6 @@ from bundles.errors import (
     OperationalError,
     OutputExistsError,
     PathTooLongError,
-    SourceChangedError,
     UnsafePathError,
     UsageError,
 )
@@ -49,10 +47,11 @@ from bundles.names import (
 )
 from bundles.reader import MANIFEST_FILE, MAX_TRUST_FILE_BYTES, TRUST_DIR
 from bundles.timeutil import utcnow
+from bundles.writer_copy import Digests, Source, changed, same_file, write_sources
 
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
+_MAX_LEAF = 255 - len(".part0000")  # NAME_MAX of the usual file systems
 _MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
-_COPY_CHUNK = 1 << 30
 
 
 @dataclass
@@ -63,13 +62,6 @@ class ArtifactSpec:
     media_type: str = DEFAULT_MEDIA_TYPE
     release: int | None = None
     sha256: bool = False  # list its SHA-256 too (a sha256 model signature covers it)
-
-
-@dataclass(frozen=True)
-class _Source:
-    spec: ArtifactSpec
-    stat: os.stat_result
-    files: tuple[Part, ...]  # where it goes in the bundle (one part or several)
 
 
 def _usage(e: ApplianceError, what: str) -> UsageError:
@@ -108,7 +100,17 @@ def _layout(spec: ArtifactSpec, size: int, part_size: int | None) -> tuple[str, 
         check_relative_path(base)
     except (BadNameError, UnsafePathError, PathTooLongError):
         base = "data"
-    path = f"{ARTIFACT_PREFIX}{spec.name}/{spec.version}/{base}"
+    # One file per artifact straight in its name's folder: ``artifacts/NAME@VERSION_BASE``
+    # (no folder per artifact and version: at 20,000 artifacts their mkdirs cost more
+    # than writing the files). Names have no ``@``, versions no ``_`` or ``/``: no two
+    # artifacts share a path and no file path is another's folder. A last segment that
+    # would be too long for a file system (with its ``.partNNNN``) keeps the folder
+    # layout ``artifacts/NAME/VERSION/BASE``.
+    leaf = f"{spec.name.rpartition('/')[2]}@{spec.version}_{base}"
+    if len(leaf.encode()) <= _MAX_LEAF:
+        path = f"{ARTIFACT_PREFIX}{spec.name}@{spec.version}_{base}"
+    else:
+        path = f"{ARTIFACT_PREFIX}{spec.name}/{spec.version}/{base}"
     try:
         check_relative_path(path)
     except PathTooLongError as e:
@@ -136,45 +138,6 @@ def _stat_source(spec: ArtifactSpec) -> os.stat_result:
     return st
 
 
-def _same(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (
-        b.st_dev,
-        b.st_ino,
-        b.st_size,
-        b.st_mtime_ns,
-    )
-
-
-def _changed(path: Path) -> OperationalError:
-    return SourceChangedError(f"{path} changed while it was bundled")
-
-
-def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
-    """Copy ``count`` bytes of ``src`` from ``offset`` to ``dst``'s current position."""
-    done = 0
-    fast = True
-    while done < count:
-        n = 0
-        if fast:
-            try:
-                n = os.copy_file_range(src, dst, min(count - done, _COPY_CHUNK), offset + done)
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                    raise
-                fast = False
-                continue
-        else:
-            data = os.pread(src, min(count - done, 1 << 20), offset + done)
-            n = len(data)
-            if n:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(dst, view) :]
-        if n == 0:
-            raise EOFError
-        done += n
-
-
 def _write_file(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
@@ -194,38 +157,21 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_directory(
-    root: Path, sources: Sequence[_Source], manifest_bytes: bytes, trust: Sequence[bytes]
-) -> None:
-    made: set[Path] = set()
-    for src in sources:
-        fd = os.open(src.spec.path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            offset = 0
-            for part in src.files:
-                dest = root / part.path
-                if dest.parent not in made:  # one mkdir per folder, not per file
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    made.add(dest.parent)
-                out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-                try:
-                    try:
-                        _copy_range(fd, out, offset, part.size)
-                    except EOFError:
-                        raise _changed(src.spec.path) from None
-                finally:
-                    os.close(out)
-                offset += part.size
-            if not _same(os.fstat(fd), src.stat):
-                raise _changed(src.spec.path)
-        finally:
-            os.close(fd)
-    _write_file(root / MANIFEST_FILE, manifest_bytes)
+    root: Path, sources: Sequence[Source], trust: Sequence[bytes], sign: Signer
+) -> Manifest:
+    """Every source in one pass (``bundles.writer_copy``), then the manifest ``sign``
+    makes of their digests, the trust updates, and one ``syncfs`` for all of it."""
+    manifest, envelope = sign(write_sources(root, sources))
+    _write_file(root / MANIFEST_FILE, envelope)
     if trust:
         (root / TRUST_DIR).mkdir()
         for i, data in enumerate(trust, 1):
             _write_file(root / TRUST_DIR / f"{i:04d}.dsse.json", data)
     # One flush for every file and folder written (not an fsync each): bundles.durable.
+    # It comes before the rename that makes the bundle appear, so OUT never holds a
+    # manifest whose files are not on disk.
     sync_filesystem(root)
+    return manifest
 
 
 class _Range(io.RawIOBase):
@@ -258,13 +204,13 @@ def _tar_info(name: str, size: int, is_dir: bool, mtime: int) -> tarfile.TarInfo
 
 
 def _write_tar(
-    out: Path, sources: Sequence[_Source], manifest_bytes: bytes, trust: Sequence[bytes]
+    out: Path, sources: Sequence[Source], manifest_bytes: bytes, trust: Sequence[bytes]
 ) -> None:
     mtime = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
     blobs: dict[str, bytes] = {MANIFEST_FILE: manifest_bytes}
     for i, data in enumerate(trust, 1):
         blobs[f"{TRUST_DIR}/{i:04d}.dsse.json"] = data
-    files: dict[str, tuple[_Source, int, int] | bytes] = dict(blobs)
+    files: dict[str, tuple[Source, int, int] | bytes] = dict(blobs)
     for src in sources:
         offset = 0
         for part in src.files:
@@ -282,19 +228,19 @@ def _write_tar(
                     tf.addfile(_tar_info(name, len(item), False, mtime), io.BytesIO(item))
                 else:
                     src, offset, size = item
-                    fd = fds.get(src.spec.path)
+                    fd = fds.get(src.path)
                     if fd is None:
-                        fd = fds[src.spec.path] = os.open(src.spec.path, os.O_RDONLY | os.O_CLOEXEC)
+                        fd = fds[src.path] = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
                     reader = io.BufferedReader(_Range(fd, offset, size), 1 << 20)
                     try:
                         tf.addfile(_tar_info(name, size, False, mtime), reader)
                     except OSError as e:
                         if "unexpected end of data" in str(e):
-                            raise _changed(src.spec.path) from e
+                            raise changed(src.path) from e
                         raise
         for src in sources:
-            if not _same(os.fstat(fds[src.spec.path]), src.stat):
-                raise _changed(src.spec.path)
+            if not same_file(os.fstat(fds[src.path]), src.stat):
+                raise changed(src.path)
         fd = os.open(out, os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
@@ -352,56 +298,70 @@ def create_bundle(
         raise UsageError("the bundle would expire before it is issued")
 
     stats = [_stat_source(s) for s in specs]
-    digests = hash_paths([s.path for s in specs])
-    sources: list[_Source] = []
-    artifacts: list[Artifact] = []
-    for spec, st, (digest, size) in zip(specs, stats, digests, strict=True):
-        path, parts = _layout(spec, size, part_size)
-        sha = None
-        if sha256 or spec.sha256:
-            with open(spec.path, "rb") as f:
-                sha = hashlib.file_digest(f, "sha256").hexdigest()
-        if size != st.st_size:
-            raise _changed(spec.path)
-        sources.append(_Source(spec, st, parts or (Part(path, size),)))
+    sources: list[Source] = []
+    paths: list[str] = []
+    for spec, st in zip(specs, stats, strict=True):
+        path, parts = _layout(spec, st.st_size, part_size)
+        paths.append(path)
+        files = parts or (Part(path, st.st_size),)
+        sources.append(Source(spec.path, st, files, sha256 or spec.sha256))
+    _check_layout(p.path for s in sources for p in s.files)  # before anything is written
+
+    def sign(digests: Sequence[Digests]) -> tuple[Manifest, bytes]:
+        manifest = Manifest(
+            stream=stream,
+            sequence=sequence,
+            issued_at=issued,
+            expires=expires.replace(microsecond=0),
+            artifacts=_artifacts(specs, sources, paths, digests, sequence),
+            sites=tuple(sites),
+            any_site=any_site,
+        )
+        payload = manifest.to_payload()
+        manifest = Manifest.from_payload(payload)  # never sign what the reader would refuse
+        if check is not None:  # the caller's last word before signing (model signatures)
+            check(manifest)
+        return manifest, sign_envelope(PAYLOAD_TYPE, payload, keys).to_bytes()
+
+    try:
+        return _build(out, tar, sources, sign, trust_updates)
+    except OSError as e:
+        raise OperationalError(f"cannot write {out}: {e.strerror or e}") from e
+
+
+def _artifacts(
+    specs: Sequence[ArtifactSpec],
+    sources: Sequence[Source],
+    paths: Sequence[str],
+    digests: Sequence[Digests],
+    sequence: int,
+) -> tuple[Artifact, ...]:
+    artifacts = []
+    for spec, src, path, d in zip(specs, sources, paths, digests, strict=True):
+        if d.size != src.stat.st_size:
+            raise changed(spec.path)
         artifacts.append(
             Artifact(
                 name=spec.name,
                 version=spec.version,
                 release=spec.release if spec.release is not None else sequence,
-                size=size,
+                size=d.size,
                 media_type=spec.media_type,
                 path=path,
-                blake3=digest,
-                sha256=sha,
-                parts=parts,
+                blake3=d.blake3,
+                sha256=d.sha256,
+                parts=src.files if len(src.files) > 1 else (),
             )
         )
-    manifest = Manifest(
-        stream=stream,
-        sequence=sequence,
-        issued_at=issued,
-        expires=expires.replace(microsecond=0),
-        artifacts=tuple(artifacts),
-        sites=tuple(sites),
-        any_site=any_site,
-    )
-    payload = manifest.to_payload()
-    manifest = Manifest.from_payload(payload)  # never sign what the reader would refuse
-    _check_layout(manifest)
-    if check is not None:  # the caller's last word before signing (model signatures)
-        check(manifest)
-    envelope = sign_envelope(PAYLOAD_TYPE, payload, keys).to_bytes()
-    try:
-        _build(out, tar, sources, envelope, trust_updates)
-    except OSError as e:
-        raise OperationalError(f"cannot write {out}: {e.strerror or e}") from e
-    return manifest
+    return tuple(artifacts)
 
 
-def _check_layout(manifest: Manifest) -> None:
+def _check_layout(paths: Iterable[str]) -> None:
     """No file path of the bundle is also a directory of another (``a/b`` vs ``a/b/c``)."""
-    files = {p.path for a in manifest.artifacts for p in a.files}
+    listed = list(paths)
+    files = set(listed)
+    if len(files) != len(listed):
+        raise UsageError("bundle paths collide: two artifacts would have the same path")
     for path in files:
         parts = path.split("/")
         for i in range(1, len(parts)):
@@ -409,11 +369,27 @@ def _check_layout(manifest: Manifest) -> None:
                 raise UsageError(f"bundle paths collide: {path!r} lies under another file")
 
 
+Signer = Callable[[Sequence[Digests]], tuple[Manifest, bytes]]
+
+
+def _hash_sources(sources: Sequence[Source]) -> list[Digests]:
+    """The tar writer's first pass: every digest, before the tar is streamed."""
+    digests = []
+    for src, (digest, size) in zip(sources, hash_paths([s.path for s in sources]), strict=True):
+        sha = None
+        if src.sha256:
+            with open(src.path, "rb") as f:
+                sha = hashlib.file_digest(f, "sha256").hexdigest()
+        digests.append(Digests(digest, sha, size))
+    return digests
+
+
 def _build(
-    out: Path, tar: bool, sources: Sequence[_Source], envelope: bytes, trust: Sequence[bytes]
-) -> None:
+    out: Path, tar: bool, sources: Sequence[Source], sign: Signer, trust: Sequence[bytes]
+) -> Manifest:
     parent = out.parent
     if tar:
+        manifest, envelope = sign(_hash_sources(sources))
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
         os.close(fd)
         tmp = Path(tmp_name)
@@ -427,10 +403,10 @@ def _build(
             if tmp.exists():
                 tmp.unlink()
         _fsync_dir(parent)
-        return
+        return manifest
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
     try:
-        _write_directory(staging, sources, envelope, trust)
+        manifest = _write_directory(staging, sources, trust, sign)
         os.chmod(staging, 0o755)
         if out.is_dir():
             out.rmdir()  # exists and is empty (checked); a non-empty one makes this fail
@@ -439,3 +415,4 @@ def _build(
         if staging.exists():
             shutil.rmtree(staging)
     _fsync_dir(parent)
+    return manifest

@@ -137,7 +137,7 @@ def test_inspect_tampered_payload_exits_1(env: dict[str, Path]) -> None:
 def test_inspect_verify_tampered_artifact_exits_1(env: dict[str, Path]) -> None:
     out = env["tmp"] / "b"
     assert create(env, out, "--any-site").returncode == 0
-    flip_bit(out / "artifacts" / "model" / "1.0" / "model.bin", 100)
+    flip_bit(out / "artifacts" / "model@1.0_model.bin", 100)
     assert run("bundle", "inspect", out, "--key", env["pub"]).returncode == 0
     refused(run("bundle", "inspect", out, "--key", env["pub"], "--verify"), 1, "digest_mismatch")
 
@@ -145,7 +145,7 @@ def test_inspect_verify_tampered_artifact_exits_1(env: dict[str, Path]) -> None:
 def test_inspect_verify_endless_data_exits_1(env: dict[str, Path]) -> None:
     out = env["tmp"] / "b"
     assert create(env, out, "--any-site").returncode == 0
-    with open(out / "artifacts" / "tok" / "2" / "tok.json", "ab") as f:
+    with open(out / "artifacts" / "tok@2_tok.json", "ab") as f:
         f.write(b"x")
     refused(run("bundle", "inspect", out, "--key", env["pub"], "--verify"), 1, "artifact_too_long")
 

@@ -322,7 +322,7 @@ def test_missing_part(tmp_path: Path) -> None:
 
 def test_unlisted_extra_file(tmp_path: Path) -> None:
     b = make_bundle(tmp_path)
-    (b.path / "artifacts" / "model" / "1.0" / "extra.bin").write_bytes(b"x")
+    (b.path / "artifacts" / "model@1.0_extra.bin").write_bytes(b"x")
     _refused(b, UnlistedFileError, "unlisted_file")
 
 
@@ -362,7 +362,7 @@ def test_tampered_artifact_one_bit(tmp_path: Path) -> None:
 
 def test_tampered_artifact_in_tar(tmp_path: Path) -> None:
     b = make_bundle(tmp_path, tar=True)
-    with open_media(b.path) as src, src.open("artifacts/model/1.0/model.bin") as m:
+    with open_media(b.path) as src, src.open("artifacts/model@1.0_model.bin") as m:
         offset = m.offset
     flip_bit(b.path, offset + 7)
     _refused(b, DigestMismatchError, "digest_mismatch")

@@ -15,6 +15,7 @@ from conformance.driver import make_bundle, make_key, resolver_for
 
 import bundles.hashing
 import bundles.writer
+import bundles.writer_copy
 from bundles.dsse import sign_envelope
 from bundles.errors import (
     ApplianceError,
@@ -71,15 +72,9 @@ def test_directory_layout_and_defaults(tmp_path: Path) -> None:
     assert files == [
         "artifacts",
         "artifacts/org",
-        "artifacts/org/model",
-        "artifacts/org/model/2.1",
-        "artifacts/org/model/2.1/weights.safetensors",
-        "artifacts/pinned",
-        "artifacts/pinned/1",
-        "artifacts/pinned/1/p",
-        "artifacts/tok",
-        "artifacts/tok/1",
-        "artifacts/tok/1/t.json",
+        "artifacts/org/model@2.1_weights.safetensors",
+        "artifacts/pinned@1_p",
+        "artifacts/tok@1_t.json",
         MANIFEST_FILE,
     ]
     assert [a.release for a in m.artifacts] == [4, 4, 2]  # release defaults to the sequence
@@ -98,11 +93,11 @@ def test_parts_naming_and_sizes(tmp_path: Path) -> None:
         part_size=1000,
     )  # fmt: skip
     art = m.artifacts[0]  # type: ignore[attr-defined]
-    assert art.path == "artifacts/m/1/m.bin"
+    assert art.path == "artifacts/m@1_m.bin"
     assert [(p.path, p.size) for p in art.parts] == [
-        ("artifacts/m/1/m.bin.part0000", 1000),
-        ("artifacts/m/1/m.bin.part0001", 1000),
-        ("artifacts/m/1/m.bin.part0002", 500),
+        ("artifacts/m@1_m.bin.part0000", 1000),
+        ("artifacts/m@1_m.bin.part0001", 1000),
+        ("artifacts/m@1_m.bin.part0002", 500),
     ]
     joined = b"".join((tmp_path / "out" / p.path).read_bytes() for p in art.parts)
     assert joined == data
@@ -121,7 +116,19 @@ def test_bad_basename_becomes_data(tmp_path: Path) -> None:
     m = _create(
         tmp_path / "out", [ArtifactSpec("m", "1", _src(tmp_path, "e\u0301\x01", b"x"))], make_key()
     )
-    assert m.artifacts[0].path == "artifacts/m/1/data"  # type: ignore[attr-defined]
+    assert m.artifacts[0].path == "artifacts/m@1_data"  # type: ignore[attr-defined]
+
+
+def test_too_long_leaf_keeps_the_folder_layout(tmp_path: Path) -> None:
+    """NAME@VERSION_BASE over a file name's 255 bytes: artifacts/NAME/VERSION/BASE."""
+    name, version = "n" * 120, "v" * 120
+    key = make_key()
+    base = "b" * 10
+    m = _create(tmp_path / "out", [ArtifactSpec(name, version, _src(tmp_path, base, b"x"))], key)
+    assert m.artifacts[0].path == f"artifacts/{name}/{version}/{base}"  # type: ignore[attr-defined]
+    with open_bundle(tmp_path / "out", resolver_for(key)) as b:
+        b.check_files()
+        verify_artifacts(b)
 
 
 def test_tar_format_is_deterministic_pax_root_owned(
@@ -233,9 +240,24 @@ def test_case_fold_duplicate_names_are_usage_error(tmp_path: Path) -> None:
     _refuse(tmp_path, UsageError, "usage", specs=specs)
 
 
-def test_colliding_layout_is_usage_error(tmp_path: Path) -> None:
+def test_names_that_nest_do_not_collide(tmp_path: Path) -> None:
+    """``a`` and ``a/b``: the folder layout put a/b/c under a file; the flat one does not."""
     a, b = _src(tmp_path, "c", b"1"), _src(tmp_path, "x", b"2")
     specs = [ArtifactSpec("a", "b", a), ArtifactSpec("a/b", "c", b)]
+    key = make_key()
+    m = _create(tmp_path / "out", specs, key)
+    assert [x.path for x in m.artifacts] == ["artifacts/a@b_c", "artifacts/a/b@c_x"]  # type: ignore[attr-defined]
+    with open_bundle(tmp_path / "out", resolver_for(key)) as bundle:
+        bundle.check_files()
+        verify_artifacts(bundle)
+
+
+def test_colliding_layout_is_usage_error(tmp_path: Path) -> None:
+    """A long leaf keeps the folder layout, whose path another artifact's flat one can
+    equal: refused before anything is written."""
+    q = "q" * 196
+    a, b = _src(tmp_path, f"z@1_{q}", b"1"), _src(tmp_path, q, b"2")
+    specs = [ArtifactSpec("a" * 100, "1", a), ArtifactSpec("a" * 100 + "/1/z", "1", b)]
     _refuse(tmp_path, UsageError, "usage", specs=specs)
 
 
@@ -284,10 +306,10 @@ def test_empty_output_directory_is_used(tmp_path: Path) -> None:
     assert (tmp_path / "out" / MANIFEST_FILE).is_file()
 
 
-@pytest.mark.parametrize("tar", [False, True])
-def test_source_changed_while_bundling(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tar: bool
+def test_source_changed_while_bundling_a_tar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The tar writer hashes first, then streams: a source that grew between is refused."""
     src = _src(tmp_path, "f", b"x" * 100)
     real = bundles.hashing.hash_paths
 
@@ -298,6 +320,45 @@ def test_source_changed_while_bundling(
         return result
 
     monkeypatch.setattr(bundles.writer, "hash_paths", hash_then_change)
+    _expect_changed(tmp_path, src, True)
+
+
+@pytest.mark.parametrize("when", ["before_open", "while_read"])
+def test_source_changed_in_the_one_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """The directory writer reads each source once: a source that grew after it was
+    named (its fstat differs) or while it was read (one byte more than its size) is
+    refused."""
+    src = _src(tmp_path, "f", b"x" * 100)
+    if when == "before_open":
+        real_stat = bundles.writer._stat_source
+
+        def stat_then_change(spec: ArtifactSpec) -> os.stat_result:
+            st = real_stat(spec)
+            with open(src, "ab") as f:
+                f.write(b"more")
+            return st
+
+        monkeypatch.setattr(bundles.writer, "_stat_source", stat_then_change)
+    else:
+        real_fstat = os.fstat
+        ino = src.stat().st_ino
+        seen: list[int] = []
+
+        def fstat_then_change(fd: int) -> os.stat_result:
+            st = real_fstat(fd)
+            if not seen and st.st_ino == ino:
+                seen.append(fd)
+                with open(src, "ab") as f:  # after the identity check, before the read
+                    f.write(b"more")
+            return st
+
+        monkeypatch.setattr(bundles.writer_copy.os, "fstat", fstat_then_change)
+    _expect_changed(tmp_path, src, False)
+
+
+def _expect_changed(tmp_path: Path, src: Path, tar: bool) -> None:
     out = tmp_path / ("o.tar" if tar else "out")
     with pytest.raises(OperationalError) as info:
         _create(out, [ArtifactSpec("m", "1", src)], make_key(), tar=tar)

@@ -43,6 +43,7 @@ from bundles.errors import UsageError
 from bundles.files import read_input_file
 
 if TYPE_CHECKING:
+    from appliance.modelsig.create import PlannedSignature
     from appliance.trust import TrustState
     from bundles.dsse import Envelope
     from bundles.manifest import Manifest
@@ -175,7 +176,6 @@ def _say_manifest(ctx: Context, fields: dict[str, Any]) -> None:
 
 
 def bundle_create(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
-    from appliance.modelsig.create import add_signatures, check_manifest, plan_signature
     from bundles.keys import load_private_key
     from bundles.timeutil import parse_expiry
     from bundles.writer import ArtifactSpec, create_bundle
@@ -195,8 +195,14 @@ def bundle_create(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         raise UsageError(str(e)) from e
     keys = [load_private_key(p) for p in args.key]
     trust = [_read_trust_update(p) for p in args.trust_update]
-    planned = [plan_signature(t) for t in args.model_signature]  # issue 17
-    add_signatures(specs, planned)
+    planned: list[PlannedSignature] = []
+    check = None
+    if args.model_signature:  # issue 17; its modules (and sqlite_utils) only when asked
+        from appliance.modelsig.create import add_signatures, check_manifest, plan_signature
+
+        planned = [plan_signature(t) for t in args.model_signature]
+        add_signatures(specs, planned)
+        check = check_manifest(planned)
     manifest = create_bundle(
         args.out,
         specs,
@@ -210,7 +216,7 @@ def bundle_create(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         tar=args.tar,
         part_size=args.part_size,
         sha256=args.sha256,
-        check=check_manifest(planned) if planned else None,
+        check=check,
     )
     fields = _manifest_fields(manifest)
     signers = sorted({k.keyid for k in keys})

@@ -204,7 +204,7 @@ def _build(base: Path, now: datetime, big: int) -> World:
         media / "models-4-site-b", {"config@2.0": data("cfg2", 800)}, 4, sites=("site-b",)
     )
     tampered = w.make_bundle(media / "models-5-tampered", {"config@3.0": data("cfg3", 1000)}, 5)
-    victim = next((tampered / "artifacts" / "config" / "3.0").iterdir())
+    victim = next((tampered / "artifacts").glob("config@3.0_*"))
     raw = bytearray(victim.read_bytes())
     raw[10] ^= 0x01
     victim.chmod(0o644)
