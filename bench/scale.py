@@ -616,6 +616,7 @@ def main() -> int:
     if not only <= set(SECTIONS):
         log(f"--only: unknown section(s) {', '.join(sorted(only - set(SECTIONS)))}")
         return 2
+    R.compile_product()
     b3sum = R.ensure_b3sum(log)
     if b3sum is None:
         log("b3sum is needed")
