@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable
 from json.scanner import make_scanner
 from typing import Any, Literal, TypeVar, cast
@@ -141,12 +142,9 @@ def _file_token(db: sqlite_utils.Database) -> DbToken | None:
     if not path:
         return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            st = os.fstat(fd)
-            counter = os.pread(fd, 4, 24)  # SQLite header: file change counter
-        finally:
-            os.close(fd)
+        fd = _header_fd(path)
+        st = os.fstat(fd)
+        counter = os.pread(fd, 4, 24)  # SQLite header: file change counter
         try:
             wal = os.stat(path + "-wal")
             wal_token: tuple[int, int] | None = (wal.st_size, wal.st_mtime_ns)
@@ -163,6 +161,37 @@ def _file_token(db: sqlite_utils.Database) -> DbToken | None:
         counter,
         wal_token,
     )
+
+
+# One descriptor per database file (device, inode), opened once and never closed: closing
+# any descriptor of a file drops every POSIX lock this process holds on it, SQLite's too
+# (its read snapshot's SHARED lock, the journal's RESERVED or EXCLUSIVE one on another
+# connection of the loader service), so another process could then commit in the middle
+# of a snapshot or a commit (the intermittent lock_held, trust_state_unauthorized and
+# "disk I/O error" of the 64-loader service test). A replaced file gets a new entry.
+_header_fds: dict[tuple[int, int], int] = {}
+_header_lock = threading.Lock()
+
+
+def _header_fd(path: str) -> int:
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino)
+    with _header_lock:
+        fd = _header_fds.get(key)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fst = os.fstat(fd)
+            key = (fst.st_dev, fst.st_ino)  # the file opened, if it was replaced meanwhile
+            if key in _header_fds:
+                # Kept open, never closed (see above); the one already held serves.
+                _spare_fds.append(fd)
+                fd = _header_fds[key]
+            else:
+                _header_fds[key] = fd
+        return fd
+
+
+_spare_fds: list[int] = []  # descriptors never closed, for the reason above
 
 
 def token_inside(db: sqlite_utils.Database) -> DbToken | None:

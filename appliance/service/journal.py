@@ -81,16 +81,17 @@ class Journal:
 
     def _commit(self, batch: list[tuple[str, dict[str, Any], Future[int]]]) -> None:
         try:
-            seqs = []
             refresh = True
+            events = []
+            for type, fields, _ in batch:
+                args = dict(fields)
+                refresh = bool(args.pop("_refresh")) and refresh
+                events.append((type, args))
             with transaction(self.db):
                 # Read before our first write: we hold the write lock (BEGIN IMMEDIATE), so
                 # no one else can commit now, and our commit makes it exactly before + 1.
                 before = self.counter.read()
-                for type, fields, _ in batch:
-                    args = dict(fields)
-                    refresh = bool(args.pop("_refresh")) and refresh
-                    seqs.append(int(audit.append(self.db, type, **args)["seq"]))
+                seqs = [int(e["seq"]) for e in audit.append_many(self.db, events)]
             if before >= 0:
                 self.counter.own(before + 1)
             if refresh:

@@ -195,7 +195,7 @@ class Server:
             while not self.stopping.is_set():
                 for key, _ in sel.select(timeout=0.2):
                     if key.data is None:
-                        self._accept(key.fileobj, sel, pending)  # type: ignore[arg-type]
+                        self._accept(key.fileobj, sel, pending, pool)  # type: ignore[arg-type]
                     else:
                         self._read(key.data, sel, pending, pool)
                 self._expire(sel, pending)
@@ -236,7 +236,11 @@ class Server:
     # --- the accept loop --------------------------------------------------------------
 
     def _accept(
-        self, listener: socket.socket, sel: selectors.BaseSelector, pending: dict[int, _Pending]
+        self,
+        listener: socket.socket,
+        sel: selectors.BaseSelector,
+        pending: dict[int, _Pending],
+        pool: ThreadPoolExecutor,
     ) -> None:
         for _ in range(256):
             try:
@@ -254,6 +258,7 @@ class Server:
             p = _Pending(conn, time.monotonic())
             pending[conn.fileno()] = p
             sel.register(conn, selectors.EVENT_READ, p)
+            self._read(p, sel, pending, pool)  # the line is usually there already: no round
 
     def _read(
         self,
