@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from conftest_load import Site, make_site
+from test_manifest import _doc as manifest_doc
 
 import appliance
 from appliance import provenance
@@ -30,7 +31,7 @@ from appliance.verify import verify_records
 from bundles import manifest
 from bundles.canonical import parse_json, parse_json_exact
 from bundles.errors import RejectedError
-from bundles.manifest import PREDICATE_TYPE, STATEMENT_TYPE, Manifest, parse_stored
+from bundles.manifest import Manifest, parse_stored
 
 
 @pytest.fixture(autouse=True)
@@ -78,35 +79,11 @@ def test_verify_of_n_records_validates_the_entries_at_once(tmp_path: Path, n: in
     assert _counts() == (one_by_one, at_once + 1)
 
 
-B3 = "ab" * 32
+B3 = "ab" * 32  # as in tests/test_manifest.py
 
 
 def _doc() -> dict[str, Any]:
-    names = ["art0", "art1"]
-    return {
-        "_type": STATEMENT_TYPE,
-        "subject": [{"name": a, "digest": {"blake3": B3}} for a in names],
-        "predicateType": PREDICATE_TYPE,
-        "predicate": {
-            "stream": "main",
-            "sequence": 1,
-            "issued_at": "2025-01-01T00:00:00Z",
-            "expires": "2025-02-01T00:00:00Z",
-            "sites": [],
-            "any_site": True,
-            "artifacts": [
-                {
-                    "name": a,
-                    "version": "1.0",
-                    "release": 1,
-                    "size": 3,
-                    "media_type": "application/octet-stream",
-                    "path": f"artifacts/{a}/1.0/data",
-                }
-                for a in names
-            ],
-        },
-    }
+    return manifest_doc(2)  # the unit tests' manifest, two artifacts
 
 
 def _entry(field: str, value: Any) -> Any:
