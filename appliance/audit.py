@@ -50,43 +50,18 @@ def append(
 
     ``detail.trusted_time`` is the trusted time in force (docs/AUDIT.md).
     """
-    seq, prev = head(db)
-    now = utcnow()
-    clock = format_time(now)
-    last = db.execute("SELECT ts FROM audit WHERE seq = ?", [seq]).fetchone() if seq else None
-    body = {**(detail or {}), **_trusted_time(db, now)}
-    if last is not None and str(last[0]) > clock:
-        # Time stamps never run backwards along the chain; a clock that did is recorded.
-        body["clock"] = clock
-        clock = str(last[0])
-    event: dict[str, Any] = {
-        "seq": seq + 1,
-        "ts": clock,
-        "type": type,
-        "outcome": outcome,
-        "code": code,
-        "name": name,
-        "version": version,
-        "detail": json.dumps(body, sort_keys=True, separators=(",", ":")),
-    }
-    event["prev_hash"] = prev
-    event["hash"] = event_hash(prev, event)
-    db.execute(
-        "INSERT INTO audit (seq, ts, type, outcome, code, name, version, detail, prev_hash, hash)"
-        " VALUES (:seq, :ts, :type, :outcome, :code, :name, :version, :detail, :prev_hash, :hash)",
-        event,
-    )
-    return event
+    fields = {"outcome": outcome, "code": code, "name": name, "version": version, "detail": detail}
+    return append_many(db, [(type, fields)])[0]
 
 
 def append_many(
     db: sqlite_utils.Database, events: list[tuple[str, dict[str, Any]]]
 ) -> list[dict[str, Any]]:
-    """``append`` of each ``(type, fields)`` in order, inside one transaction (the loader
-    service's group commit): the chain head, the last time stamp and the trusted time are
-    read once for the batch, not once per event; each event is hashed by ``event_hash``'s
-    rule (``_chain_hash``). The events are exactly those ``append`` would write one by one
-    at the same instant."""
+    """Append each ``(type, fields)`` in order (``append``'s fields), inside the caller's
+    transaction (the loader service's group commit; ``append`` is a batch of one): the
+    chain head, the last time stamp and the trusted time are read once for the batch,
+    not once per event; each event is hashed by ``event_hash``'s rule (``_chain_hash``).
+    Time stamps never run backwards along the chain: a clock that did is recorded."""
     seq, prev = head(db)
     now = utcnow()
     clock = format_time(now)
@@ -94,7 +69,7 @@ def append_many(
     trusted = _trusted_time(db, now)
     extra: dict[str, Any] = {}
     if last is not None and str(last[0]) > clock:
-        extra["clock"] = clock  # as in ``append``: never backwards along the chain
+        extra["clock"] = clock
         clock = str(last[0])
     out = []
     for type, fields in events:
