@@ -108,8 +108,7 @@ class Manifest:
     _by_name: dict[str, Artifact] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.any_site == bool(self.sites):
-            raise fail("a manifest names its sites or says any_site, exactly one of them")
+        _check_sites(self.sites, self.any_site)
         object.__setattr__(self, "_by_name", {a.name: a for a in self.artifacts})
 
     def artifact(self, name: str) -> Artifact | None:
@@ -213,9 +212,13 @@ def _outline(doc: Any) -> _Outline:
         "sites": site_ids,
         "any_site": pred["any_site"],
     }
-    if header["any_site"] == bool(site_ids):
-        raise fail("a manifest names its sites or says any_site, exactly one of them")
+    _check_sites(site_ids, pred["any_site"])  # a bool: checked above
     return header, subjects, entries
+
+
+def _check_sites(sites: tuple[str, ...], any_site: bool) -> None:
+    if any_site == bool(sites):
+        raise fail("a manifest names its sites or says any_site, exactly one of them")
 
 
 def _validated_artifacts(subjects: list[Any], entries: list[Any]) -> list[Artifact]:
