@@ -19,21 +19,13 @@ from typing import Any
 
 import pytest
 from conftest_load import Site, make_site
+from test_immutable import _kernel_allows
 
 from appliance.cli import cmd_load
 from appliance.cli.context import Context
-from appliance.store import clear_immutable, object_path, set_immutable
+from appliance.store import clear_immutable, object_path
 
 BIG = bytes(range(256)) * 8192 * 3  # 6 MiB: more than one read chunk, so the pipelined pass
-
-
-def _kernel_allows(tmp: Path) -> bool:
-    probe = tmp / "probe"
-    probe.write_bytes(b"x")
-    ok = set_immutable(probe)
-    clear_immutable(probe)
-    probe.unlink()
-    return ok
 
 
 @pytest.fixture
