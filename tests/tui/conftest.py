@@ -1,23 +1,16 @@
-"""Fixtures for the TUI tests: a deterministic world and an app factory."""
+"""Fixtures for the TUI tests: a deterministic world (the app factory is in tui_app)."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from textual.pilot import Pilot
-from textual.widgets import DataTable
 from tui_world import FIXED_NOW, World, build_world, frozen_clock
-
-from tui.app import ApplianceApp
 
 SNAP_ROOT = Path("/tmp/appliance-tui-snapshots")
 
@@ -62,50 +55,3 @@ def snap_world(request: pytest.FixtureRequest, snap_template: World) -> Iterator
     w = snap_template.copy_to(SNAP_ROOT / name)
     with frozen_clock(FIXED_NOW):
         yield w
-
-
-async def stable(pilot: Pilot[Any]) -> None:
-    """Workers done, then wait until four renders 50 ms apart are the same.
-
-    A table filled with a result sizes its columns on a later refresh, and a moved cursor
-    repaints on the next one: on a loaded machine one pause is not enough.
-    """
-    await pilot.app.workers.wait_for_complete()
-    last, same = "", 0
-    for _ in range(80):
-        for table in pilot.app.screen.query(DataTable):
-            # Textual can keep a header line drawn before the idle pass that measured
-            # the rows (cached under the same update count: a narrow header above wide
-            # rows; seen about once in 200 shots under load). Snapshots compare what is
-            # settled, so each shot is drawn from empty render caches.
-            table._clear_caches()
-            table.refresh()
-        await pilot.pause(0.05)
-        shot = pilot.app.export_screenshot()
-        same = same + 1 if shot == last else 0
-        if same == 3:  # unchanged over 150 ms: a loaded machine can delay one refresh
-            return
-        last = shot
-
-
-def make_app(world: World, **kw: object) -> ApplianceApp:
-    app = ApplianceApp(
-        world.home.root,
-        [world.media],
-        auto_media=False,
-        poll_interval=3600.0,
-        cursor_blink=False,
-        **kw,  # type: ignore[arg-type]
-    )
-    app.clock = lambda: 0.0
-    return app
-
-
-def sync(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async test with ``asyncio.run`` (no async plugin is installed)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(fn(*args, **kwargs))
-
-    return wrapper

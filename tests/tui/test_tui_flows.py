@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_app, sync
 from textual.widgets import DataTable, Input, Static
+from tui_app import make_app, sync
 from tui_world import World, data
 
 from appliance.store import records

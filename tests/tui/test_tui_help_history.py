@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import make_app, stable, sync
 from test_tui_home_items import quiet
 from test_tui_snapshots import settle
 from test_tui_snapshots_help import long_bundle, naming_bundles
@@ -21,6 +20,7 @@ from textual.binding import Binding
 from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
+from tui_app import make_app, stable, sync
 from tui_world import World
 
 from appliance.loader import load_from_db

@@ -11,9 +11,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from conftest import make_app, sync
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
+from tui_app import make_app, sync
 from tui_world import STREAM, World, data
 
 from appliance import witness

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from conftest import make_app, sync
 from textual.widgets import DataTable, Static
+from tui_app import make_app, sync
 from tui_world import STREAM, World
 
 from appliance.importer import apply_trust_envelope

@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from conftest import make_app, stable
 from test_tui_home_items import restore_behind_witness
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input
+from tui_app import make_app, stable
 from tui_world import World
 
 from tui.screen_artifact import ArtifactScreen

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_app, stable
 from test_tui_snapshots_more import Before, keys_then
 from textual.pilot import Pilot
 from textual.widgets import Input
+from tui_app import make_app, stable
 from tui_world import World, seeded_key
 
 from appliance.importer import import_bundle

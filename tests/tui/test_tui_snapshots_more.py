@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from conftest import make_app, stable, sync
 from textual.pilot import Pilot
+from tui_app import make_app, stable, sync
 from tui_world import STREAM, World
 
 from appliance.importer import apply_trust_envelope
