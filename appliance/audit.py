@@ -355,14 +355,20 @@ def _verify_chain_sql(db: sqlite_utils.Database) -> tuple[int, str]:
     expected_seq = 1
     sha256 = hashlib.sha256
     fromhex = bytes.fromhex
-    cur = db.execute(f"SELECT seq, {_SQL_BODY}, prev_hash, hash FROM audit ORDER BY seq")
+    cur = db.execute(
+        f"SELECT seq, {_SQL_BODY}, prev_hash, hash, "
+        "CASE WHEN json_valid(detail) THEN json_type(detail) = 'object' ELSE 0 END "
+        "FROM audit ORDER BY seq"
+    )
     while batch := cur.fetchmany(4096):
-        for seq, body, prev_hash, digest in batch:
+        for seq, body, prev_hash, digest, detail_ok in batch:
             if seq != expected_seq:
                 raise AuditChainError(
                     f"audit event {expected_seq} is missing (found {seq} next)",
                     seq=expected_seq,
                 )
+            if not detail_ok:
+                raise _detail_error(seq)
             if prev_hash != prev or (
                 (
                     type(body) is not str
@@ -399,6 +405,8 @@ def _verify_chain_rows(db: sqlite_utils.Database) -> tuple[int, str]:
                     seq=expected_seq,
                 )
             digest = event["hash"]
+            if not _is_object(event["detail"]):
+                raise _detail_error(event["seq"])
             if event["prev_hash"] != prev or not hash_matches(prev, event, digest):
                 raise AuditChainError(
                     f"audit event {event['seq']} was altered: chain broken", seq=event["seq"]
@@ -409,3 +417,20 @@ def _verify_chain_rows(db: sqlite_utils.Database) -> tuple[int, str]:
 
 
 _ALL_COLS = (*FIELDS, "prev_hash", "hash")
+
+
+def _is_object(detail: object) -> bool:
+    try:
+        return isinstance(json.loads(detail), dict)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def _detail_error(seq: int) -> AuditChainError:
+    """The appliance writes every event's detail as a JSON object: a detail that is not
+    one was written by someone else, even where the chain was re-linked around it (the
+    chain has no key; the witness and the anchor vouch for the head)."""
+    return AuditChainError(
+        f"audit event {seq} has a detail that is not a JSON object: the log was edited",
+        seq=seq,
+    )

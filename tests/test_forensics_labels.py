@@ -281,6 +281,11 @@ def test_history_refuses_an_audit_detail_that_is_not_a_json_object(
     assert site.cli("audit", "show", "--json", check=4).json["error"]["code"] == (
         "audit_chain_broken"
     )
+    # the chain was re-linked around the edit, but the verifier still refuses the detail
+    res = site.cli("audit", "verify", "--json", check=4)
+    assert res.json["error"]["code"] == "audit_chain_broken"
+    message = res.json["error"]["message"]
+    assert f"audit event {seq} has a detail that is not a JSON object" in message
     # the export is the responder's raw material: the row as stored, never refused
     exported = next(e for e in _export(site) if e["seq"] == seq)
     assert exported["detail"] is None and exported["detail_json"] == detail

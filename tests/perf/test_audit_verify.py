@@ -111,3 +111,39 @@ def test_a_value_of_another_type_is_judged_not_crashed_on(tmp_path: Path, value:
     assert res.json["error"]["code"] == "audit_chain_broken", res.json
     assert "Traceback" not in res.stderr
     assert site.h.db_path.read_bytes() == before
+
+
+def _relink(db: sqlite_utils.Database) -> None:
+    """Recompute every event's links (the chain has no key: a database writer can)."""
+    prev = audit.GENESIS
+    cols = ", ".join(audit.FIELDS)
+    for row in db.execute(f"SELECT {cols} FROM audit ORDER BY seq").fetchall():
+        event = dict(zip(audit.FIELDS, row, strict=True))
+        digest = audit.event_hash(prev, event)
+        db.execute(
+            "UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", [prev, digest, event["seq"]]
+        )
+        prev = digest
+
+
+@pytest.mark.parametrize("walk", ["_verify_chain_sql", "_verify_chain_rows"])
+@pytest.mark.parametrize("detail", ["not json {", "[1, 2]", "null", '"text"'])
+def test_a_relinked_detail_that_is_not_an_object_is_refused(
+    tmp_path: Path, walk: str, detail: str
+) -> None:
+    """Both walks (SQLite's and the Python one it falls back to) refuse an event whose
+    detail is not a JSON object even when every later hash was recomputed around it."""
+    site = make_site(tmp_path)
+    db = site.h.db()
+    try:
+        for i in range(4):
+            _append(db, {"i": i}, "model")
+        seq = audit.head(db)[0] - 1
+        db.execute("UPDATE audit SET detail = ? WHERE seq = ?", [detail, seq])
+        _relink(db)
+        with pytest.raises(AuditChainError) as exc:
+            getattr(audit, walk)(db)
+        assert exc.value.seq == seq
+        assert "has a detail that is not a JSON object" in str(exc.value)
+    finally:
+        db.conn.close()
