@@ -1,0 +1,150 @@
+"""The service's work per load, counted: its own commits never invalidate what it verified,
+a small load is served by the accept loop (no worker hand-over) and replied to from the
+journal thread right after its commit, and a reader too slow for that reply still gets it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from service_world import MODEL_V2, World, ask
+
+from appliance.home import Home
+from appliance.service import server as server_module
+from appliance.service.cache import ChangeCounter
+from appliance.service.server import Config, Server, bind_socket
+from bundles.documents import AllowLoader, RevokeKey
+
+
+@contextmanager
+def in_process(w: World, name: str) -> Iterator[tuple[Server, Path]]:
+    sock = w.tmp / name
+    server = Server(Config(Home(w.home)), [bind_socket(sock)])
+    t = threading.Thread(target=server.serve)
+    t.start()
+    try:
+        yield server, sock
+    finally:
+        server.stop()
+        t.join(60)
+        assert not t.is_alive()
+
+
+def test_concurrent_loads_verify_once_their_own_commits_never_invalidate(root_world: World):
+    w = root_world
+    w.apply(AllowLoader("root", "models"))
+    with in_process(w, "counts.sock") as (server, sock):
+        errors: list[object] = []
+        seqs: list[int] = []
+        lock = threading.Lock()
+
+        def loader() -> None:
+            for _ in range(20):
+                r = ask(sock, "model")
+                with lock:
+                    if r.doc.get("ok") and os.pread(r.fds[0], 1 << 20, 0) == MODEL_V2:
+                        seqs.append(r.doc["event"])
+                    else:
+                        errors.append(r.doc)
+                r.close()
+
+        threads = [threading.Thread(target=loader) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == [] and len(set(seqs)) == 16 * 20
+        # 320 loads, many group commits of the service's own: evidence read once.
+        assert server.cache.invalidations == 1
+        assert server.cache.trust_loads == 1
+        assert server.cache.verifications == 1
+        assert server.journal.batches < 320
+        # Another process's commit still counts, and today's trust still decides.
+        w.apply(RevokeKey(w.site.publisher.keyid))
+        r = ask(sock, "model")
+        assert r.code == "revoked_key" and r.fds == []
+        assert server.cache.trust_loads == 2
+    verified = {e["seq"] for e in w.events() if e["outcome"] == "verified"}
+    assert set(seqs) <= verified  # every handed-over descriptor has its committed event
+
+
+def test_a_small_load_is_served_by_the_accept_loop_not_a_worker(root_world: World):
+    w = root_world
+    w.apply(AllowLoader("root", "models"))
+    with in_process(w, "inline.sock") as (server, sock):
+        for _ in range(25):
+            r = ask(sock, "model")
+            assert r.doc["ok"] and os.pread(r.fds[0], 1 << 20, 0) == MODEL_V2
+            r.close()
+        # The first request names an object of a size not yet known: a worker serves it.
+        assert server.handed_to_workers == 1
+        assert server.served == 25
+        # A refusal takes the request off the accept loop again (it waits for its event).
+        w.apply(RevokeKey(w.site.publisher.keyid))
+        assert ask(sock, "model").code == "revoked_key"
+        assert ask(sock, "model").code == "revoked_key"
+        assert server.handed_to_workers == 2
+    assert len([e for e in w.events() if e["code"] == "revoked_key"]) == 2
+
+
+def test_a_reply_the_journal_cannot_send_at_once_is_still_delivered(
+    root_world: World, monkeypatch: pytest.MonkeyPatch
+):
+    w = root_world
+    w.apply(AllowLoader("root", "models"))
+    real = socket.send_fds
+    deferred: list[str] = []
+
+    def would_block(sock: socket.socket, buffers: list[bytes], fds: list[int], *a: int) -> int:
+        if a and a[0] & socket.MSG_DONTWAIT:
+            deferred.append(threading.current_thread().name)
+            raise BlockingIOError("pretend the peer's buffer is full")
+        return real(sock, buffers, fds, *a)
+
+    monkeypatch.setattr(server_module.socket, "send_fds", would_block)
+    with in_process(w, "slow.sock") as (server, sock):
+        for _ in range(3):
+            r = ask(sock, "model")
+            assert r.doc["ok"] and os.pread(r.fds[0], 1 << 20, 0) == MODEL_V2
+            r.close()
+        assert deferred == ["audit-journal"] * 3  # first tried from the journal thread
+        deadline = time.monotonic() + 10
+        while server.served < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.served == 3
+
+
+def test_a_reader_meeting_the_journals_pending_commit_waits_for_its_verdict(tmp_path: Path):
+    db = tmp_path / "x.db"
+    db.write_bytes(bytes(100))
+    counter = ChangeCounter(db)
+    try:
+        counter.expect(8)
+        answer: list[bool] = []
+        t = threading.Thread(target=lambda: answer.append(counter.only_own_since(7, 8)))
+        t.start()
+        time.sleep(0.1)
+        assert answer == []  # waiting: 8 may or may not become ours
+        counter.own(8)
+        t.join(10)
+        assert answer == [True]
+        # A failed commit: the value it expected is someone else's change.
+        counter.expect(9)
+        t = threading.Thread(target=lambda: answer.append(counter.only_own_since(8, 9)))
+        t.start()
+        time.sleep(0.1)
+        counter.abandon()
+        t.join(10)
+        assert answer == [True, False]
+        # No verdict in time: not ours (fail closed).
+        counter.PENDING_WAIT = 0.05
+        counter.expect(10)
+        assert counter.only_own_since(9, 10) is False
+    finally:
+        counter.close()
