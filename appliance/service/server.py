@@ -181,6 +181,7 @@ class Server:
         self._count_lock = threading.Lock()
         self.failure: BaseException | None = None
         self._sizes: dict[bytes, int] = {}  # request line -> object size, for ``_inline``
+        self._parsed: dict[bytes, LoadRequest] = {}  # request line -> its parse
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -388,7 +389,7 @@ class Server:
             return False
         who = peer_identity(conn)
         try:
-            req = parse_request(line)
+            req = self._parse(line)
         except ApplianceError as e:
             self.refused += 1
             self._reply(conn, error_reply(e, exit_code_for(e)))
@@ -405,6 +406,17 @@ class Server:
         self._sizes[line] = art.size
         fut.add_done_callback(lambda f: self._deliver(conn, art, req, who, f))
         return True
+
+    def _parse(self, line: bytes) -> LoadRequest:
+        """``parse_request``, remembered per request line (a pure function of its bytes;
+        a line that is refused is not remembered)."""
+        req = self._parsed.get(line)
+        if req is None:
+            req = parse_request(line)
+            if len(self._parsed) >= 4096:
+                self._parsed.clear()
+            self._parsed[line] = req
+        return req
 
     def _deliver(
         self,
