@@ -3,15 +3,22 @@
 One thread runs the accept loop (``selectors``): it accepts, reads each
 request line without blocking (so a client that sends nothing, or too much,
 ties up no worker), and closes connections that stay silent past the request
-timeout. A complete request goes to a worker pool; a worker resolves the
-peer's identity from the kernel, runs the loader core's ``verified_open``
-with the grant check as its gate, waits for the load event to be committed
-(``appliance.service.journal``: group commit), and only then sends the reply
-with the descriptor (``SCM_RIGHTS``). All database work shares one
-read connection under one lock; the audit events go through a second
-connection (the journal's), so its fsyncs never hold up reads; hashing runs
-outside the lock, in parallel. ``EvidenceCache`` forgets what it verified
-whenever another process commits (see ``appliance.service.cache``).
+timeout. A complete request is served by the accept loop itself when its
+line last named an object of at most ``INLINE_MAX`` bytes and no witness is
+configured (a tiny load then costs no hand-over between threads), else by a
+worker of a pool; a request the loop took for small that names a large
+record goes to a worker before anything is opened. Either way the same
+steps: the peer's identity from the kernel, the loader core's
+``verified_open`` with the grant check as its gate, the load event queued for
+the group commit (``appliance.service.journal``). The journal thread sends
+the reply with the descriptor (``SCM_RIGHTS``) right after that commit, from
+the event's ``Future`` callback, so only once the event is on record; a
+reader not ready to take the reply at once gets it from a thread of its own
+(the journal never waits on a client). All database reads share one read
+connection under one lock; the audit events go through a second connection
+(the journal's), so its fsyncs never hold up reads; hashing runs outside the
+lock. ``EvidenceCache`` forgets what it verified whenever another process
+commits (see ``appliance.service.cache``).
 
 SIGTERM or SIGINT: stop accepting, refuse requests not yet started
 (``service_stopping``), let started ones finish and their events commit,
@@ -139,6 +146,10 @@ def bind_socket(path: Path) -> socket.socket:
         s.close()
         raise IOFailedError(f"cannot listen on {path}: {e.strerror}") from e
     return s
+
+
+class _TooLarge(Exception):
+    """A request the accept loop took for a small load names a large object."""
 
 
 @dataclass
@@ -311,7 +322,7 @@ class Server:
         with self._count_lock:
             self._inflight += 1
         if self._inline(line):
-            self._handle(p.conn, line)  # a small object: no hand-over to a worker
+            self._handle(p.conn, line, pool)  # a small object: no hand-over to a worker
         else:
             self.handed_to_workers += 1
             pool.submit(self._handle, p.conn, line)
@@ -347,10 +358,14 @@ class Server:
 
     # --- one load ---------------------------------------------------------------------
 
-    def _handle(self, conn: socket.socket, line: bytes) -> None:
+    def _handle(
+        self, conn: socket.socket, line: bytes, pool: ThreadPoolExecutor | None = None
+    ) -> None:
+        """Serve one request: in a worker, or (``pool`` given) in the accept loop, which
+        hands the request to ``pool`` after all if its record turns out to be large."""
         deferred = False
         try:
-            deferred = self._serve_one(conn, line)
+            deferred = self._serve_one(conn, line, pool)
         except Exception as e:  # noqa: BLE001  # last line of defence: replied and logged
             self._internal_error(conn, e)
         finally:
@@ -381,9 +396,11 @@ class Server:
         except OSError:
             return False
 
-    def _serve_one(self, conn: socket.socket, line: bytes) -> bool:
+    def _serve_one(
+        self, conn: socket.socket, line: bytes, pool: ThreadPoolExecutor | None = None
+    ) -> bool:
         """Serve one request; True when the reply is left to the journal thread, which sends
-        it (and closes ``conn``) once the load event is committed."""
+        it (and closes ``conn``) once the load event is committed, or to a worker."""
         if self.stopping.is_set():
             self._reply(conn, error_reply(ServiceStoppingError("the service is stopping"), 3))
             return False
@@ -394,7 +411,15 @@ class Server:
             self.refused += 1
             self._reply(conn, error_reply(e, exit_code_for(e)))
             return False
-        outcome = self._load(who, req.name, req.version, req.digest)
+        try:
+            outcome = self._load(who, req.name, req.version, req.digest, small=pool is not None)
+        except _TooLarge:  # nothing read, hashed or recorded yet: a worker does it all
+            self._sizes.pop(line, None)
+            self.handed_to_workers += 1
+            if pool is None:  # not reached: only the accept loop asks for a small load
+                raise
+            pool.submit(self._handle, conn, line)
+            return True
         if isinstance(outcome, ApplianceError):
             self._sizes.pop(line, None)  # a refusal waits for its event: not in the loop
             self.refused += 1
@@ -500,13 +525,22 @@ class Server:
         self.journal.submit("load_undelivered", fields)
 
     def _load(
-        self, who: Identity, name: str, version: str | None, digest: str | None
+        self,
+        who: Identity,
+        name: str,
+        version: str | None,
+        digest: str | None,
+        *,
+        small: bool = False,
     ) -> tuple[LoadedArtifact, Future[int]] | ApplianceError:
         """The verified artifact and its load event, queued for the group commit (its
-        ``Future`` gives the committed event's ``seq``), or the refusal."""
+        ``Future`` gives the committed event's ``seq``), or the refusal. ``small``: raise
+        ``_TooLarge`` before opening a record above ``INLINE_MAX``."""
         found: list[Record] = []
 
         def gate(rec: Record) -> None:  # today's grants, re-read when the evidence changed
+            if small and rec.size > INLINE_MAX:
+                raise _TooLarge
             with self.lock:
                 trust = self.cache.trust()
             authorize(trust, who, rec)

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from service_world import MODEL_V2, World, ask
 
+from appliance import audit
 from appliance.home import Home
 from appliance.service import server as server_module
 from appliance.service.cache import ChangeCounter
+from appliance.service.journal import Journal
 from appliance.service.server import Config, Server, bind_socket
 from bundles.documents import AllowLoader, RevokeKey
 
@@ -148,3 +150,48 @@ def test_a_reader_meeting_the_journals_pending_commit_waits_for_its_verdict(tmp_
         assert counter.only_own_since(9, 10) is False
     finally:
         counter.close()
+
+
+def test_a_name_that_now_names_a_large_object_goes_to_a_worker(root_world: World):
+    w = root_world
+    w.apply(AllowLoader("root", "models"))
+    big = bytes(range(256)) * 512  # 128 KiB: above INLINE_MAX
+    with in_process(w, "large.sock") as (server, sock):
+        for _ in range(3):
+            ask(sock, "model").close()
+        assert server.handed_to_workers == 1
+        w.ship({"model@3": big})
+        r = ask(sock, "model")
+        assert r.doc["ok"] and r.doc["record"]["version"] == "3"
+        assert os.pread(r.fds[0], 1 << 20, 0) == big
+        r.close()
+        # The accept loop took it for a small load, found the large record, handed it over.
+        assert server.handed_to_workers == 2
+        ask(sock, "model").close()
+        assert server.handed_to_workers == 3  # now known to be large: straight to a worker
+    assert [e["outcome"] for e in w.events()[-2:]] == ["verified", "verified"]
+
+
+def test_stop_waits_for_a_holder_and_commits_what_it_submits(root_world: World):
+    home = Home(root_world.home)
+    db = home.db()
+    counter = ChangeCounter(home.db_path)
+    journal = Journal(db, counter, None)
+    try:
+        journal.hold()
+        stopper = threading.Thread(target=journal.stop)
+        stopper.start()
+        time.sleep(0.2)
+        assert stopper.is_alive()  # a reply still being sent may yet record an event
+        fut = journal.submit(
+            "load_undelivered",
+            {"outcome": "failed", "code": "client_gone", "name": "model", "detail": {}},
+        )
+        journal.release()
+        stopper.join(30)
+        assert not stopper.is_alive()
+        seq = fut.result(timeout=1)
+        assert audit.verify_chain(db)[0] >= seq
+    finally:
+        counter.close()
+        db.conn.close()
