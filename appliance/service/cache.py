@@ -56,6 +56,7 @@ class ChangeCounter:
 
     def __init__(self, db_path: Path) -> None:
         self.path = db_path
+        self._where = os.fspath(db_path)
         try:
             self.fd = os.open(db_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
@@ -69,7 +70,7 @@ class ChangeCounter:
     def read(self) -> int:
         """The counter now; -1 when the file at the path is no longer the one we opened."""
         try:
-            if os.stat(self.path).st_ino != self.inode:
+            if os.stat(self._where).st_ino != self.inode:
                 return -1
         except OSError:
             return -1

@@ -85,6 +85,8 @@ def user_name(uid: int) -> str | None:
 
 def unit_of(cgroup_text: str) -> str | None:
     """The systemd ``.service`` unit from a ``/proc/PID/cgroup`` text (cgroup v2 or v1)."""
+    if ".service" not in cgroup_text:  # the common case outside units: nothing to parse
+        return None
     for line in cgroup_text.splitlines():
         parts = line.split(":", 2)
         if len(parts) != 3 or parts[1] not in ("", "name=systemd"):

@@ -19,6 +19,7 @@ from appliance import audit
 from appliance.home import Home
 from appliance.service import server as server_module
 from appliance.service.cache import ChangeCounter
+from appliance.service.identity import unit_of
 from appliance.service.journal import Journal
 from appliance.service.server import Config, Server, bind_socket
 from bundles.documents import AllowLoader, RevokeKey
@@ -199,3 +200,12 @@ def test_stop_waits_for_a_holder_and_commits_what_it_submits(root_world: World):
     finally:
         counter.close()
         db.conn.close()
+
+
+def test_unit_of_reads_the_innermost_service_of_the_systemd_hierarchy():
+    assert unit_of("0::/system.slice/loader.service\n") == "loader.service"
+    assert unit_of("0::/system.slice/a.service/b.service/x\n") == "b.service"
+    assert unit_of("9:name=systemd:/system.slice/v1.service\n8:pids:/x.service\n") == "v1.service"
+    assert unit_of("8:pids:/x.service\n9:name=systemd:/user.slice\n") is None
+    assert unit_of("0::/user.slice/user-0.slice/session-1.scope\n") is None
+    assert unit_of("") is None
