@@ -45,10 +45,10 @@ def open_object(home: Home, record: Record) -> int:
     device or link in its place never blocks or errors as I/O), and ``home_tampered``
     when ``objects/`` or ``objects/xx/`` itself was replaced.
     """
-    path = object_path(home, record.digest)
     what = f"{record.name}@{record.version}"
     if not _HEX64.fullmatch(record.digest):
         raise ObjectTamperedError(f"{what}: the record's digest is not a BLAKE3 hex digest")
+    path = _LazyPath(home, record.digest)  # for the messages only: built if one is raised
     with home.open_dir(OBJECTS_DIR) as objects:
         if objects is None:
             raise ObjectTamperedError(f"{what}: object {path} is missing (no objects folder)")
@@ -76,6 +76,16 @@ def open_object(home: Home, record: Record) -> int:
             ) from e
         finally:
             os.close(sub)
+
+
+class _LazyPath:
+    """``object_path(home, digest)`` in an f-string, computed only when formatted."""
+
+    def __init__(self, home: Home, digest: str) -> None:
+        self.home, self.digest = home, digest
+
+    def __format__(self, spec: str) -> str:
+        return format(object_path(self.home, self.digest), spec)
 
 
 def check_hash(fd: int, record: Record) -> None:

@@ -11,7 +11,9 @@
 2. 64 loaders at once (4 client processes x 16 threads, so the clients' own
    GIL is not what is measured): audited loads per second over the whole
    window, and a count of the load events in the audit log afterwards (none
-   may be lost).
+   may be lost). Beside it, the CPU time per load of the service process (all
+   its threads, from /proc) and of the client processes: on a shared machine
+   the rate moves with the load, the service's CPU per load much less.
 
 The service runs as a subprocess of this script with the real CLI
 (``python -m appliance serve``); the site is built with the real CLI too.
@@ -24,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -126,6 +129,18 @@ def load_events(home: Path) -> int:
         )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _timed(fn: Callable[[], None], n: int) -> list[float]:
     out = []
     for _ in range(n):
@@ -197,6 +212,7 @@ def run(work: Path, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
         log(f"service: {n} sequential tiny loads")
         via = _timed(lambda: request_load(sock, "tiny").close(), n)
         before = load_events(home)
+        served_cpu, clients_cpu = cpu_seconds(proc.pid), _children_cpu()
         log(f"service: 64 loaders x {per} loads")
         start_at = time.time() + 1.5
         clients = [
@@ -211,6 +227,8 @@ def run(work: Path, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
             json.loads(c.communicate(timeout=600)[0].decode().strip().splitlines()[-1])
             for c in clients
         ]
+        served_cpu = cpu_seconds(proc.pid) - served_cpu
+        clients_cpu = _children_cpu() - clients_cpu  # the 4 client processes, start-up too
         after = load_events(home)
     finally:
         proc.terminate()
@@ -233,6 +251,10 @@ def run(work: Path, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
             "events_recorded": after - before,
             # each client process also makes one warm-up load before the clock starts
             "events_lost": total + len(clients) - (after - before),
+            # CPU per load over the concurrent phase: the service process (all threads) and
+            # the 4 client processes (their interpreter start-up included)
+            "service_cpu_ms_per_load": served_cpu * 1e3 / (total + len(clients)),
+            "clients_cpu_ms_per_load": clients_cpu * 1e3 / (total + len(clients)),
         },
         "targets": {
             "service_tiny_median_ms": {
@@ -278,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
             f"({c['loads']} in {c['seconds']:.2f} s; failed {c['failed']}; "
             f"events recorded {c['events_recorded']}, lost {c['events_lost']})"
             f"  (target >= {TARGET_PER_SECOND:,.0f}/s)"
+        )
+        print(
+            f"  CPU per load                : service {c['service_cpu_ms_per_load']:.3f} ms, "
+            f"clients {c['clients_cpu_ms_per_load']:.3f} ms (start-up included)"
         )
     return 0
 

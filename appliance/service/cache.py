@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import sqlite_utils
@@ -39,36 +40,71 @@ from appliance.verify import check_provenance
 
 
 class ChangeCounter:
-    """The database header's change counter, and which increments were our own commits."""
+    """The database header's change counter, and which increments were our own commits.
+
+    The journal commits in the open: between SQLite writing the new counter into the
+    header and the journal learning that its ``COMMIT`` succeeded, a reader may already
+    see the new value. So the journal first says which value its commit will make
+    (``expect``, inside its write transaction, when no one else can commit), then
+    ``own`` (committed) or ``abandon`` (failed). A reader who meets the expected value
+    waits for that verdict (at most ``PENDING_WAIT`` seconds, then it counts as
+    someone else's change): a value is taken as ours only once our commit of it has
+    succeeded.
+    """
+
+    PENDING_WAIT = 5.0
 
     def __init__(self, db_path: Path) -> None:
         self.path = db_path
+        self._where = os.fspath(db_path)
         try:
             self.fd = os.open(db_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             raise IOFailedError(f"cannot open {db_path}: {e.strerror}") from e
         self.inode = os.fstat(self.fd).st_ino
         self._own: set[int] = set()
+        self._pending: int | None = None
         self._lock = threading.Lock()
+        self._verdict = threading.Condition(self._lock)
 
     def read(self) -> int:
         """The counter now; -1 when the file at the path is no longer the one we opened."""
         try:
-            if os.stat(self.path).st_ino != self.inode:
+            if os.stat(self._where).st_ino != self.inode:
                 return -1
         except OSError:
             return -1
         return int.from_bytes(os.pread(self.fd, 4, 24), "big")
 
+    def expect(self, value: int) -> None:
+        """Our journal's commit, under way, will make the counter ``value``."""
+        with self._lock:
+            self._pending = value
+
     def own(self, value: int) -> None:
         """Our journal committed and the counter became ``value``."""
         with self._lock:
             self._own.add(value)
+            if self._pending == value:
+                self._pending = None
+            self._verdict.notify_all()
+
+    def abandon(self) -> None:
+        """Our journal's commit failed: the value it expected is not ours."""
+        with self._lock:
+            self._pending = None
+            self._verdict.notify_all()
 
     def only_own_since(self, seen: int, now: int) -> bool:
         if seen < 0 or now < seen:
             return False
         with self._lock:
+            deadline = time.monotonic() + self.PENDING_WAIT
+            while self._pending is not None and seen < self._pending <= now:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._verdict.wait(left)
             ok = all(v in self._own for v in range(seen + 1, now + 1))
             self._own = {v for v in self._own if v > now}
         return ok

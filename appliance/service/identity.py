@@ -85,6 +85,8 @@ def user_name(uid: int) -> str | None:
 
 def unit_of(cgroup_text: str) -> str | None:
     """The systemd ``.service`` unit from a ``/proc/PID/cgroup`` text (cgroup v2 or v1)."""
+    if ".service" not in cgroup_text:  # the common case outside units: nothing to parse
+        return None
     for line in cgroup_text.splitlines():
         parts = line.split(":", 2)
         if len(parts) != 3 or parts[1] not in ("", "name=systemd"):
@@ -99,13 +101,25 @@ def unit_of(cgroup_text: str) -> str | None:
 
 
 def _read_proc(pid: int, what: str) -> str | None:
+    """``/proc/PID/exe`` (the link) or the text of ``/proc/PID/WHAT`` (its first 64 KiB);
+    None when unreadable. By plain ``open``/``read`` (no buffered text file: a ``/proc``
+    file gives its whole text to one read)."""
     try:
         if what == "exe":
             return os.readlink(f"/proc/{pid}/exe")
-        with open(f"/proc/{pid}/{what}", encoding="utf-8", errors="replace") as f:
-            return f.read(65536)
+        fd = os.open(f"/proc/{pid}/{what}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = b""
+            while len(data) < 65536:
+                chunk = os.read(fd, 65536 - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(fd)
     except OSError:
         return None
+    return data.decode("utf-8", errors="replace")
 
 
 def _alive(pidfd: int) -> bool:

@@ -1,10 +1,13 @@
 """Group commit of the service's audit events: many loads, one transaction, none lost.
 
-Workers ``submit`` an event and wait for its sequence number; one writer
-thread takes every event queued so far, appends them all in one ``BEGIN
-IMMEDIATE`` ... ``COMMIT`` (one set of fsyncs for the batch), brings the
-witness forward once, then wakes the workers. A worker hands a descriptor
-over only after its event is committed. ``stop`` drains the queue first.
+Workers ``submit`` an event and get a ``Future`` of its sequence number; one
+writer thread takes every event queued so far, appends them all in one
+``BEGIN IMMEDIATE`` ... ``COMMIT`` (one set of fsyncs for the batch), brings
+the witness forward once, then resolves the futures. The service sends a
+descriptor from the future's callback (in this thread, right after the
+commit), so only after its event is committed. ``stop`` drains the queue
+first, and waits for every ``hold`` (a reply still being sent, which may yet
+record that it never reached its loader).
 
 The journal writes on its own connection, so that its fsyncs never hold up
 the workers' reads; it tells the ``ChangeCounter`` which header counter
@@ -40,6 +43,8 @@ class Journal:
         self._queue: queue.Queue[tuple[str, dict[str, Any], Future[int]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="audit-journal", daemon=True)
         self.batches = 0
+        self._holds = 0
+        self._holds_lock = threading.Lock()
         self._thread.start()
 
     def submit(self, type: str, fields: dict[str, Any], *, refresh: bool = True) -> Future[int]:
@@ -56,28 +61,61 @@ class Journal:
         return self.submit(type, fields, refresh=refresh).result()
 
     def stop(self) -> None:
+        """Commit everything queued, also what is queued while a ``hold`` lasts, then stop."""
         self._queue.put(None)
         self._thread.join()
 
-    def _run(self) -> None:
+    def hold(self) -> None:
+        """Someone (a reply still being sent) may yet ``submit``: ``stop`` waits for it."""
+        with self._holds_lock:
+            self._holds += 1
+
+    def release(self) -> None:
+        """The end of a ``hold`` (after that holder's last ``submit``)."""
+        with self._holds_lock:
+            self._holds -= 1
+
+    def _held(self) -> tuple[str, dict[str, Any], Future[int]] | None:
+        """Once stopping: the next queued event, or None when nothing is queued and no hold
+        is left (a holder submits before it releases, so its events are queued by then)."""
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
+            try:
+                item = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                with self._holds_lock:
+                    idle = self._holds == 0
+                if not idle:
+                    continue
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    return None
+            if item is not None:
+                return item
+
+    def _run(self) -> None:
+        stopping = False
+        while True:
+            if stopping:
+                item = self._held()
+                if item is None:
+                    return
+            else:
+                item = self._queue.get()
+                if item is None:
+                    stopping = True
+                    continue
             batch = [item]
-            stop = False
             while len(batch) < MAX_BATCH:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
-                    stop = True
-                    break
+                    stopping = True
+                    continue
                 batch.append(nxt)
             self._commit(batch)
-            if stop:
-                return
 
     def _commit(self, batch: list[tuple[str, dict[str, Any], Future[int]]]) -> None:
         try:
@@ -92,12 +130,15 @@ class Journal:
                 # no one else can commit now, and our commit makes it exactly before + 1.
                 before = self.counter.read()
                 seqs = [int(e["seq"]) for e in audit.append_many(self.db, events)]
+                if before >= 0:
+                    self.counter.expect(before + 1)  # a reader seeing it waits for own/abandon
             if before >= 0:
                 self.counter.own(before + 1)
             if refresh:
                 witness.refresh(self.db, self.witness_path)
             self.batches += 1
         except BaseException as e:  # every waiter learns the batch failed; none is served
+            self.counter.abandon()
             for _, _, fut in batch:
                 fut.set_exception(e)
             if not isinstance(e, Exception):

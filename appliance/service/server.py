@@ -3,15 +3,22 @@
 One thread runs the accept loop (``selectors``): it accepts, reads each
 request line without blocking (so a client that sends nothing, or too much,
 ties up no worker), and closes connections that stay silent past the request
-timeout. A complete request goes to a worker pool; a worker resolves the
-peer's identity from the kernel, runs the loader core's ``verified_open``
-with the grant check as its gate, waits for the load event to be committed
-(``appliance.service.journal``: group commit), and only then sends the reply
-with the descriptor (``SCM_RIGHTS``). All database work shares one
-read connection under one lock; the audit events go through a second
-connection (the journal's), so its fsyncs never hold up reads; hashing runs
-outside the lock, in parallel. ``EvidenceCache`` forgets what it verified
-whenever another process commits (see ``appliance.service.cache``).
+timeout. A complete request is served by the accept loop itself when its
+line last named an object of at most ``INLINE_MAX`` bytes and no witness is
+configured (a tiny load then costs no hand-over between threads), else by a
+worker of a pool; a request the loop took for small that names a large
+record goes to a worker before anything is opened. Either way the same
+steps: the peer's identity from the kernel, the loader core's
+``verified_open`` with the grant check as its gate, the load event queued for
+the group commit (``appliance.service.journal``). The journal thread sends
+the reply with the descriptor (``SCM_RIGHTS``) right after that commit, from
+the event's ``Future`` callback, so only once the event is on record; a
+reader not ready to take the reply at once gets it from a thread of its own
+(the journal never waits on a client). All database reads share one read
+connection under one lock; the audit events go through a second connection
+(the journal's), so its fsyncs never hold up reads; hashing runs outside the
+lock. ``EvidenceCache`` forgets what it verified whenever another process
+commits (see ``appliance.service.cache``).
 
 SIGTERM or SIGINT: stop accepting, refuse requests not yet started
 (``service_stopping``), let started ones finish and their events commit,
@@ -36,7 +43,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,11 +67,18 @@ from appliance.service.cache import ChangeCounter, EvidenceCache
 from appliance.service.grants import authorize
 from appliance.service.identity import Identity, peer_identity
 from appliance.service.journal import Journal
-from appliance.service.protocol import MAX_REQUEST, error_reply, ok_reply, parse_request
+from appliance.service.protocol import (
+    MAX_REQUEST,
+    LoadRequest,
+    error_reply,
+    ok_reply,
+    parse_request,
+)
 from appliance.store import Record
 from bundles.errors import ApplianceError, RejectedError, StateSuspectError
 
 Background = Callable[[threading.Event], None]
+INLINE_MAX = 1 << 16  # objects up to this size are served in the accept loop (``_inline``)
 
 
 def default_socket() -> Path:
@@ -134,6 +148,10 @@ def bind_socket(path: Path) -> socket.socket:
     return s
 
 
+class _TooLarge(Exception):
+    """A request the accept loop took for a small load names a large object."""
+
+
 @dataclass
 class Config:
     home: Home
@@ -169,9 +187,12 @@ class Server:
         self.journal = Journal(self.writer, self.counter, self.wpath)
         self.served = 0
         self.refused = 0
+        self.handed_to_workers = 0  # requests the accept loop did not serve itself
         self._inflight = 0
         self._count_lock = threading.Lock()
         self.failure: BaseException | None = None
+        self._sizes: dict[bytes, int] = {}  # request line -> object size, for ``_inline``
+        self._parsed: dict[bytes, LoadRequest] = {}  # request line -> its parse
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -256,9 +277,11 @@ class Server:
                 continue
             conn.setblocking(False)
             p = _Pending(conn, time.monotonic())
-            pending[conn.fileno()] = p
-            sel.register(conn, selectors.EVENT_READ, p)
-            self._read(p, sel, pending, pool)  # the line is usually there already: no round
+            # The line is usually there already: read it before asking the selector, so a
+            # prompt client costs no epoll registration (and no extra round).
+            if not self._read(p, sel, pending, pool, registered=False):
+                pending[conn.fileno()] = p
+                sel.register(conn, selectors.EVENT_READ, p)
 
     def _read(
         self,
@@ -266,11 +289,15 @@ class Server:
         sel: selectors.BaseSelector,
         pending: dict[int, _Pending],
         pool: ThreadPoolExecutor,
-    ) -> None:
+        *,
+        registered: bool = True,
+    ) -> bool:
+        """Read what ``p``'s client sent; True once the connection has left the accept loop
+        (its request dispatched or refused), False while its line is incomplete."""
         try:
             chunk = p.conn.recv(MAX_REQUEST + 1 - len(p.buf))
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             chunk = b""
             p.buf.clear()
@@ -284,18 +311,32 @@ class Server:
                 "the connection closed before a request line" if not p.buf else "no newline"
             )
         elif end < 0:
-            return
-        sel.unregister(p.conn)
-        del pending[p.conn.fileno()]
+            return False
+        if registered:
+            sel.unregister(p.conn)
+            del pending[p.conn.fileno()]
         if error is not None:
             self._refuse(p.conn, error)
-            return
+            return True
         line = bytes(p.buf[:end])
-        p.conn.setblocking(True)
-        p.conn.settimeout(self.config.send_timeout)
         with self._count_lock:
             self._inflight += 1
-        pool.submit(self._handle, p.conn, line)
+        if self._inline(line):
+            self._handle(p.conn, line, pool)  # a small object: no hand-over to a worker
+        else:
+            self.handed_to_workers += 1
+            pool.submit(self._handle, p.conn, line)
+        return True
+
+    def _inline(self, line: bytes) -> bool:
+        """Whether to serve this request in the accept loop: no witness (its check reads a
+        file and the database) and the name last resolved to a small object, so that the load
+        cannot hold up the loop for long. Only a scheduling hint: the load is verified in full
+        wherever it runs."""
+        if self.wpath is not None:
+            return False
+        size = self._sizes.get(line)
+        return size is not None and size <= INLINE_MAX
 
     def _expire(self, sel: selectors.BaseSelector, pending: dict[int, _Pending]) -> None:
         limit = time.monotonic() - self.config.request_timeout
@@ -317,62 +358,189 @@ class Server:
 
     # --- one load ---------------------------------------------------------------------
 
-    def _handle(self, conn: socket.socket, line: bytes) -> None:
+    def _handle(
+        self, conn: socket.socket, line: bytes, pool: ThreadPoolExecutor | None = None
+    ) -> None:
+        """Serve one request: in a worker, or (``pool`` given) in the accept loop, which
+        hands the request to ``pool`` after all if its record turns out to be large."""
+        deferred = False
         try:
-            self._serve_one(conn, line)
+            deferred = self._serve_one(conn, line, pool)
         except Exception as e:  # noqa: BLE001  # last line of defence: replied and logged
-            self.config.log(f"appliance serve: internal error: {e!r}\n{traceback.format_exc()}")
-            err = InternalError(f"internal error ({e!r})")
-            self._reply(conn, error_reply(err, ExitCode.OPERATIONAL))
+            self._internal_error(conn, e)
         finally:
-            conn.close()
-            with self._count_lock:
-                self._inflight -= 1
+            if not deferred:
+                self._done(conn)
+
+    def _internal_error(self, conn: socket.socket, e: BaseException) -> None:
+        self.config.log(f"appliance serve: internal error: {e!r}\n{traceback.format_exc()}")
+        err = InternalError(f"internal error ({e!r})")
+        self._reply(conn, error_reply(err, ExitCode.OPERATIONAL))
+
+    def _done(self, conn: socket.socket) -> None:
+        conn.close()
+        with self._count_lock:
+            self._inflight -= 1
 
     def _reply(self, conn: socket.socket, data: bytes, fd: int | None = None) -> bool:
+        """Send ``data`` (with ``fd``), waiting at most ``send_timeout`` for a slow reader."""
         try:
+            conn.settimeout(self.config.send_timeout)
             if fd is None:
                 conn.sendall(data)
             else:
-                socket.send_fds(conn, [data], [fd])
+                sent = socket.send_fds(conn, [data], [fd])
+                if sent < len(data):  # the descriptor went with the first byte
+                    conn.sendall(data[sent:])
             return True
         except OSError:
             return False
 
-    def _serve_one(self, conn: socket.socket, line: bytes) -> None:
+    def _serve_one(
+        self, conn: socket.socket, line: bytes, pool: ThreadPoolExecutor | None = None
+    ) -> bool:
+        """Serve one request; True when the reply is left to the journal thread, which sends
+        it (and closes ``conn``) once the load event is committed, or to a worker."""
         if self.stopping.is_set():
             self._reply(conn, error_reply(ServiceStoppingError("the service is stopping"), 3))
-            return
+            return False
         who = peer_identity(conn)
         try:
-            req = parse_request(line)
+            req = self._parse(line)
         except ApplianceError as e:
             self.refused += 1
             self._reply(conn, error_reply(e, exit_code_for(e)))
-            return
-        outcome = self._load(who, req.name, req.version, req.digest)
+            return False
+        try:
+            outcome = self._load(who, req.name, req.version, req.digest, small=pool is not None)
+        except _TooLarge:  # nothing read, hashed or recorded yet: a worker does it all
+            self._sizes.pop(line, None)
+            self.handed_to_workers += 1
+            if pool is None:  # not reached: only the accept loop asks for a small load
+                raise
+            pool.submit(self._handle, conn, line)
+            return True
         if isinstance(outcome, ApplianceError):
+            self._sizes.pop(line, None)  # a refusal waits for its event: not in the loop
             self.refused += 1
             self._reply(conn, error_reply(outcome, exit_code_for(outcome)))
-            return
-        art, seq = outcome
-        with art:
+            return False
+        art, fut = outcome
+        if len(self._sizes) >= 4096:
+            self._sizes.clear()
+        self._sizes[line] = art.size
+        fut.add_done_callback(lambda f: self._deliver(conn, art, req, who, f))
+        return True
+
+    def _parse(self, line: bytes) -> LoadRequest:
+        """``parse_request``, remembered per request line (a pure function of its bytes;
+        a line that is refused is not remembered)."""
+        req = self._parsed.get(line)
+        if req is None:
+            req = parse_request(line)
+            if len(self._parsed) >= 4096:
+                self._parsed.clear()
+            self._parsed[line] = req
+        return req
+
+    def _deliver(
+        self,
+        conn: socket.socket,
+        art: LoadedArtifact,
+        req: LoadRequest,
+        who: Identity,
+        fut: Future[int],
+    ) -> None:
+        """In the journal thread, right after the group commit: the reply with the
+        descriptor, only if the load's event is committed. A reader too slow to take the
+        reply at once is left to a thread of its own, so the journal never waits on a
+        client."""
+        handed_off = False
+        try:
+            error = fut.exception()
+            if error is not None:  # the event is not on record: nothing is handed over
+                self._internal_error(conn, error)
+                return
+            reply = ok_reply(art.to_dict(), art.record.to_dict(), fut.result())
             os.lseek(art.fd, 0, os.SEEK_SET)  # the loader reads from the start
-            sent = self._reply(conn, ok_reply(art.to_dict(), art.record.to_dict(), seq), art.fd)
-        if sent:
-            self.served += 1
-        else:  # the load is on record as verified; say that it never reached the loader
-            fields = load_event(req.name, req.version, art.record, None, None, who)
-            fields.update(outcome="failed", code="client_gone")
-            self.journal.submit("load_undelivered", fields)
+            try:
+                sent = socket.send_fds(conn, [reply], [art.fd], socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                sent = -1  # nothing sent: the descriptor too is still to go
+            except OSError:
+                self._undelivered(req, art, who)
+                return
+            if sent == len(reply):
+                self.served += 1
+                return
+            slow = threading.Thread(
+                target=self._deliver_slowly,
+                args=(conn, art, req, who, reply, sent),
+                name="slow-reply",
+                daemon=True,
+            )
+            self.journal.hold()  # released by that thread, after its last submit
+            try:
+                slow.start()
+            except BaseException:
+                self.journal.release()
+                raise
+            handed_off = True
+        except Exception as e:  # noqa: BLE001  # last line of defence: replied and logged
+            self._internal_error(conn, e)
+        finally:
+            if not handed_off:
+                art.close()
+                self._done(conn)
+
+    def _deliver_slowly(
+        self,
+        conn: socket.socket,
+        art: LoadedArtifact,
+        req: LoadRequest,
+        who: Identity,
+        reply: bytes,
+        sent: int,
+    ) -> None:
+        try:
+            if sent < 0:
+                ok = self._reply(conn, reply, art.fd)
+            else:  # the descriptor went with the bytes already sent
+                ok = self._reply(conn, reply[sent:])
+            if ok:
+                self.served += 1
+            else:
+                self._undelivered(req, art, who)
+        except Exception as e:  # noqa: BLE001  # last line of defence: replied and logged
+            self._internal_error(conn, e)
+        finally:
+            art.close()
+            self._done(conn)
+            self.journal.release()
+
+    def _undelivered(self, req: LoadRequest, art: LoadedArtifact, who: Identity) -> None:
+        """The load is on record as verified; say that it never reached the loader."""
+        fields = load_event(req.name, req.version, art.record, None, None, who)
+        fields.update(outcome="failed", code="client_gone")
+        self.journal.submit("load_undelivered", fields)
 
     def _load(
-        self, who: Identity, name: str, version: str | None, digest: str | None
-    ) -> tuple[LoadedArtifact, int] | ApplianceError:
-        """The verified artifact and its committed event's ``seq``, or the refusal."""
+        self,
+        who: Identity,
+        name: str,
+        version: str | None,
+        digest: str | None,
+        *,
+        small: bool = False,
+    ) -> tuple[LoadedArtifact, Future[int]] | ApplianceError:
+        """The verified artifact and its load event, queued for the group commit (its
+        ``Future`` gives the committed event's ``seq``), or the refusal. ``small``: raise
+        ``_TooLarge`` before opening a record above ``INLINE_MAX``."""
         found: list[Record] = []
 
         def gate(rec: Record) -> None:  # today's grants, re-read when the evidence changed
+            if small and rec.size > INLINE_MAX:
+                raise _TooLarge
             with self.lock:
                 trust = self.cache.trust()
             authorize(trust, who, rec)
@@ -398,11 +566,11 @@ class Server:
         except ApplianceError as e:  # usage (not_found) and operational: not events, as direct
             return e
         try:
-            seq = self.journal.record("load", load_event(name, version, art.record, art, None, who))
+            fut = self.journal.submit("load", load_event(name, version, art.record, art, None, who))
         except BaseException:
             art.close()
             raise
-        return art, seq
+        return art, fut
 
 
 def serve(config: Config, socket_path: Path | None) -> int:

@@ -25,4 +25,5 @@ def test_service_bench_quick_reports_and_loses_no_event() -> None:
     c = res["concurrent"]
     assert c["loaders"] == 64 and c["failed"] == 0
     assert c["loads"] == 64 * 8 and c["events_lost"] == 0 and c["per_second"] > 0
+    assert c["service_cpu_ms_per_load"] > 0 and c["clients_cpu_ms_per_load"] > 0
     assert set(res["targets"]) == {"service_tiny_median_ms", "service_64_loaders_per_s"}
