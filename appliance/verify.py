@@ -81,6 +81,11 @@ def open_object(home: Home, record: Record) -> int:
 def check_hash(fd: int, record: Record) -> None:
     """Hash from ``fd``; raise ``ObjectTamperedError`` unless size and digest match."""
     digest, size = hash_fd(fd)
+    check_digest(record, digest, size)
+
+
+def check_digest(record: Record, digest: str, size: int) -> None:
+    """``ObjectTamperedError`` unless a hash's digest and size are the record's."""
     if size != record.size or digest != record.digest:
         raise ObjectTamperedError(_mismatch(record, digest, size))
 
