@@ -30,7 +30,6 @@ import os
 import re
 import sqlite3
 import threading
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -135,27 +134,43 @@ class HeadStart:
         self.close()
 
 
-def _guess(db_path: Path, name: str, version: str | None) -> str | None:
-    """The digest the records table holds for NAME@VERSION (or the active version)."""
-    uri = "file:" + urllib.parse.quote(str(db_path.absolute())) + "?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=0.1, isolation_level=None)
+_GUESS_STEPS = 1000  # the guess's query gives up after this many thousand SQLite VM steps
+
+
+def _guess(root_fd: int, db_file: str, name: str, version: str | None) -> str | None:
+    """The digest the records table holds for NAME@VERSION (or the active version).
+
+    The database is opened as ``appliance.safefs`` opens a file (a regular file, never a
+    link or a FIFO, which would block the open) and read through that descriptor,
+    read-only, without locks or journal (``immutable=1``: a writer is never held up; what
+    a concurrent write leaves half-done is at worst a wrong guess), for at most
+    ``_GUESS_STEPS`` thousand steps (a planted schema cannot make it run long).
+    """
+    db_fd = safefs.open_file_at(root_fd, db_file)
     try:
-        row = conn.execute(
-            "SELECT digest FROM artifacts WHERE name = ? AND version = "
-            "COALESCE(?, (SELECT version FROM active WHERE name = ?))",
-            (name, version, name),
-        ).fetchone()
+        conn = sqlite3.connect(
+            f"file:/proc/self/fd/{db_fd}?mode=ro&immutable=1", uri=True, isolation_level=None
+        )
+        try:
+            steps = iter(range(_GUESS_STEPS))
+            conn.set_progress_handler(lambda: next(steps, None) is None, 1000)
+            row = conn.execute(
+                "SELECT digest FROM artifacts WHERE name = ? AND version = "
+                "COALESCE(?, (SELECT version FROM active WHERE name = ?))",
+                (name, version, name),
+            ).fetchone()
+        finally:
+            conn.close()
     finally:
-        conn.close()
+        os.close(db_fd)
     digest = row[0] if row is not None else None
     return digest if isinstance(digest, str) and _HEX64.fullmatch(digest) else None
 
 
-def _open(root: Path, digest: str) -> int:
+def _open(root_fd: int, digest: str) -> int:
     fds: list[int] = []
     try:
-        fds.append(safefs.open_root(root))
-        fds.append(safefs.open_dir_at(fds[-1], "objects"))
+        fds.append(safefs.open_dir_at(root_fd, "objects"))
         fds.append(safefs.open_dir_at(fds[-1], digest[:2]))
         return safefs.open_file_at(fds[-1], digest)
     finally:
@@ -172,12 +187,18 @@ def head_start(root: Path, db_file: str, ref: str) -> HeadStart | None:
     """
     name, at, version = ref.partition("@")
     try:
-        digest = _guess(root / db_file, name, version if at else None)
+        root_fd = safefs.open_root(root)
+    except OSError:
+        return None
+    try:
+        digest = _guess(root_fd, db_file, name, version if at else None)
         if digest is None:
             return None
-        fd = _open(root, digest)
+        fd = _open(root_fd, digest)
     except (sqlite3.Error, OSError, safefs.UnsafeEntryError):
         return None
+    finally:
+        os.close(root_fd)
     try:
         if not _immutable(fd):
             os.close(fd)

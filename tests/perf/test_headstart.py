@@ -243,3 +243,41 @@ def test_a_provenance_refusal_with_a_hash_running_closes_everything(plain_site: 
             assert art.size == len(HUGE) and art.read() == HUGE
     finally:
         db.conn.close()
+
+
+def _run_with_timeout(fn: Any, seconds: float = 10.0) -> Any:
+    box: list[Any] = []
+    t = threading.Thread(target=lambda: box.append(fn()), daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "the head start blocked"
+    return box[0]
+
+
+def test_a_fifo_or_link_at_the_database_gives_no_guess_and_never_blocks(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    os.mkfifo(home / "appliance.db")  # opening it for reading would wait for a writer
+    assert _run_with_timeout(lambda: headstart.head_start(home, "appliance.db", "x")) is None
+    os.unlink(home / "appliance.db")
+    (tmp_path / "elsewhere.db").write_bytes(b"")
+    os.symlink(tmp_path / "elsewhere.db", home / "appliance.db")
+    assert headstart.head_start(home, "appliance.db", "x") is None
+    assert headstart.head_start(tmp_path / "absent", "appliance.db", "x") is None
+
+
+def test_a_planted_schema_cannot_make_the_guess_run_long(tmp_path: Path) -> None:
+    import sqlite3
+
+    home = tmp_path / "home"
+    home.mkdir()
+    conn = sqlite3.connect(home / "appliance.db")
+    conn.executescript(
+        "CREATE TABLE active (name TEXT, version TEXT);"
+        "CREATE VIEW artifacts AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 "
+        "FROM n) SELECT 'x' AS name, '1' AS version, printf('%064d', i) AS digest FROM n "
+        "WHERE i < 0;"
+    )
+    conn.close()
+    got = _run_with_timeout(lambda: headstart.head_start(home, "appliance.db", "x@1"))
+    assert got is None
