@@ -124,9 +124,7 @@ print(json.dumps({"code": code, "seen": seen}))
 
 
 def test_the_hash_starts_before_the_product_is_imported(site: Site) -> None:
-    script = (
-        f"LATE = {LATE!r}\nLATE_OURS = {LATE_OURS!r}\nHOME = {str(site.home)!r}\n" + _PROBE
-    )
+    script = f"LATE = {LATE!r}\nLATE_OURS = {LATE_OURS!r}\nHOME = {str(site.home)!r}\n" + _PROBE
     env = {**os.environ, "APPLIANCE_IMMUTABLE": "1"}
     env.pop("APPLIANCE_WITNESS", None)
     p = subprocess.run(
