@@ -1,7 +1,10 @@
 """``appliance load NAME[@VERSION] [-o FILE]`` and ``appliance exec NAME[@VERSION] -- CMD ARG ...``.
 
-Both verify first (witness, full re-hash of a private sealed copy, today's
-trust) and record a ``load`` event in the audit log.
+Both verify first (witness, full re-hash of what is handed over: the immutable
+store object itself, or a private sealed copy; today's trust) and record a ``load``
+event in the audit log. The hash of an immutable object starts before the rest of
+the product is imported (``appliance.headstart``) and runs through a mapping;
+nothing is written or run before every check passed (docs/LOADING.md).
 
 ``load`` writes the verified bytes to FILE (a temporary file beside it, then
 renamed into place) or to stdout. With ``--json``, ``-o FILE`` is required
