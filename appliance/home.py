@@ -17,11 +17,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from appliance import safefs
-from appliance.db import connect, read_only
 from appliance.errors import (
     AlreadyInitializedError,
     HomeTamperedError,
@@ -31,6 +29,9 @@ from appliance.errors import (
     PermissionDeniedError,
     ReadOnlyModeError,
 )
+
+if TYPE_CHECKING:  # sqlite-utils loads with the database (``db``): not before a load's hash
+    import sqlite_utils
 
 DB_FILE = "appliance.db"
 LOCK_FILE = "lock"
@@ -213,6 +214,7 @@ class Home:
 
     def db(self) -> sqlite_utils.Database:
         """The state database, once the home's trust anchor is found and belongs to it."""
+        from appliance.db import connect
         from appliance.evidence import anchor_of  # (evidence imports this module's floor)
 
         self.require()
@@ -266,6 +268,8 @@ class HomeLock:
         self.fd = -1
 
     def __enter__(self) -> HomeLock:
+        from appliance.db import read_only
+
         if read_only():
             raise ReadOnlyModeError("--read-only: this command changes the home; refused")
         with self.home.root_fd() as root:

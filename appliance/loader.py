@@ -44,12 +44,13 @@ import sqlite_utils
 from appliance import audit, provenance, witness
 from appliance.db import read_only, transaction
 from appliance.errors import DigestPinnedError
+from appliance.headstart import BackgroundHash, HeadStart
 from appliance.home import Home, default_home
 from appliance.sealed import private_copy
 from appliance.service.identity import Identity, self_identity
 from appliance.store import Record, find, is_immutable, parse_ref
 from appliance.truststore import load_trust
-from appliance.verify import check_hash, check_provenance, open_object
+from appliance.verify import check_digest, check_hash, check_provenance, open_object
 from bundles.closing import Closing
 from bundles.errors import ApplianceError, RejectedError, StateSuspectError
 
@@ -128,46 +129,87 @@ class LoadedArtifact(Closing):
             os.close(self.fd)
 
 
-def open_verified(home: Home, record: Record) -> LoadedArtifact:
-    """The record's object, hashed from the descriptor handed over; ``ObjectTamperedError``
-    on mismatch.
+OVERLAP_MIN = 16 << 20  # from this size the hash runs in a thread beside the provenance check
+
+
+@dataclass
+class _Hashing:
+    """The descriptor that will be handed over, and its hash (running, or still to run)."""
+
+    record: Record
+    fd: int
+    sealed: bool
+    copy: str | None
+    running: BackgroundHash | None
+
+    def finish(self) -> LoadedArtifact:
+        """Wait for the hash and compare it with the record (``ObjectTamperedError``)."""
+        rec = self.record
+        try:
+            if self.running is None:
+                check_hash(self.fd, rec)
+            else:
+                digest, size = self.running.result()
+                check_digest(rec, digest, size)
+        except BaseException:
+            self.abandon()
+            raise
+        return LoadedArtifact(
+            rec.name, rec.version, rec.digest, rec.size, self.fd, self.sealed, rec, copy=self.copy
+        )
+
+    def abandon(self) -> None:
+        """Stop the hash (a mapped one stops at its next chunk), wait, close the descriptor."""
+        try:
+            if self.running is not None:
+                self.running.stop()
+        finally:
+            os.close(self.fd)
+
+
+def _start_hash(
+    home: Home, record: Record, *, mapped: bool = False, early: HeadStart | None = None
+) -> _Hashing:
+    """Open the record's object and start hashing what will be handed over.
 
     Fast path: when the open store object's inode carries the immutable flag (asked of
     that very descriptor, ``FS_IOC_GETFLAGS``), no one without ``CAP_LINUX_IMMUTABLE`` can
-    change it, so it is hashed in place and that descriptor is handed over (no copy).
-    Otherwise a private copy no one else can change (``appliance.sealed``) is hashed and
-    handed over. What each path guarantees: docs/LOADING.md.
+    change it, so it is hashed in place and that descriptor is handed over (no copy);
+    ``early`` (the CLI's head start, ``appliance.headstart``) already hashes it when it
+    opened the same inode; ``mapped`` hashes it through a mapping (the one-shot CLI
+    only: ``bundles.hashing.hash_mapped``). Otherwise a private copy no one else can
+    change (``appliance.sealed``) is hashed (by ``pread``) and handed over. From
+    ``OVERLAP_MIN`` bytes the hash runs in a thread while the caller checks provenance.
+    What each path guarantees: docs/LOADING.md.
     """
     what = f"{record.name}@{record.version}"
     src = open_object(home, record)
+    big = record.size >= OVERLAP_MIN
     if is_immutable(src):
         try:
-            check_hash(src, record)
+            running = early.claim(src) if early is not None else None
+            if running is None and big:
+                running = BackgroundHash(src, mapped=mapped)
         except BaseException:
             os.close(src)
             raise
-        return LoadedArtifact(
-            record.name,
-            record.version,
-            record.digest,
-            record.size,
-            src,
-            False,
-            record,
-            copy="immutable_inode",
-        )
+        return _Hashing(record, src, False, "immutable_inode", running)
     try:
         fd, sealed = private_copy(src, record.size, home.staging, what)
     finally:
         os.close(src)
     try:
-        check_hash(fd, record)
+        running = BackgroundHash(fd, mapped=False) if big else None
     except BaseException:
         os.close(fd)
         raise
-    return LoadedArtifact(
-        record.name, record.version, record.digest, record.size, fd, sealed, record
-    )
+    return _Hashing(record, fd, sealed, None, running)
+
+
+def open_verified(home: Home, record: Record) -> LoadedArtifact:
+    """The record's object, hashed from the descriptor handed over; ``ObjectTamperedError``
+    on mismatch (the paths: ``_start_hash``; their guarantees: docs/LOADING.md)."""
+    return _start_hash(home, record).finish()
 
 
 Gate = Callable[[Record], None]
@@ -202,14 +244,20 @@ def verified_open(
     guard: Guard = nullcontext,
     found: list[Record] | None = None,
     lookup: Lookup = find,
+    mapped: bool = False,
+    early: HeadStart | None = None,
 ) -> LoadedArtifact:
     """The one verification path of every load, direct or through the service.
 
     witness -> record -> ``gate`` (the service's grant check) -> digest pin ->
-    ``open_verified`` (private copy, re-hashed) -> provenance and today's
-    trust. ``guard`` wraps the database steps (the service's connection lock),
-    so hashing runs outside it. ``found`` receives the record for the event;
-    ``lookup`` finds it (the service's cache; ``store.find`` by default).
+    the object opened and its hash started (``_start_hash``: in place when immutable,
+    else a private copy) -> provenance and today's trust, while a big object is hashed
+    in a thread -> the hash compared with the record. A refusal is the one the order
+    above gives first: a tampered object is ``object_tampered`` even when provenance
+    refused too. Nothing is handed over before both passed. ``guard`` wraps the
+    database steps (the service's connection lock), so hashing runs outside it.
+    ``found`` receives the record for the event; ``lookup`` finds it (the service's
+    cache; ``store.find`` by default). ``mapped`` and ``early``: see ``_start_hash``.
     Records nothing: the caller audits (``load_event``).
     """
     with guard():
@@ -220,14 +268,27 @@ def verified_open(
     if gate is not None:
         gate(rec)
     check_pin(rec, digest)
-    art = open_verified(home, rec)
+    hashing = _start_hash(home, rec, mapped=mapped, early=early)
+    if hashing.running is None:  # small: hashed here and now, then provenance
+        art = hashing.finish()
+        try:
+            with guard():
+                provenance(db, rec)
+        except BaseException:
+            art.close()
+            raise
+        return art
     try:
         with guard():
             provenance(db, rec)
-    except BaseException:
-        art.close()
+    except Exception:
+        # The hash comes first in this order: a tampered object is reported as such.
+        hashing.finish().close()
         raise
-    return art
+    except BaseException:  # interrupted: stop hashing, hand over nothing
+        hashing.abandon()
+        raise
+    return hashing.finish()
 
 
 def load_event(
@@ -274,14 +335,28 @@ def load_from_db(
     record: bool = True,
     digest: str | None = None,
     loader: Identity | None = None,
+    mapped: bool = False,
+    early: HeadStart | None = None,
 ) -> LoadedArtifact:
-    """``load`` on an open state database (the CLI and the demo share one connection)."""
+    """``load`` on an open state database (the CLI and the demo share one connection).
+
+    ``mapped`` and ``early`` are the one-shot CLI's (``verified_open``)."""
     found: list[Record] = []
     record = record and not read_only()  # a forensic copy: no load events, no witness
     wpath = witness.configured_path(db, witness_path)
     who = loader if loader is not None else self_identity()
     try:
-        art = verified_open(home, db, name, version, witness_path=wpath, digest=digest, found=found)
+        art = verified_open(
+            home,
+            db,
+            name,
+            version,
+            witness_path=wpath,
+            digest=digest,
+            found=found,
+            mapped=mapped,
+            early=early,
+        )
     except (RejectedError, StateSuspectError) as e:
         if record:
             rec = found[0] if found else None

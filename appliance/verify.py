@@ -91,6 +91,11 @@ class _LazyPath:
 def check_hash(fd: int, record: Record) -> None:
     """Hash from ``fd``; raise ``ObjectTamperedError`` unless size and digest match."""
     digest, size = hash_fd(fd)
+    check_digest(record, digest, size)
+
+
+def check_digest(record: Record, digest: str, size: int) -> None:
+    """``ObjectTamperedError`` unless a hash's digest and size are the record's."""
     if size != record.size or digest != record.digest:
         raise ObjectTamperedError(_mismatch(record, digest, size))
 

@@ -1,7 +1,10 @@
 """``appliance load NAME[@VERSION] [-o FILE]`` and ``appliance exec NAME[@VERSION] -- CMD ARG ...``.
 
-Both verify first (witness, full re-hash of a private sealed copy, today's
-trust) and record a ``load`` event in the audit log.
+Both verify first (witness, full re-hash of what is handed over: the immutable
+store object itself, or a private sealed copy; today's trust) and record a ``load``
+event in the audit log. The hash of an immutable object starts before the rest of
+the product is imported (``appliance.headstart``) and runs through a mapping;
+nothing is written or run before every check passed (docs/LOADING.md).
 
 ``load`` writes the verified bytes to FILE (a temporary file beside it, then
 renamed into place) or to stdout. With ``--json``, ``-o FILE`` is required
@@ -31,19 +34,24 @@ reader's own status tells whether it failed.
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
-import secrets
 import stat
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.cli.context import Context
 from appliance.errors import ExecFailedError, IOFailedError, StdoutIsTerminalError
-from appliance.home import Home
-from appliance.loader import LoadedArtifact, load_from_db
-from appliance.store import parse_ref
+from appliance.headstart import HeadStart, head_start
+from appliance.home import DB_FILE, Home
 from bundles.errors import ApplianceError, OperationalError, UsageError
+
+if TYPE_CHECKING:
+    from appliance.loader import LoadedArtifact
+
+# The loader (and with it sqlite-utils, cryptography, the trust and audit code: about
+# 100 ms of CPU) is imported only once ``head_start`` has the object hashing.
 
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
@@ -91,23 +99,81 @@ def _digest(value: str | None) -> str | None:
 
 
 def _load(ctx: Context, args: argparse.Namespace) -> LoadedArtifact:
+    sock = args.socket
+    if sock is None and os.environ.get("APPLIANCE_SOCKET"):
+        sock = Path(os.environ["APPLIANCE_SOCKET"])
+    home = Home(ctx.home)
+    # The hash of the object this most likely is starts now, in a thread, and the product
+    # is imported meanwhile; the loader takes it only for the very inode it checks itself.
+    early = head_start(home.root, DB_FILE, args.ref) if sock is None else None
+    try:
+        return _load_verified(ctx, args, home, sock, early)
+    finally:
+        if early is not None:
+            early.close()
+
+
+def _load_verified(
+    ctx: Context,
+    args: argparse.Namespace,
+    home: Home,
+    sock: Path | None,
+    early: HeadStart | None,
+) -> LoadedArtifact:
+    from appliance.loader import load_from_db
+    from appliance.store import parse_ref
+
     name, version = parse_ref(args.ref)
     if not name:
         raise UsageError("give an artifact name: NAME[@VERSION]")
     digest = _digest(args.digest)
-    sock = args.socket
-    if sock is None and os.environ.get("APPLIANCE_SOCKET"):
-        sock = Path(os.environ["APPLIANCE_SOCKET"])
     if sock is not None:
         from appliance.service.client import request_load
 
         return request_load(sock, name, version, digest=digest)
-    home = Home(ctx.home)
     db = home.db()
     try:
-        return load_from_db(home, db, name, version, witness_path=ctx.witness, digest=digest)
+        return load_from_db(
+            home,
+            db,
+            name,
+            version,
+            witness_path=ctx.witness,
+            digest=digest,
+            mapped=True,
+            early=early,
+        )
     finally:
         db.conn.close()
+
+
+# Copies whose file cannot shrink, so a mapping of them never raises SIGBUS.
+_UNSHRINKABLE = ("immutable_inode", "sealed_memfd")
+_MAX_WRITE = 0x7FFFF000  # Linux moves at most this much in one write(2)
+
+
+def _write_out(art: LoadedArtifact, dst: int) -> None:
+    """The verified bytes of ``art`` to ``dst``: by ``write`` from a read-only mapping of
+    the verified descriptor when ``dst`` is a character device (``-o /dev/null``: the
+    kernel takes a write without reading a page, where ``sendfile`` walks the page
+    cache; another device reads the pages from the mapping) and the copy cannot shrink;
+    else by ``sendfile`` (``_copy_out``). Either way the bytes are those of the
+    descriptor that was hashed, and none is written before the load was verified."""
+    if art.size and art.to_dict()["copy"] in _UNSHRINKABLE and stat.S_ISCHR(os.fstat(dst).st_mode):
+        try:
+            mapping = mmap.mmap(art.fd, art.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        except OSError:
+            mapping = None  # a kernel or descriptor that will not map it: sendfile
+        if mapping is not None:
+            with mapping, memoryview(mapping) as view:
+                offset = 0
+                while offset < art.size:
+                    n = os.write(dst, view[offset : offset + _MAX_WRITE])
+                    if n == 0:
+                        raise IOFailedError("the output took no more bytes")
+                    offset += n
+            return
+    _copy_out(art.fd, dst, art.size)
 
 
 def _copy_out(src: int, dst: int, size: int) -> None:
@@ -142,12 +208,14 @@ def _write_file(art: LoadedArtifact, out: Path) -> None:
         try:
             fd = os.open(out, os.O_WRONLY | os.O_CLOEXEC)
             try:
-                _copy_out(art.fd, fd, art.size)
+                _write_out(art, fd)
             finally:
                 os.close(fd)
         except OSError as e:
             raise IOFailedError(f"cannot write {out}: {e.strerror}") from e
         return
+    import secrets
+
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -184,7 +252,7 @@ def run_load(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         else:
             sys.stdout.flush()
             try:
-                _copy_out(art.fd, sys.stdout.fileno(), art.size)
+                _write_out(art, sys.stdout.fileno())
             except BrokenPipeError:
                 # The reader stopped early (``| head -c 10``): quiet, exit 0 (see above).
                 devnull = os.open(os.devnull, os.O_WRONLY)
