@@ -40,3 +40,22 @@ def test_load_to_regular_file_replaces_it(tmp_path: Path) -> None:
     env.expect_ok("load", "model", "-o", out)
     assert out.read_bytes() == b"signed"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.bin")]
+
+
+def test_load_to_dev_stdout_writes_only_the_bytes(tmp_path: Path) -> None:
+    """``-o /dev/stdout`` into a pipe: stdout holds the verified bytes and nothing else
+    (the status line goes to stderr); with ``--json`` it is a usage error (stdout carries
+    the JSON), refused before anything is loaded."""
+    from conftest_load import make_site
+
+    site = make_site(tmp_path)
+    data = os.urandom(70_000)
+    site.ship({"model@1.0": data})
+    res = site.cli("load", "model", "-o", "/dev/stdout", check=0)
+    assert res.stdout == data
+    assert "verified model@1.0" in res.stderr
+    events = site.cli("audit", "show", "--json", check=0).json["events"]
+    refused = site.cli("--json", "load", "model", "-o", "/dev/stdout", check=2)
+    assert refused.json["error"]["code"] == "usage"
+    assert "is stdout, which carries the JSON" in refused.json["error"]["message"]
+    assert site.cli("audit", "show", "--json", check=0).json["events"] == events

@@ -242,10 +242,13 @@ def run_load(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         raise StdoutIsTerminalError(
             "refusing to write artifact bytes to a terminal: give -o FILE or redirect stdout"
         )
+    onto_stdout = args.output is not None and _is_stdout(args.output)
+    if ctx.json and onto_stdout:
+        raise UsageError(f"with --json, -o {args.output} is stdout, which carries the JSON")
     with _load(ctx, args) as art:
         if args.output is not None:
             _write_file(art, args.output)
-            ctx.say(
+            (ctx.warn if onto_stdout else ctx.say)(  # never into the artifact's bytes
                 f"verified {art.name}@{art.version} ({art.size:,} B, BLAKE3 "
                 f"{art.digest[:16]}) -> {args.output}"
             )
@@ -263,6 +266,16 @@ def run_load(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
                 raise OperationalError(f"cannot write to stdout: {e.strerror}") from e
             ctx.warn(f"verified {art.name}@{art.version} ({art.size:,} B)")
         return {**art.to_dict(), "output": str(args.output) if args.output else None}
+
+
+def _is_stdout(path: Path) -> bool:
+    """``path`` names the very file that is stdout (``-o /dev/stdout``, ``-o /proc/self/fd/1``,
+    a file stdout is redirected to): the status line then goes to stderr."""
+    try:
+        st, out = os.stat(path), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino)
 
 
 def run_exec(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
