@@ -198,50 +198,41 @@ def pointer_rows(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]]:
     return [_row(r) for r in cur.fetchall()]
 
 
-def all_pointer_rows(
-    db: sqlite_utils.Database,
-) -> list[tuple[dict[str, Any], str | None, tuple[str] | None]]:
-    """Accepted imports and rollbacks of every name, in one query, each with its
-    neighbours' links: (event, the hash of event seq-1 or None when there is no such
-    row, (the prev_hash of event seq+1,) or None when there is no such row)."""
-    cols = ", ".join(f"a.{c}" for c in (*FIELDS, "prev_hash", "hash"))
+def pointer_rows_linked(db: sqlite_utils.Database) -> list[tuple[Any, ...]]:
+    """Accepted imports and rollbacks of every name, in one query, in seq order, each
+    row: the ``FIELDS``, prev_hash, hash; then whether the event's bytes as SQLite
+    writes them (``_SQL_BODY``, what ``_fast_body`` gives) hash to its ``hash`` after
+    its ``prev_hash`` (one SHA-256 an event; False is not "altered": the caller checks
+    such an event by ``hash_matches``; False for all where SQLite cannot write the
+    bytes); then the neighbours' links: the hash of event seq-1 (None: no such row),
+    the seq of event seq+1 (None: no such row) and its prev_hash."""
+    try:
+        return _pointer_rows(db, _SQL_BODY)
+    except sqlite3.OperationalError:  # SQLite cannot write the bytes: the caller hashes
+        return _pointer_rows(db, "NULL")
+
+
+def _pointer_rows(db: sqlite_utils.Database, body: str) -> list[tuple[Any, ...]]:
+    cols = ", ".join((*FIELDS, "prev_hash", "hash"))
     cur = db.execute(
-        f"SELECT {cols}, p.hash, n.seq, n.prev_hash FROM audit a"
-        " LEFT JOIN audit p ON p.seq = a.seq - 1 LEFT JOIN audit n ON n.seq = a.seq + 1"
-        " WHERE a.name IS NOT NULL AND a.outcome = 'accepted'"
-        " AND a.type IN ('import', 'rollback') ORDER BY a.seq"
+        f"SELECT x.*, p.hash, n.seq, n.prev_hash FROM (SELECT {cols}, {body} AS body"
+        " FROM audit WHERE name IS NOT NULL AND outcome = 'accepted'"
+        " AND type IN ('import', 'rollback')) x"
+        " LEFT JOIN audit p ON p.seq = x.seq - 1 LEFT JOIN audit n ON n.seq = x.seq + 1"
+        " ORDER BY x.seq"
     )
-    out: list[tuple[dict[str, Any], str | None, tuple[str] | None]] = []
+    sha256, fromhex = hashlib.sha256, bytes.fromhex
+    out: list[tuple[Any, ...]] = []
     while batch := cur.fetchmany(4096):
         for r in batch:
-            nxt = None if r[-2] is None else (str(r[-1]),)
-            out.append((_row(r[:-3]), None if r[-3] is None else str(r[-3]), nxt))
-    return out
-
-
-def pointer_rows_hashed(db: sqlite_utils.Database) -> set[int]:
-    """The events ``all_pointer_rows`` reads whose bytes, as SQLite writes them
-    (``_SQL_BODY``, what ``_fast_body`` gives), hash to their ``hash`` after their
-    ``prev_hash``: one query and one SHA-256 an event. An event left out is not called
-    altered: its caller checks it by ``hash_matches``. Empty where SQLite cannot write
-    the bytes."""
-    sha256, fromhex = hashlib.sha256, bytes.fromhex
-    out: set[int] = set()
-    try:
-        cur = db.execute(
-            f"SELECT seq, {_SQL_BODY}, prev_hash, hash FROM audit"
-            " WHERE name IS NOT NULL AND outcome = 'accepted' AND type IN ('import', 'rollback')"
-        )
-        while batch := cur.fetchmany(4096):
-            for seq, body, prev_hash, digest in batch:
-                if type(body) is str and type(prev_hash) is str and type(seq) is int:
-                    try:
-                        if sha256(fromhex(prev_hash) + body.encode()).hexdigest() == digest:
-                            out.add(seq)
-                    except ValueError:  # not hex, or text no UTF-8 holds: hash_matches decides
-                        continue
-    except sqlite3.OperationalError:
-        return set()
+            text, prev_hash = r[10], r[8]
+            hashed = False
+            if type(text) is str and type(prev_hash) is str:
+                try:
+                    hashed = sha256(fromhex(prev_hash) + text.encode()).hexdigest() == r[9]
+                except ValueError:  # not hex, or text no UTF-8 holds: hash_matches decides
+                    hashed = False
+            out.append((*r[:10], hashed, *r[11:]))
     return out
 
 

@@ -296,13 +296,8 @@ def _judge_record(
             f"{ref}: no signed manifest for stream {record.stream} sequence {record.sequence}"
         )
     signers, manifest = found
-    a = manifest.artifact(record.name)
-    if (
-        a is None
-        or manifest.stream != record.stream
-        or a.version != record.version
-        or a.blake3 != record.digest
-        or a.size != record.size
+    if manifest.stream != record.stream or not manifest.matches(
+        record.name, record.version, record.digest, record.size
     ):
         raise RecordUnauthorizedError(f"{ref}: record differs from its signed manifest")
     return check_signers(signers, role_key("publisher", record.stream))
@@ -312,15 +307,21 @@ class Records:
     """``check_record`` for many records in one read-only pass (``appliance verify``).
 
     Each (stream, sequence)'s stored manifest is looked up and judged once per pass (by
-    ``_stored_manifest``: read, hashed and verified, or found in the memo), each set of
-    signers once per role; ``check(record)`` then gives what ``check_record`` gives for
-    that record, with the same errors. ``token``: the pass's ``db_token``.
+    ``_stored_manifest``: read, hashed and verified, or found in the memo), and the
+    signers it gives once per role (only successes are kept: a refusal is judged again,
+    with its own error); ``check(record)`` then gives what ``check_record`` gives for
+    that record, with the same errors: for a record of a verified manifest, one dict
+    lookup of its (stream, sequence), one of its name in the manifest and a comparison
+    (``StoredManifest.matches``). ``token``: the pass's ``db_token``.
     """
 
     def __init__(self, db: sqlite_utils.Database, trust: TrustState, token: DbToken | None) -> None:
         self._db, self._trust, self._token = db, trust, token
         self._found: dict[tuple[str, int], _Found] = {}
         self._counted: dict[tuple[frozenset[str], RoleKey], frozenset[str]] = {}
+        # (stream, sequence) -> (manifest, the signers that count for its stream's
+        # publisher role) for a manifest that verified and names that same stream
+        self._sound: dict[tuple[str, int], tuple[StoredManifest, frozenset[str]]] = {}
 
     def _check_signers(self, signers: frozenset[str], role: RoleKey) -> frozenset[str]:
         key = (signers, role)
@@ -331,6 +332,11 @@ class Records:
 
     def check(self, record: Record) -> frozenset[str]:
         where = (record.stream, record.sequence)
+        sound = self._sound.get(where)
+        if sound is not None and sound[0].matches(
+            record.name, record.version, record.digest, record.size
+        ):
+            return sound[1]
         if where in self._found:
             found = self._found[where]
         else:
@@ -339,7 +345,10 @@ class Records:
             except RejectedError as e:
                 found = e
             self._found[where] = found
-        return _judge_record(self._trust, record, found, self._check_signers)
+        counted = _judge_record(self._trust, record, found, self._check_signers)
+        if isinstance(found, tuple) and found[1].stream == record.stream:
+            self._sound[where] = (found[1], counted)
+        return counted
 
 
 # the C scanner ``json.loads`` runs (typeshed types its argument as a scanner)
@@ -499,39 +508,82 @@ def _judge_pointer(
 _K = TypeVar("_K", int, str)
 
 
+_LINKED_COLS = (*audit.FIELDS, "prev_hash", "hash")  # the first ten of a linked row
+_Linked = tuple[tuple[Any, ...], Any]  # (``audit.pointer_rows_linked`` row, parsed detail)
+
+
 class Pointers:
     """``check_pointer`` for many names in one read-only pass (``appliance verify``).
 
-    The pointer-moving events of every name and their neighbours' links are read in one
-    query, their hashes checked in another (``audit.pointer_rows_hashed``), and the
-    active pointers read in a third, when this is made; each event's hash and
-    links are checked once (memo by seq); ``check(name)`` then judges a name from
-    memory, by the same rules and with the same errors as ``check_pointer``.
+    The pointer-moving events of every name, their neighbours' links and whether their
+    bytes hash right are read in one query (``audit.pointer_rows_linked``), and the
+    active pointers in a second, when this is made. A name whose events are all
+    imports that hash right, link to both neighbours and go up in release (an integer
+    each), the last of which set its active pointer, is shown sound in that one pass
+    (no dict, no closure, no query for it); any other name is judged from memory when
+    asked, by ``check_pointer``'s rules (``_judge_pointer``) and with its errors, each
+    event's hash and links checked once (memo by seq).
     """
 
     def __init__(self, db: sqlite_utils.Database) -> None:
         self._db = db
-        self._events: dict[str, list[dict[str, Any]]] = {}
+        self._rows: dict[str, list[_Linked]] = {}
         self._links: dict[int, tuple[str | None, tuple[str] | None]] = {}
+        self._hashed: dict[int, bool] = {}
         self._checked: dict[int, PointerUnauthorizedError | None] = {}
         self._verdicts: dict[str, PointerUnauthorizedError | None] = {}
         counters["pointer_reads"] += 1
         with snapshot(db):  # the events and the pointers as of one moment
-            rows = audit.all_pointer_rows(db)
-            self._hashed = audit.pointer_rows_hashed(db)  # each event's hash, in one pass
+            rows = audit.pointer_rows_linked(db)
             active = db.execute("SELECT name, version FROM active").fetchall()
-        for e, prev_hash, next_row in rows:
-            moved = _moves_pointer(e)
-            if moved is not None:
-                self._events.setdefault(str(e["name"]), []).append(moved)
-                self._links[int(e["seq"])] = (prev_hash, next_row)
         self._active = {str(r[0]): str(r[1]) for r in active}
+        # name -> (every event so far shown sound, the last release, the last version)
+        shown: dict[str, tuple[bool, int, Any]] = {}
+        fresh = (True, 0, None)
+        for row in rows:
+            kind = row[2]
+            detail = _loads(row[7])
+            if not ((kind == "import" and detail.get("activated")) or kind == "rollback"):
+                continue  # as ``_moves_pointer``: this event moves no pointer
+            name, seq = str(row[5]), row[0]
+            self._rows.setdefault(name, []).append((row, detail))
+            sound, last, _ = shown.get(name, fresh)
+            release = detail.get("release", 0) if kind == "import" else None
+            sound = bool(
+                sound
+                and kind == "import"
+                and row[10]  # its bytes hash to its hash
+                and (seq <= 1 or (type(row[11]) is str and row[11] == row[8]))
+                and (row[12] is None or (type(row[13]) is str and row[13] == row[9]))
+                and type(release) is int
+                and release > last
+            )
+            shown[name] = (sound, release if sound and isinstance(release, int) else 0, row[6])
+        for name, (sound, _, version) in shown.items():
+            active_version = self._active.get(name)
+            if sound and active_version is not None and active_version == version:
+                self._verdicts[name] = None
+
+    def _events(self, name: str) -> list[dict[str, Any]]:
+        """The name's events as ``_pointer_events`` gives them (with their links and
+        hash findings noted for ``_check_links``)."""
+        out = []
+        for row, detail in self._rows.get(name, []):
+            seq = int(row[0])
+            self._hashed[seq] = bool(row[10])
+            self._links[seq] = (
+                None if row[11] is None else str(row[11]),
+                None if row[12] is None else (str(row[13]),),
+            )
+            event = dict(zip(_LINKED_COLS, row[:10], strict=True))
+            out.append({**event, "detail": detail, _STORED_DETAIL: row[7]})
+        return out
 
     def _check_links(self, event: dict[str, Any]) -> None:
         seq = int(event["seq"])
 
         def links() -> None:
-            if seq not in self._hashed:  # not shown by the one pass: checked here
+            if not self._hashed[seq]:  # not shown by the one pass: checked here
                 _check_hash(event)
             _check_neighbours(event, *self._links[seq])
 
@@ -543,11 +595,14 @@ class Pointers:
 
     def check(self, name: str) -> None:
         """As ``check_pointer(db, name)`` at the time this was made."""
-        active, events = self._active.get(name), self._events.get(name, [])
+        if self._verdicts.get(name, False) is None:
+            return  # shown sound (or judged sound before)
         _once(
             self._verdicts,
             name,
-            lambda: _judge_pointer(self._db, name, active, events, self._check_links),
+            lambda: _judge_pointer(
+                self._db, name, self._active.get(name), self._events(name), self._check_links
+            ),
         )
 
 

@@ -36,7 +36,7 @@ import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -91,20 +91,43 @@ _COLS = (
 )
 
 
-def _record(row: tuple[Any, ...]) -> Record:
-    return Record(
-        name=row[0],
-        version=row[1],
-        digest=row[2],
-        size=int(row[3]),
-        media_type=row[4],
-        release=int(row[5]),
-        stream=row[6],
-        sequence=int(row[7]),
-        signers=tuple(json.loads(row[8])),
-        imported_at=row[9],
-        active=bool(row[10]),
+_FIELDS = tuple(f.name for f in fields(Record))
+
+
+def _record(row: tuple[Any, ...], signers: dict[Any, tuple[str, ...]]) -> Record:
+    """The record of one row of ``_COLS``. ``signers``: the signers already decoded in
+    this read, by the column's value (the rows of one bundle share one list): the same
+    bytes decode to the same tuple, so each distinct value is decoded once. The record
+    is made as its frozen dataclass ``__init__`` makes it (each field set on the new
+    instance, no ``__post_init__``), in one update of its ``__dict__``."""
+    raw = row[8]
+    decoded = signers.get(raw)
+    if decoded is None:
+        decoded = signers[raw] = tuple(json.loads(raw))
+    record = _new(Record)
+    record.__dict__.update(
+        zip(
+            _FIELDS,
+            (
+                row[0],
+                row[1],
+                row[2],
+                int(row[3]),
+                row[4],
+                int(row[5]),
+                row[6],
+                int(row[7]),
+                decoded,
+                row[9],
+                bool(row[10]),
+            ),
+            strict=True,
+        )
     )
+    return record
+
+
+_new = object.__new__
 
 
 def records(db: sqlite_utils.Database, name: str | None = None) -> list[Record]:
@@ -116,7 +139,8 @@ def records(db: sqlite_utils.Database, name: str | None = None) -> list[Record]:
     if name is not None:
         sql += " WHERE a.name = ?"
         params.append(name)
-    return [_record(r) for r in db.execute(sql + " ORDER BY a.name, a.release", params)]
+    signers: dict[Any, tuple[str, ...]] = {}
+    return [_record(r, signers) for r in db.execute(sql + " ORDER BY a.name, a.release", params)]
 
 
 def active_version(db: sqlite_utils.Database, name: str) -> str | None:

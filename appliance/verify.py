@@ -34,7 +34,6 @@ from appliance.provenance import (
 from appliance.store import Record, active_version, object_path
 from appliance.trust import TrustState
 from bundles.errors import RejectedError, StateSuspectError
-from bundles.hashing import hash_fd
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -90,7 +89,7 @@ class _LazyPath:
 
 def check_hash(fd: int, record: Record) -> None:
     """Hash from ``fd``; raise ``ObjectTamperedError`` unless size and digest match."""
-    digest, size = hash_fd(fd)
+    digest, size = _hash_fd(fd)
     check_digest(record, digest, size)
 
 
@@ -260,6 +259,15 @@ def _judge_hash(home: Home, record: Record, problem: _Problem) -> None:
     raise ObjectTamperedError(f"{what}: object {path} cannot be opened ({problem[1]})")
 
 
+def _hash_fd(fd: int) -> tuple[str, int]:
+    """``bundles.hashing.hash_fd`` (all cores), imported when first needed: a pass over
+    small objects never uses it, and its module brings ``concurrent.futures`` and
+    ``multiprocessing`` (tens of ms at every ``verify`` start)."""
+    from bundles.hashing import hash_fd
+
+    return hash_fd(fd)
+
+
 def _mismatch(record: Record, digest: str, size: int) -> str:
     return (
         f"{record.name}@{record.version}: stored object does not match its record "
@@ -329,7 +337,7 @@ class _ObjectsDir:
             if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
                 return ("unsafe", "file swapped while opened")
             if large:
-                hexdigest, size = hash_fd(fd)
+                hexdigest, size = _hash_fd(fd)
             else:
                 hexdigest, size = self._hash_small(fd)
             return ("ok", hexdigest, size)

@@ -159,14 +159,16 @@ def parse_json_exact(
     max_bytes: int = MAX_DOCUMENT_BYTES,
     error: type[RejectedError] = ManifestFormatError,
 ) -> Any:
-    """``parse_json``, faster for a document in the canonical form (keys sorted, no
-    spaces: what ``canonical_bytes`` writes for it).
+    """``parse_json``, faster for a document in a compact form (no spaces, every
+    non-ASCII character escaped as lowercase ``\\u`` hex, keys in any order: what
+    ``canonical_bytes`` writes for an ASCII document).
 
     The limits are checked first as there; then the text is parsed without the
-    per-object duplicate-key hook, and written back with the C encoder: when that gives
-    the text again, it had no duplicate keys and no NaN or Infinity (the encoder refuses
-    them), so the value is what ``parse_json`` gives. Any other document, and any
-    failure, goes through ``parse_json`` (its refusals and messages).
+    per-object duplicate-key hook, and written back with the C encoder (ASCII, keys in
+    the order parsed, the text's own order): when that gives the text again, the text
+    is the encoding of the value, which has no duplicate keys and no NaN or Infinity
+    (the encoder refuses them), so the value is what ``parse_json`` gives. Any other
+    document, and any failure, goes through ``parse_json`` (its refusals and messages).
     """
     if len(data) > max_bytes:
         raise ManifestTooLargeError(f"{what} is {len(data)} bytes, over the {max_bytes} limit")
@@ -175,7 +177,14 @@ def parse_json_exact(
     try:
         text = data.decode("utf-8", errors="strict")
         value = json.loads(text)
-        same = _encode(value) == text
+        same = _encode_as_parsed(value) == text
     except (RecursionError, ValueError):  # UnicodeDecodeError and JSONDecodeError too
         same = False  # parse_json refuses it (or accepts it) with its own rules
     return value if same else parse_json(data, what=what, max_bytes=max_bytes, error=error)
+
+
+# ``parse_json_exact``'s writer: ASCII escapes (the C encoder's fastest), no sorting (a
+# value parsed from text holds its keys in the text's order).
+_encode_as_parsed = json.JSONEncoder(
+    ensure_ascii=True, allow_nan=False, separators=(",", ":")
+).encode

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from bundles.canonical import canonical_bytes, parse_json, parse_json_exact
@@ -291,8 +292,9 @@ def _artifact(i: int, e: Any, digests: dict[str, dict[str, Any]]) -> Artifact:
 
 # --- all entries at once ------------------------------------------------------------------
 #
-# ``all_entries_valid`` shows with a few whole-list operations (set comprehensions of
-# types and key sets, one regular expression over the joined values of each field) that
+# ``all_entries_valid`` shows with a few whole-list operations (sets of the types and of
+# the key orders, C-level ``map``s of ``itemgetter``, one regular expression over the
+# joined values of each field, the digests by ``bytes.translate``) that
 # every subject and entry passes ``_validated_artifacts``'s checks; when it cannot (a
 # value of another type, non-ASCII text, parts, anything unusual) the entries are checked
 # one by one, which gives the exact refusal. Each pattern below accepts only values that
@@ -308,74 +310,119 @@ _TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*"
 _MEDIA_LINE = rf"{_TOKEN}/{_TOKEN}"
 # under artifacts/, segments of printable ASCII but / and \\, never empty, . or ..
 _PATH_LINE = r"artifacts(?:/(?!\.{1,2}(?:/|\n|\Z))[\x20-\x2e\x30-\x5b\x5d-\x7e]+)+"
-_HEX_LINE = r"[0-9a-f]{64}"
 
 
 def _lines(line: str) -> re.Pattern[str]:
     return re.compile(rf"(?:{line}\n)*{line}")
 
 
-_NAMES, _IDENTS, _MEDIA, _PATHS, _HEXES = map(
-    _lines, (_NAME_LINE, _IDENT_LINE, _MEDIA_LINE, _PATH_LINE, _HEX_LINE)
-)
+_NAMES, _IDENTS, _MEDIA, _PATHS = map(_lines, (_NAME_LINE, _IDENT_LINE, _MEDIA_LINE, _PATH_LINE))
+_HEX_DIGITS = b"0123456789abcdef"
+_NAME = itemgetter("name")
+_DIGEST = itemgetter("digest")
+_BLAKE3 = itemgetter("blake3")
+_PATH = itemgetter("path")
+_VERSION = itemgetter("version")
+_RELEASE = itemgetter("release")
+_SIZE = itemgetter("size")
+_MEDIA_TYPE_OF = itemgetter("media_type")
+
+
+def _joined(values: list[Any], pattern: re.Pattern[str], max_len: int) -> str | None:
+    """The values joined by newlines when every one is a string of at most ``max_len``
+    characters matching ``pattern``'s line (one match of the joined lines, and as many
+    lines as values); else None."""
+    if not values or set(map(type, values)) != {str}:
+        return None
+    if max(map(len, values)) > max_len:
+        return None
+    joined = "\n".join(values)
+    if joined.count("\n") != len(values) - 1 or pattern.fullmatch(joined) is None:
+        return None
+    return joined
 
 
 def _all_match(values: list[Any], pattern: re.Pattern[str], max_len: int) -> bool:
-    """Every value is a string of at most ``max_len`` characters matching ``pattern``'s
-    line (one match of the joined lines, and as many lines as values)."""
-    if not values or {type(v) for v in values} != {str}:
-        return False
-    if max(map(len, values)) > max_len:
+    return _joined(values, pattern, max_len) is not None
+
+
+def _all_hex(values: list[Any]) -> bool:
+    """Every value is a string of 64 lowercase hex digits (``[0-9a-f]{64}``): each of
+    length 64, and once the digits are deleted from the joined values (ASCII) only the
+    newlines between them are left."""
+    if not values or set(map(type, values)) != {str} or set(map(len, values)) != {64}:
         return False
     joined = "\n".join(values)
-    return joined.count("\n") == len(values) - 1 and pattern.fullmatch(joined) is not None
+    if not joined.isascii():
+        return False
+    return joined.encode("ascii").translate(None, _HEX_DIGITS) == b"\n" * (len(values) - 1)
 
 
 def _all_ints(values: list[Any], minimum: int) -> bool:
-    return {type(v) for v in values} == {int} and minimum <= min(values) and max(values) <= MAX_INT
+    return set(map(type, values)) == {int} and minimum <= min(values) and max(values) <= MAX_INT
+
+
+def _keys_are(objects: list[Any], *allowed: frozenset[str]) -> bool:
+    """Every object's set of keys is one of ``allowed`` (the objects are dicts; their
+    keys in the order each holds them are compared, a handful of distinct orders)."""
+    return all(frozenset(keys) in allowed for keys in set(map(tuple, objects)))
+
+
+_Shown = tuple[list[str], list[str], list[dict[str, Any]]]
+
+
+def _shown_valid(subjects: list[Any], entries: list[Any]) -> _Shown | None:
+    """``all_entries_valid``'s checks; when they pass, what they read on the way: the
+    entries' names, the subjects' names and the subjects' digests, in order."""
+    n = len(entries)
+    if n == 0 or len(subjects) != n:
+        return None
+    if set(map(type, subjects)) != {dict} or set(map(type, entries)) != {dict}:
+        return None
+    if not _keys_are(subjects, _SUBJECT_KEYS):
+        return None
+    if not _keys_are(entries, _ENTRY_KEYS):  # no parts: those go one by one
+        return None
+    digests = list(map(_DIGEST, subjects))
+    if set(map(type, digests)) != {dict} or not _keys_are(digests, *_DIGEST_KEYS):
+        return None
+    names = list(map(_NAME, entries))
+    subject_names = list(map(_NAME, subjects))
+    sha256 = [x["sha256"] for x in digests if "sha256" in x]
+    joined_names = _joined(names, _NAMES, 128)
+    if joined_names is None or set(map(type, subject_names)) != {str}:
+        return None
+    name_set = set(names)
+    if len(name_set) != n or set(subject_names) != name_set:
+        return None  # n distinct names both: each subject once
+    joined_paths = _joined(list(map(_PATH, entries)), _PATHS, 1024)  # ASCII: chars are bytes
+    ok = (
+        joined_paths is not None
+        and _all_match(list(map(_VERSION, entries)), _IDENTS, 128)
+        and _all_ints(list(map(_RELEASE, entries)), 1)
+        and _all_ints(list(map(_SIZE, entries)), 0)
+        and _all_match(list(map(_MEDIA_TYPE_OF, entries)), _MEDIA, 255)
+        and _all_hex(list(map(_BLAKE3, digests)))
+        and (not sha256 or _all_hex(sha256))
+        # ASCII names and paths, none holding a newline: ``fold`` (NFKC, case folded)
+        # is ``lower``, line by line
+        and len(set(joined_names.lower().split("\n"))) == n
+        and len(set(joined_paths.lower().split("\n"))) == n
+    )
+    return (names, subject_names, digests) if ok else None
 
 
 def all_entries_valid(subjects: list[Any], entries: list[Any]) -> bool:
     """True only when every subject and entry is valid (the checks of
     ``_validated_artifacts``, shown for the whole lists at once: no Python work per entry
     beyond building the lists of each field); False: check them one by one."""
-    n = len(entries)
-    if n == 0 or len(subjects) != n:
-        return False
-    if {type(x) for x in subjects} != {dict} or {type(x) for x in entries} != {dict}:
-        return False
-    if {frozenset(x) for x in subjects} != {_SUBJECT_KEYS}:
-        return False
-    if {frozenset(x) for x in entries} != {_ENTRY_KEYS}:  # no parts: those go one by one
-        return False
-    digests = [x["digest"] for x in subjects]
-    if {type(x) for x in digests} != {dict} or not {frozenset(x) for x in digests} <= set(
-        _DIGEST_KEYS
-    ):
-        return False
-    names = [x["name"] for x in entries]
-    subject_names = [x["name"] for x in subjects]
-    sha256 = [x["sha256"] for x in digests if "sha256" in x]
-    paths = [x["path"] for x in entries]
-    ok = (
-        _all_match(names, _NAMES, 128)
-        and {type(x) for x in subject_names} == {str}
-        and len(set(names)) == n
-        and set(subject_names) == set(names)  # n distinct names both: each subject once
-        and _all_match([x["version"] for x in entries], _IDENTS, 128)
-        and _all_ints([x["release"] for x in entries], 1)
-        and _all_ints([x["size"] for x in entries], 0)
-        and _all_match([x["media_type"] for x in entries], _MEDIA, 255)
-        and _all_match(paths, _PATHS, 1024)  # ASCII: characters are bytes
-        and _all_match([x["blake3"] for x in digests], _HEXES, 64)
-        and (not sha256 or _all_match(sha256, _HEXES, 64))
-        # ASCII names and paths: ``fold`` (NFKC, case folded) is ``lower``
-        and len({x.lower() for x in names}) == n
-        and len({x.lower() for x in paths}) == n
-    )
-    if ok:
+    return _counted(_shown_valid(subjects, entries)) is not None
+
+
+def _counted(shown: _Shown | None) -> _Shown | None:
+    if shown is not None:
         counters["entries_valid_at_once"] += 1
-    return ok
+    return shown
 
 
 def _trusted_artifact(e: dict[str, Any], digest: dict[str, Any]) -> Artifact:
@@ -408,9 +455,11 @@ class StoredManifest:
         self._full: Manifest | None = None
         self._entries: dict[str, dict[str, Any]] = {}
         self._digests: dict[str, dict[str, Any]] = {}
-        if all_entries_valid(subjects, entries):
-            self._entries = {e["name"]: e for e in entries}
-            self._digests = {s["name"]: s["digest"] for s in subjects}
+        shown = _counted(_shown_valid(subjects, entries))
+        if shown is not None:
+            names, subject_names, digests = shown
+            self._entries = dict(zip(names, entries, strict=True))
+            self._digests = dict(zip(subject_names, digests, strict=True))
         else:
             self._full = Manifest._from_outline(outline)
 
@@ -419,6 +468,20 @@ class StoredManifest:
             return self._full.artifact(name)
         e = self._entries.get(name)
         return None if e is None else _trusted_artifact(e, self._digests[name])
+
+    def matches(self, name: str, version: str, blake3: str, size: int) -> bool:
+        """``artifact(name)`` exists with this version, BLAKE3 digest and size (the
+        comparisons alone: no ``Artifact`` is made)."""
+        if self._full is not None:
+            a = self._full.artifact(name)
+            return a is not None and a.version == version and a.blake3 == blake3 and a.size == size
+        e = self._entries.get(name)
+        return (
+            e is not None
+            and e["version"] == version
+            and self._digests[name]["blake3"] == blake3
+            and e["size"] == size
+        )
 
     def releases(self) -> tuple[tuple[str, int], ...]:
         """(name, release) of every artifact, in the manifest's order."""

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from appliance.cli.cmd_history import parse_at
 from appliance.cli.context import Context
 from appliance.errors import PolicyError, StateSuspectError, error_class
-from appliance.history import active_at
 from appliance.home import Home
 from appliance.store import find, parse_ref, records
 from appliance.truststore import load_trust
 from appliance.verify import verify_records
-from bundles.timeutil import format_time
 
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
@@ -38,6 +38,10 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_list(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    from appliance.cli.cmd_history import parse_at  # ``list`` only: not loaded by ``verify``
+    from appliance.history import active_at
+    from bundles.timeutil import format_time
+
     db = Home(ctx.home).db()
     recs = records(db)
     at = parse_at(args.at)
@@ -63,7 +67,28 @@ def run_list(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     return out
 
 
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """The cyclic garbage collector paused: a pass over N records builds a few objects
+    per record and event (rows, records, the parsed manifest, statuses), none of them in
+    a cycle, and each collection the allocations trigger walks all of those still alive
+    (about a fifth of ``verify``'s time at 20,000 records). Reference counting frees them
+    as before; the collector runs again afterwards, as it was."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def run_verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    with _no_cycle_collection():
+        return _verify(args, ctx)
+
+
+def _verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     home = Home(ctx.home)
     db = home.db()
     trust = load_trust(db)

@@ -211,7 +211,7 @@ def test_verify_hashes_the_pointer_events_in_one_pass(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int
 ) -> None:
     """The pointer-moving events' hashes are checked from SQLite's bytes in one pass
-    (``audit.pointer_rows_hashed``): no event is rebuilt in Python to be hashed."""
+    (``audit.pointer_rows_linked``): no event is rebuilt in Python to be hashed."""
     from appliance import audit
 
     site = _site(tmp_path, n)

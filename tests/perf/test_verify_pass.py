@@ -1,0 +1,197 @@
+"""``verify`` of N records: the per-record work is a lookup and a comparison (counted).
+
+* The pointer pass shows every untampered name sound in its one query: no name is
+  judged by the per-name rules (``_judge_pointer``), whatever N; a tampered pointer sends
+  that one name, and only it, to those rules, which give their own refusal.
+* Each record is checked against its stored manifest without making an ``Artifact``, and
+  the manifest row is read once per bundle, whatever N.
+* ``records()`` decodes the signers of one bundle once, and gives records equal, field
+  for field, to those the dataclass's own constructor makes.
+* The whole-list checks of a stored manifest (``_all_hex``, the exact-parse writer)
+  accept exactly what the per-value rules accept.
+* ``verify`` pauses the cyclic garbage collector for its pass and restores it after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest_load import Site, make_site
+
+from appliance import provenance, store
+from appliance.cli import cmd_store
+from appliance.importer import import_bundle
+from appliance.store import records
+from appliance.truststore import load_trust
+from appliance.verify import verify_records
+from bundles import manifest
+from bundles.canonical import parse_json, parse_json_exact
+from bundles.errors import RejectedError
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memo() -> Iterator[None]:
+    for table in (
+        provenance._memo,
+        provenance._memo_keyids,
+        provenance._row_digests,
+        provenance._manifest_cache,
+    ):
+        table.clear()
+    yield
+
+
+def _site(tmp_path: Path, n: int) -> Site:
+    site = make_site(tmp_path)
+    import_bundle(site.h, site.bundle({f"a{i}@1": f"a {i}".encode() * 50 for i in range(n)}))
+    return site
+
+
+def _verify(site: Site) -> list[tuple[str, str | None, str | None]]:
+    db = site.h.db()
+    try:
+        results = verify_records(site.h, db, load_trust(db), records(db))
+    finally:
+        db.conn.close()
+    return [(r.status, r.code, r.message) for r in results]
+
+
+def _count(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> dict[str, int]:
+    calls = {"n": 0}
+    real = getattr(module, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("n", [3, 60])
+def test_sound_names_are_judged_in_the_one_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int
+) -> None:
+    site = _site(tmp_path, n)
+    judged = _count(monkeypatch, provenance, "_judge_pointer")
+    artifacts = _count(monkeypatch, manifest, "_trusted_artifact")
+    rows = _count(monkeypatch, provenance, "_stored_manifest")
+    assert _verify(site) == [("ok", None, None)] * n
+    assert judged["n"] == 0  # the same for 3 and 60 names
+    assert artifacts["n"] == 0  # no Artifact made for a record's check
+    assert rows["n"] == 1  # one bundle: its manifest row read once
+
+
+def test_a_tampered_pointer_alone_goes_to_the_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = _site(tmp_path, 20)
+    conn = sqlite3.connect(site.home / "appliance.db")
+    with conn:
+        conn.execute("DELETE FROM active WHERE name = 'a7'")
+    conn.close()
+    judged = _count(monkeypatch, provenance, "_judge_pointer")
+    found = _verify(site)
+    assert judged["n"] == 1
+    bad = [f for f in found if f[0] != "ok"]
+    assert bad == [
+        (
+            "unauthorized",
+            "pointer_unauthorized",
+            "a7: has no active version, but the last authorized move set 1 "
+            "(the active pointer was removed)",
+        )
+    ]
+
+
+def test_records_decode_a_bundles_signers_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = _site(tmp_path, 30)
+    db = site.h.db()
+    try:
+        decoded = _count(monkeypatch, store.json, "loads")
+        recs = records(db)
+        assert decoded["n"] == 1
+        monkeypatch.undo()
+        assert len(recs) == 30
+        # equal, field for field and in the same attribute order, to what the frozen
+        # dataclass's own __init__ makes
+        again = [dataclasses.replace(r) for r in recs]
+        assert recs == again
+        assert [vars(r) for r in recs] == [vars(r) for r in again]
+        assert all(type(r.signers) is tuple and type(r.size) is int for r in recs)
+    finally:
+        db.conn.close()
+
+
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["ab" * 32],
+        ["ab" * 32, "0123456789abcdef" * 4],
+        ["AB" * 32],
+        ["ab" * 31 + "a"],
+        ["ab" * 32 + "a"],
+        ["ab" * 31 + "\na"],
+        ["ab" * 32, "ab" * 31 + "a\n"],
+        ["ab" * 31 + "a\u0663"],  # a non-ASCII digit
+        ["ab" * 31 + "g0"],
+        ["ab" * 32, 7],
+        [],
+    ],
+)
+def test_all_hex_is_the_per_value_rule(values: list[Any]) -> None:
+    expected = bool(values) and all(type(v) is str and _HEX.fullmatch(v) for v in values)
+    assert manifest._all_hex(values) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"b":1,"a":[1,2,{"d":null,"c":"x"}]}',  # compact, keys unsorted
+        '{"b":1,"a":2,"b":3}',  # a duplicate key, unsorted
+        '{"a":"caf\\u00e9"}',  # an escaped non-ASCII character
+        '{"a":"café"}',  # a raw one
+        '{"a":NaN}',
+        '{"a": 1}',
+    ],
+)
+def test_exact_parse_gives_what_the_strict_parse_gives(text: str) -> None:
+    data = text.encode()
+
+    def outcome(parse: Any) -> Any:
+        try:
+            return ("ok", json.dumps(parse(data)))
+        except RejectedError as e:
+            return (type(e).__name__, e.code, e.message)
+
+    assert outcome(parse_json_exact) == outcome(parse_json)
+
+
+def test_verify_pauses_the_cycle_collector_and_restores_it() -> None:
+    assert gc.isenabled()
+    with cmd_store._no_cycle_collection():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), cmd_store._no_cycle_collection():
+        raise RuntimeError("refused")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with cmd_store._no_cycle_collection():
+            pass
+        assert not gc.isenabled()  # left as it was found
+    finally:
+        gc.enable()
