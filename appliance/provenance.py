@@ -456,6 +456,23 @@ def _check_rollback(
         )
 
 
+# Each active pointer, and whether it names a stored version (``Pointers.lands``).
+_ACTIVE_LANDS = (
+    "SELECT a.name, a.version, EXISTS (SELECT 1 FROM artifacts r "
+    "WHERE r.name = a.name AND r.version = a.version) FROM active a"
+)
+
+
+def pointer_lands(db: sqlite_utils.Database, name: str) -> bool:
+    """``name``'s active pointer names a stored version of it (``Pointers.lands``)."""
+    row = db.execute(
+        "SELECT 1 FROM active a JOIN artifacts r ON r.name = a.name AND r.version = a.version "
+        "WHERE a.name = ?",
+        [name],
+    ).fetchone()
+    return row is not None
+
+
 def check_pointer(db: sqlite_utils.Database, name: str) -> None:
     """The active version of ``name`` is where the last authorized, audited move put it
     (no active version when no move put one: a name whose ``active`` row is gone while
@@ -535,8 +552,9 @@ class Pointers:
         counters["pointer_reads"] += 1
         with snapshot(db):  # the events and the pointers as of one moment
             rows = audit.pointer_rows_linked(db)
-            active = db.execute("SELECT name, version FROM active").fetchall()
+            active = db.execute(_ACTIVE_LANDS).fetchall()
         self._active = {str(r[0]): str(r[1]) for r in active}
+        self._lands = {str(r[0]) for r in active if r[2]}
         # name -> (every event so far shown sound, the last release, the last version)
         shown: dict[str, tuple[bool, int, Any]] = {}
         fresh = (True, 0, None)
@@ -589,9 +607,11 @@ class Pointers:
 
         _once(self._checked, seq, links)
 
-    def has_active(self, name: str) -> bool:
-        """An ``active`` row names ``name`` (at the time this was made)."""
-        return name in self._active
+    def lands(self, name: str) -> bool:
+        """``name``'s ``active`` row names a stored version of it (at the time this was
+        made): false when there is no row, and when the row names a version with no
+        record (a pointer moved to nothing is judged too, not passed over)."""
+        return name in self._lands
 
     def check(self, name: str) -> None:
         """As ``check_pointer(db, name)`` at the time this was made."""

@@ -30,8 +30,9 @@ from appliance.provenance import (
     check_pointer,
     check_record,
     db_token,
+    pointer_lands,
 )
-from appliance.store import Record, active_version, object_path
+from appliance.store import Record, object_path
 from appliance.trust import TrustState
 from bundles.errors import RejectedError, StateSuspectError
 
@@ -127,16 +128,17 @@ def check_provenance(
     checks: Records | None = None,
 ) -> frozenset[str]:
     """The record is backed by its stored signed manifest, and its name's pointer by an
-    authorized move (when the record is active, or when no version of the name is: an
-    ``active`` row removed under an audited move is tampering); returns the signers that
+    authorized move (when the record is active, or when no stored version of the name
+    is: an ``active`` row removed, or moved to a version with no record, is tampering
+    unless an audited move put it there); returns the signers that
     count today (see ``appliance.provenance``). ``token``: see ``check_record``;
     ``pointers`` and ``checks``: the pointers and records judged in one pass for many
     records (``Pointers``, ``Records``), else this record is checked on its own.
     """
     if pointers is not None:
-        if record.active or not pointers.has_active(record.name):
+        if record.active or not pointers.lands(record.name):
             pointers.check(record.name)
-    elif record.active or active_version(db, record.name) is None:
+    elif record.active or not pointer_lands(db, record.name):
         check_pointer(db, record.name)
     if checks is not None:
         return checks.check(record)

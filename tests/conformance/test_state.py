@@ -137,6 +137,23 @@ def test_active_pointer_removed_from_database(site: Site, home: Path) -> None:
     assert_unchanged(before, snapshot(home))  # verify is read-only
 
 
+def test_active_pointer_moved_to_a_version_with_no_record(
+    site: Site, home: Path, tmp_path: Path
+) -> None:
+    """``UPDATE active SET version = '9.9'`` (no such record): no stored version is active
+    then, and the pointer is judged like a removed one, by ``verify``'s batched pass and by
+    the one-record check of a load (``load m@2.0``), never passed over."""
+    _sql(home, "UPDATE active SET version = '9.9' WHERE name = 'm'")
+    before = snapshot(home)
+    v = cli(home, "verify")
+    assert (v.rc, v.code) == (4, "pointer_unauthorized"), str(v)
+    statuses = {(x["name"], x["version"]): (x["status"], x["code"]) for x in v.out["results"]}
+    assert statuses[("m", "2.0")] == ("unauthorized", "pointer_unauthorized")
+    assert {s for (n, _), s in statuses.items() if n != "m"} == {("ok", None)}
+    assert_unchanged(before, snapshot(home))
+    _assert_load_refused(home, tmp_path, "m@2.0", "pointer_unauthorized")
+
+
 def test_pointer_moved_and_audit_event_forged(site: Site, home: Path, tmp_path: Path) -> None:
     """Moving the pointer and rewriting the import event's version breaks the chain."""
     _sql(home, "UPDATE active SET version = '1.0' WHERE name = 'm'")
