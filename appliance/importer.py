@@ -32,7 +32,7 @@ from appliance.home import STAGING_DIR, Home, HomeLock
 from appliance.modelsig import ModelCheck, check_bundle_models
 from appliance.policy import Decision
 from appliance.staging import SMALL, Progress, stage_artifact
-from appliance.store import Staged, promote, sweep_orphans, sync_home
+from appliance.store import Promotion, Staged, promote, sweep_orphans, sync_home
 from appliance.trust import KeyLabel, TrustState, apply_update
 from appliance.truststore import (
     load_trust,
@@ -55,6 +55,7 @@ from bundles.timeutil import format_time, utcnow
 
 PARALLEL_ARTIFACTS = 2  # big artifacts at once (each already keeps two cores busy)
 PARALLEL_SMALL = 4  # small ones at once: their time is mostly system calls
+INLINE = 64 << 10  # at most this size (one part): staged in the importing thread
 REFUSAL_NAMES = 1000  # artifact names a refused import's audit event keeps (docs/AUDIT.md)
 # Refusals of the signature check itself: the manifest they name is not authenticated.
 _UNAUTHENTICATED = (PayloadTypeError, UnsignedError, UnknownKeyError, SignatureError)
@@ -326,9 +327,12 @@ def _import(
             if staged:
                 sync_home(home)  # the staged bytes are on disk before any rename
             fixing = set(fix)
-            for a, staged_path in staged.items():
-                if a not in fixing:
-                    promote(home, staged_path, a.blake3, durable=False)
+            # One descriptor of ``staging``, of ``objects`` and of each ``objects/xx`` for
+            # the whole batch (``store.Promotion``), each file checked as ``promote`` does.
+            with Promotion(home) as batch:
+                for a, staged_path in staged.items():
+                    if a not in fixing:
+                        batch.promote(staged_path, a.blake3)
             if len(staged) > len(fixing):
                 sync_home(home)  # and the renames before the commit refers to them
             _commit(db, bundle, decision, models, fix, os.fspath(path))
@@ -397,20 +401,42 @@ def _stage_into(
             raise
 
     # Durability is the caller's: one sync_home for the whole batch, not an fsync per file.
+    # Tiny artifacts are staged here, one after another: for them a hand-over to a worker
+    # thread costs more than the work. The others go to a pool meanwhile (largest first).
     order = sorted(bundle.manifest.artifacts, key=lambda a: -a.size)
-    small = sum(1 for a in order if a.size <= SMALL)
-    workers = PARALLEL_SMALL if small > len(order) // 2 else PARALLEL_ARTIFACTS
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [(a, pool.submit(one, a)) for a in order]
-    first_error: BaseException | None = None
+    pooled = [a for a in order if a.size > INLINE or len(a.files) > 1]
+    small = sum(1 for a in pooled if a.size <= SMALL)
+    workers = PARALLEL_SMALL if small > len(pooled) // 2 else PARALLEL_ARTIFACTS
+    outcome: dict[Artifact, Staged | None | BaseException] = {}
+    with ExitStack() as stack:
+        futures = []
+        if pooled:
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers))
+            futures = [(a, pool.submit(one, a)) for a in pooled]
+        try:
+            for a in order:
+                if a.size > INLINE or len(a.files) > 1:
+                    continue
+                if stop.is_set():  # what is left would only be cancelled
+                    outcome[a] = CancelledError("import cancelled; nothing was changed")
+                    break
+                try:
+                    outcome[a] = one(a)
+                except Exception as e:  # noqa: BLE001 - ranked and raised below
+                    outcome[a] = e
+        except BaseException:
+            stop.set()  # an interrupt here: the pool's artifacts stop too
+            raise
     for a, fut in futures:
         exc = fut.exception()
-        if exc is not None:
-            if first_error is None or _error_rank(exc) > _error_rank(first_error):
-                first_error = exc
-            continue
-        p = fut.result()
-        if p is not None:
+        outcome[a] = fut.result() if exc is None else exc
+    first_error: BaseException | None = None
+    for a in order:
+        p = outcome.get(a)
+        if isinstance(p, BaseException):
+            if first_error is None or _error_rank(p) > _error_rank(first_error):
+                first_error = p
+        elif p is not None:
             staged[a] = p
     if first_error is not None:
         if not dry_run:
@@ -443,12 +469,53 @@ def _commit(
     m = bundle.manifest
     now = format_time(utcnow())
     signers = json.dumps(sorted(bundle.signers))
+    signer_list = sorted(bundle.signers)
+    # One statement per table for the whole batch (``executemany``) and every event of the
+    # import in one ``audit.append_many``: the chain head, clock and trusted time are read
+    # once, not once per artifact. The events are the same, in the same order.
+    events: list[tuple[str, dict[str, Any]]] = [
+        (
+            "import",
+            {
+                "outcome": "accepted",
+                "name": a.name,
+                "version": a.version,
+                "detail": {
+                    "digest": a.blake3,
+                    "size": a.size,
+                    "stream": m.stream,
+                    "sequence": m.sequence,
+                    "release": a.release,
+                    "signers": signer_list,
+                    "activated": True,
+                    **models.audit_detail(a.name),
+                },
+            },
+        )
+        for a in decision.new
+    ]
+    events.append(
+        (
+            "bundle_import",
+            {
+                "outcome": "accepted",
+                "detail": {
+                    "stream": m.stream,
+                    "sequence": m.sequence,
+                    "signers": signer_list,
+                    "new": [a.ref for a in decision.new],
+                    "present": [a.ref for a in decision.present],
+                    **({"model_signatures": models.to_list()} if models.signatures else {}),
+                },
+            },
+        )
+    )
     with transaction(db):
-        for a in decision.new:
-            db.execute(
-                "INSERT INTO artifacts (name, version, digest, size, media_type, release, stream,"
-                " sequence, signers, imported_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
+        db.conn.executemany(
+            "INSERT INTO artifacts (name, version, digest, size, media_type, release, stream,"
+            " sequence, signers, imported_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
                     a.name,
                     a.version,
                     a.blake3,
@@ -459,35 +526,20 @@ def _commit(
                     m.sequence,
                     signers,
                     now,
-                ],
-            )
-            db.execute(
-                "INSERT INTO names (name, stream, release) VALUES (?, ?, ?) ON CONFLICT(name)"
-                " DO UPDATE SET release = excluded.release",
-                [a.name, m.stream, a.release],
-            )
-            db.execute(
-                "INSERT INTO active (name, version, moved_at) VALUES (?, ?, ?) ON CONFLICT(name)"
-                " DO UPDATE SET version = excluded.version, moved_at = excluded.moved_at",
-                [a.name, a.version, now],
-            )
-            audit.append(
-                db,
-                "import",
-                outcome="accepted",
-                name=a.name,
-                version=a.version,
-                detail={
-                    "digest": a.blake3,
-                    "size": a.size,
-                    "stream": m.stream,
-                    "sequence": m.sequence,
-                    "release": a.release,
-                    "signers": sorted(bundle.signers),
-                    "activated": True,
-                    **models.audit_detail(a.name),
-                },
-            )
+                )
+                for a in decision.new
+            ],
+        )
+        db.conn.executemany(
+            "INSERT INTO names (name, stream, release) VALUES (?, ?, ?) ON CONFLICT(name)"
+            " DO UPDATE SET release = excluded.release",
+            [(a.name, m.stream, a.release) for a in decision.new],
+        )
+        db.conn.executemany(
+            "INSERT INTO active (name, version, moved_at) VALUES (?, ?, ?) ON CONFLICT(name)"
+            " DO UPDATE SET version = excluded.version, moved_at = excluded.moved_at",
+            [(a.name, a.version, now) for a in decision.new],
+        )
         db.execute(
             "INSERT INTO manifests (stream, sequence, envelope, imported_at) VALUES (?, ?, ?, ?)",
             [m.stream, m.sequence, bundle.envelope.to_bytes(), now],
@@ -498,17 +550,5 @@ def _commit(
             " updated_at = excluded.updated_at",
             [m.stream, m.sequence, now],
         )
-        audit.append(
-            db,
-            "bundle_import",
-            outcome="accepted",
-            detail={
-                "stream": m.stream,
-                "sequence": m.sequence,
-                "signers": sorted(bundle.signers),
-                "new": [a.ref for a in decision.new],
-                "present": [a.ref for a in decision.present],
-                **({"model_signatures": models.to_list()} if models.signatures else {}),
-            },
-        )
+        audit.append_many(db, events)
         repair.record(db, repaired, source)  # with the records: no repair without its event
