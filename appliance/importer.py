@@ -306,7 +306,10 @@ def _import(
             fix = repair.damaged(home, decision.present)  # replace bad objects (docs/WATCH.md)
             staged = _stage_all(home, bundle, decision, dry_run, progress, cancel, db, path, fix)
         result.bytes_verified = sum(a.size for a in bundle.manifest.artifacts)
-        new_set = set(decision.new)  # a set: "a in list" made this loop quadratic
+        # Sets of names (unique in a manifest; a str caches its hash): "a in list" made this
+        # loop quadratic, and an Artifact's hash is computed over all its fields each time.
+        new_names = {a.name for a in decision.new}
+        fix_names = {a.name for a in fix}
         for a in bundle.manifest.artifacts:
             result.artifacts.append(
                 {
@@ -315,8 +318,14 @@ def _import(
                     "size": a.size,
                     "digest": {"blake3": a.blake3},
                     "status": "new"
-                    if a in new_set
-                    else ("present" if a not in fix else "damaged" if dry_run else "repaired"),
+                    if a.name in new_names
+                    else (
+                        "present"
+                        if a.name not in fix_names
+                        else "damaged"
+                        if dry_run
+                        else "repaired"
+                    ),
                 }
             )
         if dry_run:
@@ -326,14 +335,13 @@ def _import(
                 raise CancelledError("import cancelled before promotion; nothing was changed")
             if staged:
                 sync_home(home)  # the staged bytes are on disk before any rename
-            fixing = set(fix)
             # One descriptor of ``staging``, of ``objects`` and of each ``objects/xx`` for
             # the whole batch (``store.Promotion``), each file checked as ``promote`` does.
             with Promotion(home) as batch:
-                for a, staged_path in staged.items():
-                    if a not in fixing:
-                        batch.promote(staged_path, a.blake3)
-            if len(staged) > len(fixing):
+                for name, (a, staged_file) in staged.items():
+                    if name not in fix_names:
+                        batch.promote(staged_file, a.blake3)
+            if len(staged) > len(fix_names):
                 sync_home(home)  # and the renames before the commit refers to them
             _commit(db, bundle, decision, models, fix, os.fspath(path))
             # Repairs go over the damaged objects only once their ``repair`` events are
@@ -344,7 +352,7 @@ def _import(
             # descriptor: a link swapped in at ``objects/xx`` is refused, never followed.)
             if fix:
                 for a in fix:
-                    promote(home, staged[a], a.blake3, durable=False)
+                    promote(home, staged[a.name][1], a.blake3, durable=False)
                 sync_home(home)
         finally:
             home.clean_staging()
@@ -363,8 +371,11 @@ def _stage_all(
     db: sqlite_utils.Database,
     path: str | os.PathLike[str],
     fix: list[Artifact] | None = None,
-) -> dict[Artifact, Staged]:
-    """Hash every artifact (present ones too: the bundle must be whole); stage new ones."""
+) -> dict[str, tuple[Artifact, Staged]]:
+    """Hash every artifact (present ones too: the bundle must be whole); stage new ones.
+
+    Returns each staged artifact and its staging file by artifact name (names are unique
+    in a manifest), largest first."""
     with ExitStack() as stack:
         # One descriptor of ``staging`` (``O_DIRECTORY | O_NOFOLLOW``) for every staging
         # file: a link swapped in at ``staging`` while the import runs is never followed.
@@ -385,13 +396,13 @@ def _stage_into(
     db: sqlite_utils.Database,
     path: str | os.PathLike[str],
     fix: list[Artifact] | None,
-) -> dict[Artifact, Staged]:
+) -> dict[str, tuple[Artifact, Staged]]:
     stop = cancel or threading.Event()
-    new = set(decision.new) | set(fix or ())
-    staged: dict[Artifact, Staged] = {}
+    new = {a.name for a in decision.new} | {a.name for a in fix or ()}
+    staged: dict[str, tuple[Artifact, Staged]] = {}
 
     def one(a: Artifact) -> Staged | None:
-        target_dir = None if dry_run or a not in new else folder
+        target_dir = None if dry_run or a.name not in new else folder
         try:
             return stage_artifact(
                 bundle, a, target_dir, progress=progress, cancel=stop, durable=False
@@ -404,40 +415,40 @@ def _stage_into(
     # Tiny artifacts are staged here, one after another: for them a hand-over to a worker
     # thread costs more than the work. The others go to a pool meanwhile (largest first).
     order = sorted(bundle.manifest.artifacts, key=lambda a: -a.size)
-    pooled = [a for a in order if a.size > INLINE or len(a.files) > 1]
-    small = sum(1 for a in pooled if a.size <= SMALL)
+    inline = [a.size <= INLINE and len(a.parts) <= 1 for a in order]
+    pooled = [i for i, here in enumerate(inline) if not here]
+    small = sum(1 for i in pooled if order[i].size <= SMALL)
     workers = PARALLEL_SMALL if small > len(pooled) // 2 else PARALLEL_ARTIFACTS
-    outcome: dict[Artifact, Staged | None | BaseException] = {}
+    outcome: list[Staged | None | BaseException] = [None] * len(order)
     with ExitStack() as stack:
         futures = []
         if pooled:
             pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers))
-            futures = [(a, pool.submit(one, a)) for a in pooled]
+            futures = [(i, pool.submit(one, order[i])) for i in pooled]
         try:
-            for a in order:
-                if a.size > INLINE or len(a.files) > 1:
+            for i, a in enumerate(order):
+                if not inline[i]:
                     continue
                 if stop.is_set():  # what is left would only be cancelled
-                    outcome[a] = CancelledError("import cancelled; nothing was changed")
+                    outcome[i] = CancelledError("import cancelled; nothing was changed")
                     break
                 try:
-                    outcome[a] = one(a)
+                    outcome[i] = one(a)
                 except Exception as e:  # noqa: BLE001 - ranked and raised below
-                    outcome[a] = e
+                    outcome[i] = e
         except BaseException:
             stop.set()  # an interrupt here: the pool's artifacts stop too
             raise
-    for a, fut in futures:
+    for i, fut in futures:
         exc = fut.exception()
-        outcome[a] = fut.result() if exc is None else exc
+        outcome[i] = fut.result() if exc is None else exc
     first_error: BaseException | None = None
-    for a in order:
-        p = outcome.get(a)
+    for a, p in zip(order, outcome, strict=True):
         if isinstance(p, BaseException):
             if first_error is None or _error_rank(p) > _error_rank(first_error):
                 first_error = p
         elif p is not None:
-            staged[a] = p
+            staged[a.name] = (a, p)
     if first_error is not None:
         if not dry_run:
             home.clean_staging()

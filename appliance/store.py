@@ -414,7 +414,8 @@ def promote(home: Home, staged: Staged, digest: str, *, durable: bool = True) ->
     for a batch, opening the folders once.
     """
     with Promotion(home) as batch:
-        return batch.promote(staged, digest, durable=durable)
+        batch.promote(staged, digest, durable=durable)
+    return object_path(home, digest)
 
 
 class Promotion:
@@ -468,7 +469,7 @@ class Promotion:
             raise IOFailedError(f"promoting {digest[:16]}: the staging folder vanished")
         return self._staging, fan
 
-    def promote(self, staged: Staged, digest: str, *, durable: bool = False) -> Path:
+    def promote(self, staged: Staged, digest: str, *, durable: bool = False) -> None:
         """``promote`` one file of the batch (see there)."""
         home = self.home
         where = f"{OBJECTS_DIR}/{digest[:2]}/"
@@ -489,7 +490,6 @@ class Promotion:
                 os.fsync(fan)
         except OSError as e:
             raise io_error(e, f"promoting {digest[:16]} into the store") from e
-        return object_path(home, digest)
 
 
 def _open_staged(home: Home, staging: int, staged: Staged) -> int:
