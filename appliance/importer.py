@@ -2,8 +2,9 @@
 
 media -> trust updates carried by the bundle (each verified and applied on its
 own merit) -> authenticate the manifest against today's keys -> policy ->
-one pass per artifact into staging (several at once) -> promote every object
--> one transaction for records, active versions, high-water marks, trusted
+one pass per artifact into staging (tiny ones in the importing thread, larger
+ones several at once) -> promote every object (``store.Promotion``: each folder
+opened once) -> one transaction for records, active versions, high-water marks, trusted
 time and audit events (repairs included) -> the repaired objects renamed over
 the damaged ones. A crash before that transaction leaves the old state
 (unreferenced objects at most); after it, the new one (with, at worst, a
@@ -341,6 +342,7 @@ def _import(
                 for name, (a, staged_file) in staged.items():
                     if name not in fix_names:
                         batch.promote(staged_file, a.blake3)
+                batch.check_folders()  # none swapped meanwhile, or no commit
             if len(staged) > len(fix_names):
                 sync_home(home)  # and the renames before the commit refers to them
             _commit(db, bundle, decision, models, fix, os.fspath(path))

@@ -469,6 +469,22 @@ class Promotion:
             raise IOFailedError(f"promoting {digest[:16]}: the staging folder vanished")
         return self._staging, fan
 
+    def check_folders(self) -> None:
+        """After the batch, before anything refers to it: every folder it opened is still
+        the one at its name (``staging`` and ``objects`` in the home, each ``objects/xx``
+        in ``objects``, by ``lstat`` against the descriptor's ``fstat``). One renamed away
+        or swapped for a link while the promotions ran is ``home_tampered``, so the import
+        stops before its commit."""
+        if not self._opened:
+            return
+        with self.home.root_fd() as root:
+            for name, fd in ((STAGING_DIR, self._staging), (OBJECTS_DIR, self._objects)):
+                if fd is not None:
+                    _same_folder(self.home, root, name, fd, "")
+        if self._objects is not None:
+            for name, fd in self._fans.items():
+                _same_folder(self.home, self._objects, name, fd, f"{OBJECTS_DIR}/")
+
     def promote(self, staged: Staged, digest: str, *, durable: bool = False) -> None:
         """``promote`` one file of the batch (see there)."""
         home = self.home
@@ -490,6 +506,24 @@ class Promotion:
                 os.fsync(fan)
         except OSError as e:
             raise io_error(e, f"promoting {digest[:16]} into the store") from e
+
+
+def _same_folder(home: Home, parent: int, name: str, fd: int, where: str) -> None:
+    try:
+        st, now = safefs.lstat_at(parent, name), os.fstat(fd)
+    except OSError as e:
+        raise io_error(e, f"checking {where}{name}/") from e
+    if (
+        st is None
+        or not stat.S_ISDIR(st.st_mode)
+        or (st.st_dev, st.st_ino)
+        != (
+            now.st_dev,
+            now.st_ino,
+        )
+    ):
+        found = "folder swapped while the import promoted into it"
+        raise home.tampered(safefs.UnsafeEntryError(name, found, "directory"), where)
 
 
 def _open_staged(home: Home, staging: int, staged: Staged) -> int:

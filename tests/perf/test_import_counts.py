@@ -134,3 +134,37 @@ def test_large_artifacts_still_go_to_the_pool(
     seen = _import_counting(site, site.bundle({"big@1": big, "tiny@1": b"t" * 10}), monkeypatch)
     assert seen["threads"] >= 1, seen
     assert seen["events"] == 3, seen
+
+
+def test_a_folder_swapped_while_promoting_stops_the_import_before_its_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folders are opened once per import: one renamed away (a link left in its place)
+    after its first promotion is found by ``Promotion.check_folders``, before the commit."""
+    from appliance.errors import HomeTamperedError
+
+    site = make_site(tmp_path)
+    real = store.Promotion.promote
+    aside = tmp_path / "aside"
+    swapped: list[str] = []
+
+    def promote_then_swap(self: store.Promotion, staged: Any, digest: str, **kw: Any) -> None:
+        real(self, staged, digest, **kw)
+        if not swapped:
+            fan = site.home / "objects" / digest[:2]
+            os.rename(fan, aside)
+            os.symlink(aside, fan)
+            swapped.append(digest)
+
+    monkeypatch.setattr(store.Promotion, "promote", promote_then_swap)
+    with pytest.raises(HomeTamperedError) as e:
+        import_bundle(site.h, _bundle(site, 3, "c"))
+    assert swapped and "swapped while the import promoted" in e.value.message
+    fan = site.home / "objects" / swapped[0][:2]
+    fan.unlink()  # put the folder back, so that the home opens again
+    os.rename(aside, fan)
+    db = site.h.db()
+    try:
+        assert [r for r in records(db) if r.name.startswith("c")] == []  # nothing committed
+    finally:
+        db.conn.close()
