@@ -2,8 +2,9 @@
 
 media -> trust updates carried by the bundle (each verified and applied on its
 own merit) -> authenticate the manifest against today's keys -> policy ->
-one pass per artifact into staging (several at once) -> promote every object
--> one transaction for records, active versions, high-water marks, trusted
+one pass per artifact into staging (tiny ones in the importing thread, larger
+ones several at once) -> promote every object (``store.Promotion``: each folder
+opened once) -> one transaction for records, active versions, high-water marks, trusted
 time and audit events (repairs included) -> the repaired objects renamed over
 the damaged ones. A crash before that transaction leaves the old state
 (unreferenced objects at most); after it, the new one (with, at worst, a
@@ -32,7 +33,7 @@ from appliance.home import STAGING_DIR, Home, HomeLock
 from appliance.modelsig import ModelCheck, check_bundle_models
 from appliance.policy import Decision
 from appliance.staging import SMALL, Progress, stage_artifact
-from appliance.store import Staged, promote, sweep_orphans, sync_home
+from appliance.store import Promotion, Staged, promote, sweep_orphans, sync_home
 from appliance.trust import KeyLabel, TrustState, apply_update
 from appliance.truststore import (
     load_trust,
@@ -55,6 +56,7 @@ from bundles.timeutil import format_time, utcnow
 
 PARALLEL_ARTIFACTS = 2  # big artifacts at once (each already keeps two cores busy)
 PARALLEL_SMALL = 4  # small ones at once: their time is mostly system calls
+INLINE = 64 << 10  # at most this size (one part): staged in the importing thread
 REFUSAL_NAMES = 1000  # artifact names a refused import's audit event keeps (docs/AUDIT.md)
 # Refusals of the signature check itself: the manifest they name is not authenticated.
 _UNAUTHENTICATED = (PayloadTypeError, UnsignedError, UnknownKeyError, SignatureError)
@@ -305,7 +307,10 @@ def _import(
             fix = repair.damaged(home, decision.present)  # replace bad objects (docs/WATCH.md)
             staged = _stage_all(home, bundle, decision, dry_run, progress, cancel, db, path, fix)
         result.bytes_verified = sum(a.size for a in bundle.manifest.artifacts)
-        new_set = set(decision.new)  # a set: "a in list" made this loop quadratic
+        # Sets of names (unique in a manifest; a str caches its hash): "a in list" made this
+        # loop quadratic, and an Artifact's hash is computed over all its fields each time.
+        new_names = {a.name for a in decision.new}
+        fix_names = {a.name for a in fix}
         for a in bundle.manifest.artifacts:
             result.artifacts.append(
                 {
@@ -314,8 +319,14 @@ def _import(
                     "size": a.size,
                     "digest": {"blake3": a.blake3},
                     "status": "new"
-                    if a in new_set
-                    else ("present" if a not in fix else "damaged" if dry_run else "repaired"),
+                    if a.name in new_names
+                    else (
+                        "present"
+                        if a.name not in fix_names
+                        else "damaged"
+                        if dry_run
+                        else "repaired"
+                    ),
                 }
             )
         if dry_run:
@@ -325,11 +336,14 @@ def _import(
                 raise CancelledError("import cancelled before promotion; nothing was changed")
             if staged:
                 sync_home(home)  # the staged bytes are on disk before any rename
-            fixing = set(fix)
-            for a, staged_path in staged.items():
-                if a not in fixing:
-                    promote(home, staged_path, a.blake3, durable=False)
-            if len(staged) > len(fixing):
+            # One descriptor of ``staging``, of ``objects`` and of each ``objects/xx`` for
+            # the whole batch (``store.Promotion``), each file checked as ``promote`` does.
+            with Promotion(home) as batch:
+                for name, (a, staged_file) in staged.items():
+                    if name not in fix_names:
+                        batch.promote(staged_file, a.blake3)
+                batch.check_folders()  # none swapped meanwhile, or no commit
+            if len(staged) > len(fix_names):
                 sync_home(home)  # and the renames before the commit refers to them
             _commit(db, bundle, decision, models, fix, os.fspath(path))
             # Repairs go over the damaged objects only once their ``repair`` events are
@@ -340,7 +354,7 @@ def _import(
             # descriptor: a link swapped in at ``objects/xx`` is refused, never followed.)
             if fix:
                 for a in fix:
-                    promote(home, staged[a], a.blake3, durable=False)
+                    promote(home, staged[a.name][1], a.blake3, durable=False)
                 sync_home(home)
         finally:
             home.clean_staging()
@@ -359,8 +373,11 @@ def _stage_all(
     db: sqlite_utils.Database,
     path: str | os.PathLike[str],
     fix: list[Artifact] | None = None,
-) -> dict[Artifact, Staged]:
-    """Hash every artifact (present ones too: the bundle must be whole); stage new ones."""
+) -> dict[str, tuple[Artifact, Staged]]:
+    """Hash every artifact (present ones too: the bundle must be whole); stage new ones.
+
+    Returns each staged artifact and its staging file by artifact name (names are unique
+    in a manifest), largest first."""
     with ExitStack() as stack:
         # One descriptor of ``staging`` (``O_DIRECTORY | O_NOFOLLOW``) for every staging
         # file: a link swapped in at ``staging`` while the import runs is never followed.
@@ -381,13 +398,13 @@ def _stage_into(
     db: sqlite_utils.Database,
     path: str | os.PathLike[str],
     fix: list[Artifact] | None,
-) -> dict[Artifact, Staged]:
+) -> dict[str, tuple[Artifact, Staged]]:
     stop = cancel or threading.Event()
-    new = set(decision.new) | set(fix or ())
-    staged: dict[Artifact, Staged] = {}
+    new = {a.name for a in decision.new} | {a.name for a in fix or ()}
+    staged: dict[str, tuple[Artifact, Staged]] = {}
 
     def one(a: Artifact) -> Staged | None:
-        target_dir = None if dry_run or a not in new else folder
+        target_dir = None if dry_run or a.name not in new else folder
         try:
             return stage_artifact(
                 bundle, a, target_dir, progress=progress, cancel=stop, durable=False
@@ -397,21 +414,43 @@ def _stage_into(
             raise
 
     # Durability is the caller's: one sync_home for the whole batch, not an fsync per file.
+    # Tiny artifacts are staged here, one after another: for them a hand-over to a worker
+    # thread costs more than the work. The others go to a pool meanwhile (largest first).
     order = sorted(bundle.manifest.artifacts, key=lambda a: -a.size)
-    small = sum(1 for a in order if a.size <= SMALL)
-    workers = PARALLEL_SMALL if small > len(order) // 2 else PARALLEL_ARTIFACTS
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [(a, pool.submit(one, a)) for a in order]
-    first_error: BaseException | None = None
-    for a, fut in futures:
+    inline = [a.size <= INLINE and len(a.parts) <= 1 for a in order]
+    pooled = [i for i, here in enumerate(inline) if not here]
+    small = sum(1 for i in pooled if order[i].size <= SMALL)
+    workers = PARALLEL_SMALL if small > len(pooled) // 2 else PARALLEL_ARTIFACTS
+    outcome: list[Staged | None | BaseException] = [None] * len(order)
+    with ExitStack() as stack:
+        futures = []
+        if pooled:
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers))
+            futures = [(i, pool.submit(one, order[i])) for i in pooled]
+        try:
+            for i, a in enumerate(order):
+                if not inline[i]:
+                    continue
+                if stop.is_set():  # what is left would only be cancelled
+                    outcome[i] = CancelledError("import cancelled; nothing was changed")
+                    break
+                try:
+                    outcome[i] = one(a)
+                except Exception as e:  # noqa: BLE001 - ranked and raised below
+                    outcome[i] = e
+        except BaseException:
+            stop.set()  # an interrupt here: the pool's artifacts stop too
+            raise
+    for i, fut in futures:
         exc = fut.exception()
-        if exc is not None:
-            if first_error is None or _error_rank(exc) > _error_rank(first_error):
-                first_error = exc
-            continue
-        p = fut.result()
-        if p is not None:
-            staged[a] = p
+        outcome[i] = fut.result() if exc is None else exc
+    first_error: BaseException | None = None
+    for a, p in zip(order, outcome, strict=True):
+        if isinstance(p, BaseException):
+            if first_error is None or _error_rank(p) > _error_rank(first_error):
+                first_error = p
+        elif p is not None:
+            staged[a.name] = (a, p)
     if first_error is not None:
         if not dry_run:
             home.clean_staging()
@@ -443,12 +482,53 @@ def _commit(
     m = bundle.manifest
     now = format_time(utcnow())
     signers = json.dumps(sorted(bundle.signers))
+    signer_list = sorted(bundle.signers)
+    # One statement per table for the whole batch (``executemany``) and every event of the
+    # import in one ``audit.append_many``: the chain head, clock and trusted time are read
+    # once, not once per artifact. The events are the same, in the same order.
+    events: list[tuple[str, dict[str, Any]]] = [
+        (
+            "import",
+            {
+                "outcome": "accepted",
+                "name": a.name,
+                "version": a.version,
+                "detail": {
+                    "digest": a.blake3,
+                    "size": a.size,
+                    "stream": m.stream,
+                    "sequence": m.sequence,
+                    "release": a.release,
+                    "signers": signer_list,
+                    "activated": True,
+                    **models.audit_detail(a.name),
+                },
+            },
+        )
+        for a in decision.new
+    ]
+    events.append(
+        (
+            "bundle_import",
+            {
+                "outcome": "accepted",
+                "detail": {
+                    "stream": m.stream,
+                    "sequence": m.sequence,
+                    "signers": signer_list,
+                    "new": [a.ref for a in decision.new],
+                    "present": [a.ref for a in decision.present],
+                    **({"model_signatures": models.to_list()} if models.signatures else {}),
+                },
+            },
+        )
+    )
     with transaction(db):
-        for a in decision.new:
-            db.execute(
-                "INSERT INTO artifacts (name, version, digest, size, media_type, release, stream,"
-                " sequence, signers, imported_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
+        db.conn.executemany(
+            "INSERT INTO artifacts (name, version, digest, size, media_type, release, stream,"
+            " sequence, signers, imported_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
                     a.name,
                     a.version,
                     a.blake3,
@@ -459,35 +539,20 @@ def _commit(
                     m.sequence,
                     signers,
                     now,
-                ],
-            )
-            db.execute(
-                "INSERT INTO names (name, stream, release) VALUES (?, ?, ?) ON CONFLICT(name)"
-                " DO UPDATE SET release = excluded.release",
-                [a.name, m.stream, a.release],
-            )
-            db.execute(
-                "INSERT INTO active (name, version, moved_at) VALUES (?, ?, ?) ON CONFLICT(name)"
-                " DO UPDATE SET version = excluded.version, moved_at = excluded.moved_at",
-                [a.name, a.version, now],
-            )
-            audit.append(
-                db,
-                "import",
-                outcome="accepted",
-                name=a.name,
-                version=a.version,
-                detail={
-                    "digest": a.blake3,
-                    "size": a.size,
-                    "stream": m.stream,
-                    "sequence": m.sequence,
-                    "release": a.release,
-                    "signers": sorted(bundle.signers),
-                    "activated": True,
-                    **models.audit_detail(a.name),
-                },
-            )
+                )
+                for a in decision.new
+            ],
+        )
+        db.conn.executemany(
+            "INSERT INTO names (name, stream, release) VALUES (?, ?, ?) ON CONFLICT(name)"
+            " DO UPDATE SET release = excluded.release",
+            [(a.name, m.stream, a.release) for a in decision.new],
+        )
+        db.conn.executemany(
+            "INSERT INTO active (name, version, moved_at) VALUES (?, ?, ?) ON CONFLICT(name)"
+            " DO UPDATE SET version = excluded.version, moved_at = excluded.moved_at",
+            [(a.name, a.version, now) for a in decision.new],
+        )
         db.execute(
             "INSERT INTO manifests (stream, sequence, envelope, imported_at) VALUES (?, ?, ?, ?)",
             [m.stream, m.sequence, bundle.envelope.to_bytes(), now],
@@ -498,17 +563,5 @@ def _commit(
             " updated_at = excluded.updated_at",
             [m.stream, m.sequence, now],
         )
-        audit.append(
-            db,
-            "bundle_import",
-            outcome="accepted",
-            detail={
-                "stream": m.stream,
-                "sequence": m.sequence,
-                "signers": sorted(bundle.signers),
-                "new": [a.ref for a in decision.new],
-                "present": [a.ref for a in decision.present],
-                **({"model_signatures": models.to_list()} if models.signatures else {}),
-            },
-        )
+        audit.append_many(db, events)
         repair.record(db, repaired, source)  # with the records: no repair without its event

@@ -122,6 +122,19 @@ def open_file_at(dir_fd: int, name: str, flags: int = os.O_RDONLY) -> int:
     something other than a regular file is there (or was swapped in between
     the look and the open). The descriptor returned is blocking again.
     """
+    fd, _ = open_regular_at(dir_fd, name, flags)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_regular_at(dir_fd: int, name: str, flags: int = os.O_RDONLY) -> tuple[int, os.stat_result]:
+    """``open_file_at`` with the same checks, returning the descriptor's ``fstat`` too and
+    leaving the descriptor ``O_NONBLOCK`` (for ``fstat``, ``fchmod``, ``ioctl``: callers
+    that never read it need not pay two ``fcntl`` calls per file)."""
     _one_name(name)
     before = lstat_at(dir_fd, name)
     if before is None:
@@ -142,11 +155,10 @@ def open_file_at(dir_fd: int, name: str, flags: int = os.O_RDONLY) -> int:
             raise UnsafeEntryError(name, kind(after.st_mode), "regular file")
         if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
             raise UnsafeEntryError(name, "file swapped while opened", "regular file")
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, after
 
 
 def check_at(dir_fd: int, name: str, expected: str) -> os.stat_result | None:

@@ -35,7 +35,7 @@ import json
 import os
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -426,52 +426,141 @@ def promote(home: Home, staged: Staged, digest: str, *, durable: bool = True) ->
     but a folder at any of them is ``home_tampered``); the staging file is opened
     without following a link and must still be the inode that was verified; it is
     made read-only by ``fchmod`` and renamed with ``src_dir_fd``/``dst_dir_fd``; the
-    object is then opened again by descriptor and must be that inode before its
-    immutable flag is set (something swapped in is removed as a name, and refused).
+    object's name must then hold that inode (something swapped in is removed as a
+    name, and refused) before its immutable flag is set, through the descriptor of
+    the verified inode.
 
     An existing object of that digest is replaced (its flag cleared first): ours was
     just verified, while one left by an interrupted import was never referenced and may
     have been altered since; loaders holding the old inode keep it. ``durable=False``
     leaves the directory entry to the caller's ``sync_home`` (a batch import syncs
-    once); with ``durable`` the directory is fsynced here.
+    once); with ``durable`` the directory is fsynced here. ``Promotion`` does the same
+    for a batch, opening the folders once.
     """
-    where = f"{OBJECTS_DIR}/{digest[:2]}/"
-    try:
-        with (
-            home.open_dir(STAGING_DIR) as staging,
-            fanout_dir(home, digest, create=True) as fan,
-        ):
-            if staging is None or fan is None:
-                raise IOFailedError(f"promoting {digest[:16]}: the staging folder vanished")
+    with Promotion(home) as batch:
+        batch.promote(staged, digest, durable=durable)
+    return object_path(home, digest)
+
+
+class Promotion:
+    """``promote`` for a batch of staged files: ``staging`` and ``objects`` are opened
+    once (at the first promotion) and each ``objects/xx`` once (at the first promotion
+    into it), not once per file; use as a context manager (it closes them).
+
+    The checks are ``promote``'s, each done at that opening: ``O_DIRECTORY |
+    O_NOFOLLOW`` one name at a time, a link or anything but a folder ``home_tampered``.
+    Every later step goes through those descriptors, so a link swapped in at any of
+    those names meanwhile is never followed. Each file is still checked on its own:
+    the staging file must be the verified inode, the object's name must hold it after
+    the rename.
+    """
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self._stack = ExitStack()
+        self._opened = False
+        self._staging: int | None = None
+        self._objects: int | None = None
+        self._fans: dict[str, int] = {}
+        self._immutable = immutable_wanted()
+
+    def __enter__(self) -> Promotion:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        fans, self._fans = self._fans, {}
+        try:
+            for fd in fans.values():
+                os.close(fd)
+        finally:
+            self._stack.close()
+
+    def _folders(self, digest: str) -> tuple[int, int]:
+        """``staging`` and ``objects/<digest[:2]>``, opened (``objects/xx`` made) once."""
+        if not self._opened:
+            self._opened = True
+            self._staging = self._stack.enter_context(self.home.open_dir(STAGING_DIR))
+            self._objects = self._stack.enter_context(self.home.open_dir(OBJECTS_DIR, create=0o755))
+        fan = self._fans.get(digest[:2])
+        if fan is None and self._objects is not None:
+            fan = _open_fanout(self.home, self._objects, digest[:2], create=True)
+            if fan is not None:
+                self._fans[digest[:2]] = fan
+        if self._staging is None or fan is None:
+            raise IOFailedError(f"promoting {digest[:16]}: the staging folder vanished")
+        return self._staging, fan
+
+    def check_folders(self) -> None:
+        """After the batch, before anything refers to it: every folder it opened is still
+        the one at its name (``staging`` and ``objects`` in the home, each ``objects/xx``
+        in ``objects``, by ``lstat`` against the descriptor's ``fstat``). One renamed away
+        or swapped for a link while the promotions ran is ``home_tampered``, so the import
+        stops before its commit."""
+        if not self._opened:
+            return
+        with self.home.root_fd() as root:
+            for name, fd in ((STAGING_DIR, self._staging), (OBJECTS_DIR, self._objects)):
+                if fd is not None:
+                    _same_folder(self.home, root, name, fd, "")
+        if self._objects is not None:
+            for name, fd in self._fans.items():
+                _same_folder(self.home, self._objects, name, fd, f"{OBJECTS_DIR}/")
+
+    def promote(self, staged: Staged, digest: str, *, durable: bool = False) -> None:
+        """``promote`` one file of the batch (see there)."""
+        home = self.home
+        where = f"{OBJECTS_DIR}/{digest[:2]}/"
+        try:
+            staging, fan = self._folders(digest)
             fd = _open_staged(home, staging, staged)
             try:
                 os.fchmod(fd, 0o444)
+                _make_room(home, fan, digest, where)
+                os.rename(staged.name, digest, src_dir_fd=staging, dst_dir_fd=fan)
+                _check_promoted(home, fan, digest, staged, where)
+                if self._immutable:
+                    _set_immutable(fd, True)  # refused without CAP_LINUX_IMMUTABLE: a plain object
             finally:
                 os.close(fd)
-            _refuse_directory(home, fan, digest, where)
-            _clear_at(fan, digest)  # whatever set it: an immutable target cannot be replaced
-            os.rename(staged.name, digest, src_dir_fd=staging, dst_dir_fd=fan)
-            _check_promoted(home, fan, digest, staged, where)
             if durable:
                 counters["fsync"] += 1
                 os.fsync(fan)
+        except OSError as e:
+            raise io_error(e, f"promoting {digest[:16]} into the store") from e
+
+
+def _same_folder(home: Home, parent: int, name: str, fd: int, where: str) -> None:
+    try:
+        st, now = safefs.lstat_at(parent, name), os.fstat(fd)
     except OSError as e:
-        raise io_error(e, f"promoting {digest[:16]} into the store") from e
-    return object_path(home, digest)
+        raise io_error(e, f"checking {where}{name}/") from e
+    if (
+        st is None
+        or not stat.S_ISDIR(st.st_mode)
+        or (st.st_dev, st.st_ino)
+        != (
+            now.st_dev,
+            now.st_ino,
+        )
+    ):
+        found = "folder swapped while the import promoted into it"
+        raise home.tampered(safefs.UnsafeEntryError(name, found, "directory"), where)
 
 
 def _open_staged(home: Home, staging: int, staged: Staged) -> int:
     """The staging file, still the inode the import wrote and hashed."""
     where = f"{STAGING_DIR}/"
     try:
-        fd = safefs.open_file_at(staging, staged.name)
+        fd, st = safefs.open_regular_at(staging, staged.name)
     except FileNotFoundError as e:
         raise home.tampered(
             safefs.UnsafeEntryError(staged.name, "vanishing entry", "regular file"), where
         ) from e
     except safefs.UnsafeEntryError as e:
         raise home.tampered(e, where) from e
-    st = os.fstat(fd)
     if (st.st_dev, st.st_ino) != (staged.dev, staged.ino):
         os.close(fd)
         raise home.tampered(
@@ -483,21 +572,30 @@ def _open_staged(home: Home, staging: int, staged: Staged) -> int:
     return fd
 
 
+def _make_room(home: Home, fan: int, digest: str, where: str) -> None:
+    """Before the rename to ``digest``: a folder there is ``home_tampered``; a regular
+    file there has its immutable flag cleared (whatever set it: an immutable target
+    cannot be replaced); a link or FIFO is replaced as a name. One ``lstat`` when the
+    name is free (a new object)."""
+    st = safefs.lstat_at(fan, digest)
+    if st is None:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise home.tampered(safefs.UnsafeEntryError(digest, "directory", "regular file"), where)
+    if stat.S_ISREG(st.st_mode):
+        _clear_at(fan, digest)
+
+
 def _check_promoted(home: Home, fan: int, digest: str, staged: Staged, where: str) -> None:
-    """The object's name now holds our inode (else it is removed as a name and refused);
-    then its immutable flag is set where the kernel allows it."""
-    try:
-        fd = safefs.open_file_at(fan, digest)
-    except (FileNotFoundError, safefs.UnsafeEntryError) as e:
-        raise _swapped(home, fan, digest, where) from e
-    try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (staged.dev, staged.ino):
-            raise _swapped(home, fan, digest, where)
-        if immutable_wanted():
-            _set_immutable(fd, True)  # refused without CAP_LINUX_IMMUTABLE: a plain object
-    finally:
-        os.close(fd)
+    """The object's name now holds our inode, a regular file (else it is removed as a name
+    and refused)."""
+    st = safefs.lstat_at(fan, digest)
+    if (
+        st is None
+        or not stat.S_ISREG(st.st_mode)
+        or (st.st_dev, st.st_ino) != (staged.dev, staged.ino)
+    ):
+        raise _swapped(home, fan, digest, where)
 
 
 def _swapped(home: Home, fan: int, digest: str, where: str) -> HomeTamperedError:
