@@ -32,9 +32,9 @@ import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from appliance import safefs
+from bundles.closing import Closing
 from bundles.hashing import hash_fd, hash_mapped
 
 __all__ = ["BackgroundHash", "HeadStart", "head_start"]
@@ -97,7 +97,7 @@ def _immutable(fd: int) -> bool:
 
 
 @dataclass
-class HeadStart:
+class HeadStart(Closing):
     """An open store object (immutable when opened) and its hash, started early."""
 
     fd: int
@@ -121,17 +121,6 @@ class HeadStart:
                 self.hashing.stop()
             finally:
                 os.close(self.fd)
-
-    def __enter__(self) -> HeadStart:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 _GUESS_STEPS = 1000  # the guess's query gives up after this many thousand SQLite VM steps
