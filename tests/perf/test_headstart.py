@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import os
 import subprocess
@@ -26,10 +24,10 @@ from typing import Any
 import pytest
 from conftest_load import Site, make_site
 from test_immutable import _kernel_allows
+from test_load_passes import _args, _ctx
 
 from appliance import headstart, loader, store
 from appliance.cli import cmd_load
-from appliance.cli.context import Context
 from appliance.errors import DigestPinnedError, ObjectTamperedError, RevokedKeyError
 from appliance.store import clear_immutable, find, object_path
 
@@ -66,16 +64,6 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
         for p in tmp_path.rglob("*"):
             if p.is_file() and not p.is_symlink():
                 clear_immutable(p)
-
-
-def _args(**kw: Any) -> argparse.Namespace:
-    base: dict[str, Any] = {"ref": "big", "output": None, "socket": None, "digest": None}
-    base.update(kw)
-    return argparse.Namespace(**base)
-
-
-def _ctx(site: Site) -> Context:
-    return Context(home=site.home, stdout=io.StringIO(), stderr=io.StringIO())
 
 
 class Hashes:

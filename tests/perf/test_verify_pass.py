@@ -19,12 +19,12 @@ import gc
 import json
 import re
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest_load import Site, make_site
+from test_stored_manifest import _fresh_memo  # noqa: F401  # the autouse fixture
 
 from appliance import provenance, store
 from appliance.cli import cmd_store
@@ -35,18 +35,6 @@ from appliance.verify import verify_records
 from bundles import manifest
 from bundles.canonical import parse_json, parse_json_exact
 from bundles.errors import RejectedError
-
-
-@pytest.fixture(autouse=True)
-def _fresh_memo() -> Iterator[None]:
-    for table in (
-        provenance._memo,
-        provenance._memo_keyids,
-        provenance._row_digests,
-        provenance._manifest_cache,
-    ):
-        table.clear()
-    yield
 
 
 def _site(tmp_path: Path, n: int) -> Site:
