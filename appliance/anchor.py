@@ -74,13 +74,16 @@ def home_key(home_root: Path) -> str:
     return os.path.realpath(home_root)
 
 
-def anchor_path(home_root: Path, given: Path | None = None) -> Path:
+def anchor_path(home_root: Path, given: Path | None = None, *, key: str | None = None) -> Path:
+    """Where the anchor of the home at ``home_root`` lives; ``key`` is its ``home_key``
+    when the caller has already taken it."""
     if given is not None:
         return given
     env = os.environ.get("APPLIANCE_ANCHOR")
     if env:
         return Path(env)
-    digest = hashlib.sha256(home_key(home_root).encode("utf-8", "surrogateescape")).hexdigest()
+    key = home_key(home_root) if key is None else key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
     return anchor_dir() / f"{digest[:32]}.json"
 
 
@@ -125,17 +128,23 @@ class Anchor:
             "witness": str(self.witness) if self.witness else None,
         }
 
-    def check_home(self, home_root: Path, home_id: str | None, *, read_only: bool) -> None:
-        """The anchor belongs to this home: same id, and (unless read-only) the same place."""
+    def check_home(
+        self, home_root: Path, home_id: str | None, *, read_only: bool, key: str | None = None
+    ) -> None:
+        """The anchor belongs to this home: same id, and (unless read-only) the same place
+        (``key``: the home's ``home_key``, when the caller has already taken it)."""
         if home_id != self.home_id:
             raise AnchorMismatchError(
                 f"trust anchor {self.path} belongs to another home (id {self.home_id[:12]}, "
                 f"this home's is {(home_id or 'absent')[:12]})"
             )
-        if not read_only and home_key(home_root) != self.home:
+        if read_only:
+            return
+        key = home_key(home_root) if key is None else key
+        if key != self.home:
             raise AnchorMismatchError(
                 f"trust anchor {self.path} belongs to the home at {self.home}, not "
-                f"{home_key(home_root)}: a copied home is examined with --read-only"
+                f"{key}: a copied home is examined with --read-only"
             )
 
 
@@ -187,7 +196,19 @@ def read_anchor(path: Path) -> Anchor:
         os.close(fd)
     if len(data) > MAX_ANCHOR_BYTES:
         raise AnchorInvalidError(f"trust anchor {path} is too large")
-    return _parse(path, data)
+    memo = (str(path), data)
+    anchor = _parsed.get(memo)
+    if anchor is None:
+        anchor = _parse(path, data)
+        if len(_parsed) >= 16:
+            _parsed.clear()
+        _parsed[memo] = anchor
+    return anchor
+
+
+# Parsed anchors by (path, exact bytes): every read still opens, checks and reads the file;
+# only the JSON and PEM parsing of bytes already seen is skipped (an Anchor is immutable).
+_parsed: dict[tuple[str, bytes], Anchor] = {}
 
 
 def _parse(path: Path, data: bytes) -> Anchor:

@@ -40,7 +40,7 @@ from typing import Any
 
 import sqlite_utils
 
-from appliance.anchor import Anchor, anchor_path, read_anchor
+from appliance.anchor import Anchor, anchor_path, home_key, read_anchor
 from appliance.db import get_meta, read_only, snapshot
 from appliance.errors import TrustStateUnauthorizedError
 from appliance.trust import TrustState, apply_update, role_key
@@ -85,8 +85,9 @@ def anchor_of(db: sqlite_utils.Database) -> Anchor:
     """The home's anchor, checked to belong to this home (exit 4 otherwise)."""
     root = home_root(db)
     given = os.environ.get("APPLIANCE_ANCHOR")
-    anchor = read_anchor(anchor_path(root, Path(given) if given else None))
-    anchor.check_home(root, get_meta(db, "home_id"), read_only=read_only())
+    key = home_key(root)  # one realpath for both uses
+    anchor = read_anchor(anchor_path(root, Path(given) if given else None, key=key))
+    anchor.check_home(root, get_meta(db, "home_id"), read_only=read_only(), key=key)
     return anchor
 
 
