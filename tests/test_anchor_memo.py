@@ -25,7 +25,7 @@ def _anchor(path: Path, home_id: str) -> A.Anchor:
     )
 
 
-def test_rewritten_anchor_is_read_afresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rewritten_anchor_is_read_afresh(tmp_path: Path) -> None:
     path = tmp_path / "a.json"
     A.write_anchor(_anchor(path, "a" * 32))
     first = A.read_anchor(path)
@@ -45,7 +45,12 @@ def test_parse_count_per_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     A.write_anchor(_anchor(path, "c" * 32))
     calls: list[bytes] = []
     real = A._parse
-    monkeypatch.setattr(A, "_parse", lambda p, d: calls.append(d) or real(p, d))
+
+    def counting(p: Path, d: bytes) -> A.Anchor:
+        calls.append(d)
+        return real(p, d)
+
+    monkeypatch.setattr(A, "_parse", counting)
     A._parsed.clear()
     for _ in range(5):
         A.read_anchor(path)
