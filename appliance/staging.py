@@ -269,9 +269,11 @@ def _small_copy(
     buf = bytearray(artifact.size + 1)  # one byte more: a part that grew is noticed
     view = memoryview(buf)
     done = 0
+    # ``readinto`` returns 0 only at the signed end, after checking the part's size on
+    # media there (``ArtifactReader.readinto``: endless data), and never fills ``view``
+    # (it reads at most the signed size): no second ``check_sizes`` is needed.
     while n := reader.readinto(view[done:]):
         done += n
-    reader.check_sizes()
     data = view[:done]
     digests.update(data)
     try:

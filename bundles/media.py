@@ -58,11 +58,17 @@ class MemberReader(Closing):
         self.location = location
         self.pos = 0
         self._closed = False
+        # A growable member's ``size`` came from the opener's ``fstat`` a moment ago: the
+        # first ``size`` (the size check made on opening) is that one, not a second
+        # ``fstat``; every later one looks again (the checks after reading).
+        self._fresh = growable
 
     @property
     def size(self) -> int:
         """The size on the media right now (a directory file is re-examined each time)."""
-        if self._growable:
+        if self._fresh:
+            self._fresh = False
+        elif self._growable:
             try:
                 self._size = os.fstat(self.fd).st_size
             except OSError as e:

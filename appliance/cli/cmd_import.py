@@ -134,10 +134,16 @@ def _import_one(ctx: Context, args: argparse.Namespace, path: str) -> dict[str, 
         f"{result.sequence}, signed by {len(result.signers)} publisher key(s): "
         f"{labels_text(result.labels)}"
     )
-    for a in result.artifacts:
+    # One ``say`` for the whole listing (the same bytes): a line at a time cost two
+    # writes per artifact on an unbuffered stdout, 40,000 for 20,000 artifacts. The
+    # listing comes after the import either way; the progress bar is on stderr.
+    if result.artifacts and not ctx.quiet:
         ctx.say(
-            f"  {printable(a['name'])}@{printable(a['version']):<12} {a['size']:>14,} B  "
-            f"{a['digest']['blake3'][:16]}  {a['status']}"
+            "\n".join(
+                f"  {printable(a['name'])}@{printable(a['version']):<12} {a['size']:>14,} B  "
+                f"{a['digest']['blake3'][:16]}  {a['status']}"
+                for a in result.artifacts
+            )
         )
     if result.trust_updates:
         ctx.say(f"  trust updates applied: {', '.join(map(str, result.trust_updates))}")
