@@ -456,6 +456,36 @@ def _check_rollback(
         )
 
 
+def check_signers_column(db: sqlite_utils.Database, record: Record) -> None:
+    """The record's ``signers`` column (what ``appliance list --json`` shows) is what the
+    record's accepted import event recorded, and that event hashes right: both are written
+    from one list in one transaction at import, so a column edited since, or a record with
+    no import event, is ``record_unauthorized`` (exit 4). The signers that count are never
+    read from the column (``check_record``); this keeps what responders are shown honest."""
+    intact = []
+    for e in audit.pointer_rows(db, record.name):
+        if e["type"] != "import" or e["version"] != record.version:
+            continue
+        if audit.hash_matches(e["prev_hash"], e, e["hash"]):
+            detail = _loads(e["detail"])
+            intact.append((int(e["seq"]), detail.get("signers")))
+    _judge_signers(record, intact)
+
+
+def _judge_signers(record: Record, intact: list[tuple[int, Any]]) -> None:
+    """``intact``: (seq, recorded signers) of each accepted import event of the record's
+    name and version whose stored bytes hash to its ``hash`` (one, unless the log was
+    edited: a record is backed when any of them recorded its signers)."""
+    ref = f"{record.name}@{record.version}"
+    if not intact:
+        raise RecordUnauthorizedError(f"{ref}: no intact audited import event for this record")
+    if not any(isinstance(s, list) and tuple(s) == record.signers for _, s in intact):
+        raise RecordUnauthorizedError(
+            f"{ref}: the record's signers differ from those its import (audit event "
+            f"{intact[-1][0]}) recorded: the database was edited"
+        )
+
+
 # Each active pointer, and whether it names a stored version (``Pointers.lands``).
 _ACTIVE_LANDS = (
     "SELECT a.name, a.version, EXISTS (SELECT 1 FROM artifacts r "
@@ -549,6 +579,8 @@ class Pointers:
         self._hashed: dict[int, bool] = {}
         self._checked: dict[int, PointerUnauthorizedError | None] = {}
         self._verdicts: dict[str, PointerUnauthorizedError | None] = {}
+        # (name, version) -> its accepted import events: (row, the signers it recorded)
+        self._imports: dict[tuple[str, str], list[tuple[tuple[Any, ...], Any]]] = {}
         counters["pointer_reads"] += 1
         with snapshot(db):  # the events and the pointers as of one moment
             rows = audit.pointer_rows_linked(db)
@@ -565,6 +597,10 @@ class Pointers:
                 continue  # as ``_moves_pointer``: this event moves no pointer
             name, seq = str(row[5]), row[0]
             self._rows.setdefault(name, []).append((row, detail))
+            if kind == "import":
+                self._imports.setdefault((name, str(row[6])), []).append(
+                    (row, detail.get("signers"))
+                )
             sound, last, _ = shown.get(name, fresh)
             release = detail.get("release", 0) if kind == "import" else None
             sound = bool(
@@ -606,6 +642,17 @@ class Pointers:
             _check_neighbours(event, *self._links[seq])
 
         _once(self._checked, seq, links)
+
+    def check_signers(self, record: Record) -> None:
+        """As ``check_signers_column(db, record)`` at the time this was made."""
+        intact = []
+        for row, signers in self._imports.get((record.name, record.version), ()):
+            # the one pass's hash finding, else hashed here as ``_check_links`` does
+            if row[10] or audit.hash_matches(
+                row[8], dict(zip(_LINKED_COLS, row[:10], strict=True)), row[9]
+            ):
+                intact.append((int(row[0]), signers))
+        _judge_signers(record, intact)
 
     def lands(self, name: str) -> bool:
         """``name``'s ``active`` row names a stored version of it (at the time this was

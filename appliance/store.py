@@ -50,6 +50,7 @@ from appliance.errors import (
     NotFoundError,
     OperationalError,
     ReadOnlyError,
+    RecordUnauthorizedError,
 )
 from appliance.home import OBJECTS_DIR, STAGING_DIR, Home
 from bundles.durable import sync_filesystem
@@ -101,30 +102,39 @@ def _record(row: tuple[Any, ...], signers: dict[Any, tuple[str, ...]]) -> Record
     is made as its frozen dataclass ``__init__`` makes it (each field set on the new
     instance, no ``__post_init__``), in one update of its ``__dict__``."""
     raw = row[8]
-    decoded = signers.get(raw)
-    if decoded is None:
-        decoded = signers[raw] = tuple(json.loads(raw))
-    record = _new(Record)
-    record.__dict__.update(
-        zip(
-            _FIELDS,
-            (
-                row[0],
-                row[1],
-                row[2],
-                int(row[3]),
-                row[4],
-                int(row[5]),
-                row[6],
-                int(row[7]),
-                decoded,
-                row[9],
-                bool(row[10]),
-            ),
-            strict=True,
+    try:
+        decoded = signers.get(raw)
+        if decoded is None:
+            decoded = signers[raw] = _signer_ids(raw)
+        values = (
+            row[0],
+            row[1],
+            row[2],
+            int(row[3]),
+            row[4],
+            int(row[5]),
+            row[6],
+            int(row[7]),
+            decoded,
+            row[9],
+            bool(row[10]),
         )
-    )
+    except (TypeError, ValueError) as e:  # a value no import writes: the database was edited
+        raise RecordUnauthorizedError(
+            f"{row[0]}@{row[1]}: the record holds a value no import writes ({e}): "
+            "the database was edited"
+        ) from e
+    record = _new(Record)
+    record.__dict__.update(zip(_FIELDS, values, strict=True))
     return record
+
+
+def _signer_ids(raw: Any) -> tuple[str, ...]:
+    """The signers column decoded: a JSON list of key ids, else ``ValueError``."""
+    value = json.loads(raw)
+    if not isinstance(value, list) or not all(type(k) is str for k in value):
+        raise ValueError("the signers column is not a list of key ids")
+    return tuple(value)
 
 
 _new = object.__new__

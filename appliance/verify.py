@@ -29,6 +29,7 @@ from appliance.provenance import (
     Records,
     check_pointer,
     check_record,
+    check_signers_column,
     db_token,
     pointer_lands,
 )
@@ -211,12 +212,21 @@ def _judge_provenance(
     pointers: Pointers | None = None,
     checks: Records | None = None,
 ) -> RecordStatus:
+    untrusted: RejectedError | None = None
     try:
-        check_provenance(db, trust, record, token=token, pointers=pointers, checks=checks)
+        try:
+            check_provenance(db, trust, record, token=token, pointers=pointers, checks=checks)
+        except RejectedError as e:  # today's trust refuses it; an edited column outranks that
+            untrusted = e
+        # what ``list --json`` shows of the record is what its import recorded
+        if pointers is not None:
+            pointers.check_signers(record)
+        else:
+            check_signers_column(db, record)
     except StateSuspectError as e:
         return RecordStatus(record, "unauthorized", e.code, e.message)
-    except RejectedError as e:
-        return RecordStatus(record, "untrusted", e.code, e.message)
+    if untrusted is not None:
+        return RecordStatus(record, "untrusted", untrusted.code, untrusted.message)
     return RecordStatus(record, "ok")
 
 

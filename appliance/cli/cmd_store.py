@@ -25,7 +25,7 @@ from appliance.errors import PolicyError, StateSuspectError, error_class
 from appliance.home import Home
 from appliance.store import find, parse_ref, records
 from appliance.truststore import load_trust
-from appliance.verify import verify_records
+from appliance.verify import RecordStatus, verify_records
 
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
@@ -88,6 +88,15 @@ def run_verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         return _verify(args, ctx)
 
 
+def _verify_line(res: RecordStatus) -> str:
+    ref = f"{res.record.name}@{res.record.version}"
+    line = f"{res.status.upper():<12} {ref}"
+    if res.message is not None:
+        # messages start with the ref (or the name) already; do not say it twice
+        line += f"  [{res.code}] {res.message.removeprefix(ref + ': ')}"
+    return line
+
+
 def _verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     home = Home(ctx.home)
     db = home.db()
@@ -97,13 +106,10 @@ def _verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     else:
         targets = records(db)
     results = verify_records(home, db, trust, targets)
-    for res in results:
-        ref = f"{res.record.name}@{res.record.version}"
-        line = f"{res.status.upper():<12} {ref}"
-        if res.message is not None:
-            # messages start with the ref (or the name) already; do not say it twice
-            line += f"  [{res.code}] {res.message.removeprefix(ref + ': ')}"
-        ctx.say(line)
+    # One ``say`` for the whole listing (the same bytes): a line at a time cost two
+    # writes per record on an unbuffered stdout, 40,000 for 20,000 records.
+    if results and not ctx.quiet:
+        ctx.say("\n".join(_verify_line(res) for res in results))
     tampered = [r for r in results if r.status in ("tampered", "unauthorized")]
     untrusted = [r for r in results if r.status == "untrusted"]
     summary = {

@@ -173,11 +173,69 @@ def test_record_digest_edited_in_database(site: Site, home: Path, tmp_path: Path
     _assert_load_refused(home, tmp_path, "m", "record_unauthorized")
 
 
-def test_record_signers_edited_in_database(site: Site, home: Path) -> None:
-    """Signers are recomputed from the stored signed manifest, never read from a column."""
-    _sql(home, "UPDATE artifacts SET signers = '[\"feed\"]' WHERE name = 'm'")
+@pytest.mark.parametrize("column", ['["feed"]', "[]"])
+def test_record_signers_edited_in_database(
+    site: Site, home: Path, tmp_path: Path, column: str
+) -> None:
+    """The signers that count are recomputed from the stored signed manifest, never read
+    from the column; but the column is what ``list --json`` shows incident responders, so
+    ``verify`` holds it to the import's audit event: an edited column is exit 4. A load
+    (which shows no column) still loads: its decision never read the column."""
+    _sql(home, "UPDATE artifacts SET signers = ? WHERE name = 'm' AND version = '2.0'", column)
+    before = snapshot(home)
     v = cli(home, "verify")
-    assert v.rc == 0, str(v)
+    assert (v.rc, v.code) == (4, "record_unauthorized"), str(v)
+    bad = [r for r in v.out["results"] if r["status"] != "ok"]
+    assert [(r["name"], r["version"]) for r in bad] == [("m", "2.0")], bad
+    assert "signers differ" in bad[0]["message"], bad
+    one = cli(home, "verify", "m@2.0")
+    assert (one.rc, one.code) == (4, "record_unauthorized"), str(one)
+    assert_unchanged(before, snapshot(home))
+    ok(_load(home, "m", tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("signers", "not json"), ("signers", '{"a": 1}'), ("signers", "[1]"), ("size", "big")],
+)
+def test_record_column_no_import_writes(site: Site, home: Path, column: str, value: str) -> None:
+    """A column holding a value no import writes: a clear exit 4 from ``list`` and
+    ``verify`` alike, naming the record, never an internal error."""
+    _sql(home, f"UPDATE artifacts SET {column} = ? WHERE name = 'm' AND version = '2.0'", value)
+    for args in (("list",), ("verify",), ("verify", "m")):
+        r = cli(home, *args)
+        assert (r.rc, r.code) == (4, "record_unauthorized"), str(r)
+        assert "m@2.0" in r.out["error"]["message"], str(r)
+
+
+def test_record_without_its_import_event(site: Site, home: Path) -> None:
+    """A record whose accepted import event is gone from the log (the event's type
+    changed, so the chain no longer hashes) has no audited signers: exit 4."""
+    _sql(
+        home,
+        "UPDATE audit SET outcome = 'rejected'"
+        " WHERE type = 'import' AND name = 'm' AND version = '1.0'",
+    )
+    for args in (("verify",), ("verify", "m@1.0")):
+        v = cli(home, *args)
+        assert (v.rc, v.code) == (4, "record_unauthorized"), str(v)
+        bad = [r for r in v.out["results"] if (r["name"], r["version"]) == ("m", "1.0")]
+        assert "no intact audited import event" in bad[0]["message"], str(v)
+
+
+def test_import_event_signers_edited_with_the_column(site: Site, home: Path) -> None:
+    """Editing the column and the import event's detail to agree breaks the event's hash."""
+    forged = '["feed"]'
+    _sql(home, "UPDATE artifacts SET signers = ? WHERE name = 'm' AND version = '1.0'", forged)
+    _sql(
+        home,
+        "UPDATE audit SET detail = json_set(detail, '$.signers', json(?))"
+        " WHERE type = 'import' AND name = 'm' AND version = '1.0'",
+        forged,
+    )
+    for args in (("verify",), ("verify", "m@1.0")):
+        v = cli(home, *args)
+        assert (v.rc, v.code) == (4, "record_unauthorized"), str(v)
 
 
 def test_audit_event_edited(site: Site, home: Path) -> None:
