@@ -4,8 +4,8 @@ An attacker who can write the state database could point ``active`` at another
 version, insert a record, or edit a record's signers. So records and pointers
 are not taken on the database's word:
 
-* a record must be listed, with the same version, digest and size, in the
-  signed manifest stored at import; its signers are recomputed from that
+* a record must be listed, with the same version, digest, size, media type and
+  release, in the signed manifest stored at import; its signers are recomputed from that
   envelope and checked against today's trust (never read from a column);
 * the active pointer must equal the target of the last pointer-moving audit
   event for the name (an import that activated it, or an authorized
@@ -297,7 +297,12 @@ def _judge_record(
         )
     signers, manifest = found
     if manifest.stream != record.stream or not manifest.matches(
-        record.name, record.version, record.digest, record.size
+        record.name,
+        record.version,
+        record.digest,
+        record.size,
+        record.media_type,
+        record.release,
     ):
         raise RecordUnauthorizedError(f"{ref}: record differs from its signed manifest")
     return check_signers(signers, role_key("publisher", record.stream))
@@ -334,7 +339,12 @@ class Records:
         where = (record.stream, record.sequence)
         sound = self._sound.get(where)
         if sound is not None and sound[0].matches(
-            record.name, record.version, record.digest, record.size
+            record.name,
+            record.version,
+            record.digest,
+            record.size,
+            record.media_type,
+            record.release,
         ):
             return sound[1]
         if where in self._found:

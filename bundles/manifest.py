@@ -469,18 +469,29 @@ class StoredManifest:
         e = self._entries.get(name)
         return None if e is None else _trusted_artifact(e, self._digests[name])
 
-    def matches(self, name: str, version: str, blake3: str, size: int) -> bool:
-        """``artifact(name)`` exists with this version, BLAKE3 digest and size (the
-        comparisons alone: no ``Artifact`` is made)."""
+    def matches(
+        self, name: str, version: str, blake3: str, size: int, media_type: str, release: int
+    ) -> bool:
+        """``artifact(name)`` exists with this version, BLAKE3 digest, size, media type and
+        release (the comparisons alone: no ``Artifact`` is made)."""
         if self._full is not None:
             a = self._full.artifact(name)
-            return a is not None and a.version == version and a.blake3 == blake3 and a.size == size
+            return (
+                a is not None
+                and a.version == version
+                and a.blake3 == blake3
+                and a.size == size
+                and a.media_type == media_type
+                and a.release == release
+            )
         e = self._entries.get(name)
         return (
             e is not None
             and e["version"] == version
             and self._digests[name]["blake3"] == blake3
             and e["size"] == size
+            and e["media_type"] == media_type
+            and e["release"] == release
         )
 
     def releases(self) -> tuple[tuple[str, int], ...]:

@@ -173,6 +173,23 @@ def test_record_digest_edited_in_database(site: Site, home: Path, tmp_path: Path
     _assert_load_refused(home, tmp_path, "m", "record_unauthorized")
 
 
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("media_type", "application/x-pickle"), ("release", 99)],
+)
+def test_record_field_edited_in_database(
+    site: Site, home: Path, tmp_path: Path, column: str, value: object
+) -> None:
+    """The media type and release a loader is handed are those the signed manifest gives:
+    a column edited to something else is a record no manifest backs (exit 4)."""
+    _sql(home, f"UPDATE artifacts SET {column} = ? WHERE name = 'm' AND version = '2.0'", value)
+    v = cli(home, "verify")
+    assert (v.rc, v.code) == (4, "record_unauthorized"), str(v)
+    bad = [r for r in v.out["results"] if r["status"] != "ok"]
+    assert [(r["name"], r["version"]) for r in bad] == [("m", "2.0")], bad
+    _assert_load_refused(home, tmp_path, "m", "record_unauthorized")
+
+
 @pytest.mark.parametrize("column", ['["feed"]', "[]"])
 def test_record_signers_edited_in_database(
     site: Site, home: Path, tmp_path: Path, column: str
