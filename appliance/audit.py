@@ -212,15 +212,20 @@ def pointer_rows_linked(db: sqlite_utils.Database) -> list[tuple[Any, ...]]:
         return _pointer_rows(db, "NULL")
 
 
-def _pointer_rows(db: sqlite_utils.Database, body: str) -> list[tuple[Any, ...]]:
+def pointer_sql(body: str) -> str:
+    """The query of ``pointer_rows_linked`` with ``body`` as the event bytes column."""
     cols = ", ".join((*FIELDS, "prev_hash", "hash"))
-    cur = db.execute(
+    return (
         f"SELECT x.*, p.hash, n.seq, n.prev_hash FROM (SELECT {cols}, {body} AS body"
         " FROM audit WHERE name IS NOT NULL AND outcome = 'accepted'"
         " AND type IN ('import', 'rollback')) x"
         " LEFT JOIN audit p ON p.seq = x.seq - 1 LEFT JOIN audit n ON n.seq = x.seq + 1"
         " ORDER BY x.seq"
     )
+
+
+def _pointer_rows(db: sqlite_utils.Database, body: str) -> list[tuple[Any, ...]]:
+    cur = db.execute(pointer_sql(body))
     sha256, fromhex = hashlib.sha256, bytes.fromhex
     out: list[tuple[Any, ...]] = []
     while batch := cur.fetchmany(4096):
