@@ -131,7 +131,9 @@ def check_provenance(
     """The record is backed by its stored signed manifest, and its name's pointer by an
     authorized move (when the record is active, or when no stored version of the name
     is: an ``active`` row removed, or moved to a version with no record, is tampering
-    unless an audited move put it there); returns the signers that
+    unless an audited move put it there), and its signers column by its intact import
+    audit event (``check_signers_column``: a loader is handed that column in
+    ``LoadedArtifact.record``); returns the signers that
     count today (see ``appliance.provenance``). ``token``: see ``check_record``;
     ``pointers`` and ``checks``: the pointers and records judged in one pass for many
     records (``Pointers``, ``Records``), else this record is checked on its own.
@@ -139,8 +141,11 @@ def check_provenance(
     if pointers is not None:
         if record.active or not pointers.lands(record.name):
             pointers.check(record.name)
-    elif record.active or not pointer_lands(db, record.name):
-        check_pointer(db, record.name)
+        pointers.check_signers(record)
+    else:
+        if record.active or not pointer_lands(db, record.name):
+            check_pointer(db, record.name)
+        check_signers_column(db, record)
     if checks is not None:
         return checks.check(record)
     return check_record(db, trust, record, token=token)
@@ -212,21 +217,12 @@ def _judge_provenance(
     pointers: Pointers | None = None,
     checks: Records | None = None,
 ) -> RecordStatus:
-    untrusted: RejectedError | None = None
     try:
-        try:
-            check_provenance(db, trust, record, token=token, pointers=pointers, checks=checks)
-        except RejectedError as e:  # today's trust refuses it; an edited column outranks that
-            untrusted = e
-        # what ``list --json`` shows of the record is what its import recorded
-        if pointers is not None:
-            pointers.check_signers(record)
-        else:
-            check_signers_column(db, record)
+        check_provenance(db, trust, record, token=token, pointers=pointers, checks=checks)
     except StateSuspectError as e:
         return RecordStatus(record, "unauthorized", e.code, e.message)
-    if untrusted is not None:
-        return RecordStatus(record, "untrusted", untrusted.code, untrusted.message)
+    except RejectedError as e:
+        return RecordStatus(record, "untrusted", e.code, e.message)
     return RecordStatus(record, "ok")
 
 

@@ -196,8 +196,8 @@ def test_record_signers_edited_in_database(
 ) -> None:
     """The signers that count are recomputed from the stored signed manifest, never read
     from the column; but the column is what ``list --json`` shows incident responders, so
-    ``verify`` holds it to the import's audit event: an edited column is exit 4. A load
-    (which shows no column) still loads: its decision never read the column."""
+    ``verify`` holds it to the import's audit event: an edited column is exit 4; and a
+    load, which hands the loader that column in ``LoadedArtifact.record``, refuses too."""
     _sql(home, "UPDATE artifacts SET signers = ? WHERE name = 'm' AND version = '2.0'", column)
     before = snapshot(home)
     v = cli(home, "verify")
@@ -208,7 +208,7 @@ def test_record_signers_edited_in_database(
     one = cli(home, "verify", "m@2.0")
     assert (one.rc, one.code) == (4, "record_unauthorized"), str(one)
     assert_unchanged(before, snapshot(home))
-    ok(_load(home, "m", tmp_path))
+    _assert_load_refused(home, tmp_path, "m", "record_unauthorized")
 
 
 @pytest.mark.parametrize(
