@@ -199,7 +199,8 @@ def pointer_rows(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]]:
 
 
 def pointer_rows_linked(db: sqlite_utils.Database) -> list[tuple[Any, ...]]:
-    """Accepted imports and rollbacks of every name, in one query, in seq order, each
+    """Accepted imports and rollbacks of every name with a record or an active pointer,
+    in one query (``pointer_sql``), in seq order, each
     row: the ``FIELDS``, prev_hash, hash; then whether the event's bytes as SQLite
     writes them (``_SQL_BODY``, what ``_fast_body`` gives) hash to its ``hash`` after
     its ``prev_hash`` (one SHA-256 an event; False is not "altered": the caller checks
@@ -213,12 +214,15 @@ def pointer_rows_linked(db: sqlite_utils.Database) -> list[tuple[Any, ...]]:
 
 
 def pointer_sql(body: str) -> str:
-    """The query of ``pointer_rows_linked`` with ``body`` as the event bytes column."""
+    """The query of ``pointer_rows_linked`` with ``body`` as the event bytes column: the
+    events of each name that has a record or an active pointer (the only names a pass
+    judges), found by the ``audit_name`` index, so its cost follows the imports and
+    rollbacks, not the load events around them in the log."""
     cols = ", ".join((*FIELDS, "prev_hash", "hash"))
     return (
         f"SELECT x.*, p.hash, n.seq, n.prev_hash FROM (SELECT {cols}, {body} AS body"
-        " FROM audit WHERE name IS NOT NULL AND outcome = 'accepted'"
-        " AND type IN ('import', 'rollback')) x"
+        " FROM audit WHERE name IN (SELECT name FROM artifacts UNION SELECT name FROM active)"
+        " AND outcome = 'accepted' AND type IN ('import', 'rollback')) x"
         " LEFT JOIN audit p ON p.seq = x.seq - 1 LEFT JOIN audit n ON n.seq = x.seq + 1"
         " ORDER BY x.seq"
     )

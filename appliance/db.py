@@ -65,9 +65,6 @@ CREATE TABLE IF NOT EXISTS audit (
     code TEXT, name TEXT, version TEXT, detail TEXT NOT NULL,
     prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_name ON audit (name, type);
--- the pointer pass of verify reads the accepted imports and rollbacks: by this index its
--- cost follows them, not the load events around them (homes made before it: a scan)
-CREATE INDEX IF NOT EXISTS audit_type ON audit (type, outcome);
 """
 
 
