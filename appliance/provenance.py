@@ -278,6 +278,14 @@ def check_record(
 _Found = tuple[frozenset[str], StoredManifest] | RejectedError | None
 
 
+def _matches(manifest: StoredManifest, record: Record) -> bool:
+    """The manifest lists the record's name with its version, digest, size, media type and
+    release."""
+    return manifest.matches(
+        record.name, record.version, record.digest, record.size, record.media_type, record.release
+    )
+
+
 def _judge_record(
     trust: TrustState,
     record: Record,
@@ -296,14 +304,7 @@ def _judge_record(
             f"{ref}: no signed manifest for stream {record.stream} sequence {record.sequence}"
         )
     signers, manifest = found
-    if manifest.stream != record.stream or not manifest.matches(
-        record.name,
-        record.version,
-        record.digest,
-        record.size,
-        record.media_type,
-        record.release,
-    ):
+    if manifest.stream != record.stream or not _matches(manifest, record):
         raise RecordUnauthorizedError(f"{ref}: record differs from its signed manifest")
     return check_signers(signers, role_key("publisher", record.stream))
 
@@ -338,14 +339,7 @@ class Records:
     def check(self, record: Record) -> frozenset[str]:
         where = (record.stream, record.sequence)
         sound = self._sound.get(where)
-        if sound is not None and sound[0].matches(
-            record.name,
-            record.version,
-            record.digest,
-            record.size,
-            record.media_type,
-            record.release,
-        ):
+        if sound is not None and _matches(sound[0], record):
             return sound[1]
         if where in self._found:
             found = self._found[where]

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 from conftest_load import Site, make_site
+from counting_out import CountingOut
 
 from appliance.cli.main import main
 from appliance.staging import stage_artifact
@@ -93,21 +93,8 @@ def test_a_small_member_is_examined_twice_when_hashed(
     assert calls["n"] == 2 * 5 + 1, calls
 
 
-class _CountingOut(io.StringIO):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes = 0
-
-    def write(self, s: str) -> int:
-        self.writes += 1
-        return super().write(s)
-
-    def isatty(self) -> bool:
-        return False
-
-
 def _cli_writes(site: Site, bundle: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
-    out = _CountingOut()
+    out = CountingOut()
     monkeypatch.setattr(sys, "stdout", out)
     try:
         code = main(["--home", str(site.home), "import", str(bundle)])

@@ -4,33 +4,20 @@ stdout), and the bytes are the lines ``_verify_line`` gives, in order, then the 
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
 import pytest
 from conftest_load import Site, make_site
+from counting_out import CountingOut
 
 from appliance.cli.main import main
 from appliance.importer import import_bundle
 from appliance.store import records
 
 
-class _CountingOut(io.StringIO):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes = 0
-
-    def write(self, s: str) -> int:
-        self.writes += 1
-        return super().write(s)
-
-    def isatty(self) -> bool:
-        return False
-
-
 def _verify_writes(site: Site, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int, str]:
-    out = _CountingOut()
+    out = CountingOut()
     monkeypatch.setattr(sys, "stdout", out)
     try:
         code = main(["--home", str(site.home), "verify"])
