@@ -43,7 +43,7 @@ from appliance.trust import TrustState, key_labels, labels_text
 from appliance.truststore import naming_trust
 from bundles.timeutil import format_time
 
-__all__ = ["active_at", "artifact_history", "event_keys", "history_event"]
+__all__ = ["active_at", "artifact_history", "event_keys", "history_event", "store_at"]
 
 
 def _by(loader: Any) -> str:
@@ -178,14 +178,30 @@ def _moves(event: dict[str, Any]) -> bool:
 def active_at(db: sqlite_utils.Database, at: datetime) -> dict[str, str]:
     """Which version of each artifact was active at ``at``, replayed from the audit log in
     chain order (time stamps never run backwards along the chain)."""
+    return store_at(db, at)[0]
+
+
+def store_at(
+    db: sqlite_utils.Database, at: datetime, name: str | None = None
+) -> tuple[dict[str, str], set[tuple[str, str]]]:
+    """The store at ``at`` as the audit log tells it, in one walk in chain order: the
+    active version of each name, and the (name, version) of every accepted import by
+    then. Not the records' ``imported_at`` column: one SQL statement changes that without
+    a trace, where an edited event breaks the chain (``audit verify``). ``name``: that
+    name's events only."""
     stamp = format_time(at)
     active: dict[str, str] = {}
-    for e in audit.rows(db):
+    imported: set[tuple[str, str]] = set()
+    for e in audit.rows(db) if name is None else audit.rows_naming(db, name):
         if e["ts"] > stamp:
             break
-        if e["name"] and e["version"] and _moves(e):
+        if not (e["name"] and e["version"]):
+            continue
+        if e["type"] == "import" and e["outcome"] == "accepted":
+            imported.add((e["name"], e["version"]))
+        if _moves(e):
             active[e["name"]] = e["version"]
-    return active
+    return active, imported
 
 
 def artifact_history(
@@ -209,8 +225,13 @@ def artifact_history(
         h = history_event(e, name, keys)
         h["verified"] = broken is None or e["seq"] < broken
         events.append(h)
-    versions = [r.to_dict() for r in records(db, name) if stamp is None or r.imported_at <= stamp]
-    active = active_version(db, name) if at is None else active_at(db, at).get(name)
+    if at is None:
+        versions = [r.to_dict() for r in records(db, name)]
+        active = active_version(db, name)
+    else:
+        then, imported = store_at(db, at, name)
+        versions = [r.to_dict() for r in records(db, name) if (r.name, r.version) in imported]
+        active = then.get(name)
     for v in versions:
         v["active"] = v["version"] == active
     return {

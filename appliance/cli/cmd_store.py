@@ -39,19 +39,18 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
 
 def run_list(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     from appliance.cli.cmd_history import parse_at  # ``list`` only: not loaded by ``verify``
-    from appliance.history import active_at
+    from appliance.history import store_at
     from bundles.timeutil import format_time
 
     db = Home(ctx.home).db()
     recs = records(db)
     at = parse_at(args.at)
-    if at is not None:  # the store as it stood then: records imported by then, active then
-        stamp = format_time(at)
-        then = active_at(db, at)
+    if at is not None:  # the store as the audit log tells it: imported by then, active then
+        then, imported = store_at(db, at)
         recs = [
             dataclasses.replace(r, active=then.get(r.name) == r.version)
             for r in recs
-            if r.imported_at <= stamp
+            if (r.name, r.version) in imported
         ]
     if not recs:
         ctx.say("the store is empty")

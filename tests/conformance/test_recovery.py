@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -157,9 +158,30 @@ def test_history_and_list_at_a_time(site: Site, home: Path) -> None:
     assert (r.rc, r.code) == (2, "usage"), str(r)
 
 
-def test_history_marks_events_after_a_break_as_unverified(site: Site, home: Path) -> None:
-    import sqlite3
+def test_list_at_a_time_reads_the_log_not_the_imported_at_column(site: Site, home: Path) -> None:
+    """An attacker who writes the database moves a record's ``imported_at`` into the future
+    (to hide it from a responder's ``list --at``) or back to 2000 (to make it look old):
+    ``list --at`` and ``history --at`` answer from the hash-chained log all the same."""
+    t_now = format_time(utcnow())
+    before_list = ok(cli(home, "list", "--at", t_now))["artifacts"]
+    before_history = ok(cli(home, "history", "m", "--at", t_now))
+    assert ("m", "2.0") in {(a["name"], a["version"]) for a in before_list}
+    conn = sqlite3.connect(home / "appliance.db")
+    with conn:
+        conn.execute("UPDATE artifacts SET imported_at = '2999-01-01T00:00:00Z' WHERE name = 'm'")
+        conn.execute("UPDATE artifacts SET imported_at = '2000-01-01T00:00:00Z' WHERE name != 'm'")
+    conn.close()
+    after_list = ok(cli(home, "list", "--at", t_now))["artifacts"]
+    key = [(a["name"], a["version"], a["active"]) for a in before_list]
+    assert [(a["name"], a["version"], a["active"]) for a in after_list] == key
+    after_history = ok(cli(home, "history", "m", "--at", t_now))
+    assert [v["version"] for v in after_history["versions"]] == [
+        v["version"] for v in before_history["versions"]
+    ]
+    assert ok(cli(home, "list", "--at", "2000-06-01T00:00:00Z"))["artifacts"] == []
 
+
+def test_history_marks_events_after_a_break_as_unverified(site: Site, home: Path) -> None:
     conn = sqlite3.connect(home / "appliance.db")
     with conn:
         seq = conn.execute(
