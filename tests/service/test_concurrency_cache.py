@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
 from service_world import MODEL_V2, World, ask
 
 from appliance.home import Home
@@ -109,6 +111,30 @@ def test_every_load_still_rehashes_the_bytes(root_world: World):
     r = ask(w.sock, "model")
     assert r.code == "object_tampered" and r.doc["exit_code"] == 4 and r.fds == []
     assert w.events()[-1]["code"] == "object_tampered"
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE artifacts SET signers = '[]' WHERE name = 'model'",
+        "UPDATE artifacts SET media_type = 'application/x-pickle' WHERE name = 'model'",
+    ],
+    ids=["signers", "media_type"],
+)
+def test_a_record_edited_under_a_warm_cache_is_refused(root_world: World, statement: str):
+    """The record a loader is handed is held to the evidence after any change, cache warm
+    or not: a writer of the database edits a field the reply carries."""
+    w = root_world
+    w.apply(AllowLoader("root", "models"))
+    w.start()
+    ask(w.sock, "model").close()  # warm the cache
+    conn = sqlite3.connect(Path(w.home) / "appliance.db")
+    with conn:
+        conn.execute(statement)
+    conn.close()
+    r = ask(w.sock, "model")
+    assert r.code == "record_unauthorized" and r.doc["exit_code"] == 4 and r.fds == []
+    assert w.events()[-1]["code"] == "record_unauthorized"
 
 
 def test_background_component_starts_and_stops_with_the_service(root_world: World):
