@@ -373,10 +373,21 @@ def _loads(text: Any) -> Any:
     return json.loads(text)
 
 
+def _detail(text: Any) -> dict[str, Any]:
+    """An event's detail as the rules read it: the parsed object, or an empty one when
+    the stored detail is not a JSON object (no event is written so: the log was edited,
+    and the empty detail moves no pointer and records no signers, so the rules refuse)."""
+    try:
+        value = _loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _moves_pointer(e: dict[str, Any]) -> dict[str, Any] | None:
     """The event with its detail parsed when it may move a pointer (an import that
     activated, or a rollback), else None."""
-    detail = _loads(e["detail"])
+    detail = _detail(e["detail"])
     if (e["type"] == "import" and detail.get("activated")) or e["type"] == "rollback":
         return {**e, "detail": detail, _STORED_DETAIL: e["detail"]}
     return None
@@ -471,7 +482,7 @@ def check_signers_column(db: sqlite_utils.Database, record: Record) -> None:
         if e["type"] != "import" or e["version"] != record.version:
             continue
         if audit.hash_matches(e["prev_hash"], e, e["hash"]):
-            detail = _loads(e["detail"])
+            detail = _detail(e["detail"])
             intact.append((int(e["seq"]), detail.get("signers")))
     _judge_signers(record, intact)
 
@@ -596,15 +607,15 @@ class Pointers:
         fresh = (True, 0, None)
         for row in rows:
             kind = row[2]
-            detail = _loads(row[7])
-            if not ((kind == "import" and detail.get("activated")) or kind == "rollback"):
-                continue  # as ``_moves_pointer``: this event moves no pointer
+            detail = _detail(row[7])
             name, seq = str(row[5]), row[0]
-            self._rows.setdefault(name, []).append((row, detail))
-            if kind == "import":
+            if kind == "import":  # every accepted import, activating or not (``check_signers``)
                 self._imports.setdefault((name, str(row[6])), []).append(
                     (row, detail.get("signers"))
                 )
+            if not ((kind == "import" and detail.get("activated")) or kind == "rollback"):
+                continue  # as ``_moves_pointer``: this event moves no pointer
+            self._rows.setdefault(name, []).append((row, detail))
             sound, last, _ = shown.get(name, fresh)
             release = detail.get("release", 0) if kind == "import" else None
             sound = bool(

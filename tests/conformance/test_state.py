@@ -225,6 +225,33 @@ def test_record_column_no_import_writes(site: Site, home: Path, column: str, val
         assert "m@2.0" in r.out["error"]["message"], str(r)
 
 
+@pytest.mark.parametrize("detail", ["[]", '"text"', "not json", "{}"])
+def test_import_event_detail_no_import_writes(
+    site: Site, home: Path, tmp_path: Path, detail: str
+) -> None:
+    """An import event's detail edited to something no import writes (not an object, not
+    JSON, an object without signers): exit 4 from verify and load, never an internal
+    error, whether the event backs the active version (m@2.0) or an older one (m@1.0)."""
+    _sql(
+        home,
+        "UPDATE audit SET detail = ? WHERE type = 'import' AND name = 'm' AND version = '1.0'",
+        detail,
+    )
+    _sql(
+        home,
+        "UPDATE audit SET detail = ? WHERE type = 'import' AND name = 'o' AND version = '1.0'",
+        detail,
+    )
+    for args in (("verify",), ("verify", "m@1.0"), ("verify", "o")):
+        v = cli(home, *args)
+        assert v.rc == 4 and v.code in ("record_unauthorized", "pointer_unauthorized"), str(v)
+    for ref in ("o", "m@1.0"):
+        r = _load(home, ref, tmp_path)
+        assert r.rc == 4, str(r)  # type: ignore[attr-defined]
+        assert r.code in ("record_unauthorized", "pointer_unauthorized"), str(r)  # type: ignore[attr-defined]
+        assert not (tmp_path / "out.bin").exists()
+
+
 def test_record_without_its_import_event(site: Site, home: Path) -> None:
     """A record whose accepted import event is gone from the log (the event's type
     changed, so the chain no longer hashes) has no audited signers: exit 4."""
