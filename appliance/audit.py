@@ -245,6 +245,18 @@ def _pointer_rows(db: sqlite_utils.Database, body: str) -> list[tuple[Any, ...]]
     return out
 
 
+def detail_dict(text: Any) -> dict[str, Any]:
+    """A stored detail parsed for a reader that goes on whatever it holds: the object, or
+    an empty one when the detail is not a JSON object (only an edited log has such a
+    detail; ``audit verify`` names it). Readers use it where stopping would hide more than
+    it shows (an alarm still listed, an acknowledgement not honoured)."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def detail_of(event: dict[str, Any]) -> dict[str, Any]:
     """An event's detail parsed back into its object; a detail that is not a JSON object
     (someone wrote the database: the chain hash has no key) is ``audit_chain_broken``."""

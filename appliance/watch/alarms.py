@@ -11,7 +11,6 @@ pointer and explain no table). Acknowledging is the audit event
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,7 +207,7 @@ def _acks(db: sqlite_utils.Database) -> dict[int, dict[str, Any]]:
     for seq, ts, detail in db.execute(
         "SELECT seq, ts, detail FROM audit WHERE type = ? ORDER BY seq", [ACK]
     ):
-        d = json.loads(detail)
+        d = audit.detail_dict(detail)
         target = d.get("alarm_seq")
         if isinstance(target, int) and target not in out:
             out[target] = {"seq": int(seq), "ts": ts, "note": d.get("note", "")}
@@ -225,7 +224,7 @@ def alarms(db: sqlite_utils.Database, *, include_acknowledged: bool = False) -> 
         ack = acks.get(int(seq))
         if ack is not None and not include_acknowledged:
             continue
-        d = json.loads(detail)
+        d = audit.detail_dict(detail)
         out.append(
             RecordedAlarm(
                 seq=int(seq),

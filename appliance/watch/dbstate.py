@@ -28,7 +28,6 @@ short read transaction, so writers never wait for a full pass.
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -455,5 +454,4 @@ def _log_only(event: dict[str, Any]) -> bool:
 
 
 def detail_of(event: dict[str, Any]) -> dict[str, Any]:
-    d = json.loads(event["detail"])
-    return d if isinstance(d, dict) else {}
+    return audit.detail_dict(event["detail"])

@@ -11,7 +11,6 @@ is an ``object_modified`` alarm.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -52,7 +51,7 @@ def last_verified(db: sqlite_utils.Database) -> dict[str, tuple[int, str]]:
         "SELECT seq, type, ts, detail FROM audit WHERE (type = 'load' AND outcome = 'verified')"
         " OR (type = 'scrub' AND outcome = 'verified') ORDER BY seq"
     ):
-        d = json.loads(detail)
+        d = audit.detail_dict(detail)
         digests = d.get("verified", []) if type_ == "scrub" else [d.get("digest")]
         for dg in digests:
             if isinstance(dg, str):

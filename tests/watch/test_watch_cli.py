@@ -6,6 +6,7 @@ import json
 import os
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -83,6 +84,33 @@ def test_alarms_list_and_ack_are_audited(site: Site) -> None:
     assert missing["error"]["code"] == "alarm_not_found"
     after = site.cli("audit", "show", "--limit", "0", "--json", check=0).json["events"]
     assert after == before  # a refused acknowledgement changes nothing
+
+
+def _set_detail(site: Site, seq: int, detail: str) -> None:
+    conn = sqlite3.connect(site.home / "appliance.db")
+    with conn:
+        conn.execute("UPDATE audit SET detail = ? WHERE seq = ?", [detail, seq])
+    conn.close()
+
+
+def test_an_edited_alarm_or_acknowledgement_detail_still_shows_the_alarm(site: Site) -> None:
+    """A writer of the database turns an alarm's detail, or its acknowledgement's, into
+    something no event holds: ``alarms`` still lists the alarm (never an internal error,
+    never hidden), and an acknowledgement it cannot read is not honoured."""
+    os.unlink(_obj(site))
+    site.cli("--witness", str(site.witness), "watch", "--once", check=4)
+    seq = _alarm_events(site)[0]["seq"]
+    acked = site.cli("alarms", "--ack", str(seq), "--json", check=0).json
+    assert site.cli("alarms", "--json", check=0).json["alarms"] == []
+    _set_detail(site, acked["event"]["seq"], "not json")
+    listed = site.cli("alarms", "--json", check=0).json["alarms"]
+    assert [(a["seq"], a["alarm"], a["acknowledged"]) for a in listed] == [
+        (seq, "object_removed", None)
+    ]
+    _set_detail(site, seq, "[]")
+    listed = site.cli("alarms", "--json", check=0).json["alarms"]
+    assert [(a["seq"], a["alarm"]) for a in listed] == [(seq, "object_removed")]
+    site.cli("audit", "verify", check=4)  # the log says it was edited
 
 
 def test_bad_scrub_rate_is_a_usage_error(site: Site) -> None:
