@@ -139,6 +139,37 @@ class TrustChain:
         return floor
 
 
+def _int(value: Any, what: str) -> int:
+    """A stored integer (an INTEGER column, a JSON number); anything else was written by
+    hand: exit 4, not an internal error."""
+    if type(value) is int:
+        return value
+    raise TrustStateUnauthorizedError(
+        f"{what} is not an integer ({type(value).__name__}): the database was edited"
+    )
+
+
+def _int_text(value: str, what: str) -> int:
+    """A stored integer kept as text (a ``meta`` value)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError) as e:
+        raise TrustStateUnauthorizedError(
+            f"{what} is not an integer: the database was edited"
+        ) from e
+
+
+def _blob(value: Any, what: str) -> bytes:
+    """A stored signed document's bytes (a BLOB column); text or a number was written by
+    hand: exit 4."""
+    if isinstance(value, bytes):
+        return value
+    raise TrustStateUnauthorizedError(
+        f"{what or 'a stored document'} is not a byte string ({type(value).__name__}): "
+        "the database was edited"
+    )
+
+
 _chains: dict[bytes, TrustChain] = {}
 
 
@@ -148,8 +179,9 @@ def trust_chain(db: sqlite_utils.Database) -> TrustChain:
     rows = db.execute("SELECT version, envelope FROM trust_documents ORDER BY version").fetchall()
     h = hashlib.sha256(json.dumps(anchor.to_dict(), sort_keys=True).encode())
     for version, env in rows:
+        env = _blob(env, f"trust document {version}")
         h.update(b"%d:%d:" % (int(version), len(env)))
-        h.update(bytes(env))
+        h.update(env)
     key = h.digest()
     chain = _chains.get(key)
     if chain is not None:
@@ -163,7 +195,7 @@ def trust_chain(db: sqlite_utils.Database) -> TrustChain:
                 f"stored trust document {version} does not follow version {expected - 1}"
             )
         try:
-            new, update = apply_update(states[-1], Envelope.from_bytes(bytes(env)))
+            new, update = apply_update(states[-1], Envelope.from_bytes(_blob(env, "")))
         except RejectedError as e:
             raise TrustStateUnauthorizedError(
                 f"stored trust document {version} does not verify against the anchor's "
@@ -201,10 +233,10 @@ def _table_rows(db: sqlite_utils.Database) -> tuple[Any, ...]:
         else:
             keys.append((kid, role, stream or "", added, rev))
     thresholds = [
-        ((role, stream or ""), int(t))
+        ((role, stream or ""), _int(t, f"the threshold of {role}"))
         for role, stream, t in db.execute("SELECT role, stream, threshold FROM thresholds")
     ]
-    version = int(get_meta(db, "trust_version") or "0")
+    version = _int_text(get_meta(db, "trust_version") or "0", "the trust_version mark")
     return (version, sorted(keys), sorted(extra), sorted(thresholds))
 
 
@@ -336,7 +368,9 @@ def _stream_evidence(db: sqlite_utils.Database, chain: TrustChain) -> _StreamEvi
         "SELECT seq, detail FROM audit WHERE type = 'bundle_import' AND outcome = 'accepted'"
     ):
         d = _detail(seq, detail)
-        imported[(str(d.get("stream")), int(d.get("sequence", 0)))] = int(seq)
+        imported[
+            (str(d.get("stream")), _int(d.get("sequence", 0), f"audit event {seq}'s sequence"))
+        ] = int(seq)
     resets = chain.stream_resets()
     time_reset = chain.time_reset()
     marks: dict[str, int] = {s: n for s, (_v, n) in resets.items()}
@@ -346,11 +380,12 @@ def _stream_evidence(db: sqlite_utils.Database, chain: TrustChain) -> _StreamEvi
         "SELECT stream, sequence, envelope FROM manifests"
     ).fetchall():
         what = f"stored manifest of stream {stream} sequence {sequence}"
-        seq = imported.get((stream, int(sequence)))
+        sequence = _int(sequence, f"the sequence of a stored manifest of stream {stream}")
+        seq = imported.get((stream, sequence))
         if seq is None:
             raise TrustStateUnauthorizedError(f"{what} has no import event in the audit log")
         version = trust_version_at(db, seq, tu_seqs)
-        raw = bytes(env_bytes)
+        raw = _blob(env_bytes, what)
         try:
             env = Envelope.from_bytes(raw)
             header = _header(env.payload)
@@ -383,7 +418,10 @@ def stream_marks(db: sqlite_utils.Database) -> dict[str, int]:
     """Every stream's high-water mark from the evidence; exit 4 if the table disagrees."""
     with snapshot(db):
         marks = _stream_evidence(db, trust_chain(db)).marks
-        table = {str(s): int(n) for s, n in db.execute("SELECT stream, sequence FROM streams")}
+        table = {
+            str(s): _int(n, f"the streams table's mark of {s}")
+            for s, n in db.execute("SELECT stream, sequence FROM streams")
+        }
     if table != marks:
         diff = sorted(set(table.items()) ^ set(marks.items()))
         raise TrustStateUnauthorizedError(
@@ -452,7 +490,7 @@ def _rollback_floor(db: sqlite_utils.Database, chain: TrustChain) -> datetime | 
         if time_reset is not None and version < time_reset[0]:
             continue
         try:
-            env = Envelope.from_bytes(bytes(env_bytes))
+            env = Envelope.from_bytes(_blob(env_bytes, f"authorization {auth_id}"))
             state = chain.at(version)
             verify_envelope(env, state.resolver(), ROLLBACK_PAYLOAD_TYPE)
             auth = RollbackAuthorization.from_payload(env.payload)

@@ -36,7 +36,7 @@ from appliance.store import Record, active_version
 from appliance.trust import RoleKey, TrustState, role_key
 from bundles.documents import ROLLBACK_PAYLOAD_TYPE
 from bundles.dsse import Envelope, verify_envelope
-from bundles.errors import RejectedError
+from bundles.errors import EnvelopeFormatError, RejectedError
 from bundles.manifest import MAX_MANIFEST_FILE_BYTES, PAYLOAD_TYPE, StoredManifest, parse_stored
 
 _manifest_cache: dict[bytes, StoredManifest] = {}
@@ -244,6 +244,11 @@ def _stored_manifest(
     ).fetchone()
     if row is None:
         return None
+    if not isinstance(row[0], bytes):  # text or a number in a BLOB column: written by hand
+        raise EnvelopeFormatError(
+            f"the stored manifest of stream {record.stream} sequence {record.sequence} is "
+            f"not a byte string ({type(row[0]).__name__})"
+        )
     raw = bytes(row[0])
     digest = _envelope_digest(raw)
     result = _verified_manifest(trust, raw, digest)

@@ -93,6 +93,7 @@ _COLS = (
 
 
 _FIELDS = tuple(f.name for f in fields(Record))
+_TEXT_COLUMNS = (0, 1, 2, 4, 6, 9)  # name, version, digest, media_type, stream, imported_at
 
 
 def _record(row: tuple[Any, ...], signers: dict[Any, tuple[str, ...]]) -> Record:
@@ -103,6 +104,9 @@ def _record(row: tuple[Any, ...], signers: dict[Any, tuple[str, ...]]) -> Record
     instance, no ``__post_init__``), in one update of its ``__dict__``."""
     raw = row[8]
     try:
+        for i in _TEXT_COLUMNS:
+            if type(row[i]) is not str:
+                raise TypeError(f"{_FIELDS[i]} is {type(row[i]).__name__}, not text")
         decoded = signers.get(raw)
         if decoded is None:
             decoded = signers[raw] = _signer_ids(raw)
@@ -121,7 +125,7 @@ def _record(row: tuple[Any, ...], signers: dict[Any, tuple[str, ...]]) -> Record
         )
     except (TypeError, ValueError) as e:  # a value no import writes: the database was edited
         raise RecordUnauthorizedError(
-            f"{row[0]}@{row[1]}: the record holds a value no import writes ({e}): "
+            f"{row[0]!s:.200}@{row[1]!s:.200}: the record holds a value no import writes ({e}): "
             "the database was edited"
         ) from e
     record = _new(Record)

@@ -152,6 +152,33 @@ def test_active_pointer_moved_to_a_version_with_no_record(
     assert {s for (n, _), s in statuses.items() if n != "m"} == {("ok", None)}
     assert_unchanged(before, snapshot(home))
     _assert_load_refused(home, tmp_path, "m@2.0", "pointer_unauthorized")
+    # and the active load, which finds no record: tampering (exit 4), not "not found" (2)
+    _assert_load_refused(home, tmp_path, "m", "pointer_unauthorized")
+
+
+def test_record_removed_is_refused_not_reported_missing(
+    site: Site, home: Path, tmp_path: Path
+) -> None:
+    """A record the log says was imported is gone (its row deleted): ``load m`` and
+    ``load m@2.0`` are exit 4 ``record_unauthorized``; a version never imported is still
+    ``not_found`` (exit 2)."""
+    _sql(home, "DELETE FROM artifacts WHERE name = 'm' AND version = '2.0'")
+    _assert_load_refused(home, tmp_path, "m", "record_unauthorized")
+    _assert_load_refused(home, tmp_path, "m@2.0", "record_unauthorized")
+    r = _load(home, "m@7.0", tmp_path)
+    assert (r.rc, r.code) == (2, "not_found"), str(r)  # type: ignore[attr-defined]
+
+
+def test_active_pointer_removed_is_refused_by_the_active_load(
+    site: Site, home: Path, tmp_path: Path
+) -> None:
+    """``DELETE FROM active``: ``load m`` finds no active version, but an audited move set
+    one: exit 4 ``pointer_unauthorized``, not an operator's ``not_found``. A name nothing
+    ever set stays ``not_found`` (exit 2)."""
+    _sql(home, "DELETE FROM active WHERE name = 'm'")
+    _assert_load_refused(home, tmp_path, "m", "pointer_unauthorized")
+    r = _load(home, "never-imported", tmp_path)
+    assert (r.rc, r.code) == (2, "not_found"), str(r)  # type: ignore[attr-defined]
 
 
 def test_pointer_moved_and_audit_event_forged(site: Site, home: Path, tmp_path: Path) -> None:
