@@ -11,8 +11,10 @@ import hashlib
 import json
 import sqlite3
 import weakref
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from json.scanner import make_scanner
+from typing import Any, cast
 
 import sqlite_utils
 
@@ -250,13 +252,34 @@ def _pointer_rows(db: sqlite_utils.Database, body: str) -> list[tuple[Any, ...]]
     return out
 
 
+# the C scanner ``json.loads`` runs (typeshed types its argument as a scanner)
+_scan_once: Callable[[str, int], tuple[Any, int]] = make_scanner(cast(Any, json.JSONDecoder()))
+
+
+def _loads(text: Any) -> Any:
+    """``json.loads(text)``: the C scanner straight when it reads the whole of a string
+    (no whitespace around, nothing after), else ``json.loads`` itself, which gives its
+    own value or error."""
+    if type(text) is str:
+        try:
+            value, end = _scan_once(text, 0)
+        except (StopIteration, ValueError, RecursionError):
+            end = -1  # not a JSON value from the start: json.loads raises its own error
+        if end == len(text):
+            return value
+    return json.loads(text)
+
+
 def detail_dict(text: Any) -> dict[str, Any]:
     """A stored detail parsed for a reader that goes on whatever it holds: the object, or
     an empty one when the detail is not a JSON object (only an edited log has such a
-    detail; ``audit verify`` names it). Readers use it where stopping would hide more than
-    it shows (an alarm still listed, an acknowledgement not honoured)."""
+    detail; ``audit verify`` names it). The provenance rules read it so (an empty detail
+    moves no pointer and records no signers, so they refuse), and so do readers where
+    stopping would hide more than it shows (an alarm still listed, an acknowledgement not
+    honoured). Parsed by the C scanner straight (``_loads``): the pointer pass reads one
+    detail per import event."""
     try:
-        value = json.loads(text)
+        value = _loads(text)
     except (TypeError, ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}

@@ -165,8 +165,7 @@ def _blob(value: Any, what: str) -> bytes:
     if isinstance(value, bytes):
         return value
     raise TrustStateUnauthorizedError(
-        f"{what or 'a stored document'} is not a byte string ({type(value).__name__}): "
-        "the database was edited"
+        f"{what} is not a byte string ({type(value).__name__}): the database was edited"
     )
 
 
@@ -176,10 +175,14 @@ _chains: dict[bytes, TrustChain] = {}
 def trust_chain(db: sqlite_utils.Database) -> TrustChain:
     """The anchor folded with every stored trust document, each verified in turn."""
     anchor = anchor_of(db)
-    rows = db.execute("SELECT version, envelope FROM trust_documents ORDER BY version").fetchall()
+    rows = [
+        (version, _blob(env, f"trust document {version}"))
+        for version, env in db.execute(
+            "SELECT version, envelope FROM trust_documents ORDER BY version"
+        )
+    ]
     h = hashlib.sha256(json.dumps(anchor.to_dict(), sort_keys=True).encode())
     for version, env in rows:
-        env = _blob(env, f"trust document {version}")
         h.update(b"%d:%d:" % (int(version), len(env)))
         h.update(env)
     key = h.digest()
@@ -195,7 +198,7 @@ def trust_chain(db: sqlite_utils.Database) -> TrustChain:
                 f"stored trust document {version} does not follow version {expected - 1}"
             )
         try:
-            new, update = apply_update(states[-1], Envelope.from_bytes(_blob(env, "")))
+            new, update = apply_update(states[-1], Envelope.from_bytes(env))
         except RejectedError as e:
             raise TrustStateUnauthorizedError(
                 f"stored trust document {version} does not verify against the anchor's "

@@ -43,13 +43,13 @@ import sqlite_utils
 
 from appliance import audit, provenance, witness
 from appliance.db import read_only, transaction
-from appliance.errors import DigestPinnedError, NotFoundError, RecordUnauthorizedError
+from appliance.errors import DigestPinnedError, NotFoundError
 from appliance.headstart import BackgroundHash, HeadStart
 from appliance.home import Home, default_home
-from appliance.provenance import check_pointer
+from appliance.provenance import check_missing_record
 from appliance.sealed import private_copy
 from appliance.service.identity import Identity, self_identity
-from appliance.store import Record, active_version, find, is_immutable, parse_ref
+from appliance.store import Record, find, is_immutable, parse_ref
 from appliance.truststore import load_trust
 from appliance.verify import check_digest, check_hash, check_provenance, open_object
 from bundles.closing import Closing
@@ -223,29 +223,6 @@ def _provenance(db: sqlite_utils.Database, rec: Record) -> object:
     return check_provenance(db, load_trust(db), rec)
 
 
-def check_missing(db: sqlite_utils.Database, name: str, version: str | None) -> None:
-    """Raise the tampering a record the store does not hold shows, if any; return when it
-    is an ordinary ``not_found``. No active version while an audited move set one is
-    ``pointer_unauthorized``; a version the log says was imported (an accepted import
-    event), or the active one, with no record is ``record_unauthorized``: records are
-    never removed (exit 4, not an operator's exit 2)."""
-    if version is None:
-        check_pointer(db, name)
-        version = active_version(db, name)
-        if version is None:
-            return
-    for e in audit.pointer_rows(db, name):
-        if e["type"] == "import" and e["version"] == version:
-            raise RecordUnauthorizedError(
-                f"{name}@{version}: imported (audit event {e['seq']}) but its record is gone "
-                "from the store: the database was edited"
-            )
-    if active_version(db, name) == version:
-        raise RecordUnauthorizedError(
-            f"{name}@{version}: the active version has no record: the database was edited"
-        )
-
-
 def check_pin(rec: Record, digest: str | None) -> None:
     """A request that pins a BLAKE3 digest gets exactly that object or ``digest_pinned``."""
     if digest is not None and digest.lower() != rec.digest:
@@ -289,7 +266,7 @@ def verified_open(
         try:
             rec = lookup(db, name, version)
         except NotFoundError:
-            check_missing(db, name, version)
+            check_missing_record(db, name, version)
             raise
     if found is not None:
         found.append(rec)

@@ -23,8 +23,7 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from json.scanner import make_scanner
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar
 
 import blake3
 import sqlite_utils
@@ -249,7 +248,7 @@ def _stored_manifest(
             f"the stored manifest of stream {record.stream} sequence {record.sequence} is "
             f"not a byte string ({type(row[0]).__name__})"
         )
-    raw = bytes(row[0])
+    raw = row[0]
     digest = _envelope_digest(raw)
     result = _verified_manifest(trust, raw, digest)
     if token is not None and where is not None:
@@ -360,39 +359,10 @@ class Records:
         return counted
 
 
-# the C scanner ``json.loads`` runs (typeshed types its argument as a scanner)
-_scan_once: Callable[[str, int], tuple[Any, int]] = make_scanner(cast(Any, json.JSONDecoder()))
-
-
-def _loads(text: Any) -> Any:
-    """``json.loads(text)``: the C scanner straight when it reads the whole of a string
-    (no whitespace around, nothing after), else ``json.loads`` itself, which gives its
-    own value or error."""
-    if type(text) is str:
-        try:
-            value, end = _scan_once(text, 0)
-        except (StopIteration, ValueError, RecursionError):
-            end = -1  # not a JSON value from the start: json.loads raises its own error
-        if end == len(text):
-            return value
-    return json.loads(text)
-
-
-def _detail(text: Any) -> dict[str, Any]:
-    """An event's detail as the rules read it: the parsed object, or an empty one when
-    the stored detail is not a JSON object (no event is written so: the log was edited,
-    and the empty detail moves no pointer and records no signers, so the rules refuse)."""
-    try:
-        value = _loads(text)
-    except (TypeError, ValueError, RecursionError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _moves_pointer(e: dict[str, Any]) -> dict[str, Any] | None:
     """The event with its detail parsed when it may move a pointer (an import that
     activated, or a rollback), else None."""
-    detail = _detail(e["detail"])
+    detail = audit.detail_dict(e["detail"])
     if (e["type"] == "import" and detail.get("activated")) or e["type"] == "rollback":
         return {**e, "detail": detail, _STORED_DETAIL: e["detail"]}
     return None
@@ -482,14 +452,44 @@ def check_signers_column(db: sqlite_utils.Database, record: Record) -> None:
     from one list in one transaction at import, so a column edited since, or a record with
     no import event, is ``record_unauthorized`` (exit 4). The signers that count are never
     read from the column (``check_record``); this keeps what responders are shown honest."""
-    intact = []
-    for e in audit.pointer_rows(db, record.name):
-        if e["type"] != "import" or e["version"] != record.version:
-            continue
-        if audit.hash_matches(e["prev_hash"], e, e["hash"]):
-            detail = _detail(e["detail"])
-            intact.append((int(e["seq"]), detail.get("signers")))
+    intact = [
+        (int(e["seq"]), audit.detail_dict(e["detail"]).get("signers"))
+        for e in _imports_of(db, record.name, record.version)
+        if audit.hash_matches(e["prev_hash"], e, e["hash"])
+    ]
     _judge_signers(record, intact)
+
+
+def _imports_of(db: sqlite_utils.Database, name: str, version: str) -> list[dict[str, Any]]:
+    """The accepted import events of ``name`` at ``version`` (one, unless the log was
+    edited)."""
+    return [
+        e for e in audit.pointer_rows(db, name) if e["type"] == "import" and e["version"] == version
+    ]
+
+
+def check_missing_record(db: sqlite_utils.Database, name: str, version: str | None) -> None:
+    """For a record the store does not hold (``store.find`` gave ``not_found``): raise
+    the tampering that shows, or return when it is an ordinary ``not_found`` (exit 2).
+    No active version while an audited move set one is ``pointer_unauthorized``; a
+    version the log says was imported, or the active one, with no record is
+    ``record_unauthorized``: records are never removed (exit 4)."""
+    active = active_version(db, name)
+    if version is None:
+        check_pointer(db, name)
+        if active is None:
+            return
+        version = active
+    imports = _imports_of(db, name, version)
+    if imports:
+        raise RecordUnauthorizedError(
+            f"{name}@{version}: imported (audit event {imports[0]['seq']}) but its record is "
+            "gone from the store: the database was edited"
+        )
+    if version == active:
+        raise RecordUnauthorizedError(
+            f"{name}@{version}: the active version has no record: the database was edited"
+        )
 
 
 def _judge_signers(record: Record, intact: list[tuple[int, Any]]) -> None:
@@ -612,7 +612,7 @@ class Pointers:
         fresh = (True, 0, None)
         for row in rows:
             kind = row[2]
-            detail = _detail(row[7])
+            detail = audit.detail_dict(row[7])
             name, seq = str(row[5]), row[0]
             if kind == "import":  # every accepted import, activating or not (``check_signers``)
                 self._imports.setdefault((name, str(row[6])), []).append(
