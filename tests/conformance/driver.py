@@ -898,6 +898,21 @@ def observe(
     return results
 
 
+def home_files(home: Path) -> dict[str, bytes]:
+    """Every file under the home (the database, the objects, the rest) and its SHA-256:
+    what a read-only command must leave as it was, byte for byte."""
+    return {
+        str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).digest()
+        for p in sorted(home.rglob("*"))
+        if p.is_file()
+    }
+
+
+def outside_db(files: dict[str, bytes]) -> dict[str, bytes]:
+    """``home_files`` but the state database (a refused load records its event there)."""
+    return {k: v for k, v in files.items() if not k.startswith("appliance.db")}
+
+
 def snapshot(home: Path, witness: Path | None = None) -> Snapshot:
     listing, v, trust, events = observe(home, OBSERVED, witness)
     return Snapshot(

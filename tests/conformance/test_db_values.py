@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .driver import Site, cli
+from .driver import Site, cli, home_files, outside_db
 
 # (table, column, the row it changes): the rows of m, the active model, where it has them
 COLUMNS = [
@@ -65,7 +65,13 @@ def test_a_value_no_writer_writes_is_never_an_internal_error(
             f"UPDATE {table} SET {column} = ? WHERE {where.format(table=table)}", [VALUES[value]]
         )
     conn.close()
+    before = home_files(home)
     for args in (*COMMANDS, ("load", "m", "-o", tmp_path / "out.bin")):
         r = cli(home, *args)
         assert r.code != "internal_error", f"{' '.join(map(str, args))}: {r}"
         assert r.rc in (0, 4), f"{' '.join(map(str, args))}: {r}"  # goes on, or state suspect
+        if args[0] != "load":
+            assert home_files(home) == before, f"{' '.join(map(str, args))} wrote to the home"
+    if r.rc != 0:  # a refused load hands nothing over and touches no object
+        assert not (tmp_path / "out.bin").exists()
+        assert outside_db(home_files(home)) == outside_db(before)

@@ -12,7 +12,6 @@ is the per-record ``check_pointer`` verdict, error message included, that
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from appliance.errors import PointerUnauthorizedError
 from appliance.home import Home
 from appliance.provenance import Pointers, check_pointer
 
-from .driver import Site, cli, ok
+from .driver import Site, cli, home_files, ok
 
 
 def _sql(home: Path, statement: str) -> None:
@@ -30,15 +29,6 @@ def _sql(home: Path, statement: str) -> None:
     with conn:
         conn.execute(statement)
     conn.close()
-
-
-def _files(home: Path) -> dict[str, bytes]:
-    """Every file under the home (the database, the objects, the rest) and its SHA-256."""
-    return {
-        str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).digest()
-        for p in sorted(home.rglob("*"))
-        if p.is_file()
-    }
 
 
 def _verdict(fn: object, *args: object) -> str | None:
@@ -111,10 +101,10 @@ def test_tampered_verdicts_agree(site: Site, home: Path, rollback: bool, stateme
     _sql(home, statement)
     per_record, batched = _verdicts(home)
     assert batched == per_record
-    before = _files(home)
+    before = home_files(home)
     v = cli(home, "verify")
     if any(per_record.values()):
         assert (v.rc, v.code) == (4, "pointer_unauthorized"), str(v)
     else:
         assert "pointer_unauthorized" not in str(v)
-    assert _files(home) == before  # verify is read-only
+    assert home_files(home) == before  # verify is read-only

@@ -29,8 +29,10 @@ from .driver import (
     assert_unchanged,
     cli,
     copy_home,
+    home_files,
     new_events,
     ok,
+    outside_db,
     snapshot,
 )
 
@@ -242,14 +244,22 @@ def test_record_signers_edited_in_database(
     ("column", "value"),
     [("signers", "not json"), ("signers", '{"a": 1}'), ("signers", "[1]"), ("size", "big")],
 )
-def test_record_column_no_import_writes(site: Site, home: Path, column: str, value: str) -> None:
+def test_record_column_no_import_writes(
+    site: Site, home: Path, tmp_path: Path, column: str, value: str
+) -> None:
     """A column holding a value no import writes: a clear exit 4 from ``list`` and
     ``verify`` alike, naming the record, never an internal error."""
     _sql(home, f"UPDATE artifacts SET {column} = ? WHERE name = 'm' AND version = '2.0'", value)
+    before = home_files(home)
     for args in (("list",), ("verify",), ("verify", "m")):
         r = cli(home, *args)
         assert (r.rc, r.code) == (4, "record_unauthorized"), str(r)
         assert "m@2.0" in r.out["error"]["message"], str(r)
+    assert home_files(home) == before  # read-only: nothing written
+    r = _load(home, "m", tmp_path)
+    assert (r.rc, r.code) == (4, "record_unauthorized"), str(r)  # type: ignore[attr-defined]
+    assert not (tmp_path / "out.bin").exists()
+    assert outside_db(home_files(home)) == outside_db(before)  # no object touched
 
 
 @pytest.mark.parametrize("detail", ["[]", '"text"', "not json", "{}"])
@@ -269,14 +279,17 @@ def test_import_event_detail_no_import_writes(
         "UPDATE audit SET detail = ? WHERE type = 'import' AND name = 'o' AND version = '1.0'",
         detail,
     )
+    before = home_files(home)
     for args in (("verify",), ("verify", "m@1.0"), ("verify", "o")):
         v = cli(home, *args)
         assert v.rc == 4 and v.code in ("record_unauthorized", "pointer_unauthorized"), str(v)
+    assert home_files(home) == before  # verify is read-only
     for ref in ("o", "m@1.0"):
         r = _load(home, ref, tmp_path)
         assert r.rc == 4, str(r)  # type: ignore[attr-defined]
         assert r.code in ("record_unauthorized", "pointer_unauthorized"), str(r)  # type: ignore[attr-defined]
         assert not (tmp_path / "out.bin").exists()
+    assert outside_db(home_files(home)) == outside_db(before)  # no object touched
 
 
 def test_record_without_its_import_event(site: Site, home: Path) -> None:
@@ -287,11 +300,13 @@ def test_record_without_its_import_event(site: Site, home: Path) -> None:
         "UPDATE audit SET outcome = 'rejected'"
         " WHERE type = 'import' AND name = 'm' AND version = '1.0'",
     )
+    before = home_files(home)
     for args in (("verify",), ("verify", "m@1.0")):
         v = cli(home, *args)
         assert (v.rc, v.code) == (4, "record_unauthorized"), str(v)
         bad = [r for r in v.out["results"] if (r["name"], r["version"]) == ("m", "1.0")]
         assert "no intact audited import event" in bad[0]["message"], str(v)
+    assert home_files(home) == before  # verify is read-only
 
 
 def test_import_event_signers_edited_with_the_column(site: Site, home: Path) -> None:
@@ -304,9 +319,11 @@ def test_import_event_signers_edited_with_the_column(site: Site, home: Path) -> 
         " WHERE type = 'import' AND name = 'm' AND version = '1.0'",
         forged,
     )
+    before = home_files(home)
     for args in (("verify",), ("verify", "m@1.0")):
         v = cli(home, *args)
         assert (v.rc, v.code) == (4, "record_unauthorized"), str(v)
+    assert home_files(home) == before  # verify is read-only
 
 
 def test_audit_event_edited(site: Site, home: Path) -> None:
