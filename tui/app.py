@@ -18,7 +18,8 @@ from textual.theme import Theme
 from appliance.home import Home
 from appliance.mediascan import Medium
 from tui import fmt
-from tui.model import MediaPoll, MediaScanner
+from tui.model import MediaPoll
+from tui.scanner import MediaScanner
 
 ProgressHook = Callable[[str, int, int], None]
 

@@ -1,7 +1,7 @@
 """What the screens show, gathered from the appliance's public API (no textual here).
 
 Every function opens its own database connection and closes it, so each runs
-in a worker, never on the UI thread. The media polls (``MediaScanner``) run in a
+in a worker, never on the UI thread. The media polls (``tui.scanner``) run in a
 child process: parsing a stick's manifests must not hold the TUI's GIL.
 ``review_bundle`` formats the core's preview (``appliance.evaluation.preview_bundle``:
 the same steps and checks as the import, hashing nothing); no decision is made here.
@@ -9,11 +9,7 @@ the same steps and checks as the import, hashing nothing); no decision is made h
 
 from __future__ import annotations
 
-import multiprocessing
-import threading
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -39,7 +35,6 @@ from bundles.documents import ROLLBACK_PAYLOAD_TYPE, RollbackAuthorization
 from bundles.dsse import Envelope
 from bundles.errors import ApplianceError
 from bundles.manifest import Manifest
-from bundles.timeutil import utcnow
 
 # What a refusal means, in words; the error's own message gives the particulars.
 HEADLINES: dict[str, str] = {
@@ -451,97 +446,3 @@ def poll_media(
         state.statuses.evaluations - evaluations,
         problem,
     )
-
-
-class MediaScanner:
-    """The TUI's media polls, one at a time, in one child process that it keeps.
-
-    Parsing a stick's manifests (up to ``mediascan.SCAN_BUDGET`` per poll) and running
-    the policy checks of every claimed artifact is seconds of Python on a hostile stick;
-    in the TUI's own process it would hold the GIL and starve the UI thread. The child
-    keeps the scan cache and the claimed-status cache between polls, and sends back only
-    what the home screen shows. ``in_process``: run the poll here instead (tests).
-    """
-
-    def __init__(
-        self, home: Home, dirs: Sequence[Path], auto: bool, *, in_process: bool = False
-    ) -> None:
-        self.home = home
-        self.dirs = tuple(str(d) for d in dirs)
-        self.auto = auto
-        self.in_process = in_process
-        self._lock = threading.Lock()
-        self._executor: ProcessPoolExecutor | None = None
-        self._forget = False
-        self._closed = False
-        self._turn = threading.Lock()
-        self._polling = False
-        self._again = False
-
-    def claim(self) -> bool:
-        """Ask for a poll. True: the caller runs it (then ``more`` until False); False: a
-        poll is running and its thread polls once more for this request. So polls that
-        come faster than a scan never stack threads: one polls, the others return."""
-        with self._turn:
-            if self._polling:
-                self._again = True
-                return False
-            self._polling = True
-            return True
-
-    def more(self) -> bool:
-        """After a claimed poll: True when another was asked for meanwhile (poll again)."""
-        with self._turn:
-            if self._again:
-                self._again = False
-                return True
-            self._polling = False
-            return False
-
-    def forget(self) -> None:
-        """The next poll starts with empty caches (as if every manifest changed)."""
-        self._forget = True
-
-    def start(self) -> None:
-        """Fork the scanner process now, from the thread that calls this (the app's
-        constructor: before the UI's threads run). Forked, not spawned: no second start-up
-        of the interpreter, the frozen build included."""
-        with self._lock:
-            self._start()
-
-    def _start(self) -> ProcessPoolExecutor:
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("fork")
-            )
-            self._executor.submit(int)  # with "fork", the worker is forked at the first submit
-        return self._executor
-
-    def poll(self, clock: datetime | None = None) -> MediaPoll:
-        """One poll (blocks its caller: call from a worker thread); never raises.
-        ``clock``: the time to judge expiry by (default: this process's clock, now)."""
-        clock = utcnow() if clock is None else clock
-        with self._lock:
-            forget, self._forget = self._forget, False
-            job = (str(self.home.root), self.dirs, self.auto, clock, forget)
-            if self.in_process:
-                return poll_media(*job)
-            failure = "the media scanner is closed"
-            for _attempt in range(2):  # a scanner that died (killed, out of memory): once more
-                if self._closed:
-                    break
-                executor = self._start()
-                try:
-                    return executor.submit(poll_media, *job).result()
-                except (BrokenProcessPool, OSError) as e:
-                    executor.shutdown(wait=False, cancel_futures=True)
-                    self._executor = None
-                    job = (*job[:4], True)
-                    failure = f"the media scanner stopped ({type(e).__name__})"
-            return MediaPoll([], {}, problem=Problem("io_error", failure))
-
-    def close(self) -> None:
-        self._closed = True
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)

@@ -1,6 +1,6 @@
 """Issue 13: a poll over an unchanged stick parses no manifest and runs no policy check.
 
-The TUI's media polls (``tui.model.MediaScanner``) keep the scan cache and the core's
+The TUI's media polls (``tui.scanner.MediaScanner``) keep the scan cache and the core's
 claimed-status cache (``appliance.evaluation.ClaimedStatusCache``) across polls, in a
 child process. Work is counted by calls (``mediascan._read_entry`` parses one manifest,
 ``evaluation.evaluate_bundle`` runs the policy checks of one), never timed.
@@ -11,6 +11,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sqlite3
+import subprocess
+import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,9 +24,8 @@ from tui_world import World
 import tui.model
 from appliance import evaluation, mediascan
 from bundles.reader import MANIFEST_FILE
-from tui.model import MediaPoll, MediaScanner
-
-_real_poll_media = tui.model.poll_media
+from tui.model import MediaPoll
+from tui.scanner import MediaScanner, start_method
 
 
 def counting(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
@@ -99,10 +102,13 @@ def test_a_changed_home_or_expiry_side_re_evaluates_every_claimed_status(
     assert calls["parse"] == n
 
 
-def test_the_tui_process_parses_no_manifest(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real scanner: parsing and policy checks run in its child process, whose counts
-    the poll reports; this process counts none of them."""
-    scanner = MediaScanner(world.home, [world.media], False)
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_the_tui_process_parses_no_manifest(
+    world: World, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """The real scanner, forked or spawned: parsing and policy checks run in its child
+    process, whose counts the poll reports; this process counts none of them."""
+    scanner = MediaScanner(world.home, [world.media], False, method=method)
     calls = counting(monkeypatch)
     scanner.start()
     try:
@@ -117,6 +123,7 @@ def test_the_tui_process_parses_no_manifest(world: World, monkeypatch: pytest.Mo
     finally:
         scanner.close()
     assert calls == {"parse": 0, "evaluate": 0}
+    assert scanner.started == [method]
 
 
 def test_polls_asked_for_during_a_poll_run_after_it_in_its_thread(world: World) -> None:
@@ -158,19 +165,19 @@ def test_a_killed_scanner_is_restarted_with_empty_caches(world: World) -> None:
 
 
 def test_a_scanner_that_dies_on_every_poll_gives_one_io_error_and_no_exception(
-    world: World, monkeypatch: pytest.MonkeyPatch
+    world: World,
 ) -> None:
     """Two forks in a row die: the poll reports ``io_error`` (the home screen shows it)
     instead of raising into the UI or retrying forever; a later poll tries again."""
-    monkeypatch.setattr(tui.model, "poll_media", _scanner_dies)
-    scanner = MediaScanner(world.home, [world.media], False)
+    scanner = MediaScanner(world.home, [world.media], False, job=_scanner_dies, method="fork")
     scanner.start()
     try:
         poll = scanner.poll()
         assert poll.media == [] and poll.statuses == {}
         assert poll.problem is not None and poll.problem.code == "io_error"
-        assert poll.problem.message == "the media scanner stopped (BrokenProcessPool)"
-        monkeypatch.setattr(tui.model, "poll_media", _real_poll_media)
+        assert poll.problem.message == "the media scanner stopped (exit code 1)"
+        assert len(scanner.started) == 2  # tried once more, then gave up
+        scanner.job = tui.model.poll_media
         recovered = scanner.poll()  # the scanner forks afresh, with the real poll
         assert recovered.problem is None and len(bundles(recovered)) >= 4
     finally:
@@ -184,3 +191,80 @@ def test_a_closed_scanner_polls_nothing(world: World) -> None:
     poll = scanner.poll()
     assert poll.problem is not None and poll.problem.code == "io_error"
     assert poll.problem.message == "the media scanner is closed"
+
+
+def _stuck(*_job: object) -> MediaPoll:
+    threading.Event().wait()  # a child that never answers (a deadlock, a stuck read)
+    raise AssertionError("unreachable")
+
+
+def test_a_scanner_that_never_answers_is_killed_and_reported(world: World) -> None:
+    """A poll never waits forever: a child silent for ``answer_within`` seconds is killed,
+    the poll reports ``io_error``, and the next poll starts a new child."""
+    scanner = MediaScanner(
+        world.home, [world.media], False, job=_stuck, method="fork", answer_within=0.5
+    )
+    scanner.start()
+    try:
+        (child,) = _children()
+        poll = scanner.poll()
+        assert poll.media == [] and poll.problem is not None
+        assert (poll.problem.code, poll.problem.message) == (
+            "io_error",
+            "the media scanner did not answer in 0.5 s",
+        )
+        assert child not in _children()  # killed, and reaped
+        scanner.job = tui.model.poll_media
+        assert scanner.poll().problem is None and len(scanner.started) == 2
+    finally:
+        scanner.close()
+    assert _children() == []
+
+
+def test_the_child_is_forked_only_when_this_process_has_no_other_thread() -> None:
+    code = (
+        "import threading\n"
+        "from tui.scanner import start_method\n"
+        "alone = start_method()\n"
+        "threading.Thread(target=threading.Event().wait, daemon=True).start()\n"
+        "print(alone, start_method())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["fork", "spawn"]
+
+
+def test_a_scanner_started_beside_a_thread_using_sqlite_answers(world: World) -> None:
+    """A thread of the TUI reads the home's database while the scanner starts (a
+    re-start after the child died, or an app built beside another's workers). A fork
+    then could copy SQLite's mutex held, and the child would hang in its first query
+    (one child in three did, in a loop like this one): it is spawned instead, and every
+    poll answers."""
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            conn = sqlite3.connect(world.home.root / "appliance.db")
+            conn.execute("SELECT count(*) FROM audit").fetchall()
+            conn.close()
+
+    busy = threading.Thread(target=reader, daemon=True)
+    busy.start()
+    answers: list[MediaPoll] = []
+    try:
+        for _ in range(8):
+            assert start_method() == "spawn"
+            scanner = MediaScanner(world.home, [world.media], False, answer_within=60)
+            scanner.start()
+            asked = threading.Thread(target=lambda s=scanner: answers.append(s.poll()), daemon=True)
+            asked.start()
+            asked.join(90)
+            scanner.close()
+            assert not asked.is_alive(), "a poll hung"
+            assert scanner.started == ["spawn"]
+    finally:
+        stop.set()
+        busy.join(10)
+    assert [a.problem for a in answers] == [None] * 8
+    assert all(len(bundles(a)) >= 4 for a in answers)
