@@ -91,6 +91,7 @@ if TYPE_CHECKING:
         require_object,
     )
     from bundles.files import read_input_file, write_new_file
+    from bundles.forks import fork_is_safe
     from bundles.hashing import (
         EMPTY_DIGEST,
         MULTITHREAD_MIN,
@@ -262,6 +263,7 @@ _MODULES: dict[str, str] = {
     "RollbackAuthorization": "documents",
     "MULTITHREAD_MIN": "hashing",
     "read_input_file": "files",
+    "fork_is_safe": "forks",
     "Closing": "closing",
     "write_new_file": "files",
     "EMPTY_DIGEST": "hashing",
@@ -418,6 +420,7 @@ __all__ = [
     "create_bundle",
     "fail",
     "fold",
+    "fork_is_safe",
     "format_time",
     "hash_fd",
     "hash_path",

@@ -21,7 +21,8 @@ has written nothing and run nothing before the hash is compared). The library an
 the loader service keep ``hash_fd``.
 
 ``hash_paths`` hashes many small files in two or more processes (the GIL keeps
-threads from helping), each reading into its own buffer.
+threads from helping), each reading into its own buffer; the processes are forked, so
+only when no other thread runs (``bundles.forks``), else it hashes in this process.
 
 Imports are kept to what hashing one descriptor needs (``hashlib``, the process
 pool and the manifest types load on first use): the CLI's ``load`` starts its hash
@@ -174,6 +175,10 @@ def hash_paths(paths: Sequence[str | Path], workers: int | None = None) -> list[
     names = [os.fspath(p) for p in paths]
     workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
     if workers <= 1 or len(names) < 256:
+        return _hash_many(names)
+    from bundles.forks import fork_is_safe
+
+    if not fork_is_safe():  # the pool forks: beside another thread, hash here instead
         return _hash_many(names)
     from concurrent.futures import ProcessPoolExecutor
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.home import Home
+from bundles.forks import fork_is_safe
 from bundles.timeutil import utcnow
 from tui.model import MediaPoll, Problem, poll_media
 
@@ -43,12 +44,9 @@ PollJob = Callable[..., MediaPoll]
 
 
 def start_method() -> str:
-    """``fork`` when this process runs no other Python thread, else ``spawn``: a fork
-    beside another thread can inherit a lock that no one will release. Python threads are
-    the ones that run this program's code (SQLite, OpenSSL, file reads); the idle pools of
-    native libraries (OpenBLAS, when numpy is installed) keep their own at-fork handling,
-    and the child never hashes in parallel."""
-    return "fork" if threading.active_count() == 1 else "spawn"
+    """``fork`` when this process runs no other Python thread, else ``spawn``
+    (``bundles.forks``)."""
+    return "fork" if fork_is_safe() else "spawn"
 
 
 def _serve(conn: Connection, job: PollJob) -> None:
