@@ -24,7 +24,7 @@ def test_load_to_fifo_streams_verified_bytes(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
     reader.start()
     env.expect_ok("load", "model", "-o", fifo)
     reader.join(timeout=60)

@@ -34,7 +34,7 @@ def test_64_loaders_beside_imports_and_a_rollback_lose_no_event(root_world: Worl
                     errors.append(r.doc)
             r.close()
 
-    threads = [threading.Thread(target=loader) for _ in range(64)]
+    threads = [threading.Thread(target=loader, daemon=True) for _ in range(64)]
     for t in threads:
         t.start()
     # Other processes change the store meanwhile: an import and a rollback.
@@ -72,7 +72,7 @@ def test_manifest_evidence_is_verified_once_per_change_not_once_per_load(root_wo
     w.apply(AllowLoader("root", "models"))
     sock = w.tmp / "inproc.sock"
     server = Server(Config(Home(w.home)), [bind_socket(sock)])
-    t = threading.Thread(target=server.serve)
+    t = threading.Thread(target=server.serve, daemon=True)
     t.start()
     try:
         for _ in range(30):
@@ -149,7 +149,7 @@ def test_background_component_starts_and_stops_with_the_service(root_world: Worl
 
     sock = w.tmp / "bg.sock"
     server = Server(Config(Home(w.home), background=watcher), [bind_socket(sock)])
-    t = threading.Thread(target=server.serve)
+    t = threading.Thread(target=server.serve, daemon=True)
     t.start()
     assert ran.wait(10)
     server.stop()

@@ -59,7 +59,7 @@ def test_k_concurrent_events_take_fewer_than_k_commits(root_world: World):
             with lock:
                 seqs.append(s)
 
-        waiters = [threading.Thread(target=wait, args=(f,)) for f in futures]
+        waiters = [threading.Thread(target=wait, args=(f,), daemon=True) for f in futures]
         for t in waiters:
             t.start()
         blocker.conn.execute("COMMIT")

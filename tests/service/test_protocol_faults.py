@@ -242,14 +242,16 @@ def test_sigterm_finishes_or_refuses_in_flight_loads_never_half_records(served: 
             results.append(r.doc)
             r.close()
 
-    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(8)]
     for t in threads:
         t.start()
     time.sleep(1.0)
-    assert served.stop(signal.SIGTERM) == 0
-    stop.set()
-    for t in threads:
-        t.join()
+    try:
+        assert served.stop(signal.SIGTERM) == 0
+    finally:
+        stop.set()  # also when the assertion fails: no hammer is left running
+        for t in threads:
+            t.join(60)
     seqs = {e["seq"] for e in served.events() if e["outcome"] == "verified"}
     served_ok = [r for r in results if r.get("ok")]
     assert served_ok, "no load was served before SIGTERM"
@@ -272,14 +274,16 @@ def test_sigkill_during_loads_next_start_is_clean_and_the_chain_intact(served: W
             results.append(r.doc)
             r.close()
 
-    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(8)]
     for t in threads:
         t.start()
     time.sleep(1.0)
-    assert served.stop(signal.SIGKILL) == -signal.SIGKILL
-    stop.set()
-    for t in threads:
-        t.join()
+    try:
+        assert served.stop(signal.SIGKILL) == -signal.SIGKILL
+    finally:
+        stop.set()  # also when the assertion fails: no hammer is left running
+        for t in threads:
+            t.join(60)
     assert served.sock.exists()  # left behind by the killed service: stale
     audit = served.run_as(None, "--home", str(served.home), "audit", "verify")
     assert audit.returncode == 0, audit.stderr

@@ -29,7 +29,7 @@ from bundles.documents import AllowLoader, RevokeKey
 def in_process(w: World, name: str) -> Iterator[tuple[Server, Path]]:
     sock = w.tmp / name
     server = Server(Config(Home(w.home)), [bind_socket(sock)])
-    t = threading.Thread(target=server.serve)
+    t = threading.Thread(target=server.serve, daemon=True)
     t.start()
     try:
         yield server, sock
@@ -64,7 +64,7 @@ def test_concurrent_loads_verify_once_their_own_commits_never_invalidate(root_wo
                         errors.append(r.doc)
                 r.close()
 
-        threads = [threading.Thread(target=loader) for _ in range(16)]
+        threads = [threading.Thread(target=loader, daemon=True) for _ in range(16)]
         for t in threads:
             t.start()
         for t in threads:
@@ -134,7 +134,9 @@ def test_a_reader_meeting_the_journals_pending_commit_waits_for_its_verdict(tmp_
     try:
         counter.expect(8)
         answer: list[bool] = []
-        t = threading.Thread(target=lambda: answer.append(counter.only_own_since(7, 8)))
+        t = threading.Thread(
+            target=lambda: answer.append(counter.only_own_since(7, 8)), daemon=True
+        )
         t.start()
         time.sleep(0.1)
         assert answer == []  # waiting: 8 may or may not become ours
@@ -143,7 +145,9 @@ def test_a_reader_meeting_the_journals_pending_commit_waits_for_its_verdict(tmp_
         assert answer == [True]
         # A failed commit: the value it expected is someone else's change.
         counter.expect(9)
-        t = threading.Thread(target=lambda: answer.append(counter.only_own_since(8, 9)))
+        t = threading.Thread(
+            target=lambda: answer.append(counter.only_own_since(8, 9)), daemon=True
+        )
         t.start()
         time.sleep(0.1)
         counter.abandon()
@@ -184,7 +188,7 @@ def test_stop_waits_for_a_holder_and_commits_what_it_submits(root_world: World):
     journal = Journal(db, counter, None)
     try:
         journal.hold()
-        stopper = threading.Thread(target=journal.stop)
+        stopper = threading.Thread(target=journal.stop, daemon=True)
         stopper.start()
         time.sleep(0.2)
         assert stopper.is_alive()  # a reply still being sent may yet record an event
