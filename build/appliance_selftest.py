@@ -77,6 +77,25 @@ def _check_process_pool_spawn() -> str:
     return "2 spawned worker processes"
 
 
+def _check_media_scanner() -> str:
+    # The TUI's media polls run in a child, forked at start-up and spawned when other
+    # threads run (tui.scanner): both must work in the frozen binary.
+    from appliance.home import Home
+    from tui.scanner import MediaScanner
+
+    for method in ("fork", "spawn"):
+        with tempfile.TemporaryDirectory() as tmp:
+            scanner = MediaScanner(Home(Path(tmp) / "home"), [Path(tmp)], False, method=method)
+            try:
+                poll = scanner.poll()
+            finally:
+                scanner.close()
+        assert scanner.started == [method], scanner.started
+        assert [m.bundles for m in poll.media] == [()], poll
+        assert poll.problem is None or poll.problem.code != "io_error", poll.problem
+    return "forked and spawned media scanner children answered"
+
+
 def _check_packages() -> str:
     names = ["appliance.cli", "bundles.keys", "bundles.dsse", "bundles.manifest", "rfc8785"]
     for name in names:
@@ -112,6 +131,7 @@ CHECKS: list[tuple[str, Callable[[], str]]] = [
     ("sqlite", _check_sqlite),
     ("process_pool", _check_process_pool),
     ("process_pool_spawn", _check_process_pool_spawn),
+    ("media_scanner", _check_media_scanner),
     ("packages", _check_packages),
     ("textual", _check_textual),
 ]
