@@ -272,7 +272,10 @@ async def test_new_media_appears_without_restart(world: World, tmp_path: Path) -
         world.home.root, [usb], auto_media=False, poll_interval=0.1, cursor_blink=False
     )
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.3)
+        for _ in range(200):  # the first poll's answer (a spawned scanner starts slower)
+            await pilot.pause(0.05)
+            if "No bundles" in text(app, "#no-media"):
+                break
         home = app.screen
         assert isinstance(home, HomeScreen) and home._bundle_paths == []
         assert "No bundles" in text(app, "#no-media")
