@@ -10,11 +10,11 @@ How the child is started matters. A process forked while another of its threads 
 lock (SQLite's own mutex, say, in a worker reading the home) gets that lock held by
 nobody, and its first use of it waits forever: forking beside a thread that queries
 SQLite hung a third of such children here. So the child is forked only when this process
-runs no other Python thread (the app's constructor, before the UI starts: no second start-up of
-the interpreter); otherwise it is spawned, a fresh interpreter (the frozen binary's entry
-calls ``multiprocessing.freeze_support`` for this). And no poll waits forever: a child
-that has not answered within ``answer_within`` seconds is killed and the poll reports
-``io_error``; the next poll starts a new child.
+runs no other Python thread (the app's constructor, before the UI starts: no second
+start-up of the interpreter); otherwise it is spawned, a fresh interpreter (the frozen
+binary's entry calls ``multiprocessing.freeze_support`` for this). And no poll waits
+forever: a child that has not answered within ``answer_within`` seconds is killed and the
+poll reports ``io_error``; the next poll starts a new child.
 """
 
 from __future__ import annotations
