@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 import blake3
 
 from bundles.errors import DigestMismatchError
+from bundles.forks import fork_is_safe
 
 if TYPE_CHECKING:
     import hashlib
@@ -176,8 +177,6 @@ def hash_paths(paths: Sequence[str | Path], workers: int | None = None) -> list[
     workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
     if workers <= 1 or len(names) < 256:
         return _hash_many(names)
-    from bundles.forks import fork_is_safe
-
     if not fork_is_safe():  # the pool forks: beside another thread, hash here instead
         return _hash_many(names)
     from concurrent.futures import ProcessPoolExecutor

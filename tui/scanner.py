@@ -69,11 +69,17 @@ class _Child:
     process: BaseProcess
     conn: Connection
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 0.0) -> int | None:
+        """Close the pipe, give the child ``grace`` seconds to exit by itself (one that
+        closed its end is exiting: its own exit code is wanted), then kill it; its exit
+        code."""
         self.conn.close()
+        if grace:
+            self.process.join(grace)
         if self.process.is_alive():
             self.process.kill()
         self.process.join(5)
+        return self.process.exitcode
 
 
 class MediaScanner:
@@ -156,17 +162,10 @@ class MediaScanner:
             self.started.append(method)
         return self._child
 
-    def _exitcode(self) -> int | None:
-        """The dead child's exit code (it closed its end: it is exiting)."""
-        if self._child is None:
-            return None
-        self._child.process.join(1)
-        return self._child.process.exitcode
-
-    def _drop(self) -> None:
+    def _drop(self, grace: float = 0.0) -> int | None:
+        """Stop the child (``_Child.stop``) and forget it; its exit code, if there was one."""
         child, self._child = self._child, None
-        if child is not None:
-            child.stop()
+        return None if child is None else child.stop(grace)
 
     def poll(self, clock: datetime | None = None) -> MediaPoll:
         """One poll (blocks its caller: call from a worker thread); returns a problem
@@ -191,8 +190,7 @@ class MediaScanner:
                         break  # stuck, not dead: the next poll starts a new one
                     ok, answer = child.conn.recv()
                 except (EOFError, OSError) as e:
-                    code = self._exitcode()
-                    self._drop()
+                    code = self._drop(grace=1.0)
                     job = (*job[:4], True)  # a new child has empty caches
                     failure = f"the media scanner stopped ({_how(e, code)})"
                     continue
