@@ -44,6 +44,12 @@ class UnsafeEntryError(Exception):
         self.expected = expected
 
 
+class SwappedError(UnsafeEntryError):
+    """A regular file was replaced by another regular file between the look and the open:
+    what an atomic ``rename`` over the name does. A reader of a file that is replaced
+    that way (the witness) looks again; nothing else treats it differently."""
+
+
 def kind(mode: int) -> str:
     """A reader's name for a file type (``stat.S_IFMT`` of ``mode``)."""
     if stat.S_ISREG(mode):
@@ -154,7 +160,7 @@ def open_regular_at(dir_fd: int, name: str, flags: int = os.O_RDONLY) -> tuple[i
         if not stat.S_ISREG(after.st_mode):
             raise UnsafeEntryError(name, kind(after.st_mode), "regular file")
         if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
-            raise UnsafeEntryError(name, "file swapped while opened", "regular file")
+            raise SwappedError(name, "file swapped while opened", "regular file")
     except BaseException:
         os.close(fd)
         raise

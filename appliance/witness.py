@@ -102,6 +102,22 @@ def _open_parent(path: Path) -> int:
     return safefs.open_root(path.parent)
 
 
+SWAP_RETRIES = 8  # looks at a witness another process is replacing, before it is refused
+
+
+def _open_witness(parent: int, name: str) -> int:
+    """Open the witness, looking again when an appliance write (a ``rename`` of a new
+    regular file over it) lands between the look and the open: that race is every
+    concurrent command's, not an attack. A name still swapped after ``SWAP_RETRIES``
+    looks, or anything but a regular file at it, is refused."""
+    for _ in range(SWAP_RETRIES - 1):
+        try:
+            return safefs.open_file_at(parent, name, os.O_RDONLY)
+        except safefs.SwappedError:
+            continue
+    return safefs.open_file_at(parent, name, os.O_RDONLY)
+
+
 def read(path: Path) -> dict[str, Any] | None:
     """The witness document, or None when the file is absent.
 
@@ -117,7 +133,7 @@ def read(path: Path) -> dict[str, Any] | None:
     except OSError as e:
         raise IOFailedError(f"cannot read witness {path}: {e.strerror}") from e
     try:
-        fd = safefs.open_file_at(parent, path.name, os.O_RDONLY)
+        fd = _open_witness(parent, path.name)
         try:
             data = os.read(fd, MAX_WITNESS_BYTES + 1)
         finally:

@@ -1,0 +1,160 @@
+"""A witness replaced while it is read: an appliance write in another process, not an attack.
+
+Appliance writes replace the witness by ``rename``. A reader that looked at the old
+file and opened the new one used to refuse (``witness_unreadable``, exit 4), so a load
+beside an import, or the watcher beside a rollback, could fail for no reason. It now
+looks again; a name that keeps being swapped, or holds anything but a regular file,
+is still refused.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest_load import make_site
+
+import appliance
+from appliance import safefs, witness
+from bundles.errors import ApplianceError
+
+
+def _swap_after_each_look(monkeypatch: pytest.MonkeyPatch, path: Path, times: int) -> list[int]:
+    """After each of the first ``times`` looks at the witness's name, replace the file by
+    rename (a new inode, the same bytes), as a concurrent appliance write does."""
+    real = safefs.lstat_at
+    swaps: list[int] = []
+
+    def lstat_then_swap(dir_fd: int, name: str) -> os.stat_result | None:
+        st = real(dir_fd, name)
+        if name == path.name and len(swaps) < times:
+            tmp = path.with_name(f".{path.name}.new")
+            tmp.write_bytes(path.read_bytes())
+            os.replace(tmp, path)
+            swaps.append(st.st_ino if st else 0)
+        return st
+
+    monkeypatch.setattr(safefs, "lstat_at", lstat_then_swap)
+    return swaps
+
+
+def test_a_witness_replaced_between_the_look_and_the_open_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = make_site(tmp_path, witness=True)
+    site.ship({"model@1.0": b"one"})
+    assert site.witness is not None
+    before = witness.read(site.witness)
+    swaps = _swap_after_each_look(monkeypatch, site.witness, times=3)
+    assert witness.read(site.witness) == before
+    assert len(swaps) == 3  # three swapped opens, the fourth look read it
+
+
+def test_a_witness_swapped_at_every_look_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = make_site(tmp_path, witness=True)
+    site.ship({"model@1.0": b"one"})
+    assert site.witness is not None
+    swaps = _swap_after_each_look(monkeypatch, site.witness, times=1000)
+    with pytest.raises(ApplianceError) as info:
+        witness.read(site.witness)
+    assert info.value.code == "witness_unreadable"
+    assert "swapped while opened" in info.value.message
+    assert len(swaps) == witness.SWAP_RETRIES
+
+
+@pytest.mark.parametrize("planted", ["link", "fifo"])
+def test_a_link_or_fifo_at_the_witness_is_still_refused_at_once(
+    tmp_path: Path, planted: str
+) -> None:
+    site = make_site(tmp_path, witness=True)
+    site.ship({"model@1.0": b"one"})
+    assert site.witness is not None
+    real = tmp_path / "elsewhere.json"
+    real.write_bytes(site.witness.read_bytes())
+    site.witness.unlink()
+    if planted == "link":
+        site.witness.symlink_to(real)
+    else:
+        os.mkfifo(site.witness)
+    res = site.cli("load", "model", "--json", "-o", tmp_path / "out")
+    assert res.code == 4 and res.json["error"]["code"] == "witness_unreadable"
+    assert not (tmp_path / "out").exists()
+
+
+REPLACER = """
+import os, sys
+path, stop = sys.argv[1], sys.argv[2]
+data = open(path, "rb").read()
+tmp = path + ".replacer"
+n = 0
+while not os.path.exists(stop):
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    n += 1
+print(n)
+"""
+
+
+def _beside_a_replacer(path: Path, tmp: Path, work: Callable[[], None]) -> int:
+    """Run ``work`` while another process replaces ``path`` by rename, over and over;
+    the number of replacements made."""
+    stop = tmp / "stop"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", REPLACER, str(path), str(stop)], stdout=subprocess.PIPE
+    )
+    try:
+        work()
+    finally:
+        stop.touch()
+        out, _ = proc.communicate(timeout=60)
+    return int(out)
+
+
+def test_loads_beside_a_process_replacing_the_witness_all_succeed(tmp_path: Path) -> None:
+    site = make_site(tmp_path, witness=True)
+    site.ship({"model@1.0": b"one"})
+    assert site.witness is not None
+    failures: list[str] = []
+    done = threading.Event()
+
+    def loads() -> None:
+        for _ in range(400):
+            try:
+                with appliance.load("model", home=site.h, witness=site.witness) as art:
+                    assert art.size == 3
+            except ApplianceError as e:
+                failures.append(f"{e.code}: {e.message}")
+        done.set()
+
+    replaced = _beside_a_replacer(site.witness, tmp_path, loads)
+    assert done.is_set()
+    assert replaced > 100, replaced  # the race was really run
+    assert failures == []
+
+
+def test_reads_beside_a_process_replacing_the_witness_never_refuse(tmp_path: Path) -> None:
+    site = make_site(tmp_path, witness=True)
+    site.ship({"model@1.0": b"one"})
+    assert site.witness is not None
+    path = site.witness
+    expected = witness.read(path)
+    failures: list[str] = []
+
+    def reads() -> None:
+        for _ in range(20000):
+            try:
+                assert witness.read(path) == expected
+            except ApplianceError as e:
+                failures.append(e.message)
+
+    replaced = _beside_a_replacer(path, tmp_path, reads)
+    assert replaced > 1000, replaced
+    assert failures == []
