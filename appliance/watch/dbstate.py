@@ -172,8 +172,15 @@ class DbMonitor:
     # -- snapshot helpers ---------------------------------------------------------------
 
     def _begin(self) -> None:
+        """A read transaction (one snapshot for the whole look). A database that does not
+        read leaves none open, so the next look starts afresh once it reads again."""
         self.db.conn.execute("BEGIN")
-        self.db.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        try:
+            self.db.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except BaseException:
+            if self.db.conn.in_transaction:
+                self.db.conn.execute("ROLLBACK")
+            raise
 
     def _end(self) -> None:
         if self.db.conn.in_transaction:

@@ -9,7 +9,8 @@ the witness. Both return alarms; the ``Watcher`` raises them.
 A turn that fails on an OS or SQLite error does not end the watch: a database
 that no longer reads is the ``state_unauthorized`` alarm (an attacker may have
 corrupted it), any other error is reported and the next turn re-checks
-everything.
+everything. So is a database that does not read when the watch starts: each
+turn tries the baseline again until it does.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Loop:
         self.chain = RollingChain()
         self.last_pass = self.last_full = time.monotonic()
         self.rescan = False
+        self.baselined = False
 
     def close(self) -> None:
         self.hasher.shutdown(wait=False, cancel_futures=True)
@@ -91,7 +93,19 @@ class Loop:
         self.mon.close()
 
     def start(self) -> list[Alarm]:
-        alarms = self.mon.baseline()
+        """The baseline. A database that does not read yet (overwritten, truncated) is the
+        ``state_unauthorized`` alarm, and every turn tries the baseline again; until one
+        is taken nothing else is judged (the objects' references are in the database)."""
+        try:
+            alarms = self.mon.baseline()
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                self.on_error(f"appliance: watch: database busy, retrying: {e}")
+                return []
+            name = self.home.db_path.name
+            return [Alarm("state_unauthorized", name, f"database unreadable: {e}")]
+        self.baselined = True
+        self.last_pass = self.last_full = time.monotonic()
         self.base.set_refs(referenced(self.mon.db))
         alarms += self.base.scan()
         alarms += self._unknown()
@@ -110,6 +124,10 @@ class Loop:
         except OSError as e:
             self.on_error(f"appliance: watch: reading kernel events: {e}")
             batch = Batch(rescan=True)
+        if not self.baselined:
+            if batch.db_replaced:
+                self.mon.reopen()
+            return self._guard(self.start, [])
         now = time.monotonic()
         full = now - self.last_full >= self.full_every or batch.rescan or batch.db_replaced
         full = full or self.rescan

@@ -16,7 +16,7 @@ import queue
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import sqlite_utils
@@ -194,7 +194,7 @@ class Watcher:
     # -- recording -----------------------------------------------------------------------
 
     def _record_pending(self) -> None:
-        db: sqlite_utils.Database | None = None
+        items = []
         while True:
             try:
                 item = self._to_record.get_nowait()
@@ -202,33 +202,50 @@ class Watcher:
                 break
             if item is None:
                 break
-            db = db or self.home.db()
-            self._record_one(db, *item)
-        if db is not None:
-            db.conn.close()
+            items.append(item)
+        self._record_all(items)
 
     def _writer(self) -> None:
-        db = self.home.db()
+        self._record_all(iter(self._to_record.get, None))
+
+    def _record_all(self, items: Iterable[tuple[Alarm, tuple[int, str]]]) -> None:
+        """Record alarms into the audit log. The database is opened at the first alarm and
+        again after a failure: one that does not open or write (overwritten, locked,
+        swapped) costs that alarm its audit event, reported through ``on_error`` (every
+        sink has had it already), never the writer thread, so later alarms are recorded
+        once the database reads again."""
+        db: sqlite_utils.Database | None = None
         try:
-            while True:
-                item = self._to_record.get()
-                if item is None:
-                    return
-                self._record_one(db, *item)
+            for item in items:
+                if db is None:
+                    try:
+                        db = self.home.db()
+                    except (ApplianceError, sqlite3.Error) as e:
+                        self._not_recorded(item[0], e)
+                        continue
+                if not self._record_one(db, *item):
+                    db.conn.close()
+                    db = None
         finally:
-            db.conn.close()
+            if db is not None:
+                db.conn.close()
 
     def _record_one(
         self, db: sqlite_utils.Database, alarm: Alarm, seen_head: tuple[int, str]
-    ) -> None:
+    ) -> bool:
         try:
             record(db, alarm, seen_head)
         except (ApplianceError, sqlite3.Error) as e:
-            why = e.message if isinstance(e, ApplianceError) else str(e)
-            self.on_error(
-                f"appliance: alarm {alarm.code} for {alarm.subject} not recorded in the "
-                f"audit log: {why}"
-            )
+            self._not_recorded(alarm, e)
+            return False
+        return True
+
+    def _not_recorded(self, alarm: Alarm, e: ApplianceError | sqlite3.Error) -> None:
+        why = e.message if isinstance(e, ApplianceError) else str(e)
+        self.on_error(
+            f"appliance: alarm {alarm.code} for {alarm.subject} not recorded in the "
+            f"audit log: {why}"
+        )
 
 
 __all__ = ["Watcher"]

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
+from conftest_load import Site
 from watch_world import DEADLINE, MARGIN, Watched
 
 import appliance
 from appliance import audit
 from appliance.rollback import apply_rollback, authorize_rollback
-from appliance.watch import unacknowledged
+from appliance.watch import Watcher, unacknowledged
 
 
 def _only(w: Watched, code: str, since: float, also: frozenset[str] = frozenset()) -> None:
@@ -140,3 +142,75 @@ def test_database_file_overwritten_raw_is_an_alarm_and_the_watch_goes_on(
     assert site.witness is not None
     os.unlink(site.witness)
     watched.wait("witness_changed", t)
+
+
+def test_alarms_while_the_database_does_not_open_are_reported_and_later_ones_recorded(
+    site: Site,
+) -> None:
+    """The database overwritten raw before the watch starts: the audit writer cannot open
+    it. Each alarm it cannot record is said so (on_error); once the bytes are put back,
+    the next alarm reaches the audit log (the writer used to die at its first open)."""
+    saved = site.h.db_path.read_bytes()
+    stop = threading.Event()
+    got = Watched(site, None, stop, None)  # type: ignore[arg-type]
+    errors: list[str] = []
+    # The Watcher reads the configured witness at construction: build it on good bytes.
+    site.h.db_path.write_bytes(saved)
+    w = Watcher(site.h, site.witness, sinks=(got.sink,))
+    w.on_error = errors.append
+    with open(site.h.db_path, "r+b") as f:
+        f.write(b"\xff" * 100)
+    thread = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    got.watcher, got.thread = w, thread
+    thread.start()
+    try:
+        got.wait("state_unauthorized", time.monotonic(), timeout=20)
+        deadline = time.monotonic() + 10
+        while not any("not recorded" in e for e in errors) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert any("state_unauthorized" in e and "not recorded" in e for e in errors), errors
+        site.h.db_path.write_bytes(saved)  # the operator restores the database
+        time.sleep(0.5)
+        t = time.monotonic()
+        assert site.witness is not None
+        os.unlink(site.witness)
+        got.wait("witness_changed", t)
+        deadline = time.monotonic() + 10
+        recorded: list[str] = []
+        while time.monotonic() < deadline:
+            db = site.h.db()
+            try:
+                recorded = [a.code for a in unacknowledged(db)]
+            finally:
+                db.conn.close()
+            if "witness_changed" in recorded:
+                break
+            time.sleep(0.05)
+        assert "witness_changed" in recorded, (recorded, errors)
+        assert thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def test_a_database_restored_after_a_raw_overwrite_is_watched_again(watched: Watched) -> None:
+    """A look that failed on the unreadable file left its read transaction open, and every
+    later poll failed on it: after the restore, a pointer move was never seen."""
+    site = watched.site
+    saved = site.h.db_path.read_bytes()
+    t = time.monotonic()
+    with open(site.h.db_path, "r+b") as f:
+        f.write(b"\xff" * 100)
+    watched.wait("state_unauthorized", t)
+    site.h.db_path.write_bytes(saved)
+    time.sleep(0.5)
+    with watched.lock:
+        watched.alarms.clear()
+    conn = _attacker(watched)
+    t = time.monotonic()
+    conn.execute("UPDATE active SET version = '1.0' WHERE name = 'model'")
+    conn.close()
+    _, took = watched.wait("pointer_unauthorized", t)
+    assert took < DEADLINE - MARGIN
+    assert not any("transaction" in a.message for _, a in watched.alarms), watched.alarms
