@@ -24,6 +24,7 @@ from appliance.errors import (
     ReadOnlyModeError,
     StoreCorruptError,
 )
+from bundles.errors import ApplianceError
 
 
 def read_only() -> bool:
@@ -165,7 +166,21 @@ class transaction:
             self.conn.execute("ROLLBACK")
 
 
-def translate_sqlite_error(e: sqlite3.Error) -> Exception:
+@contextlib.contextmanager
+def sqlite_errors() -> Iterator[None]:
+    """Inside: an SQLite error escaping a read (a page overwritten outside SQLite, a disk
+    error) is raised as its stable error (``translate_sqlite_error``). For the places that
+    answer a person or a loader (the TUI's workers, the service, ``preview_bundle``);
+    the CLI does the same for every command."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise translate_sqlite_error(e) from e
+
+
+def translate_sqlite_error(e: sqlite3.Error) -> ApplianceError:
+    """The stable error for a failed SQLite call: full disk, read-only, busy, a file that
+    is not (or no longer) a database (``store_corrupt``, exit 4), else ``io_failed``."""
     text = str(e)
     if "full" in text:
         return DiskFullError(f"disk full while writing state: {text}")

@@ -24,6 +24,7 @@ from pathlib import Path
 import sqlite_utils
 
 from appliance import witness
+from appliance.db import sqlite_errors
 from appliance.errors import ApplianceError, TrustUpdateReplayError
 from appliance.evidence import Floors, anchor_of, name_owners
 from appliance.home import Home
@@ -303,13 +304,14 @@ def _signature_rows(
 def preview_bundle(home: Home, path: Path, witness_path: Path | None = None) -> BundlePreview:
     """What ``import_bundle`` would decide about ``path``; reads only, records nothing."""
     try:
-        db = home.db()
-    except ApplianceError as e:
+        with sqlite_errors():
+            db = home.db()
+            try:
+                return _preview(db, path, witness_path)
+            finally:
+                db.conn.close()
+    except ApplianceError as e:  # the home itself does not open, or does not read
         return BundlePreview(path, None, False, "not read", problem=e)
-    try:
-        return _preview(db, path, witness_path)
-    finally:
-        db.conn.close()
 
 
 def _preview(db: sqlite_utils.Database, path: Path, witness_path: Path | None) -> BundlePreview:

@@ -33,6 +33,9 @@ import bisect
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -63,6 +66,7 @@ __all__ = [
     "TrustChain",
     "anchor_of",
     "home_root",
+    "one_anchor",
     "name_owners",
     "read_only",
     "stream_marks",
@@ -81,8 +85,47 @@ def home_root(db: sqlite_utils.Database) -> Path:
     raise TrustStateUnauthorizedError("the state database has no file: no home to anchor")
 
 
+# Inside ``one_anchor``: the anchor each connection read, by id (the connection is held, so
+# its id is not reused while the scope lasts).
+_one_look: ContextVar[dict[int, tuple[sqlite_utils.Database, Anchor]] | None] = ContextVar(
+    "appliance_one_anchor", default=None
+)
+
+
+@contextmanager
+def one_anchor() -> Iterator[None]:
+    """Within this scope, ``anchor_of`` reads and checks the anchor once per connection.
+
+    For one decision (a load: opening the home, the witness location, the trust chain)
+    that takes its anchor at several steps: every step then judges by the same anchor,
+    and the file is opened once instead of three times. Outside a scope (and in a new
+    scope) every call reads the file again, so a long-lived connection (the service's)
+    sees an anchor replaced between two requests. Nesting keeps the outer scope's."""
+    if _one_look.get() is not None:
+        yield
+        return
+    token = _one_look.set({})
+    try:
+        yield
+    finally:
+        _one_look.reset(token)
+
+
 def anchor_of(db: sqlite_utils.Database) -> Anchor:
-    """The home's anchor, checked to belong to this home (exit 4 otherwise)."""
+    """The home's anchor, checked to belong to this home (exit 4 otherwise); read once per
+    connection inside ``one_anchor``."""
+    seen = _one_look.get()
+    if seen is not None:
+        hit = seen.get(id(db))
+        if hit is not None and hit[0] is db:
+            return hit[1]
+    anchor = _read_anchor_of(db)
+    if seen is not None:
+        seen[id(db)] = (db, anchor)
+    return anchor
+
+
+def _read_anchor_of(db: sqlite_utils.Database) -> Anchor:
     root = home_root(db)
     given = os.environ.get("APPLIANCE_ANCHOR")
     key = home_key(root)  # one realpath for both uses

@@ -44,6 +44,7 @@ import sqlite_utils
 from appliance import audit, provenance, witness
 from appliance.db import read_only, transaction
 from appliance.errors import DigestPinnedError, NotFoundError
+from appliance.evidence import one_anchor
 from appliance.headstart import BackgroundHash, HeadStart
 from appliance.home import Home, default_home
 from appliance.provenance import check_missing_record
@@ -411,10 +412,11 @@ def load(
 
         return request_load(Path(socket), name, version, digest=digest)
     h = resolve_home(home)
-    db = h.db()
-    try:
-        return load_from_db(
-            h, db, name, version, witness_path=witness, record=record, digest=digest
-        )
-    finally:
-        db.conn.close()
+    with one_anchor():  # opening the home, the witness location, the trust: one anchor
+        db = h.db()
+        try:
+            return load_from_db(
+                h, db, name, version, witness_path=witness, record=record, digest=digest
+            )
+        finally:
+            db.conn.close()

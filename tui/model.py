@@ -9,6 +9,7 @@ the same steps and checks as the import, hashing nothing); no decision is made h
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ from typing import Any
 import sqlite_utils
 
 from appliance import audit, witness
+from appliance.db import sqlite_errors, translate_sqlite_error
 from appliance.evaluation import ClaimedStatusCache, claimed_statuses, preview_bundle
 from appliance.home import Home
 from appliance.mediascan import Medium, ScanCache, scan
@@ -80,11 +82,15 @@ class Problem:
 
 @contextmanager
 def opened(home: Home) -> Iterator[sqlite_utils.Database]:
-    db = home.db()
-    try:
-        yield db
-    finally:
-        db.conn.close()
+    """The state database for one look. A database that stops reading part-way (a page
+    overwritten outside SQLite) is the core's ``store_corrupt``, which every screen shows
+    as it shows any refusal, never an exception that ends the app."""
+    with sqlite_errors():
+        db = home.db()
+        try:
+            yield db
+        finally:
+            db.conn.close()
 
 
 # --- bundle review ------------------------------------------------------------------
@@ -439,6 +445,8 @@ def poll_media(
         )
     except ApplianceError as e:
         statuses, problem = {}, Problem.of(e)
+    except sqlite3.Error as e:  # the database stopped reading: store_corrupt, as in ``opened``
+        statuses, problem = {}, Problem.of(translate_sqlite_error(e))
     return MediaPoll(
         [_without_claimed(m) for m in media],
         statuses,

@@ -18,6 +18,7 @@ from textual.content import Content
 from textual.widgets import ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
+from appliance.db import sqlite_errors
 from appliance.importer import ImportResult, import_bundle
 from bundles.errors import ApplianceError
 from tui import fmt
@@ -96,14 +97,15 @@ class ImportScreen(SubScreen):
                 hook(name, done, size)
 
         try:
-            result = import_bundle(
-                self.app_.home,
-                self.review.path,
-                dry_run=self.dry_run,
-                witness_path=self.app_.witness,
-                progress=progress,
-                cancel=self.cancel,
-            )
+            with sqlite_errors():
+                result = import_bundle(
+                    self.app_.home,
+                    self.review.path,
+                    dry_run=self.dry_run,
+                    witness_path=self.app_.witness,
+                    progress=progress,
+                    cancel=self.cancel,
+                )
         except ApplianceError as e:
             self.post_message(ImportFinished(None, Problem.of(e)))
             return

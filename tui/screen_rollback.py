@@ -13,6 +13,7 @@ from textual.content import Content
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from appliance.db import sqlite_errors
 from appliance.rollback import RollbackResult, apply_rollback, read_authorization
 from bundles.errors import ApplianceError
 from tui import fmt
@@ -194,13 +195,14 @@ class RollbackScreen(SubScreen):
     def run_rollback(self, path: Path) -> None:
         try:
             data = read_authorization(path)
-            result = apply_rollback(
-                self.app_.home,
-                self.artifact,
-                data,
-                witness_path=self.app_.witness,
-                source=str(path),
-            )
+            with sqlite_errors():
+                result = apply_rollback(
+                    self.app_.home,
+                    self.artifact,
+                    data,
+                    witness_path=self.app_.witness,
+                    source=str(path),
+                )
         except ApplianceError as e:
             self.post_message(RollbackFinished(None, Problem.of(e)))
             return

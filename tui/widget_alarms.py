@@ -22,6 +22,7 @@ from textual.widgets import DataTable, Static
 from appliance.watch.alarms import RecordedAlarm, acknowledge, alarms
 from bundles.errors import ApplianceError
 from tui.base import cell
+from tui.model import opened
 
 if TYPE_CHECKING:
     from tui.app import ApplianceApp
@@ -66,11 +67,8 @@ class AlarmsPanel(Vertical):
     @work(thread=True, exclusive=True, group="alarms")
     def load(self) -> None:
         try:
-            db = self.app_.home.db()
-            try:
+            with opened(self.app_.home) as db:
                 found = alarms(db)
-            finally:
-                db.conn.close()
         except ApplianceError as e:
             self.post_message(AlarmsLoaded([], f"[{e.code}] {e.message}"))
             return
@@ -138,11 +136,8 @@ class AlarmsPanel(Vertical):
     @work(thread=True, exclusive=True, group="alarms-ack")
     def ack(self, seq: int) -> None:
         try:
-            db = self.app_.home.db()
-            try:
+            with opened(self.app_.home) as db:
                 acknowledge(db, seq, "acknowledged in the TUI")
-            finally:
-                db.conn.close()
         except ApplianceError as e:
             self.app.call_from_thread(self.app.notify, f"[{e.code}] {e.message}", severity="error")
             return

@@ -243,6 +243,14 @@ def run(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         return _interrupted(ctx)
     except Exception as e:  # last line of defence: one line, not a traceback
+        sqlite = sys.modules.get("sqlite3")  # (imported only by commands that use it)
+        if sqlite is not None and isinstance(e, sqlite.Error):
+            # A state database that stops reading mid-command (a page overwritten outside
+            # SQLite): store_corrupt, exit 4, as when it does not open; not a bug.
+            from appliance.db import translate_sqlite_error
+
+            err = translate_sqlite_error(e)
+            return _fail(ctx, err.code, err.message, exit_code_for(err))
         if os.environ.get("APPLIANCE_DEBUG"):
             raise
         return _fail(

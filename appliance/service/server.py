@@ -37,6 +37,7 @@ import os
 import selectors
 import signal
 import socket
+import sqlite3
 import stat
 import sys
 import threading
@@ -48,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance import witness
+from appliance.db import translate_sqlite_error
 from appliance.errors import (
     BadActivationError,
     BadRequestError,
@@ -559,9 +561,12 @@ class Server:
                 found=found,
                 lookup=self.cache.find,
             )
+        except sqlite3.Error as e:  # the database no longer reads (say, bytes written over it)
+            error = translate_sqlite_error(e)
+            self._refusal_event(name, version, found, error, who)
+            return error
         except (RejectedError, StateSuspectError) as e:
-            fields = load_event(name, version, found[0] if found else None, None, e, who)
-            self.journal.record("load", fields, refresh=not isinstance(e, StateSuspectError))
+            self._refusal_event(name, version, found, e, who)
             return e
         except ApplianceError as e:  # usage (not_found) and operational: not events, as direct
             return e
@@ -571,6 +576,29 @@ class Server:
             art.close()
             raise
         return art, fut
+
+    def _refusal_event(
+        self,
+        name: str,
+        version: str | None,
+        found: list[Record],
+        error: ApplianceError,
+        who: Identity,
+    ) -> None:
+        """Record a refusal (a rejection or a suspect state) as a load event. One the
+        database cannot take (it is what does not read) is logged instead: the loader
+        still gets the refusal, never an internal error."""
+        if not isinstance(error, (RejectedError, StateSuspectError)):
+            return
+        fields = load_event(name, version, found[0] if found else None, None, error, who)
+        try:
+            self.journal.record("load", fields, refresh=not isinstance(error, StateSuspectError))
+        except (ApplianceError, sqlite3.Error) as e:
+            why = e.message if isinstance(e, ApplianceError) else str(e)
+            self.config.log(
+                f"appliance serve: refusal of {name} ({error.code}) not recorded in the "
+                f"audit log: {why}"
+            )
 
 
 def serve(config: Config, socket_path: Path | None) -> int:

@@ -205,3 +205,30 @@ async def test_rollback_screen_rechecks_after_rolling_back(world: World) -> None
         await pilot.pause()
         assert app.screen is screen
     assert used == "authorization_reused"
+
+
+@sync
+async def test_a_database_page_overwritten_outside_sqlite_is_shown_not_a_crash(
+    world: World,
+) -> None:
+    """The audit table's root page overwritten by a writer of the home: the home screen
+    says store_corrupt (the core's error) and the app goes on."""
+    import sqlite3
+
+    conn = sqlite3.connect(world.home.db_path)
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'audit'").fetchone()[0]
+    conn.close()
+    app = make_app(world)
+    async with app.run_test(size=SIZE) as pilot:
+        await quiet(pilot)
+        with open(world.home.db_path, "r+b") as f:
+            f.seek((root - 1) * page)
+            f.write(b"\xa5" * page)
+        home = app.screen
+        assert isinstance(home, HomeScreen)
+        home.refresh_data()
+        await quiet(pilot)
+        summary = str(home.query_one("#trust-summary", Static).render())
+        assert app.is_running
+    assert "Cannot read the home: [store_corrupt]" in summary, summary

@@ -1,0 +1,46 @@
+"""The database overwritten outside SQLite under a running service, then put back.
+
+While the bytes are not a database every load is refused (exit 4, nothing handed
+over) and the service stays up; once the operator restores the file, loads are
+served again. Nothing from the failed looks may linger (an open read
+transaction would hold the database's lock against the appliance's own writes).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from service_world import World, ask
+
+from bundles.documents import AllowLoader
+
+
+def test_loads_are_refused_while_the_database_is_garbage_and_served_after_a_restore(
+    root_world: World,
+) -> None:
+    w = root_world
+    w.apply(AllowLoader("root", "models"))
+    w.start()
+    ask(w.sock, "model").close()  # warm the cache and the connection
+    db_path = Path(w.home) / "appliance.db"
+    saved = db_path.read_bytes()
+    with open(db_path, "r+b") as f:
+        f.write(b"\xff" * 100)
+    for _ in range(3):
+        r = ask(w.sock, "model")
+        assert r.fds == [], r.doc
+        assert r.doc["exit_code"] == 4, r.doc
+        assert r.code in ("store_corrupt", "state_unauthorized"), r.doc
+    assert w.proc is not None and w.proc.poll() is None
+    db_path.write_bytes(saved)
+    r = ask(w.sock, "model")
+    assert r.code is None and len(r.fds) == 1, r.doc
+    r.close()
+    # No lock is left behind: an appliance write (here a plain one) goes through at once.
+    conn = sqlite3.connect(db_path, timeout=0.5)
+    with conn:
+        conn.execute("SELECT 1 FROM meta").fetchall()
+        conn.execute("BEGIN IMMEDIATE")
+    conn.close()
+    assert w.stop() == 0
