@@ -55,3 +55,64 @@ def test_parse_count_per_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     for _ in range(5):
         A.read_anchor(path)
     assert len(calls) == 1
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    from appliance import evidence
+
+    reads: list[Path] = []
+    real = evidence.read_anchor
+
+    def counting(path: Path) -> A.Anchor:
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(evidence, "read_anchor", counting)
+    return reads
+
+
+def test_a_load_reads_the_anchor_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening the home, the witness location and the trust chain each take the anchor:
+    inside one load (``evidence.one_anchor``) that is one read, so one anchor decides."""
+    from conftest_load import make_site
+
+    import appliance
+
+    site = make_site(tmp_path, witness=True)
+    site.ship({"model@1.0": b"one"})
+    reads = _count_reads(monkeypatch)
+    for record in (False, True):
+        reads.clear()
+        with appliance.load("model", home=site.h, witness=site.witness, record=record) as art:
+            assert art.read() == b"one"
+        assert len(reads) == 1, (record, reads)
+
+
+def test_outside_a_load_every_look_reads_the_anchor_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-lived connection (the service's) sees an anchor replaced between requests:
+    the scope is one load, never a connection's life."""
+    from conftest_load import make_site
+
+    from appliance import evidence
+
+    site = make_site(tmp_path)
+    site.ship({"model@1.0": b"one"})
+    db = site.h.db()
+    try:
+        reads = _count_reads(monkeypatch)
+        evidence.anchor_of(db)
+        evidence.anchor_of(db)
+        assert len(reads) == 2
+        with evidence.one_anchor():
+            evidence.anchor_of(db)
+            evidence.anchor_of(db)
+            with evidence.one_anchor():  # nested: the outer scope's
+                evidence.anchor_of(db)
+        assert len(reads) == 3
+        with evidence.one_anchor():
+            evidence.anchor_of(db)
+        assert len(reads) == 4
+    finally:
+        db.conn.close()
