@@ -36,6 +36,7 @@ from appliance.provenance import (
 from appliance.store import Record, object_path
 from appliance.trust import TrustState
 from bundles.errors import RejectedError, StateSuspectError
+from bundles.forks import fork_is_safe
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -408,7 +409,7 @@ class _HashPass:
         finally:
             os.close(end)  # the queue ends: an empty one reads as end of file
         self.queue = queue
-        if len(names) >= _HELPER_MIN:
+        if len(names) >= _HELPER_MIN and fork_is_safe():  # (beside a thread: hashed here)
             for _ in range(min((os.cpu_count() or 1) - 1, _MAX_HELPERS)):
                 helper = _start_helper(self)
                 if helper is None:

@@ -264,7 +264,12 @@ def test_a_manifest_changed_between_audited_loads_is_read_again(
     assert seen["reads"] == 2
 
 
-def test_verify_opens_each_objects_subdir_once_and_uses_helpers(tmp_path: Path) -> None:
+def test_verify_opens_each_objects_subdir_once_and_uses_helpers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The helpers fork only when no other thread runs; here the only other one is
+    # pytest-timeout's idle timer (the CLI, where verify runs, has none).
+    monkeypatch.setattr(verify, "fork_is_safe", lambda: True)
     site = make_site(tmp_path)
     n = verify._HELPER_MIN + 88
     import_bundle(site.h, site.bundle({f"f{i}@1": b"%d" % i * 20 for i in range(n)}))
@@ -281,3 +286,27 @@ def test_verify_opens_each_objects_subdir_once_and_uses_helpers(tmp_path: Path) 
     helpers = verify.counters["helper_processes"] - before["helper_processes"]
     assert helpers == min((os.cpu_count() or 1) - 1, verify._MAX_HELPERS)
     assert verify.counters["subdir_opens"] - before["subdir_opens"] <= len(prefixes)
+
+
+def test_verify_beside_another_thread_forks_no_helper(tmp_path: Path) -> None:
+    """A threaded caller (a library user, the TUI) gets the same answers, hashed in this
+    process: no helper is forked beside a thread (``bundles.forks``)."""
+    import threading
+
+    site = make_site(tmp_path)
+    n = verify._HELPER_MIN + 88
+    import_bundle(site.h, site.bundle({f"f{i}@1": b"%d" % i * 20 for i in range(n)}))
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    before = dict(verify.counters)
+    db = site.h.db()
+    try:
+        recs = records(db)
+        statuses = {s.status for s in verify_records(site.h, db, load_trust(db), recs)}
+    finally:
+        db.conn.close()
+        stop.set()
+        other.join(10)
+    assert statuses == {"ok"}
+    assert verify.counters["helper_processes"] == before["helper_processes"]
