@@ -15,8 +15,10 @@ an explicit ``appliance witness reset``, which the audit log records.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -29,6 +31,7 @@ from appliance.anchor import home_key, replace_anchor_witness, write_anchor
 from appliance.db import get_meta, transaction
 from appliance.errors import (
     IOFailedError,
+    LockHeldError,
     OperationalError,
     ReadOnlyModeError,
     StateRolledBackError,
@@ -155,6 +158,30 @@ def read(path: Path) -> dict[str, Any] | None:
     return doc
 
 
+WRITE_LOCK_WAIT = 10.0  # seconds a writer waits for another one to finish
+
+
+def _lock_for_writing(parent: int, path: Path) -> None:
+    """Take the witness folder's write lock (``flock`` on its descriptor), waiting at most
+    ``WRITE_LOCK_WAIT`` seconds: writers one at a time, each reading the counters only
+    once it holds the lock, so the witness only ever moves forward. (Two loads beside
+    each other could otherwise write in the wrong order: the slower one's older counters
+    over the newer ones, and its load event would no longer be witnessed.) Released
+    when the descriptor is closed."""
+    deadline = time.monotonic() + WRITE_LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(parent, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise LockHeldError(
+                    f"witness {path}: another process has been writing it for "
+                    f"{WRITE_LOCK_WAIT:.0f} s; not written"
+                ) from None
+            time.sleep(0.001)
+
+
 def write(db: sqlite_utils.Database, path: Path, *, adopt: bool = False) -> dict[str, Any]:
     """Atomically write the home's current counters to ``path``.
 
@@ -162,33 +189,37 @@ def write(db: sqlite_utils.Database, path: Path, *, adopt: bool = False) -> dict
     ``O_EXCL | O_NOFOLLOW``, renamed over the witness by descriptor; anything
     but a regular file at the witness's name is refused (``witness_unreadable``).
     An existing witness of another home is never overwritten (``adopt`` is for
-    ``witness reset``, which the audit log records).
+    ``witness reset``, which the audit log records). One writer at a time
+    (``_lock_for_writing``), and the counters are read under that lock.
     """
     if read_only():
         raise ReadOnlyModeError("--read-only: the witness is never written")
-    if not adopt:
-        existing = read(path)
-        if existing is not None:
-            check_belongs(db, path, existing)
-    doc: dict[str, Any] = {
-        "format": FORMAT,
-        "written_at": format_time(utcnow()),
-        **_identity(db),
-        **counters(db),
-    }
-    data = json.dumps(doc, sort_keys=True).encode()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         parent = _open_parent(path)
-        try:
-            safefs.check_at(parent, path.name, "regular file")
-            safefs.write_file_at(parent, path.name, data, 0o644)
-        finally:
-            os.close(parent)
+    except OSError as e:
+        raise IOFailedError(f"cannot write witness {path}: {e.strerror}") from e
+    try:
+        _lock_for_writing(parent, path)
+        if not adopt:
+            existing = read(path)
+            if existing is not None:
+                check_belongs(db, path, existing)
+        doc: dict[str, Any] = {
+            "format": FORMAT,
+            "written_at": format_time(utcnow()),
+            **_identity(db),
+            **counters(db),
+        }
+        data = json.dumps(doc, sort_keys=True).encode()
+        safefs.check_at(parent, path.name, "regular file")
+        safefs.write_file_at(parent, path.name, data, 0o644)
     except safefs.UnsafeEntryError as e:
         raise WitnessUnreadableError(f"witness {path}: {e}; not overwritten") from e
     except OSError as e:
         raise IOFailedError(f"cannot write witness {path}: {e.strerror}") from e
+    finally:
+        os.close(parent)
     return doc
 
 

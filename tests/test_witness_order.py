@@ -1,0 +1,133 @@
+"""Witness writers one at a time, counters read under the lock: it only moves forward.
+
+Two audited loads beside each other each write the witness after their event. The
+slower one used to write the counters it had read before the faster one's commit,
+over the newer witness: the witness went back, and the faster load's event was no
+longer witnessed (a restored copy without it would pass).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest_load import make_site
+
+import appliance
+from appliance import audit, safefs, witness
+from appliance.errors import LockHeldError
+
+
+def _head(site: Any) -> int:
+    db = site.h.db()
+    try:
+        return audit.head(db)[0]
+    finally:
+        db.conn.close()
+
+
+def test_a_slow_writer_never_puts_older_counters_over_newer_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = make_site(tmp_path, witness=True)
+    site.ship({"model@1.0": b"one"})
+    assert site.witness is not None
+    real_write = safefs.write_file_at
+    first_read = threading.Event()
+    other_done = threading.Event()
+    calls: list[str] = []
+
+    def slow_first(dir_fd: int, name: str, data: bytes, mode: int = 0o644) -> None:
+        if not calls:  # the first writer stalls between its counters and its rename,
+            calls.append(threading.current_thread().name)  # as a preempted one would
+            first_read.set()
+            other_done.wait(2.0)  # the other writer waits for the lock: the full 2 s
+        real_write(dir_fd, name, data, mode)
+
+    monkeypatch.setattr(safefs, "write_file_at", slow_first)
+
+    def load(name: str) -> None:
+        with appliance.load("model", home=site.h, witness=site.witness) as art:
+            assert art.read() == b"one"
+
+    slow = threading.Thread(target=load, args=("slow",), name="slow")
+    slow.start()
+    assert first_read.wait(20)
+    load("fast")  # commits its event after the slow one read its counters
+    other_done.set()
+    slow.join(20)
+    doc = witness.read(site.witness)
+    assert doc is not None
+    assert doc["audit_seq"] == _head(site)  # both load events are witnessed
+
+
+def test_a_writer_that_never_lets_go_is_lock_held_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process stopped while it writes the witness (SIGSTOP) holds the lock: the next
+    writer gives up after WRITE_LOCK_WAIT with lock_held, and the load still refuses
+    nothing it verified (the event is committed; the witness write is what failed)."""
+    site = make_site(tmp_path, witness=True)
+    site.ship({"model@1.0": b"one"})
+    assert site.witness is not None
+    monkeypatch.setattr(witness, "WRITE_LOCK_WAIT", 0.3)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(site.witness.parent)!r}, os.O_RDONLY)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        before = site.witness.read_bytes()
+        db = site.h.db()
+        try:
+            with pytest.raises(LockHeldError, match="another process has been writing"):
+                witness.write(db, site.witness)
+            assert witness.refresh_after_commit(db, site.witness)[0].startswith(
+                "witness_write_failed"
+            )
+        finally:
+            db.conn.close()
+        assert site.witness.read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+LOADS = """
+import sys
+from pathlib import Path
+import appliance
+home, wit, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+for _ in range(n):
+    with appliance.load("model", home=home, witness=wit) as art:
+        art.read()
+"""
+
+
+def test_loads_in_three_processes_leave_every_event_witnessed(tmp_path: Path) -> None:
+    site = make_site(tmp_path, witness=True)
+    site.ship({"model@1.0": b"one"})
+    assert site.witness is not None
+    procs = [
+        subprocess.Popen([sys.executable, "-c", LOADS, str(site.home), str(site.witness), "60"])
+        for _ in range(3)
+    ]
+    seen: list[int] = []
+    while any(p.poll() is None for p in procs):
+        doc = witness.read(site.witness)
+        if doc is not None:
+            seen.append(int(doc["audit_seq"]))
+    assert all(p.wait() == 0 for p in procs)
+    assert seen == sorted(seen), "the witness went backwards"
+    doc = witness.read(site.witness)
+    assert doc is not None and doc["audit_seq"] == _head(site)
