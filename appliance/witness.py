@@ -159,27 +159,63 @@ def read(path: Path) -> dict[str, Any] | None:
 
 
 WRITE_LOCK_WAIT = 10.0  # seconds a writer waits for another one to finish
+_LOCK_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-def _lock_for_writing(parent: int, path: Path) -> None:
-    """Take the witness folder's write lock (``flock`` on its descriptor), waiting at most
-    ``WRITE_LOCK_WAIT`` seconds: writers one at a time, each reading the counters only
-    once it holds the lock, so the witness only ever moves forward. (Two loads beside
-    each other could otherwise write in the wrong order: the slower one's older counters
-    over the newer ones, and its load event would no longer be witnessed.) Released
-    when the descriptor is closed."""
-    deadline = time.monotonic() + WRITE_LOCK_WAIT
-    while True:
+def _lock_name(path: Path) -> str:
+    return f".{path.name}.lock"
+
+
+def _open_lock(parent: int, path: Path) -> int | None:
+    """The witness's lock file (``.NAME.lock`` beside it), 0600 and owned by the folder's
+    owner: only that user and root can open it, so no one who can merely read the folder
+    can hold the lock. Made if absent (by root: given to the folder's owner). None when
+    this process may not open it (another user's lock): the write then goes unlocked."""
+    name = _lock_name(path)
+    try:
+        fd = os.open(name, _LOCK_FLAGS | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=parent)
+    except FileExistsError:
         try:
-            fcntl.flock(parent, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise LockHeldError(
-                    f"witness {path}: another process has been writing it for "
-                    f"{WRITE_LOCK_WAIT:.0f} s; not written"
-                ) from None
-            time.sleep(0.001)
+            fd, _ = safefs.open_regular_at(parent, name, _LOCK_FLAGS)
+        except PermissionError:
+            return None
+        return fd
+    try:
+        folder = os.fstat(parent)
+        if os.geteuid() == 0 and folder.st_uid != 0:
+            os.fchown(fd, folder.st_uid, folder.st_gid)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _lock_for_writing(parent: int, path: Path) -> int | None:
+    """Take the witness's write lock (``flock``), waiting at most ``WRITE_LOCK_WAIT``
+    seconds: writers one at a time, each reading the counters only once it holds the lock,
+    so the witness only moves forward. (Two loads beside each other could otherwise write
+    in the wrong order: the slower one's older counters over the newer ones, and its load
+    event would no longer be witnessed.) The lock's descriptor, closed to release it; None
+    when this process may not open the lock file."""
+    fd = _open_lock(parent, path)
+    if fd is None:
+        return None
+    deadline = time.monotonic() + WRITE_LOCK_WAIT
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockHeldError(
+                        f"witness {path}: another process has been writing it for "
+                        f"{WRITE_LOCK_WAIT:.0f} s; not written"
+                    ) from None
+                time.sleep(0.001)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def write(db: sqlite_utils.Database, path: Path, *, adopt: bool = False) -> dict[str, Any]:
@@ -190,7 +226,8 @@ def write(db: sqlite_utils.Database, path: Path, *, adopt: bool = False) -> dict
     but a regular file at the witness's name is refused (``witness_unreadable``).
     An existing witness of another home is never overwritten (``adopt`` is for
     ``witness reset``, which the audit log records). One writer at a time
-    (``_lock_for_writing``), and the counters are read under that lock.
+    (``_lock_for_writing``), and the counters are read under that lock; a link,
+    FIFO or other non-file at the lock's name is ``witness_unreadable`` too.
     """
     if read_only():
         raise ReadOnlyModeError("--read-only: the witness is never written")
@@ -199,8 +236,9 @@ def write(db: sqlite_utils.Database, path: Path, *, adopt: bool = False) -> dict
         parent = _open_parent(path)
     except OSError as e:
         raise IOFailedError(f"cannot write witness {path}: {e.strerror}") from e
+    lock: int | None = None
     try:
-        _lock_for_writing(parent, path)
+        lock = _lock_for_writing(parent, path)
         if not adopt:
             existing = read(path)
             if existing is not None:
@@ -219,6 +257,8 @@ def write(db: sqlite_utils.Database, path: Path, *, adopt: bool = False) -> dict
     except OSError as e:
         raise IOFailedError(f"cannot write witness {path}: {e.strerror}") from e
     finally:
+        if lock is not None:
+            os.close(lock)
         os.close(parent)
     return doc
 

@@ -8,6 +8,8 @@ longer witnessed (a restored copy without it would pass).
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 import threading
@@ -20,6 +22,7 @@ from conftest_load import make_site
 import appliance
 from appliance import audit, safefs, witness
 from appliance.errors import LockHeldError
+from bundles.errors import ApplianceError
 
 
 def _head(site: Any) -> int:
@@ -80,7 +83,8 @@ def test_a_writer_that_never_lets_go_is_lock_held_not_a_hang(
             sys.executable,
             "-c",
             "import fcntl, os, sys, time\n"
-            f"fd = os.open({str(site.witness.parent)!r}, os.O_RDONLY)\n"
+            f"fd = os.open({str(site.witness.parent / ('.' + site.witness.name + '.lock'))!r}, "
+            "os.O_RDWR)\n"
             "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)\n",
         ],
         stdout=subprocess.PIPE,
@@ -131,3 +135,39 @@ def test_loads_in_three_processes_leave_every_event_witnessed(tmp_path: Path) ->
     assert seen == sorted(seen), "the witness went backwards"
     doc = witness.read(site.witness)
     assert doc is not None and doc["audit_seq"] == _head(site)
+
+
+@pytest.mark.parametrize("planted", ["link", "fifo"])
+def test_a_link_or_fifo_at_the_lock_name_is_refused_and_the_witness_kept(
+    tmp_path: Path, planted: str
+) -> None:
+    site = make_site(tmp_path, witness=True)
+    site.ship({"model@1.0": b"one"})
+    assert site.witness is not None
+    lock = site.witness.parent / f".{site.witness.name}.lock"
+    lock.unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"")
+    if planted == "link":
+        lock.symlink_to(elsewhere)
+    else:
+        os.mkfifo(lock)
+    before = site.witness.read_bytes()
+    db = site.h.db()
+    try:
+        with pytest.raises(ApplianceError) as info:
+            witness.write(db, site.witness)
+    finally:
+        db.conn.close()
+    assert info.value.code == "witness_unreadable"
+    assert site.witness.read_bytes() == before
+    assert elsewhere.read_bytes() == b""
+
+
+def test_the_lock_file_is_private(tmp_path: Path) -> None:
+    site = make_site(tmp_path, witness=True)
+    site.ship({"model@1.0": b"one"})
+    assert site.witness is not None
+    st = (site.witness.parent / f".{site.witness.name}.lock").stat()
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert (st.st_uid, st.st_gid) == (site.witness.parent.stat().st_uid, os.getegid())
