@@ -15,6 +15,7 @@ an explicit ``appliance witness reset``, which the audit log records.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -183,11 +184,21 @@ def _open_lock(parent: int, path: Path) -> int | None:
     try:
         folder = os.fstat(parent)
         if os.geteuid() == 0 and folder.st_uid != 0:
-            os.fchown(fd, folder.st_uid, folder.st_gid)
+            _give(fd, folder)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _give(fd: int, folder: os.stat_result) -> None:
+    try:
+        os.fchown(fd, folder.st_uid, folder.st_gid)
+    except OSError as e:
+        # A filesystem without owners (vfat removable media): its mount options, not the
+        # file, decide who may open it; the lock works as it is.
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
 
 
 def _lock_for_writing(parent: int, path: Path) -> int | None:

@@ -171,3 +171,35 @@ def test_the_lock_file_is_private(tmp_path: Path) -> None:
     st = (site.witness.parent / f".{site.witness.name}.lock").stat()
     assert stat.S_IMODE(st.st_mode) == 0o600
     assert (st.st_uid, st.st_gid) == (site.witness.parent.stat().st_uid, os.getegid())
+
+
+def test_a_filesystem_without_owners_keeps_the_lock_working(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root writing a witness on removable media whose folder belongs to another uid (vfat
+    mounted with uid=): chown there fails with EPERM, and the write goes on, locked.
+    INJECTED: this machine's kernel has no vfat; the refusal is what vfat answers."""
+    import errno
+
+    site = make_site(tmp_path, witness=True)
+    site.ship({"model@1.0": b"one"})
+    assert site.witness is not None
+    folder = tmp_path / "media"
+    folder.mkdir()
+    os.chown(folder, 4321, 4321)
+    path = folder / "w.json"
+    tried: list[int] = []
+
+    def no_owners(fd: int, uid: int, gid: int) -> None:
+        tried.append(uid)
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchown", no_owners)
+    db = site.h.db()
+    try:
+        doc = witness.write(db, path, adopt=True)
+    finally:
+        db.conn.close()
+    assert tried == [4321]
+    assert witness.read(path) == doc
+    assert (folder / ".w.json.lock").exists()
