@@ -184,7 +184,7 @@ def test_a_filesystem_without_owners_keeps_the_lock_working(
     site = make_site(tmp_path, witness=True)
     site.ship({"model@1.0": b"one"})
     assert site.witness is not None
-    folder = tmp_path / "media"
+    folder = tmp_path / "vfat-stick"
     folder.mkdir()
     os.chown(folder, 4321, 4321)
     path = folder / "w.json"
