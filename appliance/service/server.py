@@ -460,6 +460,13 @@ class Server:
         handed_off = False
         try:
             error = fut.exception()
+            if isinstance(error, ApplianceError):
+                # Not committed (disk full, database busy), or committed but the witness
+                # could not be brought forward (lock_held, io_error): nothing is handed
+                # over, and the loader is told why, with the error's own code.
+                self.config.log(f"appliance serve: load of {req.name} not served: {error}")
+                self._reply(conn, error_reply(error, exit_code_for(error)))
+                return
             if error is not None:  # the event is not on record: nothing is handed over
                 self._internal_error(conn, error)
                 return

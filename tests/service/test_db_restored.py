@@ -44,3 +44,38 @@ def test_loads_are_refused_while_the_database_is_garbage_and_served_after_a_rest
         conn.execute("BEGIN IMMEDIATE")
     conn.close()
     assert w.stop() == 0
+
+
+def test_a_witness_that_cannot_be_brought_forward_is_its_own_error_not_internal(
+    root_world: World,
+) -> None:
+    """The load's event is committed, then the witness write fails (here: a FIFO planted
+    at its lock's name): the loader gets witness_unreadable (exit 4) and no descriptor,
+    never internal_error."""
+    import os
+
+    from appliance import witness
+    from appliance.home import Home
+
+    w = root_world
+    w.apply(AllowLoader("root", "models"))
+    path = w.tmp / "witness" / "w.json"
+    db = Home(w.home).db()
+    try:
+        witness.write(db, path, adopt=True)
+    finally:
+        db.conn.close()
+    w.start("--witness", str(path))
+    r = ask(w.sock, "model")
+    assert r.code is None and len(r.fds) == 1, r.doc
+    r.close()
+    lock = path.parent / ".w.json.lock"
+    lock.unlink()
+    os.mkfifo(lock)
+    r = ask(w.sock, "model")
+    assert r.fds == [] and r.code == "witness_unreadable" and r.doc["exit_code"] == 4, r.doc
+    lock.unlink()
+    r = ask(w.sock, "model")
+    assert r.code is None and len(r.fds) == 1, r.doc
+    r.close()
+    assert w.stop() == 0
