@@ -13,17 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from . import test_db_values
 from .driver import Site, cli, home_files, outside_db
 
 TABLES = ["artifacts", "active", "manifests", "audit", "keys", "trust_documents", "streams"]
-COMMANDS = [
-    ("list",),
-    ("verify",),
-    ("history", "m"),
-    ("trust", "show"),
-    ("audit", "verify"),
-    ("audit", "show"),
-]
+COMMANDS = [*test_db_values.COMMANDS, ("audit", "show")]
 
 
 def _overwrite_root_page(db_file: Path, table: str) -> None:

@@ -28,7 +28,7 @@ import appliance
 from appliance import provenance, store, verify
 from appliance.errors import RecordUnauthorizedError
 from appliance.importer import import_bundle
-from appliance.store import records
+from appliance.store import Record, records
 from appliance.truststore import load_trust
 from appliance.verify import verify_record, verify_records
 from bundles.dsse import Envelope
@@ -264,12 +264,9 @@ def test_a_manifest_changed_between_audited_loads_is_read_again(
     assert seen["reads"] == 2
 
 
-def test_verify_opens_each_objects_subdir_once_and_uses_helpers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The helpers fork only when no other thread runs; here the only other one is
-    # pytest-timeout's idle timer (the CLI, where verify runs, has none).
-    monkeypatch.setattr(verify, "fork_is_safe", lambda: True)
+def _verify_many(tmp_path: Path) -> tuple[list[Record], set[str], dict[str, int]]:
+    """A store of enough small objects for helpers; the records, the statuses verify gave
+    and the counters from before it."""
     site = make_site(tmp_path)
     n = verify._HELPER_MIN + 88
     import_bundle(site.h, site.bundle({f"f{i}@1": b"%d" % i * 20 for i in range(n)}))
@@ -280,6 +277,16 @@ def test_verify_opens_each_objects_subdir_once_and_uses_helpers(
         statuses = {s.status for s in verify_records(site.h, db, load_trust(db), recs)}
     finally:
         db.conn.close()
+    return recs, statuses, before
+
+
+def test_verify_opens_each_objects_subdir_once_and_uses_helpers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The helpers fork only when no other thread runs; here the only other one is
+    # pytest-timeout's idle timer (the CLI, where verify runs, has none).
+    monkeypatch.setattr(verify, "fork_is_safe", lambda: True)
+    recs, statuses, before = _verify_many(tmp_path)
     assert statuses == {"ok"}
     prefixes = {r.digest[:2] for r in recs}
     # each objects/xx opened once by this process (a helper counts in its own copy)
@@ -293,19 +300,12 @@ def test_verify_beside_another_thread_forks_no_helper(tmp_path: Path) -> None:
     process: no helper is forked beside a thread (``bundles.forks``)."""
     import threading
 
-    site = make_site(tmp_path)
-    n = verify._HELPER_MIN + 88
-    import_bundle(site.h, site.bundle({f"f{i}@1": b"%d" % i * 20 for i in range(n)}))
     stop = threading.Event()
     other = threading.Thread(target=stop.wait, daemon=True)
     other.start()
-    before = dict(verify.counters)
-    db = site.h.db()
     try:
-        recs = records(db)
-        statuses = {s.status for s in verify_records(site.h, db, load_trust(db), recs)}
+        _, statuses, before = _verify_many(tmp_path)
     finally:
-        db.conn.close()
         stop.set()
         other.join(10)
     assert statuses == {"ok"}
