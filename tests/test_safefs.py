@@ -394,5 +394,10 @@ def test_witness_write_uses_an_unpredictable_temp_name(
     finally:
         db.conn.close()
     assert witness.read(w) == doc
-    assert sorted(os.listdir(w.parent)) == [".witness.json.aaaa.tmp", "witness.json"]
+    # the planted name is left alone, the temporary one is gone; the lock stays
+    assert sorted(os.listdir(w.parent)) == [
+        ".witness.json.aaaa.tmp",
+        ".witness.json.lock",
+        "witness.json",
+    ]
     assert tree(canary) == before
