@@ -137,6 +137,15 @@ def read(path: Path) -> dict[str, Any] | None:
     except OSError as e:
         raise IOFailedError(f"cannot read witness {path}: {e.strerror}") from e
     try:
+        return _read_at(parent, path)
+    finally:
+        os.close(parent)
+
+
+def _read_at(parent: int, path: Path) -> dict[str, Any] | None:
+    """``read`` in the witness folder open at ``parent`` (a writer checks and replaces the
+    witness in one folder, even if the folder's path is swapped meanwhile)."""
+    try:
         fd = _open_witness(parent, path.name)
         try:
             data = os.read(fd, MAX_WITNESS_BYTES + 1)
@@ -148,8 +157,6 @@ def read(path: Path) -> dict[str, Any] | None:
         raise WitnessUnreadableError(f"witness {path}: {e}; refusing to trust it") from e
     except OSError as e:
         raise IOFailedError(f"cannot read witness {path}: {e.strerror}") from e
-    finally:
-        os.close(parent)
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
@@ -251,7 +258,7 @@ def write(db: sqlite_utils.Database, path: Path, *, adopt: bool = False) -> dict
     try:
         lock = _lock_for_writing(parent, path)
         if not adopt:
-            existing = read(path)
+            existing = _read_at(parent, path)
             if existing is not None:
                 check_belongs(db, path, existing)
         doc: dict[str, Any] = {

@@ -203,3 +203,38 @@ def test_a_filesystem_without_owners_keeps_the_lock_working(
     assert tried == [4321]
     assert witness.read(path) == doc
     assert (folder / ".w.json.lock").exists()
+
+
+def test_the_witness_checked_is_the_one_replaced_even_if_its_folder_is_swapped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The witness's folder is reached through a link (the operator's choice); someone
+    who can change that link swaps it while a write runs, from another home's witness
+    folder to ours. The write checks and replaces in the folder it opened: it refuses
+    the other home's witness, and leaves it as it was."""
+    ours = make_site(tmp_path / "a", witness=True)
+    ours.ship({"model@1.0": b"one"})
+    other = make_site(tmp_path / "b", witness=True)
+    other.ship({"model@1.0": b"uno"})
+    assert ours.witness is not None and other.witness is not None
+    link = tmp_path / "witness-link"
+    link.symlink_to(other.witness.parent)
+    path = link / ours.witness.name
+    assert path.name == other.witness.name
+    foreign = other.witness.read_bytes()
+    real = witness._lock_for_writing
+
+    def swap_then_lock(parent: int, p: Path) -> int | None:
+        link.unlink()
+        link.symlink_to(ours.witness.parent)  # now the path names our own witness
+        return real(parent, p)
+
+    monkeypatch.setattr(witness, "_lock_for_writing", swap_then_lock)
+    db = ours.h.db()
+    try:
+        with pytest.raises(ApplianceError) as info:
+            witness.write(db, path)
+    finally:
+        db.conn.close()
+    assert info.value.code == "witness_foreign"
+    assert other.witness.read_bytes() == foreign
