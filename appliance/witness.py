@@ -15,11 +15,8 @@ an explicit ``appliance witness reset``, which the audit log records.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
-import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -32,7 +29,6 @@ from appliance.anchor import home_key, replace_anchor_witness, write_anchor
 from appliance.db import get_meta, transaction
 from appliance.errors import (
     IOFailedError,
-    LockHeldError,
     OperationalError,
     ReadOnlyModeError,
     StateRolledBackError,
@@ -43,6 +39,7 @@ from appliance.errors import (
 )
 from appliance.evidence import anchor_of, home_root, read_only
 from appliance.truststore import Counters, counters
+from appliance.witnesslock import lock_for_writing
 from bundles.timeutil import format_time, utcnow
 
 FORMAT = 1
@@ -166,76 +163,6 @@ def _read_at(parent: int, path: Path) -> dict[str, Any] | None:
     return doc
 
 
-WRITE_LOCK_WAIT = 10.0  # seconds a writer waits for another one to finish
-_LOCK_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-def _lock_name(path: Path) -> str:
-    return f".{path.name}.lock"
-
-
-def _open_lock(parent: int, path: Path) -> int | None:
-    """The witness's lock file (``.NAME.lock`` beside it), 0600 and owned by the folder's
-    owner: only that user and root can open it, so no one who can merely read the folder
-    can hold the lock. Made if absent (by root: given to the folder's owner). None when
-    this process may not open it (another user's lock): the write then goes unlocked."""
-    name = _lock_name(path)
-    try:
-        fd = os.open(name, _LOCK_FLAGS | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=parent)
-    except FileExistsError:
-        try:
-            fd, _ = safefs.open_regular_at(parent, name, _LOCK_FLAGS)
-        except PermissionError:
-            return None
-        return fd
-    try:
-        folder = os.fstat(parent)
-        if os.geteuid() == 0 and folder.st_uid != 0:
-            _give(fd, folder)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _give(fd: int, folder: os.stat_result) -> None:
-    try:
-        os.fchown(fd, folder.st_uid, folder.st_gid)
-    except OSError as e:
-        # A filesystem without owners (vfat removable media): its mount options, not the
-        # file, decide who may open it; the lock works as it is.
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-
-
-def _lock_for_writing(parent: int, path: Path) -> int | None:
-    """Take the witness's write lock (``flock``), waiting at most ``WRITE_LOCK_WAIT``
-    seconds: writers one at a time, each reading the counters only once it holds the lock,
-    so the witness only moves forward. (Two loads beside each other could otherwise write
-    in the wrong order: the slower one's older counters over the newer ones, and its load
-    event would no longer be witnessed.) The lock's descriptor, closed to release it; None
-    when this process may not open the lock file."""
-    fd = _open_lock(parent, path)
-    if fd is None:
-        return None
-    deadline = time.monotonic() + WRITE_LOCK_WAIT
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockHeldError(
-                        f"witness {path}: another process has been writing it for "
-                        f"{WRITE_LOCK_WAIT:.0f} s; not written"
-                    ) from None
-                time.sleep(0.001)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def write(db: sqlite_utils.Database, path: Path, *, adopt: bool = False) -> dict[str, Any]:
     """Atomically write the home's current counters to ``path``.
 
@@ -244,7 +171,7 @@ def write(db: sqlite_utils.Database, path: Path, *, adopt: bool = False) -> dict
     but a regular file at the witness's name is refused (``witness_unreadable``).
     An existing witness of another home is never overwritten (``adopt`` is for
     ``witness reset``, which the audit log records). One writer at a time
-    (``_lock_for_writing``), and the counters are read under that lock; a link,
+    (``witnesslock.lock_for_writing``), and the counters are read under that lock; a link,
     FIFO or other non-file at the lock's name is ``witness_unreadable`` too.
     """
     if read_only():
@@ -256,7 +183,7 @@ def write(db: sqlite_utils.Database, path: Path, *, adopt: bool = False) -> dict
         raise IOFailedError(f"cannot write witness {path}: {e.strerror}") from e
     lock: int | None = None
     try:
-        lock = _lock_for_writing(parent, path)
+        lock = lock_for_writing(parent, path)
         if not adopt:
             existing = _read_at(parent, path)
             if existing is not None:

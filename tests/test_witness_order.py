@@ -20,7 +20,7 @@ import pytest
 from conftest_load import make_site
 
 import appliance
-from appliance import audit, safefs, witness
+from appliance import audit, safefs, witness, witnesslock
 from appliance.errors import LockHeldError
 from bundles.errors import ApplianceError
 
@@ -77,7 +77,7 @@ def test_a_writer_that_never_lets_go_is_lock_held_not_a_hang(
     site = make_site(tmp_path, witness=True)
     site.ship({"model@1.0": b"one"})
     assert site.witness is not None
-    monkeypatch.setattr(witness, "WRITE_LOCK_WAIT", 0.3)
+    monkeypatch.setattr(witnesslock, "WRITE_LOCK_WAIT", 0.3)
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -222,14 +222,14 @@ def test_the_witness_checked_is_the_one_replaced_even_if_its_folder_is_swapped(
     path = link / ours.witness.name
     assert path.name == other.witness.name
     foreign = other.witness.read_bytes()
-    real = witness._lock_for_writing
+    real = witness.lock_for_writing
 
     def swap_then_lock(parent: int, p: Path) -> int | None:
         link.unlink()
         link.symlink_to(ours.witness.parent)  # now the path names our own witness
         return real(parent, p)
 
-    monkeypatch.setattr(witness, "_lock_for_writing", swap_then_lock)
+    monkeypatch.setattr(witness, "lock_for_writing", swap_then_lock)
     db = ours.h.db()
     try:
         with pytest.raises(ApplianceError) as info:
