@@ -321,13 +321,13 @@ def load_event(
     }
 
 
-def _record_event(db: sqlite_utils.Database, fields: dict[str, Any]) -> None:
+def _record_event(db: sqlite_utils.Database, fields: dict[str, Any], type: str = "load") -> None:
     """Commit one load event; the next load on this connection still knows the stored
     manifests it read (``provenance.carry_audit_commit``): an audited load costs what
     an unrecorded one does, whatever the size of the artifact's bundle."""
     with transaction(db):
         inside = provenance.token_inside(db)
-        audit.append(db, "load", **fields)
+        audit.append(db, type, **fields)
     provenance.carry_audit_commit(db, inside)
 
 
@@ -374,11 +374,31 @@ def load_from_db(
         try:
             _record_event(db, load_event(name, version, art.record, art, None, who))
             # With a witness, load events are witnessed too: none can vanish unnoticed.
-            witness.refresh(db, wpath)
+            _witness_or_undelivered(db, wpath, name, version, art, who)
         except BaseException:
             art.close()
             raise
     return art
+
+
+def _witness_or_undelivered(
+    db: sqlite_utils.Database,
+    wpath: Path | None,
+    name: str,
+    version: str | None,
+    art: LoadedArtifact,
+    who: Identity,
+) -> None:
+    """Bring the witness forward after a load's event. When that fails the load is not
+    handed over (its event would not be witnessed), and the log says so: a
+    ``load_undelivered`` event with the witness's error code, not witnessed either."""
+    try:
+        witness.refresh(db, wpath)
+    except ApplianceError as e:
+        fields = load_event(name, version, art.record, None, None, who)
+        fields.update(outcome="failed", code=e.code)
+        _record_event(db, fields, "load_undelivered")
+        raise
 
 
 def load(

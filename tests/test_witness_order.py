@@ -238,3 +238,30 @@ def test_the_witness_checked_is_the_one_replaced_even_if_its_folder_is_swapped(
         db.conn.close()
     assert info.value.code == "witness_foreign"
     assert other.witness.read_bytes() == foreign
+
+
+def test_a_direct_load_whose_witness_write_fails_says_so_in_the_log(tmp_path: Path) -> None:
+    """Through the CLI: the load's event is committed, the witness write then fails (a
+    FIFO at the lock's name): exit 4 witness_unreadable, no output, and a
+    ``load_undelivered`` event after the verified one."""
+    site = make_site(tmp_path, witness=True)
+    site.ship({"model@1.0": b"one"})
+    assert site.witness is not None
+    lock = site.witness.parent / f".{site.witness.name}.lock"
+    lock.unlink()
+    os.mkfifo(lock)
+    out = tmp_path / "out.bin"
+    res = site.cli("--witness", str(site.witness), "load", "model", "-o", out, "--json")
+    assert (res.code, res.json["error"]["code"]) == (4, "witness_unreadable")
+    assert not out.exists()
+    db = site.h.db()
+    try:
+        rows = db.execute(
+            "SELECT type, outcome, code FROM audit WHERE type LIKE 'load%' ORDER BY seq"
+        ).fetchall()
+    finally:
+        db.conn.close()
+    assert rows[-2:] == [
+        ("load", "verified", None),
+        ("load_undelivered", "failed", "witness_unreadable"),
+    ]

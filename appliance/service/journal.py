@@ -5,7 +5,9 @@ writer thread takes every event queued so far, appends them all in one
 ``BEGIN IMMEDIATE`` ... ``COMMIT`` (one set of fsyncs for the batch), brings
 the witness forward once, then resolves the futures. The service sends a
 descriptor from the future's callback (in this thread, right after the
-commit), so only after its event is committed. ``stop`` drains the queue
+commit), so only after its event is committed and witnessed; a witness that
+cannot be brought forward fails each future with ``Unwitnessed`` (the events
+stand, committed). ``stop`` drains the queue
 first, and waits for every ``hold`` (a reply still being sent, which may yet
 record that it never reached its loader).
 
@@ -27,10 +29,22 @@ from typing import Any
 import sqlite_utils
 
 from appliance import audit, witness
-from appliance.db import transaction
+from appliance.db import sqlite_errors, transaction
 from appliance.service.cache import ChangeCounter
+from bundles.errors import ApplianceError
 
 MAX_BATCH = 512
+
+
+class Unwitnessed(Exception):
+    """The batch's events are committed (``seq``), but the witness could not be brought
+    forward after them (``cause``): nothing may be handed over for them, and the log
+    should say so (``load_undelivered``)."""
+
+    def __init__(self, cause: ApplianceError, seq: int) -> None:
+        super().__init__(cause.message)
+        self.cause = cause
+        self.seq = seq
 
 
 class Journal:
@@ -134,8 +148,6 @@ class Journal:
                     self.counter.expect(before + 1)  # a reader seeing it waits for own/abandon
             if before >= 0:
                 self.counter.own(before + 1)
-            if refresh:
-                witness.refresh(self.db, self.witness_path)
             self.batches += 1
         except BaseException as e:  # every waiter learns the batch failed; none is served
             self.counter.abandon()
@@ -144,5 +156,20 @@ class Journal:
             if not isinstance(e, Exception):
                 raise
             return
+        unwitnessed: ApplianceError | None = None
+        if refresh:
+            try:
+                with sqlite_errors():
+                    witness.refresh(self.db, self.witness_path)
+            except ApplianceError as e:  # committed, not witnessed: said to each waiter
+                unwitnessed = e
+            # A bug: each waiter fails with it, and the journal goes on.
+            except Exception as e:  # noqa: BLE001
+                for _, _, fut in batch:
+                    fut.set_exception(e)
+                return
         for (_, _, fut), seq in zip(batch, seqs, strict=True):
-            fut.set_result(seq)
+            if unwitnessed is None:
+                fut.set_result(seq)
+            else:
+                fut.set_exception(Unwitnessed(unwitnessed, seq))

@@ -68,7 +68,7 @@ from appliance.loader import LoadedArtifact, load_event, verified_open
 from appliance.service.cache import ChangeCounter, EvidenceCache
 from appliance.service.grants import authorize
 from appliance.service.identity import Identity, peer_identity
-from appliance.service.journal import Journal
+from appliance.service.journal import Journal, Unwitnessed
 from appliance.service.protocol import (
     MAX_REQUEST,
     LoadRequest,
@@ -460,6 +460,13 @@ class Server:
         handed_off = False
         try:
             error = fut.exception()
+            if isinstance(error, Unwitnessed):
+                # On record as verified, but not witnessed: not handed over, and the log
+                # says so (its own event, which does not try the witness again).
+                self.config.log(f"appliance serve: load of {req.name} not served: {error}")
+                self._reply(conn, error_reply(error.cause, exit_code_for(error.cause)))
+                self._undelivered(req, art, who, error.cause.code)
+                return
             if isinstance(error, ApplianceError):
                 # Not committed (disk full, database busy), or committed but the witness
                 # could not be brought forward (lock_held, io_error): nothing is handed
@@ -527,11 +534,15 @@ class Server:
             self._done(conn)
             self.journal.release()
 
-    def _undelivered(self, req: LoadRequest, art: LoadedArtifact, who: Identity) -> None:
-        """The load is on record as verified; say that it never reached the loader."""
+    def _undelivered(
+        self, req: LoadRequest, art: LoadedArtifact, who: Identity, code: str = "client_gone"
+    ) -> None:
+        """The load is on record as verified; say that it never reached the loader (the
+        peer was gone: ``client_gone``; or the witness write failed: its error code, and
+        this event does not try the witness again)."""
         fields = load_event(req.name, req.version, art.record, None, None, who)
-        fields.update(outcome="failed", code="client_gone")
-        self.journal.submit("load_undelivered", fields)
+        fields.update(outcome="failed", code=code)
+        self.journal.submit("load_undelivered", fields, refresh=code == "client_gone")
 
     def _load(
         self,
@@ -600,6 +611,8 @@ class Server:
         fields = load_event(name, version, found[0] if found else None, None, error, who)
         try:
             self.journal.record("load", fields, refresh=not isinstance(error, StateSuspectError))
+        except Unwitnessed as e:  # recorded; only the witness is behind
+            self.config.log(f"appliance serve: refusal of {name} recorded, not witnessed: {e}")
         except (ApplianceError, sqlite3.Error) as e:
             why = e.message if isinstance(e, ApplianceError) else str(e)
             self.config.log(

@@ -44,7 +44,7 @@ from appliance.watch.alarms import ACK, ALARM, Alarm
 from bundles.errors import ApplianceError, StateSuspectError
 
 # Event types that change nothing but the audit log itself.
-LOG_ONLY = frozenset({"load", ALARM, ACK, "scrub"})
+LOG_ONLY = frozenset({"load", "load_undelivered", ALARM, ACK, "scrub"})
 
 # A table changed with no event that explains it: the alarm of its class.
 TABLE_CODES: dict[str, str] = {

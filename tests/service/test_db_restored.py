@@ -9,6 +9,7 @@ transaction would hold the database's lock against the appliance's own writes).
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from service_world import World, ask
@@ -74,6 +75,16 @@ def test_a_witness_that_cannot_be_brought_forward_is_its_own_error_not_internal(
     os.mkfifo(lock)
     r = ask(w.sock, "model")
     assert r.fds == [] and r.code == "witness_unreadable" and r.doc["exit_code"] == 4, r.doc
+    # The load is on record (verified), and so is that it never reached the loader (that
+    # event is queued right after the reply: the journal commits it next).
+    deadline = time.monotonic() + 10
+    while not w.events("load_undelivered") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    last = w.events("load")[-1]
+    [undelivered] = w.events("load_undelivered")
+    assert last["outcome"] == "verified"
+    assert (undelivered["outcome"], undelivered["code"]) == ("failed", "witness_unreadable")
+    assert undelivered["seq"] > last["seq"]
     lock.unlink()
     r = ask(w.sock, "model")
     assert r.code is None and len(r.fds) == 1, r.doc
