@@ -116,3 +116,42 @@ def test_outside_a_load_every_look_reads_the_anchor_again(
         assert len(reads) == 4
     finally:
         db.conn.close()
+
+
+def test_a_cli_load_reads_the_anchor_once(tmp_path: Path) -> None:
+    """``appliance load`` and ``exec`` in their own process: an audit hook reports each
+    open of the anchor file as it happens (the commands end with ``os._exit``)."""
+    import subprocess
+    import sys
+
+    from conftest_load import make_site
+
+    site = make_site(tmp_path, witness=True)
+    site.ship({"model@1.0": b"one"})
+    hook = (
+        "import os, sys, runpy\n"
+        "def hook(event, args):\n"
+        "    if event == 'open' and str(args[0]).endswith('.json') and 'anchors' in str(args[0]):\n"
+        "        os.write(2, b'ANCHOR-OPEN\\n')\n"
+        "sys.addaudithook(hook)\n"
+        "sys.argv = ['appliance'] + sys.argv[1:]\n"
+        "runpy.run_module('appliance', run_name='__main__')\n"
+    )
+    for args in (["load", "model", "-o", str(tmp_path / "out")], ["exec", "model", "--", "true"]):
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                hook,
+                "--home",
+                str(site.home),
+                "--witness",
+                str(site.witness),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.count("ANCHOR-OPEN") == 1, (args, r.stderr)
