@@ -117,6 +117,13 @@ def _summary(
         return (
             f"loaded {ref}: verified (BLAKE3 {str(d.get('digest', ''))[:16]}){_by(d.get('loader'))}"
         )
+    if kind == "load_undelivered":
+        why = (
+            "the loader went away before the reply"
+            if e["code"] == "client_gone"
+            else "the witness could not be brought forward"
+        )
+        return f"{ref} NOT handed over [{e['code']}]{_by(d.get('loader'))}: {why}"
     return f"{kind} {ref}: {outcome}"
 
 

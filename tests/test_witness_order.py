@@ -265,3 +265,7 @@ def test_a_direct_load_whose_witness_write_fails_says_so_in_the_log(tmp_path: Pa
         ("load", "verified", None),
         ("load_undelivered", "failed", "witness_unreadable"),
     ]
+    lock.unlink()  # the responder's view: history says it plainly
+    hist = site.cli("--witness", str(site.witness), "history", "model", check=0).stdout.decode()
+    assert "model@1.0 NOT handed over [witness_unreadable]" in hist
+    assert "the witness could not be brought forward" in hist
