@@ -63,6 +63,8 @@ __all__ = [
     "load",
     "load_event",
     "load_from_db",
+    "load_from_home",
+    "undelivered_event",
     "resolve_home",
     "verified_open",
 ]
@@ -321,6 +323,16 @@ def load_event(
     }
 
 
+def undelivered_event(
+    name: str, version: str | None, rec: Record | None, loader: Identity, code: str
+) -> dict[str, Any]:
+    """The fields of a ``load_undelivered`` event: a load on record as verified that never
+    reached its loader (``code``: ``client_gone``, or the witness's error)."""
+    fields = load_event(name, version, rec, None, None, loader)
+    fields.update(outcome="failed", code=code)
+    return fields
+
+
 def _record_event(db: sqlite_utils.Database, fields: dict[str, Any], type: str = "load") -> None:
     """Commit one load event; the next load on this connection still knows the stored
     manifests it read (``provenance.carry_audit_commit``): an audited load costs what
@@ -395,9 +407,9 @@ def _witness_or_undelivered(
     try:
         witness.refresh(db, wpath)
     except ApplianceError as e:
-        fields = load_event(name, version, art.record, None, None, who)
-        fields.update(outcome="failed", code=e.code)
-        _record_event(db, fields, "load_undelivered")
+        _record_event(
+            db, undelivered_event(name, version, art.record, who, e.code), "load_undelivered"
+        )
         raise
 
 
@@ -431,12 +443,38 @@ def load(
         from appliance.service.client import request_load
 
         return request_load(Path(socket), name, version, digest=digest)
-    h = resolve_home(home)
-    with one_anchor():  # opening the home, the witness location, the trust: one anchor
-        db = h.db()
+    return load_from_home(
+        resolve_home(home), name, version, witness_path=witness, record=record, digest=digest
+    )
+
+
+def load_from_home(
+    home: Home,
+    name: str,
+    version: str | None = None,
+    *,
+    witness_path: Path | None = None,
+    record: bool = True,
+    digest: str | None = None,
+    mapped: bool = False,
+    early: HeadStart | None = None,
+) -> LoadedArtifact:
+    """``load_from_db`` on the home's database, opened for this load and closed after it;
+    the trust anchor is read once for the whole load (``evidence.one_anchor``: opening the
+    home, the witness location and the trust chain judge by the same anchor)."""
+    with one_anchor():
+        db = home.db()
         try:
             return load_from_db(
-                h, db, name, version, witness_path=witness, record=record, digest=digest
+                home,
+                db,
+                name,
+                version,
+                witness_path=witness_path,
+                record=record,
+                digest=digest,
+                mapped=mapped,
+                early=early,
             )
         finally:
             db.conn.close()

@@ -9,7 +9,6 @@ the same steps and checks as the import, hashing nothing); no decision is made h
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -20,7 +19,7 @@ from typing import Any
 import sqlite_utils
 
 from appliance import audit, witness
-from appliance.db import sqlite_errors, translate_sqlite_error
+from appliance.db import sqlite_errors
 from appliance.evaluation import ClaimedStatusCache, claimed_statuses, preview_bundle
 from appliance.home import Home
 from appliance.mediascan import Medium, ScanCache, scan
@@ -436,17 +435,16 @@ def poll_media(
     bundles = [b for m in media for b in m.bundles if b.claimed is not None]
     problem: Problem | None = None
     try:
-        statuses = claimed_statuses(
-            Home(Path(home_root)),
-            {b.path: b.claimed for b in bundles},
-            clock=clock,
-            cache=state.statuses,
-            identities={b.path: b.identity for b in bundles if b.identity is not None},
-        )
+        with sqlite_errors():  # a database that stops reading: store_corrupt, as in ``opened``
+            statuses = claimed_statuses(
+                Home(Path(home_root)),
+                {b.path: b.claimed for b in bundles},
+                clock=clock,
+                cache=state.statuses,
+                identities={b.path: b.identity for b in bundles if b.identity is not None},
+            )
     except ApplianceError as e:
         statuses, problem = {}, Problem.of(e)
-    except sqlite3.Error as e:  # the database stopped reading: store_corrupt, as in ``opened``
-        statuses, problem = {}, Problem.of(translate_sqlite_error(e))
     return MediaPoll(
         [_without_claimed(m) for m in media],
         statuses,

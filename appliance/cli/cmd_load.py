@@ -120,8 +120,7 @@ def _load_verified(
     sock: Path | None,
     early: HeadStart | None,
 ) -> LoadedArtifact:
-    from appliance.evidence import one_anchor
-    from appliance.loader import load_from_db
+    from appliance.loader import load_from_home
     from appliance.store import parse_ref
 
     name, version = parse_ref(args.ref)
@@ -132,21 +131,9 @@ def _load_verified(
         from appliance.service.client import request_load
 
         return request_load(sock, name, version, digest=digest)
-    with one_anchor():  # one read of the trust anchor for the whole load, as appliance.load
-        db = home.db()
-        try:
-            return load_from_db(
-                home,
-                db,
-                name,
-                version,
-                witness_path=ctx.witness,
-                digest=digest,
-                mapped=True,
-                early=early,
-            )
-        finally:
-            db.conn.close()
+    return load_from_home(
+        home, name, version, witness_path=ctx.witness, digest=digest, mapped=True, early=early
+    )
 
 
 # Copies whose file cannot shrink, so a mapping of them never raises SIGBUS.

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance import witness
-from appliance.db import translate_sqlite_error
+from appliance.db import sqlite_errors
 from appliance.errors import (
     BadActivationError,
     BadRequestError,
@@ -64,7 +64,7 @@ from appliance.errors import (
     exit_code_for,
 )
 from appliance.home import Home
-from appliance.loader import LoadedArtifact, load_event, verified_open
+from appliance.loader import LoadedArtifact, load_event, undelivered_event, verified_open
 from appliance.service.cache import ChangeCounter, EvidenceCache
 from appliance.service.grants import authorize
 from appliance.service.identity import Identity, peer_identity
@@ -460,19 +460,16 @@ class Server:
         handed_off = False
         try:
             error = fut.exception()
-            if isinstance(error, Unwitnessed):
-                # On record as verified, but not witnessed: not handed over, and the log
-                # says so (its own event, which does not try the witness again).
+            if isinstance(error, (Unwitnessed, ApplianceError)):
+                # Not committed (disk full, database busy), or committed but not witnessed
+                # (lock_held, witness_unreadable): nothing is handed over, the loader is
+                # told why with the error's own code, and a committed load's undelivery
+                # goes on record (its own event, which does not try the witness again).
+                cause = error.cause if isinstance(error, Unwitnessed) else error
                 self.config.log(f"appliance serve: load of {req.name} not served: {error}")
-                self._reply(conn, error_reply(error.cause, exit_code_for(error.cause)))
-                self._undelivered(req, art, who, error.cause.code)
-                return
-            if isinstance(error, ApplianceError):
-                # Not committed (disk full, database busy), or committed but the witness
-                # could not be brought forward (lock_held, io_error): nothing is handed
-                # over, and the loader is told why, with the error's own code.
-                self.config.log(f"appliance serve: load of {req.name} not served: {error}")
-                self._reply(conn, error_reply(error, exit_code_for(error)))
+                self._reply(conn, error_reply(cause, exit_code_for(cause)))
+                if isinstance(error, Unwitnessed):
+                    self._undelivered(req, art, who, cause.code)
                 return
             if error is not None:  # the event is not on record: nothing is handed over
                 self._internal_error(conn, error)
@@ -540,8 +537,7 @@ class Server:
         """The load is on record as verified; say that it never reached the loader (the
         peer was gone: ``client_gone``; or the witness write failed: its error code, and
         this event does not try the witness again)."""
-        fields = load_event(req.name, req.version, art.record, None, None, who)
-        fields.update(outcome="failed", code=code)
+        fields = undelivered_event(req.name, req.version, art.record, who, code)
         self.journal.submit("load_undelivered", fields, refresh=code == "client_gone")
 
     def _load(
@@ -566,23 +562,20 @@ class Server:
             authorize(trust, who, rec)
 
         try:
-            art = verified_open(
-                self.config.home,
-                self.db,
-                name,
-                version,
-                witness_path=self.wpath,
-                digest=digest,
-                gate=gate,
-                provenance=self.cache.provenance,
-                guard=lambda: self.lock,
-                found=found,
-                lookup=self.cache.find,
-            )
-        except sqlite3.Error as e:  # the database no longer reads (say, bytes written over it)
-            error = translate_sqlite_error(e)
-            self._refusal_event(name, version, found, error, who)
-            return error
+            with sqlite_errors():  # a database that no longer reads is store_corrupt
+                art = verified_open(
+                    self.config.home,
+                    self.db,
+                    name,
+                    version,
+                    witness_path=self.wpath,
+                    digest=digest,
+                    gate=gate,
+                    provenance=self.cache.provenance,
+                    guard=lambda: self.lock,
+                    found=found,
+                    lookup=self.cache.find,
+                )
         except (RejectedError, StateSuspectError) as e:
             self._refusal_event(name, version, found, e, who)
             return e
@@ -606,8 +599,6 @@ class Server:
         """Record a refusal (a rejection or a suspect state) as a load event. One the
         database cannot take (it is what does not read) is logged instead: the loader
         still gets the refusal, never an internal error."""
-        if not isinstance(error, (RejectedError, StateSuspectError)):
-            return
         fields = load_event(name, version, found[0] if found else None, None, error, who)
         try:
             self.journal.record("load", fields, refresh=not isinstance(error, StateSuspectError))

@@ -99,11 +99,8 @@ class Loop:
         try:
             alarms = self.mon.baseline()
         except sqlite3.DatabaseError as e:
-            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
-                self.on_error(f"appliance: watch: database busy, retrying: {e}")
-                return []
-            name = self.home.db_path.name
-            return [Alarm("state_unauthorized", name, f"database unreadable: {e}")]
+            alarm = self._unreadable(e)
+            return [] if alarm is None else [alarm]
         self.baselined = True
         self.last_pass = self.last_full = time.monotonic()
         self.base.set_refs(referenced(self.mon.db))
@@ -147,18 +144,23 @@ class Loop:
         try:
             return fn()
         except sqlite3.DatabaseError as e:
-            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
-                self.on_error(f"appliance: watch: database busy, retrying: {e}")
-                return default
-            self.rescan = True
-            self.emit(
-                Alarm("state_unauthorized", self.home.db_path.name, f"database unreadable: {e}")
-            )
+            alarm = self._unreadable(e)
+            if alarm is not None:
+                self.rescan = True
+                self.emit(alarm)
             return default
         except OSError as e:
             self.rescan = True
             self.on_error(f"appliance: watch: {e}; re-checking everything")
             return default
+
+    def _unreadable(self, e: sqlite3.DatabaseError) -> Alarm | None:
+        """What a failed read of the database is: busy (reported, retried next turn: no
+        alarm) or unreadable (``state_unauthorized``: it may have been corrupted)."""
+        if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+            self.on_error(f"appliance: watch: database busy, retrying: {e}")
+            return None
+        return Alarm("state_unauthorized", self.home.db_path.name, f"database unreadable: {e}")
 
     def _database(self, batch: Batch, full: bool, now: float) -> tuple[list[Alarm], bool]:
         alarms = self.mon.reopen() if batch.db_replaced else []
