@@ -108,6 +108,15 @@ class Result:
         return doc
 
 
+def witnessed_site(tmp: Path) -> tuple[Site, Path]:
+    """A site with a witness and ``model@1.0`` (``b"one"``) imported: the site and the
+    witness's path."""
+    site = make_site(tmp, witness=True)
+    site.ship({"model@1.0": b"one"})
+    assert site.witness is not None
+    return site, site.witness
+
+
 def make_site(tmp: Path, *, witness: bool = False) -> Site:
     keydir = tmp / "keys"
     keys = {n: make_key(keydir, n) for n in ("root", "publisher", "rollback")}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_load import make_site
+from conftest_load import make_site, witnessed_site
 
 import appliance
 from appliance import audit, safefs, witness, witnesslock
@@ -36,9 +36,7 @@ def _head(site: Any) -> int:
 def test_a_slow_writer_never_puts_older_counters_over_newer_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    site = make_site(tmp_path, witness=True)
-    site.ship({"model@1.0": b"one"})
-    assert site.witness is not None
+    site, wit = witnessed_site(tmp_path)
     real_write = safefs.write_file_at
     first_read = threading.Event()
     other_done = threading.Event()
@@ -54,7 +52,7 @@ def test_a_slow_writer_never_puts_older_counters_over_newer_ones(
     monkeypatch.setattr(safefs, "write_file_at", slow_first)
 
     def load(name: str) -> None:
-        with appliance.load("model", home=site.h, witness=site.witness) as art:
+        with appliance.load("model", home=site.h, witness=wit) as art:
             assert art.read() == b"one"
 
     slow = threading.Thread(target=load, args=("slow",), name="slow")
@@ -63,7 +61,7 @@ def test_a_slow_writer_never_puts_older_counters_over_newer_ones(
     load("fast")  # commits its event after the slow one read its counters
     other_done.set()
     slow.join(20)
-    doc = witness.read(site.witness)
+    doc = witness.read(wit)
     assert doc is not None
     assert doc["audit_seq"] == _head(site)  # both load events are witnessed
 
@@ -74,16 +72,14 @@ def test_a_writer_that_never_lets_go_is_lock_held_not_a_hang(
     """A process stopped while it writes the witness (SIGSTOP) holds the lock: the next
     writer gives up after WRITE_LOCK_WAIT with lock_held, and the load still refuses
     nothing it verified (the event is committed; the witness write is what failed)."""
-    site = make_site(tmp_path, witness=True)
-    site.ship({"model@1.0": b"one"})
-    assert site.witness is not None
+    site, wit = witnessed_site(tmp_path)
     monkeypatch.setattr(witnesslock, "WRITE_LOCK_WAIT", 0.3)
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import fcntl, os, sys, time\n"
-            f"fd = os.open({str(site.witness.parent / ('.' + site.witness.name + '.lock'))!r}, "
+            f"fd = os.open({str(wit.parent / ('.' + wit.name + '.lock'))!r}, "
             "os.O_RDWR)\n"
             "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)\n",
         ],
@@ -91,17 +87,15 @@ def test_a_writer_that_never_lets_go_is_lock_held_not_a_hang(
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
-        before = site.witness.read_bytes()
+        before = wit.read_bytes()
         db = site.h.db()
         try:
             with pytest.raises(LockHeldError, match="another process has been writing"):
-                witness.write(db, site.witness)
-            assert witness.refresh_after_commit(db, site.witness)[0].startswith(
-                "witness_write_failed"
-            )
+                witness.write(db, wit)
+            assert witness.refresh_after_commit(db, wit)[0].startswith("witness_write_failed")
         finally:
             db.conn.close()
-        assert site.witness.read_bytes() == before
+        assert wit.read_bytes() == before
     finally:
         holder.kill()
         holder.wait()
@@ -119,21 +113,19 @@ for _ in range(n):
 
 
 def test_loads_in_three_processes_leave_every_event_witnessed(tmp_path: Path) -> None:
-    site = make_site(tmp_path, witness=True)
-    site.ship({"model@1.0": b"one"})
-    assert site.witness is not None
+    site, wit = witnessed_site(tmp_path)
     procs = [
-        subprocess.Popen([sys.executable, "-c", LOADS, str(site.home), str(site.witness), "60"])
+        subprocess.Popen([sys.executable, "-c", LOADS, str(site.home), str(wit), "60"])
         for _ in range(3)
     ]
     seen: list[int] = []
     while any(p.poll() is None for p in procs):
-        doc = witness.read(site.witness)
+        doc = witness.read(wit)
         if doc is not None:
             seen.append(int(doc["audit_seq"]))
     assert all(p.wait() == 0 for p in procs)
     assert seen == sorted(seen), "the witness went backwards"
-    doc = witness.read(site.witness)
+    doc = witness.read(wit)
     assert doc is not None and doc["audit_seq"] == _head(site)
 
 
@@ -141,10 +133,8 @@ def test_loads_in_three_processes_leave_every_event_witnessed(tmp_path: Path) ->
 def test_a_link_or_fifo_at_the_lock_name_is_refused_and_the_witness_kept(
     tmp_path: Path, planted: str
 ) -> None:
-    site = make_site(tmp_path, witness=True)
-    site.ship({"model@1.0": b"one"})
-    assert site.witness is not None
-    lock = site.witness.parent / f".{site.witness.name}.lock"
+    site, wit = witnessed_site(tmp_path)
+    lock = wit.parent / f".{wit.name}.lock"
     lock.unlink()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.write_bytes(b"")
@@ -152,25 +142,23 @@ def test_a_link_or_fifo_at_the_lock_name_is_refused_and_the_witness_kept(
         lock.symlink_to(elsewhere)
     else:
         os.mkfifo(lock)
-    before = site.witness.read_bytes()
+    before = wit.read_bytes()
     db = site.h.db()
     try:
         with pytest.raises(ApplianceError) as info:
-            witness.write(db, site.witness)
+            witness.write(db, wit)
     finally:
         db.conn.close()
     assert info.value.code == "witness_unreadable"
-    assert site.witness.read_bytes() == before
+    assert wit.read_bytes() == before
     assert elsewhere.read_bytes() == b""
 
 
 def test_the_lock_file_is_private(tmp_path: Path) -> None:
-    site = make_site(tmp_path, witness=True)
-    site.ship({"model@1.0": b"one"})
-    assert site.witness is not None
-    st = (site.witness.parent / f".{site.witness.name}.lock").stat()
+    site, wit = witnessed_site(tmp_path)
+    st = (wit.parent / f".{wit.name}.lock").stat()
     assert stat.S_IMODE(st.st_mode) == 0o600
-    assert (st.st_uid, st.st_gid) == (site.witness.parent.stat().st_uid, os.getegid())
+    assert (st.st_uid, st.st_gid) == (wit.parent.stat().st_uid, os.getegid())
 
 
 def test_a_filesystem_without_owners_keeps_the_lock_working(
@@ -181,9 +169,7 @@ def test_a_filesystem_without_owners_keeps_the_lock_working(
     INJECTED: this machine's kernel has no vfat; the refusal is what vfat answers."""
     import errno
 
-    site = make_site(tmp_path, witness=True)
-    site.ship({"model@1.0": b"one"})
-    assert site.witness is not None
+    site, wit = witnessed_site(tmp_path)
     folder = tmp_path / "vfat-stick"
     folder.mkdir()
     os.chown(folder, 4321, 4321)
@@ -244,14 +230,12 @@ def test_a_direct_load_whose_witness_write_fails_says_so_in_the_log(tmp_path: Pa
     """Through the CLI: the load's event is committed, the witness write then fails (a
     FIFO at the lock's name): exit 4 witness_unreadable, no output, and a
     ``load_undelivered`` event after the verified one."""
-    site = make_site(tmp_path, witness=True)
-    site.ship({"model@1.0": b"one"})
-    assert site.witness is not None
-    lock = site.witness.parent / f".{site.witness.name}.lock"
+    site, wit = witnessed_site(tmp_path)
+    lock = wit.parent / f".{wit.name}.lock"
     lock.unlink()
     os.mkfifo(lock)
     out = tmp_path / "out.bin"
-    res = site.cli("--witness", str(site.witness), "load", "model", "-o", out, "--json")
+    res = site.cli("--witness", str(wit), "load", "model", "-o", out, "--json")
     assert (res.code, res.json["error"]["code"]) == (4, "witness_unreadable")
     assert not out.exists()
     db = site.h.db()
@@ -266,6 +250,6 @@ def test_a_direct_load_whose_witness_write_fails_says_so_in_the_log(tmp_path: Pa
         ("load_undelivered", "failed", "witness_unreadable"),
     ]
     lock.unlink()  # the responder's view: history says it plainly
-    hist = site.cli("--witness", str(site.witness), "history", "model", check=0).stdout.decode()
+    hist = site.cli("--witness", str(wit), "history", "model", check=0).stdout.decode()
     assert "model@1.0 NOT handed over [witness_unreadable]" in hist
     assert "the witness could not be brought forward" in hist
