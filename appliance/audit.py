@@ -16,9 +16,8 @@ from datetime import datetime
 from json.scanner import make_scanner
 from typing import Any, cast
 
-import sqlite_utils
-
 from appliance import evidence
+from appliance.db import Database
 from appliance.errors import AuditChainError
 from bundles.canonical import canonical_bytes
 from bundles.errors import ApplianceError
@@ -33,13 +32,13 @@ def event_hash(prev_hash: str, event: dict[str, Any]) -> str:
     return hashlib.sha256(bytes.fromhex(prev_hash) + body).hexdigest()
 
 
-def head(db: sqlite_utils.Database) -> tuple[int, str]:
+def head(db: Database) -> tuple[int, str]:
     row = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     return (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
 
 
 def append(
-    db: sqlite_utils.Database,
+    db: Database,
     type: str,
     *,
     outcome: str,
@@ -56,9 +55,7 @@ def append(
     return append_many(db, [(type, fields)])[0]
 
 
-def append_many(
-    db: sqlite_utils.Database, events: list[tuple[str, dict[str, Any]]]
-) -> list[dict[str, Any]]:
+def append_many(db: Database, events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Append each ``(type, fields)`` in order (``append``'s fields), inside the caller's
     transaction (the loader service's group commit; ``append`` is a batch of one): the
     chain head, the last time stamp and the trusted time are read once for the batch,
@@ -114,7 +111,7 @@ def _chain_hash(prev_hash: str, event: dict[str, Any]) -> str:
     return event_hash(prev_hash, event)
 
 
-def _trusted_time(db: sqlite_utils.Database, now: datetime) -> dict[str, Any]:
+def _trusted_time(db: Database, now: datetime) -> dict[str, Any]:
     """``{"trusted_time": ...}``: max(system clock, the newest root-signed time counted from
     the last ``reset_time``), from the verified trust chain (no root-signed update yet: the
     clock). When that chain cannot be derived (its anchor or a stored trust document
@@ -150,7 +147,7 @@ def _trusted_time(db: sqlite_utils.Database, now: datetime) -> dict[str, Any]:
 # Per open database: the root floor verified for the stored trust documents of that token
 # (the same bytes always give the same floor), so an event costs one query and one hash,
 # not a re-read of the anchor (the loader service appends thousands a second).
-_root_floors: weakref.WeakKeyDictionary[sqlite_utils.Database, tuple[bytes, datetime | None]] = (
+_root_floors: weakref.WeakKeyDictionary[Database, tuple[bytes, datetime | None]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -159,7 +156,7 @@ def _row(row: tuple[Any, ...]) -> dict[str, Any]:
     return dict(zip((*FIELDS, "prev_hash", "hash"), row, strict=True))
 
 
-def rows(db: sqlite_utils.Database, name: str | None = None) -> list[dict[str, Any]]:
+def rows(db: Database, name: str | None = None) -> list[dict[str, Any]]:
     cols = ", ".join((*FIELDS, "prev_hash", "hash"))
     if name is None:
         cur = db.execute(f"SELECT {cols} FROM audit ORDER BY seq")
@@ -168,7 +165,7 @@ def rows(db: sqlite_utils.Database, name: str | None = None) -> list[dict[str, A
     return [_row(r) for r in cur.fetchall()]
 
 
-def rows_naming(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]]:
+def rows_naming(db: Database, name: str) -> list[dict[str, Any]]:
     """Events about ``name`` in chain order: those recorded under it and refused imports
     (and refused trust updates carried by a bundle) whose manifest named it
     (``detail.artifacts``, issue 14)."""
@@ -194,7 +191,7 @@ def _names(event: dict[str, Any], name: str) -> bool:
     )
 
 
-def pointer_rows(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]]:
+def pointer_rows(db: Database, name: str) -> list[dict[str, Any]]:
     """Accepted imports and rollbacks of ``name``: the events that may move its pointer."""
     cols = ", ".join((*FIELDS, "prev_hash", "hash"))
     cur = db.execute(
@@ -205,7 +202,7 @@ def pointer_rows(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]]:
     return [_row(r) for r in cur.fetchall()]
 
 
-def pointer_rows_linked(db: sqlite_utils.Database) -> list[tuple[Any, ...]]:
+def pointer_rows_linked(db: Database) -> list[tuple[Any, ...]]:
     """Accepted imports and rollbacks of every name with a record or an active pointer,
     in one query (``pointer_sql``), in seq order, each
     row: the ``FIELDS``, prev_hash, hash; then whether the event's bytes as SQLite
@@ -235,7 +232,7 @@ def pointer_sql(body: str) -> str:
     )
 
 
-def _pointer_rows(db: sqlite_utils.Database, body: str) -> list[tuple[Any, ...]]:
+def _pointer_rows(db: Database, body: str) -> list[tuple[Any, ...]]:
     cur = db.execute(pointer_sql(body))
     sha256, fromhex = hashlib.sha256, bytes.fromhex
     out: list[tuple[Any, ...]] = []
@@ -311,7 +308,7 @@ def public_event(event: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def first_unvouched(db: sqlite_utils.Database) -> int | None:
+def first_unvouched(db: Database) -> int | None:
     """The first event the chain no longer vouches for (altered, missing before it, or
     linked to an altered past), or None when the whole log verifies."""
     try:
@@ -362,7 +359,7 @@ def hash_matches(prev_hash: str, event: dict[str, Any], digest: str) -> bool:
         return False
 
 
-def verify_chain(db: sqlite_utils.Database) -> tuple[int, str]:
+def verify_chain(db: Database) -> tuple[int, str]:
     """Walk the log; return (events, head hash) or raise ``AuditChainError``.
 
     One pass over a cursor (no list of all events). SQLite writes each event's bytes
@@ -390,7 +387,7 @@ _SQL_BODY = (
 )
 
 
-def _verify_chain_sql(db: sqlite_utils.Database) -> tuple[int, str]:
+def _verify_chain_sql(db: Database) -> tuple[int, str]:
     prev = GENESIS
     expected_seq = 1
     sha256 = hashlib.sha256
@@ -422,7 +419,7 @@ def _verify_chain_sql(db: sqlite_utils.Database) -> tuple[int, str]:
     return expected_seq - 1, prev
 
 
-def _row_matches(db: sqlite_utils.Database, seq: int, prev: str, digest: object) -> bool:
+def _row_matches(db: Database, seq: int, prev: str, digest: object) -> bool:
     """The event ``seq`` as read back hashes to ``digest`` by ``hash_matches``."""
     cols = ", ".join(FIELDS)
     row = db.execute(f"SELECT {cols} FROM audit WHERE seq = ?", [seq]).fetchone()
@@ -431,7 +428,7 @@ def _row_matches(db: sqlite_utils.Database, seq: int, prev: str, digest: object)
     return hash_matches(prev, dict(zip(FIELDS, row, strict=True)), digest)
 
 
-def _verify_chain_rows(db: sqlite_utils.Database) -> tuple[int, str]:
+def _verify_chain_rows(db: Database) -> tuple[int, str]:
     prev = GENESIS
     expected_seq = 1
     cols = ", ".join((*FIELDS, "prev_hash", "hash"))

@@ -21,10 +21,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-import sqlite_utils
-
 from appliance import witness
-from appliance.db import sqlite_errors
+from appliance.db import Database, sqlite_errors
 from appliance.errors import ApplianceError, TrustUpdateReplayError
 from appliance.evidence import Floors, anchor_of, name_owners
 from appliance.home import Home
@@ -52,15 +50,13 @@ __all__ = [
 ]
 
 
-def store_view(db: sqlite_utils.Database) -> StoreView:
+def store_view(db: Database) -> StoreView:
     owners = name_owners(db)  # from the signed manifests, not the names table
     digests = {(n, v): d for n, v, d in db.execute("SELECT name, version, digest FROM artifacts")}
     return StoreView(site(db), stream_sequences(db), owners, digests)
 
 
-def witness_gate(
-    db: sqlite_utils.Database, check: witness.WitnessCheck, manifest: Manifest
-) -> WitnessGate:
+def witness_gate(db: Database, check: witness.WitnessCheck, manifest: Manifest) -> WitnessGate:
     """What the witness says of importing ``manifest`` (a home behind it takes only a
     bundle that brings its signed counters up to the witness's)."""
     status = check.status.value
@@ -89,7 +85,7 @@ def carried_updates(
 
 
 def evaluate_source(
-    db: sqlite_utils.Database,
+    db: Database,
     source: MediaSource,
     state: TrustState,
     check: witness.WitnessCheck,
@@ -114,7 +110,7 @@ def evaluate_source(
 _HomeState = tuple[TrustState, StoreView, Floors]
 
 
-def _home_state(db: sqlite_utils.Database) -> _HomeState:
+def _home_state(db: Database) -> _HomeState:
     return load_trust(db), store_view(db), time_floors(db)
 
 
@@ -314,7 +310,7 @@ def preview_bundle(home: Home, path: Path, witness_path: Path | None = None) -> 
         return BundlePreview(path, None, False, "not read", problem=e)
 
 
-def _preview(db: sqlite_utils.Database, path: Path, witness_path: Path | None) -> BundlePreview:
+def _preview(db: Database, path: Path, witness_path: Path | None) -> BundlePreview:
     state = load_trust(db)
     now = trusted_now(db)
     check = witness.check(db, witness.configured_path(db, witness_path))

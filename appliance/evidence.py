@@ -41,10 +41,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from appliance.anchor import Anchor, anchor_path, home_key, read_anchor
-from appliance.db import get_meta, read_only, snapshot
+from appliance.db import Database, get_meta, read_only, snapshot
 from appliance.errors import TrustStateUnauthorizedError
 from appliance.trust import TrustState, apply_update, role_key
 from bundles.canonical import parse_json
@@ -77,7 +75,7 @@ __all__ = [
 ]
 
 
-def home_root(db: sqlite_utils.Database) -> Path:
+def home_root(db: Database) -> Path:
     """The home a state database belongs to (the folder of its main file)."""
     for _seq, name, file in db.execute("PRAGMA database_list").fetchall():
         if name == "main" and file:
@@ -87,7 +85,7 @@ def home_root(db: sqlite_utils.Database) -> Path:
 
 # Inside ``one_anchor``: the anchor each connection read, by id (the connection is held, so
 # its id is not reused while the scope lasts).
-_one_look: ContextVar[dict[int, tuple[sqlite_utils.Database, Anchor]] | None] = ContextVar(
+_one_look: ContextVar[dict[int, tuple[Database, Anchor]] | None] = ContextVar(
     "appliance_one_anchor", default=None
 )
 
@@ -111,7 +109,7 @@ def one_anchor() -> Iterator[None]:
         _one_look.reset(token)
 
 
-def anchor_of(db: sqlite_utils.Database) -> Anchor:
+def anchor_of(db: Database) -> Anchor:
     """The home's anchor, checked to belong to this home (exit 4 otherwise); read once per
     connection inside ``one_anchor``."""
     seen = _one_look.get()
@@ -125,7 +123,7 @@ def anchor_of(db: sqlite_utils.Database) -> Anchor:
     return anchor
 
 
-def _read_anchor_of(db: sqlite_utils.Database) -> Anchor:
+def _read_anchor_of(db: Database) -> Anchor:
     root = home_root(db)
     given = os.environ.get("APPLIANCE_ANCHOR")
     key = home_key(root)  # one realpath for both uses
@@ -215,7 +213,7 @@ def _blob(value: Any, what: str) -> bytes:
 _chains: dict[bytes, TrustChain] = {}
 
 
-def trust_chain(db: sqlite_utils.Database) -> TrustChain:
+def trust_chain(db: Database) -> TrustChain:
     """The anchor folded with every stored trust document, each verified in turn."""
     anchor = anchor_of(db)
     rows = [
@@ -269,7 +267,7 @@ def _state_rows(state: TrustState) -> tuple[Any, ...]:
     return (state.version, keys, extra, sorted(state.thresholds.items()))
 
 
-def _table_rows(db: sqlite_utils.Database) -> tuple[Any, ...]:
+def _table_rows(db: Database) -> tuple[Any, ...]:
     keys, extra = [], []
     for kid, role, stream, added, rev in db.execute(
         "SELECT keyid, role, stream, added_version, revoked_version FROM keys"
@@ -286,13 +284,13 @@ def _table_rows(db: sqlite_utils.Database) -> tuple[Any, ...]:
     return (version, sorted(keys), sorted(extra), sorted(thresholds))
 
 
-def verified_trust(db: sqlite_utils.Database) -> TrustState:
+def verified_trust(db: Database) -> TrustState:
     """Today's trust state from the evidence; exit 4 when the tables say otherwise."""
     with snapshot(db):
         return _verified_trust(db)
 
 
-def _verified_trust(db: sqlite_utils.Database) -> TrustState:
+def _verified_trust(db: Database) -> TrustState:
     chain = trust_chain(db)
     state = chain.current
     if _table_rows(db) != _state_rows(state):
@@ -312,7 +310,7 @@ def _verified_trust(db: sqlite_utils.Database) -> TrustState:
 # --- where events stand in the chain of trust versions --------------------------------
 
 
-def _trust_update_seqs(db: sqlite_utils.Database) -> list[int]:
+def _trust_update_seqs(db: Database) -> list[int]:
     return [
         int(r[0])
         for r in db.execute(
@@ -322,7 +320,7 @@ def _trust_update_seqs(db: sqlite_utils.Database) -> list[int]:
     ]
 
 
-def trust_version_at(db: sqlite_utils.Database, seq: int, cache: list[int] | None = None) -> int:
+def trust_version_at(db: Database, seq: int, cache: list[int] | None = None) -> int:
     """The trust version in force when audit event ``seq`` was written."""
     seqs = _trust_update_seqs(db) if cache is None else cache
     return 1 + bisect.bisect_left(seqs, seq)
@@ -407,7 +405,7 @@ def _detail(seq: int, detail: str) -> dict[str, Any]:
     return detail_of({"seq": seq, "detail": detail})
 
 
-def _stream_evidence(db: sqlite_utils.Database, chain: TrustChain) -> _StreamEvidence:
+def _stream_evidence(db: Database, chain: TrustChain) -> _StreamEvidence:
     tu_seqs = _trust_update_seqs(db)
     imported: dict[tuple[str, int], int] = {}
     for seq, detail in db.execute(
@@ -460,7 +458,7 @@ def _stream_evidence(db: sqlite_utils.Database, chain: TrustChain) -> _StreamEvi
     return _StreamEvidence(marks, floors, owners)
 
 
-def stream_marks(db: sqlite_utils.Database) -> dict[str, int]:
+def stream_marks(db: Database) -> dict[str, int]:
     """Every stream's high-water mark from the evidence; exit 4 if the table disagrees."""
     with snapshot(db):
         marks = _stream_evidence(db, trust_chain(db)).marks
@@ -476,7 +474,7 @@ def stream_marks(db: sqlite_utils.Database) -> dict[str, int]:
     return marks
 
 
-def name_owners(db: sqlite_utils.Database) -> dict[str, tuple[str, int]]:
+def name_owners(db: Database) -> dict[str, tuple[str, int]]:
     """Each artifact name's stream (the first to ship it) and highest release counter, from
     the signed manifests (releases of manifests undone by a ``reset_stream`` do not count).
     """
@@ -517,7 +515,7 @@ def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
     return a if b is None or a >= b else b
 
 
-def _rollback_floor(db: sqlite_utils.Database, chain: TrustChain) -> datetime | None:
+def _rollback_floor(db: Database, chain: TrustChain) -> datetime | None:
     tu_seqs = _trust_update_seqs(db)
     events: dict[str, int] = {}
     for seq, detail in db.execute(
@@ -546,7 +544,7 @@ def _rollback_floor(db: sqlite_utils.Database, chain: TrustChain) -> datetime | 
     return floor
 
 
-def time_floors(db: sqlite_utils.Database) -> Floors:
+def time_floors(db: Database) -> Floors:
     with snapshot(db):
         chain = trust_chain(db)
         return Floors(

@@ -35,9 +35,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import sqlite_utils
-
 from appliance import audit
+from appliance.db import Database
 from appliance.store import active_version, records
 from appliance.trust import TrustState, key_labels, labels_text
 from appliance.truststore import naming_trust
@@ -182,14 +181,14 @@ def _moves(event: dict[str, Any]) -> bool:
     return event["type"] == "rollback" or bool(audit.detail_of(event).get("activated"))
 
 
-def active_at(db: sqlite_utils.Database, at: datetime) -> dict[str, str]:
+def active_at(db: Database, at: datetime) -> dict[str, str]:
     """Which version of each artifact was active at ``at``, replayed from the audit log in
     chain order (time stamps never run backwards along the chain)."""
     return store_at(db, at)[0]
 
 
 def store_at(
-    db: sqlite_utils.Database, at: datetime, name: str | None = None
+    db: Database, at: datetime, name: str | None = None
 ) -> tuple[dict[str, str], set[tuple[str, str]]]:
     """The store at ``at`` as the audit log tells it, in one walk in chain order: the
     active version of each name, and the (name, version) of every accepted import by
@@ -211,9 +210,7 @@ def store_at(
     return active, imported
 
 
-def artifact_history(
-    db: sqlite_utils.Database, name: str, at: datetime | None = None
-) -> dict[str, Any]:
+def artifact_history(db: Database, name: str, at: datetime | None = None) -> dict[str, Any]:
     """``{name, active, versions, events, unvouched_from, labels_error}`` for NAME.
 
     ``versions`` are store records; with ``at``, only what had happened by then (the

@@ -30,8 +30,8 @@ from appliance.errors import (
     ReadOnlyModeError,
 )
 
-if TYPE_CHECKING:  # sqlite-utils loads with the database (``db``): not before a load's hash
-    import sqlite_utils
+if TYPE_CHECKING:  # sqlite3 loads with the database (``db``): not for ``--version``
+    from appliance.db import Database
 
 DB_FILE = "appliance.db"
 LOCK_FILE = "lock"
@@ -212,7 +212,7 @@ class Home:
                     os.close(folder)
                 os.rmdir(tmp.parent.name, dir_fd=root)
 
-    def db(self) -> sqlite_utils.Database:
+    def db(self) -> Database:
         """The state database, once the home's trust anchor is found and belongs to it."""
         from appliance.db import connect
         from appliance.evidence import anchor_of  # (evidence imports this module's floor)

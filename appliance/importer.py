@@ -23,10 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from appliance import audit, repair, witness
-from appliance.db import transaction
+from appliance.db import Database, transaction
 from appliance.errors import CancelledError, IOFailedError
 from appliance.evaluation import carried_updates, evaluate_source
 from appliance.home import STAGING_DIR, Home, HomeLock
@@ -93,9 +91,7 @@ class ImportResult:
         }
 
 
-def apply_trust_envelope(
-    db: sqlite_utils.Database, state: TrustState, env: Envelope, source: str
-) -> TrustState:
+def apply_trust_envelope(db: Database, state: TrustState, env: Envelope, source: str) -> TrustState:
     """Verify one trust update against ``state`` and commit it; refusals are audited."""
     try:
         new, update = apply_update(state, env)
@@ -107,7 +103,7 @@ def apply_trust_envelope(
 
 
 def commit_trust_update(
-    db: sqlite_utils.Database, new: TrustState, update: TrustUpdate, env: Envelope, source: str
+    db: Database, new: TrustState, update: TrustUpdate, env: Envelope, source: str
 ) -> None:
     with transaction(db):
         save_trust(db, new)
@@ -133,7 +129,7 @@ def commit_trust_update(
 
 
 def record_refusal(
-    db: sqlite_utils.Database,
+    db: Database,
     type: str,
     error: RejectedError,
     detail: dict[str, Any],
@@ -189,7 +185,7 @@ def _refused_claims(source: MediaSource, state: TrustState, error: RejectedError
 
 
 def _apply_carried_updates(
-    db: sqlite_utils.Database, source: MediaSource, state: TrustState, dry_run: bool
+    db: Database, source: MediaSource, state: TrustState, dry_run: bool
 ) -> tuple[TrustState, list[int]]:
     """Trust updates first, each on its own merit: a broken bundle must not hide a revocation.
 
@@ -227,7 +223,7 @@ class _Decided:
 
 
 def _decide(
-    db: sqlite_utils.Database,
+    db: Database,
     source: MediaSource,
     wcheck: witness.WitnessCheck,
     path: str | os.PathLike[str],
@@ -267,7 +263,7 @@ def import_bundle(
 
 def _import(
     home: Home,
-    db: sqlite_utils.Database,
+    db: Database,
     path: str | os.PathLike[str],
     dry_run: bool,
     wait: bool,
@@ -370,7 +366,7 @@ def _stage_all(
     dry_run: bool,
     progress: Progress | None,
     cancel: threading.Event | None,
-    db: sqlite_utils.Database,
+    db: Database,
     path: str | os.PathLike[str],
     fix: list[Artifact] | None = None,
 ) -> dict[str, tuple[Artifact, Staged]]:
@@ -395,7 +391,7 @@ def _stage_into(
     dry_run: bool,
     progress: Progress | None,
     cancel: threading.Event | None,
-    db: sqlite_utils.Database,
+    db: Database,
     path: str | os.PathLike[str],
     fix: list[Artifact] | None,
 ) -> dict[str, tuple[Artifact, Staged]]:
@@ -471,7 +467,7 @@ def _error_rank(exc: BaseException) -> int:
 
 
 def _commit(
-    db: sqlite_utils.Database,
+    db: Database,
     bundle: Bundle,
     decision: Decision,
     models: ModelCheck,

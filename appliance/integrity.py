@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from appliance import audit, witness
+from appliance.db import Database
 from appliance.errors import AuditChainError, WitnessMissingError
 from appliance.truststore import load_trust, stream_sequences
 
@@ -40,7 +39,7 @@ class IntegrityReport:
         }
 
 
-def check_integrity(db: sqlite_utils.Database, witness_path: Path | None) -> IntegrityReport:
+def check_integrity(db: Database, witness_path: Path | None) -> IntegrityReport:
     count, head = audit.verify_chain(db)
     # The witness first: a cut-off tail explains missing evidence better than the tables do.
     wcheck = witness.check(db, witness.configured_path(db, witness_path))

@@ -39,10 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from appliance import audit, provenance, witness
-from appliance.db import read_only, transaction
+from appliance.db import Database, read_only, transaction
 from appliance.errors import DigestPinnedError, NotFoundError
 from appliance.evidence import one_anchor
 from appliance.headstart import BackgroundHash, HeadStart
@@ -217,12 +215,12 @@ def open_verified(home: Home, record: Record) -> LoadedArtifact:
 
 
 Gate = Callable[[Record], None]
-Provenance = Callable[[sqlite_utils.Database, Record], object]
+Provenance = Callable[[Database, Record], object]
 Guard = Callable[[], AbstractContextManager[object]]
-Lookup = Callable[[sqlite_utils.Database, str, "str | None"], Record]
+Lookup = Callable[[Database, str, "str | None"], Record]
 
 
-def _provenance(db: sqlite_utils.Database, rec: Record) -> object:
+def _provenance(db: Database, rec: Record) -> object:
     return check_provenance(db, load_trust(db), rec)
 
 
@@ -237,7 +235,7 @@ def check_pin(rec: Record, digest: str | None) -> None:
 
 def verified_open(
     home: Home,
-    db: sqlite_utils.Database,
+    db: Database,
     name: str,
     version: str | None,
     *,
@@ -333,7 +331,7 @@ def undelivered_event(
     return fields
 
 
-def _record_event(db: sqlite_utils.Database, fields: dict[str, Any], type: str = "load") -> None:
+def _record_event(db: Database, fields: dict[str, Any], type: str = "load") -> None:
     """Commit one load event; the next load on this connection still knows the stored
     manifests it read (``provenance.carry_audit_commit``): an audited load costs what
     an unrecorded one does, whatever the size of the artifact's bundle."""
@@ -345,7 +343,7 @@ def _record_event(db: sqlite_utils.Database, fields: dict[str, Any], type: str =
 
 def load_from_db(
     home: Home,
-    db: sqlite_utils.Database,
+    db: Database,
     name: str,
     version: str | None = None,
     *,
@@ -394,7 +392,7 @@ def load_from_db(
 
 
 def _witness_or_undelivered(
-    db: sqlite_utils.Database,
+    db: Database,
     wpath: Path | None,
     name: str,
     version: str | None,

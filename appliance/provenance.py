@@ -26,10 +26,9 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import blake3
-import sqlite_utils
 
 from appliance import audit, evidence
-from appliance.db import snapshot
+from appliance.db import Database, snapshot
 from appliance.errors import PointerUnauthorizedError, RecordUnauthorizedError
 from appliance.store import Record, active_version
 from appliance.trust import RoleKey, TrustState, role_key
@@ -126,7 +125,7 @@ _row_digests: dict[tuple[str, str, int], tuple[tuple[object, ...], bytes]] = {}
 DbToken = tuple[str, tuple[object, ...]]
 
 
-def db_token(db: sqlite_utils.Database) -> DbToken | None:
+def db_token(db: Database) -> DbToken | None:
     """The state of the database file (see ``_row_digests``); None inside a transaction
     or for a database without a file. A command that only reads (``verify``) takes it
     once and passes it to ``check_record`` for each record."""
@@ -135,7 +134,7 @@ def db_token(db: sqlite_utils.Database) -> DbToken | None:
     return _file_token(db)
 
 
-def _file_token(db: sqlite_utils.Database) -> DbToken | None:
+def _file_token(db: Database) -> DbToken | None:
     row = db.execute("PRAGMA database_list").fetchone()
     path = str(row[2]) if row is not None and row[2] else ""
     if not path:
@@ -193,13 +192,13 @@ def _header_fd(path: str) -> int:
 _spare_fds: list[int] = []  # descriptors never closed, for the reason above
 
 
-def token_inside(db: sqlite_utils.Database) -> DbToken | None:
+def token_inside(db: Database) -> DbToken | None:
     """The file's token inside a write transaction of ``db`` (the write lock is held:
     no one else can commit until this one does); for ``carry_audit_commit``."""
     return _file_token(db) if db.conn.in_transaction else None
 
 
-def carry_audit_commit(db: sqlite_utils.Database, inside: DbToken | None) -> None:
+def carry_audit_commit(db: Database, inside: DbToken | None) -> None:
     """After a commit of ``db`` that changed only the audit log (a load event), with
     ``inside`` its ``token_inside``: the stored manifests it left alone stay known.
 
@@ -225,7 +224,7 @@ def carry_audit_commit(db: sqlite_utils.Database, inside: DbToken | None) -> Non
 
 
 def _stored_manifest(
-    db: sqlite_utils.Database, trust: TrustState, record: Record, token: DbToken | None
+    db: Database, trust: TrustState, record: Record, token: DbToken | None
 ) -> tuple[frozenset[str], StoredManifest] | None:
     """The verified manifest of the record's (stream, sequence); None when there is no row."""
     where = (token[0], record.stream, record.sequence) if token is not None else None
@@ -259,7 +258,7 @@ def _stored_manifest(
 
 
 def check_record(
-    db: sqlite_utils.Database,
+    db: Database,
     trust: TrustState,
     record: Record,
     *,
@@ -325,7 +324,7 @@ class Records:
     (``StoredManifest.matches``). ``token``: the pass's ``db_token``.
     """
 
-    def __init__(self, db: sqlite_utils.Database, trust: TrustState, token: DbToken | None) -> None:
+    def __init__(self, db: Database, trust: TrustState, token: DbToken | None) -> None:
         self._db, self._trust, self._token = db, trust, token
         self._found: dict[tuple[str, int], _Found] = {}
         self._counted: dict[tuple[frozenset[str], RoleKey], frozenset[str]] = {}
@@ -371,7 +370,7 @@ def _moves_pointer(e: dict[str, Any]) -> dict[str, Any] | None:
 _STORED_DETAIL = "stored_detail"  # the detail as stored, the bytes the chain hashed
 
 
-def _pointer_events(db: sqlite_utils.Database, name: str) -> list[dict[str, Any]]:
+def _pointer_events(db: Database, name: str) -> list[dict[str, Any]]:
     out = []
     for e in audit.pointer_rows(db, name):
         moved = _moves_pointer(e)
@@ -399,7 +398,7 @@ def _check_neighbours(
         raise PointerUnauthorizedError(f"audit event {event['seq']} was replaced")
 
 
-def _check_links(db: sqlite_utils.Database, event: dict[str, Any]) -> None:
+def _check_links(db: Database, event: dict[str, Any]) -> None:
     _check_hash(event)
     prev = db.execute("SELECT hash FROM audit WHERE seq = ?", [event["seq"] - 1]).fetchone()
     nxt = db.execute("SELECT prev_hash FROM audit WHERE seq = ?", [event["seq"] + 1]).fetchone()
@@ -409,7 +408,7 @@ def _check_links(db: sqlite_utils.Database, event: dict[str, Any]) -> None:
 
 
 def _check_rollback(
-    db: sqlite_utils.Database,
+    db: Database,
     trust: TrustState,
     name: str,
     event: dict[str, Any],
@@ -446,7 +445,7 @@ def _check_rollback(
         )
 
 
-def check_signers_column(db: sqlite_utils.Database, record: Record) -> None:
+def check_signers_column(db: Database, record: Record) -> None:
     """The record's ``signers`` column (what ``appliance list --json`` shows) is what the
     record's accepted import event recorded, and that event hashes right: both are written
     from one list in one transaction at import, so a column edited since, or a record with
@@ -460,7 +459,7 @@ def check_signers_column(db: sqlite_utils.Database, record: Record) -> None:
     _judge_signers(record, intact)
 
 
-def _imports_of(db: sqlite_utils.Database, name: str, version: str) -> list[dict[str, Any]]:
+def _imports_of(db: Database, name: str, version: str) -> list[dict[str, Any]]:
     """The accepted import events of ``name`` at ``version`` (one, unless the log was
     edited)."""
     return [
@@ -468,7 +467,7 @@ def _imports_of(db: sqlite_utils.Database, name: str, version: str) -> list[dict
     ]
 
 
-def check_missing_record(db: sqlite_utils.Database, name: str, version: str | None) -> None:
+def check_missing_record(db: Database, name: str, version: str | None) -> None:
     """For a record the store does not hold (``store.find`` gave ``not_found``): raise
     the tampering that shows, or return when it is an ordinary ``not_found`` (exit 2).
     No active version while an audited move set one is ``pointer_unauthorized``; a
@@ -513,7 +512,7 @@ _ACTIVE_LANDS = (
 )
 
 
-def pointer_lands(db: sqlite_utils.Database, name: str) -> bool:
+def pointer_lands(db: Database, name: str) -> bool:
     """``name``'s active pointer names a stored version of it (``Pointers.lands``)."""
     row = db.execute(
         "SELECT 1 FROM active a JOIN artifacts r ON r.name = a.name AND r.version = a.version "
@@ -523,7 +522,7 @@ def pointer_lands(db: sqlite_utils.Database, name: str) -> bool:
     return row is not None
 
 
-def check_pointer(db: sqlite_utils.Database, name: str) -> None:
+def check_pointer(db: Database, name: str) -> None:
     """The active version of ``name`` is where the last authorized, audited move put it
     (no active version when no move put one: a name whose ``active`` row is gone while
     an audited move set it is refused). The rules use the trust in force at each
@@ -535,7 +534,7 @@ def check_pointer(db: sqlite_utils.Database, name: str) -> None:
 
 
 def _judge_pointer(
-    db: sqlite_utils.Database,
+    db: Database,
     name: str,
     active: str | None,
     events: list[dict[str, Any]],
@@ -592,7 +591,7 @@ class Pointers:
     event's hash and links checked once (memo by seq).
     """
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
         self._rows: dict[str, list[_Linked]] = {}
         self._links: dict[int, tuple[str | None, tuple[str] | None]] = {}

@@ -20,9 +20,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-import sqlite_utils
-
 from appliance import audit, safefs
+from appliance.db import Database
 from appliance.home import Home
 from appliance.store import io_error, open_stored
 from bundles.hashing import hash_fd
@@ -56,7 +55,7 @@ def damaged(home: Home, present: Iterable[Artifact]) -> list[Artifact]:
     return [a for a in present if not _stored_ok(home, a)]
 
 
-def record(db: sqlite_utils.Database, artifacts: Iterable[Artifact], source: str) -> None:
+def record(db: Database, artifacts: Iterable[Artifact], source: str) -> None:
     """One ``repair`` event per replaced object, written in the caller's transaction.
 
     The import calls this inside the transaction that commits its records, so the

@@ -33,10 +33,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from appliance import audit, witness
-from appliance.db import transaction
+from appliance.db import Database, transaction
 from appliance.errors import (
     AlreadyActiveError,
     AuthorizationExpiredError,
@@ -166,9 +164,7 @@ def read_authorization(path: Path) -> bytes:
     return read_input_file(path, MAX_AUTHORIZATION_BYTES, "authorization")
 
 
-def verify_authorization(
-    db: sqlite_utils.Database, data: bytes
-) -> tuple[RollbackAuthorization, frozenset[str]]:
+def verify_authorization(db: Database, data: bytes) -> tuple[RollbackAuthorization, frozenset[str]]:
     """Authenticate, check the rollback role's threshold, then parse. Returns (auth, signers)."""
     if len(data) > MAX_AUTHORIZATION_BYTES:
         raise RollbackNotAuthorizedError("the authorization file is too large to be one")
@@ -199,7 +195,7 @@ class RollbackCheck:
 
 
 def evaluate_authorization(
-    db: sqlite_utils.Database, name: str, auth: RollbackAuthorization
+    db: Database, name: str, auth: RollbackAuthorization
 ) -> list[RollbackCheck]:
     """Every check after the signature, in order, none skipped (for previews and refusals)."""
     here = site(db)
@@ -288,9 +284,7 @@ def evaluate_authorization(
     ]
 
 
-def _check(
-    db: sqlite_utils.Database, name: str, auth: RollbackAuthorization
-) -> tuple[str | None, str]:
+def _check(db: Database, name: str, auth: RollbackAuthorization) -> tuple[str | None, str]:
     """Raise the first failing check; returns (from_version, target digest)."""
     for c in evaluate_authorization(db, name, auth):
         if c.error is not None:
@@ -299,7 +293,7 @@ def _check(
 
 
 def _refuse(
-    db: sqlite_utils.Database,
+    db: Database,
     error: ApplianceError,
     name: str,
     auth: RollbackAuthorization | None,
@@ -360,7 +354,7 @@ def apply_rollback(
 
 
 def _commit(
-    db: sqlite_utils.Database,
+    db: Database,
     auth: RollbackAuthorization,
     envelope: bytes,
     result: RollbackResult,

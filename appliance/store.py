@@ -40,9 +40,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from appliance import safefs
+from appliance.db import Database
 from appliance.errors import (
     DiskFullError,
     HomeTamperedError,
@@ -144,7 +143,7 @@ def _signer_ids(raw: Any) -> tuple[str, ...]:
 _new = object.__new__
 
 
-def records(db: sqlite_utils.Database, name: str | None = None) -> list[Record]:
+def records(db: Database, name: str | None = None) -> list[Record]:
     sql = (
         f"SELECT {_COLS} FROM artifacts a LEFT JOIN active act "
         "ON act.name = a.name AND act.version = a.version"
@@ -157,12 +156,12 @@ def records(db: sqlite_utils.Database, name: str | None = None) -> list[Record]:
     return [_record(r, signers) for r in db.execute(sql + " ORDER BY a.name, a.release", params)]
 
 
-def active_version(db: sqlite_utils.Database, name: str) -> str | None:
+def active_version(db: Database, name: str) -> str | None:
     row = db.execute("SELECT version FROM active WHERE name = ?", [name]).fetchone()
     return None if row is None else str(row[0])
 
 
-def find(db: sqlite_utils.Database, name: str, version: str | None = None) -> Record:
+def find(db: Database, name: str, version: str | None = None) -> Record:
     """The record for NAME@VERSION, or the active one; ``NotFoundError`` (exit 2) if none."""
     if version is None:
         version = active_version(db, name)
@@ -398,7 +397,7 @@ def io_error(e: OSError, what: str) -> OperationalError:
     return IOFailedError(f"{what}: {e.strerror or e}")
 
 
-def sweep_orphans(home: Home, db: sqlite_utils.Database) -> int:
+def sweep_orphans(home: Home, db: Database) -> int:
     """Remove objects no record references (left by an import killed before its commit).
 
     Call only while holding the home lock, before staging anything.

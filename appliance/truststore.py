@@ -11,17 +11,15 @@ import json
 from datetime import datetime
 from typing import TypedDict
 
-import sqlite_utils
-
 from appliance import audit, evidence
-from appliance.db import get_meta, set_meta
+from appliance.db import Database, get_meta, set_meta
 from appliance.trust import KeyEntry, TrustState
 from bundles.errors import ApplianceError
 from bundles.keys import PublicKey
 from bundles.timeutil import utcnow
 
 
-def load_trust(db: sqlite_utils.Database) -> TrustState:
+def load_trust(db: Database) -> TrustState:
     """Today's trust state, derived from the anchor and the stored root-signed documents.
 
     Exit 4 (``trust_state_unauthorized``) when the trust tables disagree with that
@@ -30,7 +28,7 @@ def load_trust(db: sqlite_utils.Database) -> TrustState:
     return evidence.verified_trust(db)
 
 
-def signed_trust(db: sqlite_utils.Database) -> TrustState:
+def signed_trust(db: Database) -> TrustState:
     """Today's trust state from the signed evidence alone (anchor and stored root-signed
     documents), for naming keys in output: labels live only in those documents, no table
     holds them, so an edit of the database cannot rename a key (it breaks the chain:
@@ -38,7 +36,7 @@ def signed_trust(db: sqlite_utils.Database) -> TrustState:
     return evidence.trust_chain(db).current
 
 
-def naming_trust(db: sqlite_utils.Database) -> tuple[TrustState | None, str | None]:
+def naming_trust(db: Database) -> tuple[TrustState | None, str | None]:
     """``(signed_trust(db), None)``, or ``(None, why)`` when the signed chain cannot be
     derived (a missing anchor, an edited trust document): output that only names keys
     (``history``, ``audit show``) then shows bare key ids and says why, and never takes
@@ -49,7 +47,7 @@ def naming_trust(db: sqlite_utils.Database) -> tuple[TrustState | None, str | No
         return None, f"key labels unavailable [{e.code}]: {e.message}"
 
 
-def trust_tables(db: sqlite_utils.Database) -> TrustState:
+def trust_tables(db: Database) -> TrustState:
     """The trust state as the tables hold it (for comparison and display only: never decide
     on it; a writer of the home can change these rows).
     """
@@ -72,7 +70,7 @@ def trust_tables(db: sqlite_utils.Database) -> TrustState:
     return TrustState(version, keys, thresholds, frozenset(revoked))
 
 
-def save_trust(db: sqlite_utils.Database, state: TrustState) -> None:
+def save_trust(db: Database, state: TrustState) -> None:
     """Replace the stored trust state (call inside a transaction)."""
     db.execute("DELETE FROM keys")
     for kid, e in state.keys.items():
@@ -117,18 +115,16 @@ def save_trust(db: sqlite_utils.Database, state: TrustState) -> None:
     set_meta(db, "model_signing", json.dumps(models, sort_keys=True))
 
 
-def site(db: sqlite_utils.Database) -> str | None:
+def site(db: Database) -> str | None:
     """This appliance's site, from its anchor."""
     return evidence.anchor_of(db).site
 
 
-def time_floors(db: sqlite_utils.Database) -> evidence.Floors:
+def time_floors(db: Database) -> evidence.Floors:
     return evidence.time_floors(db)
 
 
-def trusted_now(
-    db: sqlite_utils.Database, *, stream: str | None = None, rollback: bool = False
-) -> datetime:
+def trusted_now(db: Database, *, stream: str | None = None, rollback: bool = False) -> datetime:
     """max(system clock, the floor that applies): a clock set back cannot unfreeze.
 
     The floor for a bundle of ``stream`` is the newest root-signed time or that stream's
@@ -144,12 +140,12 @@ def trusted_now(
     return max(now, floor) if floor else now
 
 
-def stream_sequences(db: sqlite_utils.Database) -> dict[str, int]:
+def stream_sequences(db: Database) -> dict[str, int]:
     """Every stream's high-water mark, from the signed manifests (exit 4 if the table differs)."""
     return evidence.stream_marks(db)
 
 
-def stream_table(db: sqlite_utils.Database) -> dict[str, int]:
+def stream_table(db: Database) -> dict[str, int]:
     """The streams table as stored (the witness's counters; never a policy decision)."""
     return {s: int(n) for s, n in db.execute("SELECT stream, sequence FROM streams")}
 
@@ -161,7 +157,7 @@ class Counters(TypedDict):
     audit_head: str
 
 
-def counters(db: sqlite_utils.Database) -> Counters:
+def counters(db: Database) -> Counters:
     """The signed-state counters a witness records."""
     seq, head_hash = audit.head(db)
     return {

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import blake3
-import sqlite_utils
 
 from appliance import safefs
+from appliance.db import Database
 from appliance.errors import ObjectTamperedError
 from appliance.home import OBJECTS_DIR, Home
 from appliance.provenance import (
@@ -121,7 +121,7 @@ class RecordStatus:
 
 
 def check_provenance(
-    db: sqlite_utils.Database,
+    db: Database,
     trust: TrustState,
     record: Record,
     *,
@@ -153,7 +153,7 @@ def check_provenance(
 
 
 def verify_records(
-    home: Home, db: sqlite_utils.Database, trust: TrustState, records: list[Record]
+    home: Home, db: Database, trust: TrustState, records: list[Record]
 ) -> list[RecordStatus]:
     """``verify_record`` of each record in one read-only pass.
 
@@ -190,7 +190,7 @@ def verify_records(
 
 def verify_record(
     home: Home,
-    db: sqlite_utils.Database,
+    db: Database,
     trust: TrustState,
     record: Record,
     *,
@@ -210,7 +210,7 @@ def verify_record(
 
 
 def _judge_provenance(
-    db: sqlite_utils.Database,
+    db: Database,
     trust: TrustState,
     record: Record,
     *,

@@ -22,11 +22,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from appliance import audit, safefs
 from appliance.anchor import home_key, replace_anchor_witness, write_anchor
-from appliance.db import get_meta, transaction
+from appliance.db import Database, get_meta, transaction
 from appliance.errors import (
     IOFailedError,
     OperationalError,
@@ -62,7 +60,7 @@ class WitnessCheck:
     witness: dict[str, Any] | None = None
 
 
-def configured_path(db: sqlite_utils.Database, given: Path | None) -> Path | None:
+def configured_path(db: Database, given: Path | None) -> Path | None:
     """The witness named in the home's trust anchor (outside the home: a writer of the home
     cannot switch it off); with none there, the path given now (``--witness``).
 
@@ -79,11 +77,11 @@ def configured_path(db: sqlite_utils.Database, given: Path | None) -> Path | Non
     return recorded
 
 
-def _identity(db: sqlite_utils.Database) -> dict[str, str]:
+def _identity(db: Database) -> dict[str, str]:
     return {"home": home_key(home_root(db)), "home_id": get_meta(db, "home_id") or ""}
 
 
-def check_belongs(db: sqlite_utils.Database, path: Path, doc: dict[str, Any]) -> None:
+def check_belongs(db: Database, path: Path, doc: dict[str, Any]) -> None:
     """A witness records the home it belongs to; a copy of a home must never use it."""
     mine = _identity(db)
     theirs = {k: doc.get(k) for k in mine}
@@ -163,7 +161,7 @@ def _read_at(parent: int, path: Path) -> dict[str, Any] | None:
     return doc
 
 
-def write(db: sqlite_utils.Database, path: Path, *, adopt: bool = False) -> dict[str, Any]:
+def write(db: Database, path: Path, *, adopt: bool = False) -> dict[str, Any]:
     """Atomically write the home's current counters to ``path``.
 
     By an unpredictable temporary name in the witness's folder, created with
@@ -217,7 +215,7 @@ def signed_counters_reach(current: Counters, witness: dict[str, Any]) -> bool:
 
 
 def require_resync(
-    db: sqlite_utils.Database,
+    db: Database,
     result: WitnessCheck,
     what: str,
     *,
@@ -241,7 +239,7 @@ def require_resync(
         )
 
 
-def check(db: sqlite_utils.Database, path: Path | None) -> WitnessCheck:
+def check(db: Database, path: Path | None) -> WitnessCheck:
     if path is None:
         return WitnessCheck(WitnessStatus.OFF, None, "no witness configured")
     doc = read(path)
@@ -283,7 +281,7 @@ def missing_error(result: WitnessCheck) -> WitnessMissingError:
     )
 
 
-def require_current(db: sqlite_utils.Database, path: Path | None) -> WitnessCheck:
+def require_current(db: Database, path: Path | None) -> WitnessCheck:
     """Refuse (exit 4) when the witness is configured and absent, or the home is behind."""
     result = check(db, path)
     if result.status is WitnessStatus.MISSING:
@@ -297,13 +295,13 @@ def require_current(db: sqlite_utils.Database, path: Path | None) -> WitnessChec
     return result
 
 
-def refresh(db: sqlite_utils.Database, path: Path | None) -> None:
+def refresh(db: Database, path: Path | None) -> None:
     """After a committed change: bring the witness forward (no-op when off or read-only)."""
     if path is not None and not read_only():
         write(db, path)
 
 
-def refresh_after_commit(db: sqlite_utils.Database, path: Path | None) -> list[str]:
+def refresh_after_commit(db: Database, path: Path | None) -> list[str]:
     """``refresh`` for a change that has already committed: a failure is a warning, not an
     error, so that the command reports the change as done (a retry would be refused as a
     replay). Returns the warnings (one line each) for the command's ``warnings`` list.
@@ -318,7 +316,7 @@ def refresh_after_commit(db: sqlite_utils.Database, path: Path | None) -> list[s
     return []
 
 
-def reset(home_db: sqlite_utils.Database, given: Path | None, reason: str) -> dict[str, Any]:
+def reset(home_db: Database, given: Path | None, reason: str) -> dict[str, Any]:
     """``appliance witness reset``: accept the home as it is, audited; with ``--witness PATH``
     other than the anchor's, the anchor is re-written to name PATH (this needs write access
     to the anchor, which a writer of the home does not have). Call under the home lock.
@@ -334,7 +332,7 @@ def reset(home_db: sqlite_utils.Database, given: Path | None, reason: str) -> di
     return write(home_db, path, adopt=True)
 
 
-def record_reset(db: sqlite_utils.Database, path: Path, reason: str) -> dict[str, Any]:
+def record_reset(db: Database, path: Path, reason: str) -> dict[str, Any]:
     """The audit event of a witness reset (inside the caller's transaction)."""
     before = read(path)
     event = audit.append(

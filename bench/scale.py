@@ -13,8 +13,8 @@ events. Every pair runs interleaved in one run (``bench/run.py``'s ``measure``),
 cache warm; the figures are medians. Writes ``bench/results/scale-latest.json`` and the
 plot ``docs/scale.png``. The plot needs matplotlib (the ``bench`` extra): install it in
 another environment and name its interpreter with ``--plot-python`` (matplotlib brings
-numpy, and ``sqlite_utils`` imports numpy when it can: in the product's own environment
-that would add seconds to every measured CLI start-up). ``--plot-from JSON`` only draws.
+numpy, which the product's own environment should not hold: a library that imports it
+when it can would add to every measured CLI start-up). ``--plot-from JSON`` only draws.
 """
 
 from __future__ import annotations

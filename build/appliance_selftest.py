@@ -47,12 +47,12 @@ def _check_cryptography() -> str:
 def _check_sqlite() -> str:
     import sqlite3
 
-    import sqlite_utils
+    from appliance.db import connect
 
     with tempfile.TemporaryDirectory() as tmp:
-        db = sqlite_utils.Database(Path(tmp) / "t.db")
-        db["t"].insert({"a": 1})
-        count = db["t"].count
+        db = connect(Path(tmp) / "t.db", create=True)
+        db.execute("INSERT INTO meta (key, value) VALUES ('selftest', '1')")
+        count = db.execute("SELECT count(*) FROM meta WHERE key = 'selftest'").fetchone()[0]
         db.conn.close()
     assert count == 1
     return f"sqlite {sqlite3.sqlite_version}"

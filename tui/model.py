@@ -16,10 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from appliance import audit, witness
-from appliance.db import sqlite_errors
+from appliance.db import Database, sqlite_errors
 from appliance.evaluation import ClaimedStatusCache, claimed_statuses, preview_bundle
 from appliance.home import Home
 from appliance.mediascan import Medium, ScanCache, scan
@@ -80,7 +78,7 @@ class Problem:
 
 
 @contextmanager
-def opened(home: Home) -> Iterator[sqlite_utils.Database]:
+def opened(home: Home) -> Iterator[Database]:
     """The state database for one look. A database that stops reading part-way (a page
     overwritten outside SQLite) is the core's ``store_corrupt``, which every screen shows
     as it shows any refusal, never an exception that ends the app."""

@@ -197,7 +197,7 @@ def bundle_create(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     trust = [_read_trust_update(p) for p in args.trust_update]
     planned: list[PlannedSignature] = []
     check = None
-    if args.model_signature:  # issue 17; its modules (and sqlite_utils) only when asked
+    if args.model_signature:  # issue 17; its modules only when asked
         from appliance.modelsig.create import add_signatures, check_manifest, plan_signature
 
         planned = [plan_signature(t) for t in args.model_signature]

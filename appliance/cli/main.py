@@ -81,7 +81,7 @@ def command_name(argv: Sequence[str]) -> str | None:
 def command_groups(command: str | None = None) -> tuple[ModuleType, ...]:
     """The ``cmd_*`` modules to register: only the one owning ``command`` when known.
 
-    Importing a command module pulls in what it needs (sqlite_utils,
+    Importing a command module pulls in what it needs (sqlite3,
     cryptography, ...), so ``--version`` imports none and a command imports only
     its own (start-up time, docs/PERFORMANCE.md). Help and unknown commands get them all,
     in the order ``GROUPS`` lists them. PyInstaller's spec collects every
@@ -168,7 +168,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _context(args: argparse.Namespace) -> Context:
-    from appliance.home import default_home  # sqlite_utils: kept out of --version
+    from appliance.home import default_home  # kept out of --version
 
     witness = args.witness
     if witness is None and os.environ.get("APPLIANCE_WITNESS"):
@@ -338,8 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> int:
     """The program's entry (console script, ``python -m appliance``, the frozen binary):
-    ``main`` with NumPy kept out. sqlite_utils imports NumPy whenever it is installed
-    (0.1 to 0.3 s at every start here), and no command uses it.
+    ``main`` with NumPy kept out: no command uses it, and a library that reaches for
+    it whenever it is installed (sqlite-utils did, before the product dropped it) costs
+    0.1 to 0.3 s at every start.
 
     ``load``, ``exec`` (when it refused) and ``verify`` end with ``os._exit`` once stdout
     and stderr are flushed: by then the command has committed or closed what it wrote

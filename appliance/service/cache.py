@@ -30,8 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-import sqlite_utils
-
+from appliance.db import Database
 from appliance.errors import IOFailedError
 from appliance.store import Record, find
 from appliance.trust import TrustState
@@ -117,7 +116,7 @@ class EvidenceCache:
     """Trust state and provenance results for the service's read connection (call under its
     lock)."""
 
-    def __init__(self, db: sqlite_utils.Database, counter: ChangeCounter) -> None:
+    def __init__(self, db: Database, counter: ChangeCounter) -> None:
         self.db = db
         self.counter = counter
         self._seen: int | None = None
@@ -146,7 +145,7 @@ class EvidenceCache:
             self.trust_loads += 1
         return self._trust
 
-    def find(self, db: sqlite_utils.Database, name: str, version: str | None) -> Record:
+    def find(self, db: Database, name: str, version: str | None) -> Record:
         """``store.find``, remembered until another process commits (``NotFoundError`` is
         never remembered)."""
         self._current()
@@ -159,7 +158,7 @@ class EvidenceCache:
             self._records[key] = rec
         return rec
 
-    def provenance(self, db: sqlite_utils.Database, record: Record) -> frozenset[str]:
+    def provenance(self, db: Database, record: Record) -> frozenset[str]:
         """``check_provenance`` once per record per change of the stored evidence."""
         trust = self.trust()
         signers = self._proven.get(record)

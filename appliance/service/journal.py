@@ -26,10 +26,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from appliance import audit, witness
-from appliance.db import sqlite_errors, transaction
+from appliance.db import Database, sqlite_errors, transaction
 from appliance.service.cache import ChangeCounter
 from bundles.errors import ApplianceError
 
@@ -48,9 +46,7 @@ class Unwitnessed(Exception):
 
 
 class Journal:
-    def __init__(
-        self, db: sqlite_utils.Database, counter: ChangeCounter, witness_path: Path | None
-    ) -> None:
+    def __init__(self, db: Database, counter: ChangeCounter, witness_path: Path | None) -> None:
         self.db = db
         self.counter = counter
         self.witness_path = witness_path

@@ -14,10 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlite_utils
-
 from appliance import audit
-from appliance.db import transaction
+from appliance.db import Database, transaction
 from appliance.errors import (
     AlarmAlreadyAcknowledgedError,
     AlarmNotFoundError,
@@ -179,7 +177,7 @@ class RecordedAlarm:
 
 
 def record(
-    db: sqlite_utils.Database, alarm: Alarm, seen_head: tuple[int, str] | None = None
+    db: Database, alarm: Alarm, seen_head: tuple[int, str] | None = None
 ) -> dict[str, Any] | None:
     """Append the ``alarm`` event, unless the same finding is already unacknowledged."""
     with transaction(db):
@@ -202,7 +200,7 @@ def _key(a: RecordedAlarm) -> tuple[str, str, str]:
     return (a.code, a.subject, "" if a.subject.startswith("objects/") else a.message)
 
 
-def _acks(db: sqlite_utils.Database) -> dict[int, dict[str, Any]]:
+def _acks(db: Database) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     for seq, ts, detail in db.execute(
         "SELECT seq, ts, detail FROM audit WHERE type = ? ORDER BY seq", [ACK]
@@ -214,7 +212,7 @@ def _acks(db: sqlite_utils.Database) -> dict[int, dict[str, Any]]:
     return out
 
 
-def alarms(db: sqlite_utils.Database, *, include_acknowledged: bool = False) -> list[RecordedAlarm]:
+def alarms(db: Database, *, include_acknowledged: bool = False) -> list[RecordedAlarm]:
     """Alarm events, newest first; only unacknowledged ones unless asked for all."""
     acks = _acks(db)
     out: list[RecordedAlarm] = []
@@ -240,11 +238,11 @@ def alarms(db: sqlite_utils.Database, *, include_acknowledged: bool = False) -> 
     return out
 
 
-def unacknowledged(db: sqlite_utils.Database) -> list[RecordedAlarm]:
+def unacknowledged(db: Database) -> list[RecordedAlarm]:
     return alarms(db)
 
 
-def acknowledge(db: sqlite_utils.Database, seq: int, note: str = "") -> dict[str, Any]:
+def acknowledge(db: Database, seq: int, note: str = "") -> dict[str, Any]:
     """Record that an operator has seen alarm ``seq`` (the ``alarm_ack`` event)."""
     with transaction(db):
         row = db.execute("SELECT type, code FROM audit WHERE seq = ?", [seq]).fetchone()

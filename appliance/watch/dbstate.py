@@ -34,9 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from appliance import audit
+from appliance.db import Database
 from appliance.provenance import Pointers, Records, db_token
 from appliance.store import records
 from appliance.truststore import load_trust
@@ -65,16 +64,16 @@ SLICE = 2000
 _COLS = ", ".join((*audit.FIELDS, "prev_hash", "hash"))
 
 
-def open_reader(path: Path) -> sqlite_utils.Database:
+def open_reader(path: Path) -> Database:
     """A read-only connection that never writes (not even a journal mode)."""
     target = ":memory:" if str(path) == ":memory:" else f"file:{path}?mode=ro"
     conn = sqlite3.connect(
         target, uri=True, timeout=30, isolation_level=None, check_same_thread=False
     )
-    return sqlite_utils.Database(conn, execute_plugins=False)  # as db.connect: no plugin hooks
+    return Database(conn)
 
 
-def fingerprint(db: sqlite_utils.Database) -> dict[str, str]:
+def fingerprint(db: Database) -> dict[str, str]:
     """SHA-256 of every table but the audit log (which the chain covers), and of the schema."""
     out: dict[str, str] = {}
     tables = [
@@ -98,7 +97,7 @@ def fingerprint(db: sqlite_utils.Database) -> dict[str, str]:
     return out
 
 
-def audit_blocks(db: sqlite_utils.Database, start: int = 0) -> list[str]:
+def audit_blocks(db: Database, start: int = 0) -> list[str]:
     """Fingerprints of complete blocks of ``BLOCK`` events, from block ``start``."""
     head = audit.head(db)[0]
     complete = head // BLOCK
@@ -398,7 +397,7 @@ class DbMonitor:
             self._end()
 
 
-def hash_at(db: sqlite_utils.Database, seq: int) -> str:
+def hash_at(db: Database, seq: int) -> str:
     """The hash of event ``seq`` (the genesis value for 0)."""
     if seq == 0:
         return audit.GENESIS
@@ -417,7 +416,7 @@ class RollingChain:
     def restart(self) -> None:
         self.next_seq, self.prev, self.done = 1, audit.GENESIS, False
 
-    def step(self, db: sqlite_utils.Database, stats: Stats) -> list[Alarm]:
+    def step(self, db: Database, stats: Stats) -> list[Alarm]:
         if self.done:
             return []
         rows = db.execute(

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-import sqlite_utils
-
+from appliance.db import Database
 from appliance.home import Home
 from appliance.store import object_path
 from appliance.watch.alarms import Alarm
@@ -62,7 +61,7 @@ class Judgement:
     alarm: Alarm | None = None
 
 
-def referenced(db: sqlite_utils.Database) -> dict[str, tuple[int, str]]:
+def referenced(db: Database) -> dict[str, tuple[int, str]]:
     """digest -> (size, a NAME@VERSION using it), for every record."""
     out: dict[str, tuple[int, str]] = {}
     for digest, size, name, version in db.execute(

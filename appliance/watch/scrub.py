@@ -20,10 +20,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import blake3
-import sqlite_utils
 
 from appliance import audit
-from appliance.db import transaction
+from appliance.db import Database, transaction
 from appliance.home import Home
 from appliance.store import object_path
 from appliance.watch.alarms import Alarm
@@ -44,7 +43,7 @@ def parse_rate(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
-def last_verified(db: sqlite_utils.Database) -> dict[str, tuple[int, str]]:
+def last_verified(db: Database) -> dict[str, tuple[int, str]]:
     """digest -> (audit seq, time) of the newest load or scrub event that verified it."""
     out: dict[str, tuple[int, str]] = {}
     for seq, type_, ts, detail in db.execute(
@@ -59,7 +58,7 @@ def last_verified(db: sqlite_utils.Database) -> dict[str, tuple[int, str]]:
     return out
 
 
-def scrub_order(db: sqlite_utils.Database) -> list[tuple[str, int]]:
+def scrub_order(db: Database) -> list[tuple[str, int]]:
     """(digest, size) of every referenced object, oldest-verified first."""
     seen = last_verified(db)
     objs: dict[str, tuple[int, str]] = {}
@@ -126,7 +125,7 @@ class Scrubber:
         finally:
             db.conn.close()
 
-    def one_pass(self, db: sqlite_utils.Database, stop: threading.Event) -> None:
+    def one_pass(self, db: Database, stop: threading.Event) -> None:
         order = scrub_order(db)
         with self._lock:
             self.progress.objects_done = self.progress.bytes_done = 0
@@ -199,7 +198,7 @@ class Scrubber:
             return False, f"stored bytes no longer match (BLAKE3 {hasher.hexdigest()[:16]}...)"
         return True, ""
 
-    def _flush(self, db: sqlite_utils.Database, *, force: bool) -> None:
+    def _flush(self, db: Database, *, force: bool) -> None:
         due = time.monotonic() - self._batch_started >= BATCH_SECONDS
         if not self._pending or not (force or due or len(self._pending) >= BATCH):
             return

@@ -19,9 +19,8 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import sqlite_utils
-
 from appliance import audit, witness
+from appliance.db import Database
 from appliance.home import Home
 from appliance.watch.alarms import Alarm, record
 from appliance.watch.dbstate import DbMonitor, Stats
@@ -214,7 +213,7 @@ class Watcher:
         swapped) costs that alarm its audit event, reported through ``on_error`` (every
         sink has had it already), never the writer thread, so later alarms are recorded
         once the database reads again."""
-        db: sqlite_utils.Database | None = None
+        db: Database | None = None
         try:
             for item in items:
                 if db is None:
@@ -230,9 +229,7 @@ class Watcher:
             if db is not None:
                 db.conn.close()
 
-    def _record_one(
-        self, db: sqlite_utils.Database, alarm: Alarm, seen_head: tuple[int, str]
-    ) -> bool:
+    def _record_one(self, db: Database, alarm: Alarm, seen_head: tuple[int, str]) -> bool:
         try:
             record(db, alarm, seen_head)
         except (ApplianceError, sqlite3.Error) as e:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import sqlite_utils
-
 from appliance import witness
+from appliance.db import Database
 from appliance.watch.alarms import Alarm
 from bundles.errors import ApplianceError
 
@@ -24,7 +23,7 @@ class WitnessMonitor:
         self.seen_seq = 0
         self.resets_seen = 0
 
-    def check(self, db: sqlite_utils.Database, *, witness_touched: bool = True) -> list[Alarm]:
+    def check(self, db: Database, *, witness_touched: bool = True) -> list[Alarm]:
         """``witness_touched``: the witness file changed (else the home did): a home now
         behind its witness is ``witness_changed`` in the first case, ``state_rolled_back``
         in the second."""

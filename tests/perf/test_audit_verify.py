@@ -8,15 +8,14 @@ import string
 from pathlib import Path
 
 import pytest
-import sqlite_utils
 from conftest_load import make_site
 
 from appliance import audit
-from appliance.db import transaction
+from appliance.db import Database, transaction
 from appliance.errors import AuditChainError
 
 
-def _append(db: sqlite_utils.Database, detail: dict[str, object], name: str | None) -> None:
+def _append(db: Database, detail: dict[str, object], name: str | None) -> None:
     with transaction(db):
         audit.append(db, "load", outcome="verified", name=name, detail=detail)
 
@@ -113,7 +112,7 @@ def test_a_value_of_another_type_is_judged_not_crashed_on(tmp_path: Path, value:
     assert site.h.db_path.read_bytes() == before
 
 
-def _relink(db: sqlite_utils.Database) -> None:
+def _relink(db: Database) -> None:
     """Recompute every event's links (the chain has no key: a database writer can)."""
     prev = audit.GENESIS
     cols = ", ".join(audit.FIELDS)

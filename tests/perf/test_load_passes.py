@@ -211,25 +211,3 @@ def test_load_skips_the_interpreter_teardown_after_flushing(
     assert codes == [0, 2]  # a refusal keeps its exit code
     monkeypatch.setattr("sys.argv", ["appliance", "--version"])
     assert cli_main.entry() == 0 and codes == [0, 2]  # other commands exit normally
-
-
-def test_the_state_database_loads_no_sqlite_utils_plugins(
-    site: Site, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """No installed package's entry point gets a hook on the state database (and the CLI
-    does not scan every installed distribution to find them at start-up)."""
-    import sqlite_utils.plugins
-
-    def refuse(group: str, name: str | None = None) -> int:
-        raise AssertionError(f"plugins of {group} were looked for")
-
-    monkeypatch.setattr(sqlite_utils.plugins, "_plugins_loaded", False)
-    monkeypatch.setattr(sqlite_utils.plugins.pm, "load_setuptools_entrypoints", refuse)
-    monkeypatch.delattr("sys._called_from_test", raising=False)
-    db = site.h.db()
-    db.conn.close()
-    doc = cmd_load.run_load(_args(output=Path("/dev/null")), _ctx(site))
-    assert doc["size"] == len(BIG)
-    from appliance.watch import dbstate  # the watcher's read-only connection: the same
-
-    dbstate.open_reader(site.h.root / "appliance.db").conn.close()

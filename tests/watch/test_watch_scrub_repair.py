@@ -186,7 +186,7 @@ def _events(site: Site, type: str) -> list[dict[str, object]]:
 def _has(site: Site, name: str) -> bool:
     db = site.h.db()
     try:
-        return bool(list(db.query("SELECT 1 FROM artifacts WHERE name = ?", [name])))
+        return db.execute("SELECT 1 FROM artifacts WHERE name = ?", [name]).fetchone() is not None
     finally:
         db.conn.close()
 
