@@ -19,7 +19,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from bundles.canonical import canonical_bytes, parse_json, parse_json_exact
+from bundles.canonical import canonical_bytes, parse_json
 from bundles.errors import TooManyArtifactsError
 from bundles.fields import MAX_INT, as_hex, as_int, as_str, as_time, fail, require_object
 from bundles.names import (
@@ -503,5 +503,11 @@ class StoredManifest:
 
 def parse_stored(payload: bytes) -> StoredManifest:
     """A stored manifest's payload (signature verified by the caller): the limits on
-    bytes, the parse (``parse_json_exact``) and the validation of ``from_payload``."""
-    return StoredManifest(parse_json_exact(payload, what="manifest", max_bytes=MAX_MANIFEST_BYTES))
+    bytes, the parse (``parse_json``, as every document) and the validation of
+    ``from_payload``.
+
+    (A faster "exact" parse, without the duplicate-key hook but with the C encoder
+    writing the text back to prove it, was slower here: 101-108 ms against 51-54 ms for
+    the 4.8 MB payload of 20,000 artifacts, and 537-619 ms against 484-496 ms at
+    100,000; it is gone.)"""
+    return StoredManifest(parse_json(payload, what="manifest", max_bytes=MAX_MANIFEST_BYTES))

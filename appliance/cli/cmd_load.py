@@ -41,7 +41,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from appliance.cli.context import Context
+from appliance.cli.context import Context, no_cycle_collection
 from appliance.errors import ExecFailedError, IOFailedError, StdoutIsTerminalError
 from appliance.headstart import HeadStart, head_start
 from appliance.home import DB_FILE, Home
@@ -107,7 +107,8 @@ def _load(ctx: Context, args: argparse.Namespace) -> LoadedArtifact:
     # is imported meanwhile; the loader takes it only for the very inode it checks itself.
     early = head_start(home.root, DB_FILE, args.ref) if sock is None else None
     try:
-        return _load_verified(ctx, args, home, sock, early)
+        with no_cycle_collection():
+            return _load_verified(ctx, args, home, sock, early)
     finally:
         if early is not None:
             early.close()

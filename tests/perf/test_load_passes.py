@@ -26,6 +26,7 @@ from test_immutable import _kernel_allows
 from appliance.cli import cmd_load
 from appliance.cli.context import Context
 from appliance.store import clear_immutable, object_path
+from bundles.errors import ApplianceError
 
 BIG = bytes(range(256)) * 8192 * 3  # 6 MiB: more than one read chunk, so the pipelined pass
 
@@ -211,3 +212,28 @@ def test_load_skips_the_interpreter_teardown_after_flushing(
     assert codes == [0, 2]  # a refusal keeps its exit code
     monkeypatch.setattr("sys.argv", ["appliance", "--version"])
     assert cli_main.entry() == 0 and codes == [0, 2]  # other commands exit normally
+
+
+def test_the_cli_load_verifies_with_the_cycle_collector_paused_then_restores_it(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's load parses its bundle's stored manifest (up to 100,000 entries) with
+    the collector paused (``cli.context.no_cycle_collection``); a refusal restores it."""
+    import gc
+
+    import appliance.loader
+
+    seen: list[bool] = []
+    real = appliance.loader.load_from_home
+
+    def spy(*a: Any, **k: Any) -> Any:
+        seen.append(gc.isenabled())
+        return real(*a, **k)
+
+    monkeypatch.setattr(appliance.loader, "load_from_home", spy)
+    assert gc.isenabled()
+    doc = cmd_load.run_load(_args(output=Path("/dev/null")), _ctx(site))
+    assert doc["size"] == len(BIG) and seen == [False] and gc.isenabled()
+    with pytest.raises(ApplianceError):
+        cmd_load.run_load(_args(ref="nope", output=Path("/dev/null")), _ctx(site))
+    assert seen == [False, False] and gc.isenabled()
