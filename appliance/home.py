@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -279,18 +278,9 @@ class HomeLock:
                 raise self.home.tampered(e) from e
             except OSError as e:
                 raise IOFailedError(f"cannot open lock {self.home.lock_path}: {e.strerror}") from e
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError as e:
-                if not self.wait or time.monotonic() > deadline:
-                    os.close(self.fd)
-                    raise LockHeldError(
-                        "another import or change is running on this home (use --wait)"
-                    ) from e
-                time.sleep(0.05)
+        if not safefs.flock_within(self.fd, self.timeout if self.wait else 0.0, 0.05):
+            os.close(self.fd)
+            raise LockHeldError("another import or change is running on this home (use --wait)")
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"{os.getpid()}\n".encode())
         return self

@@ -28,6 +28,7 @@ import fcntl
 import os
 import secrets
 import stat
+import time
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_REMOVE_DEPTH = 16  # staging holds flat files; a deeper tree is refused, not walked
@@ -268,3 +269,18 @@ def entries(dir_fd: int) -> list[tuple[str, bool]]:
     """(name, is a real directory) for each entry of ``dir_fd`` (never following links)."""
     with os.scandir(dir_fd) as it:
         return [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+
+
+def flock_within(fd: int, timeout: float, poll: float) -> bool:
+    """An exclusive ``flock`` on ``fd``, tried every ``poll`` seconds for at most
+    ``timeout`` seconds (0: once); True when it is held. The kernel drops it when its
+    holder dies, so a lock left by a dead process never blocks."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll)

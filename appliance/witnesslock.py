@@ -11,9 +11,7 @@ who can merely read the witness folder can hold it (against every audited load).
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import time
 from pathlib import Path
 
 from appliance import safefs
@@ -71,22 +69,18 @@ def lock_for_writing(parent: int, path: Path) -> int | None:
     fd = _open_lock(parent, path)
     if fd is None:
         return None
-    deadline = time.monotonic() + WRITE_LOCK_WAIT
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockHeldError(
-                        f"witness {path}: another process has been writing it for "
-                        f"{WRITE_LOCK_WAIT:.0f} s; not written"
-                    ) from None
-                time.sleep(0.001)
+        held = safefs.flock_within(fd, WRITE_LOCK_WAIT, 0.001)
     except BaseException:
         os.close(fd)
         raise
+    if not held:
+        os.close(fd)
+        raise LockHeldError(
+            f"witness {path}: another process has been writing it for "
+            f"{WRITE_LOCK_WAIT:.0f} s; not written"
+        )
+    return fd
 
 
 __all__ = ["WRITE_LOCK_WAIT", "lock_for_writing"]

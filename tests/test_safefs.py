@@ -401,3 +401,27 @@ def test_witness_write_uses_an_unpredictable_temp_name(
         "witness.json",
     ]
     assert tree(canary) == before
+
+
+def test_flock_within_tries_once_with_no_timeout_and_takes_a_free_lock(tmp_path: Path) -> None:
+    """``safefs.flock_within`` (the home lock's and the witness lock's wait): held by
+    another open file, no wait is one try (False), a short wait runs out (False, after at
+    least the wait); free, it is taken at once (True)."""
+    import time
+
+    path = tmp_path / "lock"
+    path.write_bytes(b"")
+    holder, other = os.open(path, os.O_RDWR), os.open(path, os.O_RDWR)
+    try:
+        assert safefs.flock_within(holder, 0.0, 0.05)
+        assert not safefs.flock_within(other, 0.0, 0.05)
+        t = time.monotonic()
+        assert not safefs.flock_within(other, 0.2, 0.01)
+        assert time.monotonic() - t >= 0.2
+        os.close(holder)
+        holder = -1
+        assert safefs.flock_within(other, 0.0, 0.05)
+    finally:
+        for fd in (holder, other):
+            if fd >= 0:
+                os.close(fd)
