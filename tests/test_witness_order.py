@@ -33,6 +33,15 @@ def _head(site: Any) -> int:
         db.conn.close()
 
 
+def _write(site: Any, path: Path, *, adopt: bool = False) -> dict[str, Any]:
+    """``witness.write`` of the site's home to ``path`` on a connection of its own."""
+    db = site.h.db()
+    try:
+        return witness.write(db, path, adopt=adopt)
+    finally:
+        db.conn.close()
+
+
 def test_a_slow_writer_never_puts_older_counters_over_newer_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,12 +152,8 @@ def test_a_link_or_fifo_at_the_lock_name_is_refused_and_the_witness_kept(
     else:
         os.mkfifo(lock)
     before = wit.read_bytes()
-    db = site.h.db()
-    try:
-        with pytest.raises(ApplianceError) as info:
-            witness.write(db, wit)
-    finally:
-        db.conn.close()
+    with pytest.raises(ApplianceError) as info:
+        _write(site, wit)
     assert info.value.code == "witness_unreadable"
     assert wit.read_bytes() == before
     assert elsewhere.read_bytes() == b""
@@ -181,11 +186,7 @@ def test_a_filesystem_without_owners_keeps_the_lock_working(
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(os, "fchown", no_owners)
-    db = site.h.db()
-    try:
-        doc = witness.write(db, path, adopt=True)
-    finally:
-        db.conn.close()
+    doc = _write(site, path, adopt=True)
     assert tried == [4321]
     assert witness.read(path) == doc
     assert (folder / ".w.json.lock").exists()
@@ -216,12 +217,8 @@ def test_the_witness_checked_is_the_one_replaced_even_if_its_folder_is_swapped(
         return real(parent, p)
 
     monkeypatch.setattr(witness, "lock_for_writing", swap_then_lock)
-    db = ours.h.db()
-    try:
-        with pytest.raises(ApplianceError) as info:
-            witness.write(db, path)
-    finally:
-        db.conn.close()
+    with pytest.raises(ApplianceError) as info:
+        _write(ours, path)
     assert info.value.code == "witness_foreign"
     assert other.witness.read_bytes() == foreign
 

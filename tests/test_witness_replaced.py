@@ -80,59 +80,49 @@ for _ in range(count):
 
 
 def _beside_a_replacer(
-    path: Path, tmp: Path, count: int, work: Callable[[Callable[[], bool]], None]
-) -> None:
-    """Run ``work`` while another process replaces ``path`` by rename ``count`` times.
+    path: Path, tmp: Path, count: int, once: Callable[[], None], at_least: int
+) -> list[str]:
+    """Call ``once`` over and over while another process replaces ``path`` by rename
+    ``count`` times, and at least ``at_least`` times; the refusals it met.
 
-    The replacer starts its loop only when ``work`` starts, and ``work`` is given a
-    predicate that is true while the replacer is still replacing, so every replacement
-    happens beside the work whatever the machine's speed (a fixed count of work beside
-    a free-running replacer measured 435 replacements on a slow CI machine, too few).
+    The replacer starts its loop only when the calls start, and the calls go on for as
+    long as it replaces, so every replacement happens beside them whatever the machine's
+    speed (a fixed number of calls beside a free-running replacer measured 435
+    replacements on a slow CI machine, too few).
     """
     go = tmp / "go"
     proc = subprocess.Popen([sys.executable, "-c", REPLACER, str(path), str(go), str(count)])
+    failures: list[str] = []
+    calls = 0
     try:
         go.touch()
-        work(lambda: proc.poll() is None)
+        while proc.poll() is None or calls < at_least:
+            try:
+                once()
+            except ApplianceError as e:
+                failures.append(f"{e.code}: {e.message}")
+            calls += 1
     finally:
         proc.wait(timeout=120)
     assert proc.returncode == 0
+    return failures
 
 
 def test_loads_beside_a_process_replacing_the_witness_all_succeed(tmp_path: Path) -> None:
     site, wit = witnessed_site(tmp_path)
-    failures: list[str] = []
-    loads = 0
 
-    def work(replacing: Callable[[], bool]) -> None:
-        nonlocal loads
-        while replacing() or loads < 50:
-            try:
-                with appliance.load("model", home=site.h, witness=wit) as art:
-                    assert art.size == 3
-            except ApplianceError as e:
-                failures.append(f"{e.code}: {e.message}")
-            loads += 1
+    def load() -> None:
+        with appliance.load("model", home=site.h, witness=wit) as art:
+            assert art.size == 3
 
-    _beside_a_replacer(wit, tmp_path, 3000, work)
-    assert loads >= 50
-    assert failures == []
+    assert _beside_a_replacer(wit, tmp_path, 3000, load, at_least=50) == []
 
 
 def test_reads_beside_a_process_replacing_the_witness_never_refuse(tmp_path: Path) -> None:
     site, wit = witnessed_site(tmp_path)
     expected = witness.read(wit)
-    failures: list[str] = []
-    reads = 0
 
-    def work(replacing: Callable[[], bool]) -> None:
-        nonlocal reads
-        while replacing() or reads < 1000:
-            try:
-                assert witness.read(wit) == expected
-            except ApplianceError as e:
-                failures.append(e.message)
-            reads += 1
+    def read() -> None:
+        assert witness.read(wit) == expected
 
-    _beside_a_replacer(wit, tmp_path, 20000, work)
-    assert failures == []
+    assert _beside_a_replacer(wit, tmp_path, 20000, read, at_least=1000) == []
