@@ -675,6 +675,25 @@ def _env_deep(ctx: Ctx) -> list[str | os.PathLike[str]]:
     return importing(b.path)
 
 
+def _payload_base64_edited(ctx: Ctx, edit: Callable[[str], str]) -> list[str | os.PathLike[str]]:
+    b = ctx.next_bundle()
+    doc = b.envelope().to_dict()
+    doc["payload"] = edit(doc["payload"])
+    (b.path / MANIFEST_FILE).write_bytes(canonical_bytes(doc))
+    return importing(b.path)
+
+
+@case("envelope-payload-base64-url-alphabet", 1, "malformed_envelope")
+def _env_b64_url(ctx: Ctx) -> list[str | os.PathLike[str]]:
+    # strict base64 only (bundles.dsse._b64): the URL-safe alphabet's "-" is refused
+    return _payload_base64_edited(ctx, lambda text: "-" + text[1:])
+
+
+@case("envelope-payload-base64-data-after-padding", 1, "malformed_envelope")
+def _env_b64_after_padding(ctx: Ctx) -> list[str | os.PathLike[str]]:
+    return _payload_base64_edited(ctx, lambda text: text + "AA==AA==")
+
+
 @case("signed-manifest-over-the-cap", 1, "manifest_too_large")
 def _m_big(ctx: Ctx) -> list[str | os.PathLike[str]]:
     b = ctx.next_bundle()
