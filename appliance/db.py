@@ -7,6 +7,7 @@ active versions, high-water marks and the audit chain together.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import urllib.parse
@@ -21,6 +22,7 @@ from appliance.errors import (
     NotInitializedError,
     ReadOnlyError,
     ReadOnlyModeError,
+    SchemaTamperedError,
     StoreCorruptError,
 )
 from bundles.errors import ApplianceError
@@ -88,6 +90,55 @@ CREATE TABLE IF NOT EXISTS audit (
     prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_name ON audit (name, type);
 """
+
+
+_SCHEMA_ROWS = "SELECT type, name, tbl_name, sql FROM main.sqlite_master ORDER BY type, name"
+
+
+@functools.cache
+def _our_schema() -> frozenset[tuple[Any, ...]]:
+    """Every object ``_SCHEMA`` creates, as SQLite records it (its own text normalised)."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(_SCHEMA)
+        return frozenset(conn.execute(_SCHEMA_ROWS).fetchall())
+    finally:
+        conn.close()
+
+
+def foreign_objects(db: Database) -> list[str]:
+    """The schema objects of the home's database that the appliance never creates: a
+    trigger, a view, a table or an index more, or one of ours with another definition.
+
+    A writer of the home can add any of them with one SQL statement. A trigger is the
+    dangerous one: SQLite runs it inside the appliance's own transactions, with its
+    authority (on an audit insert, move ``active``; on a load, erase a used
+    authorization), and SQLite 3.40 on Python 3.11 offers no switch to turn triggers off.
+    """
+    ours = _our_schema()
+    found = db.execute(_SCHEMA_ROWS).fetchall()
+    extra = [
+        f"{t} {n}" + (f" on {tbl}" if tbl != n else "")
+        for t, n, tbl, sql in found
+        if (t, n, tbl, sql) not in ours
+    ]
+    missing = {(t, n) for t, n, _tbl, _sql in ours} - {(t, n) for t, n, _tbl, _sql in found}
+    return extra + [f"{t} {n} missing" for t, n in sorted(missing)]
+
+
+def check_schema(db: Database) -> None:
+    """``schema_tampered`` (exit 4) unless the database holds exactly the appliance's
+    schema. Every write transaction checks it after taking the write lock, so nothing can
+    be added between the check and the commit; every command that decides on trust checks
+    it too (``evidence.verified_trust``), so ``verify`` and ``audit verify`` report it."""
+    foreign = foreign_objects(db)
+    if foreign:
+        raise SchemaTamperedError(
+            "the state database holds what the appliance never creates ("
+            + ", ".join(foreign[:5])
+            + (f", and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            + "): a writer of the home changed its schema"
+        )
 
 
 def connect(path: Path, *, create: bool = False) -> Database:
@@ -165,8 +216,13 @@ class transaction:
             raise ReadOnlyModeError("--read-only: this would change the appliance's state")
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:
+            check_schema(Database(self.conn))  # under the write lock: fixed until COMMIT
+        except sqlite3.Error as e:
+            self._rollback()
             raise translate_sqlite_error(e) from e
+        except SchemaTamperedError:
+            self._rollback()
+            raise
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if exc is not None:
@@ -181,9 +237,16 @@ class transaction:
             raise translate_sqlite_error(e) from e
 
     def _rollback(self) -> None:
-        # SQLite may already have rolled back (a COMMIT that hit a full disk).
+        """Roll back if SQLite has not already (a COMMIT that hit a full disk). A ROLLBACK
+        that fails itself is raised as its stable error (``translate_sqlite_error``),
+        never as a bare ``sqlite3.Error`` (the error that made it roll back stays in
+        its chain). The state is then the last commit's: the hot journal is rolled
+        back by the next connection."""
         if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error as e:
+                raise translate_sqlite_error(e) from e
 
 
 @contextlib.contextmanager

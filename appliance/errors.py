@@ -217,6 +217,14 @@ class StoreCorruptError(StateSuspectError):
     code = "store_corrupt"
 
 
+class SchemaTamperedError(StateSuspectError):
+    """The state database holds a trigger, view, table or index the appliance never
+    creates, or one of its own redefined: refused before any write (a trigger would run
+    inside the appliance's own transactions) and by every command that decides on trust."""
+
+    code = "schema_tampered"
+
+
 class RecordUnauthorizedError(StateSuspectError):
     """A store record that no stored signed manifest backs."""
 

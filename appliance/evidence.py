@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.anchor import Anchor, anchor_path, home_key, read_anchor
-from appliance.db import Database, get_meta, read_only, snapshot
+from appliance.db import Database, check_schema, get_meta, read_only, snapshot
 from appliance.errors import TrustStateUnauthorizedError
 from appliance.trust import TrustState, apply_update, role_key
 from bundles.canonical import parse_json
@@ -285,12 +285,14 @@ def _table_rows(db: Database) -> tuple[Any, ...]:
 
 
 def verified_trust(db: Database) -> TrustState:
-    """Today's trust state from the evidence; exit 4 when the tables say otherwise."""
+    """Today's trust state from the evidence; exit 4 when the tables say otherwise, or
+    when the database's schema is not exactly the appliance's (``db.check_schema``)."""
     with snapshot(db):
         return _verified_trust(db)
 
 
 def _verified_trust(db: Database) -> TrustState:
+    check_schema(db)  # a planted trigger or view first: it would answer for the tables
     chain = trust_chain(db)
     state = chain.current
     if _table_rows(db) != _state_rows(state):
