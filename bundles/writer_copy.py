@@ -107,16 +107,19 @@ def make_folders(root: Path, paths: Iterable[str]) -> int:
 
 
 def _read_small(fd: int, size: int, path: Path) -> memoryview:
-    view = memoryview(bytearray(size + 1))  # one byte more: a file that grew is noticed
-    done = 0
-    while done <= size:
-        n = os.preadv(fd, [view[done:]], done)
-        if n == 0:
-            break
-        done += n
-    if done != size:
+    """The ``size`` bytes of a small source, read by asking for one byte more: a file
+    that grew is noticed here, or (a read that stopped exactly at the old size) by the
+    identity check after the copy, which compares ``st_size``. Usually one system call."""
+    data = os.pread(fd, size + 1, 0)
+    if len(data) < size:  # a short read before the end (some file systems do): read on
+        chunks, done = [data], len(data)
+        while done <= size and (chunk := os.pread(fd, size + 1 - done, done)):
+            chunks.append(chunk)
+            done += len(chunk)
+        data = b"".join(chunks)
+    if len(data) != size:
         raise changed(path)
-    return view[:size]
+    return memoryview(data)
 
 
 def _sha256_fd(fd: int) -> str:
@@ -129,16 +132,16 @@ def _sha256_fd(fd: int) -> str:
     return h.hexdigest()
 
 
-def _write_part(root: Path, part: Part, data: memoryview) -> None:
-    out = os.open(root / part.path, _NEW_FILE, 0o644)
+def _write_part(root: int, part: Part, data: memoryview) -> None:
+    out = os.open(part.path, _NEW_FILE, 0o644, dir_fd=root)
     try:
         write_all(out, data)
     finally:
         os.close(out)
 
 
-def _copy_part(root: Path, part: Part, fd: int, offset: int, path: Path) -> None:
-    out = os.open(root / part.path, _NEW_FILE, 0o644)
+def _copy_part(root: int, part: Part, fd: int, offset: int, path: Path) -> None:
+    out = os.open(part.path, _NEW_FILE, 0o644, dir_fd=root)
     try:
         copy_range(fd, out, offset, part.size)
     except EOFError:
@@ -147,8 +150,10 @@ def _copy_part(root: Path, part: Part, fd: int, offset: int, path: Path) -> None
         os.close(out)
 
 
-def write_source(root: Path, src: Source) -> Digests:
-    """Hash ``src`` and write its parts under ``root`` from one open descriptor."""
+def write_source(root: int, src: Source) -> Digests:
+    """Hash ``src`` and write its parts under the folder ``root`` (an open descriptor:
+    each part is created relative to it, not by a path walked again from ``/``) from one
+    open descriptor of the source."""
     size = src.stat.st_size
     fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -158,10 +163,13 @@ def write_source(root: Path, src: Source) -> Digests:
             data = _read_small(fd, size, src.path)
             digest = blake3.blake3(data).hexdigest()
             sha = hashlib.sha256(data).hexdigest() if src.sha256 else None
-            offset = 0
-            for part in src.files:
-                _write_part(root, part, data[offset : offset + part.size])
-                offset += part.size
+            if len(src.files) == 1:
+                _write_part(root, src.files[0], data)
+            else:
+                offset = 0
+                for part in src.files:
+                    _write_part(root, part, data[offset : offset + part.size])
+                    offset += part.size
         else:
             digest, hashed = hash_fd(fd)
             if hashed != size:
@@ -181,4 +189,8 @@ def write_source(root: Path, src: Source) -> Digests:
 def write_sources(root: Path, sources: Sequence[Source]) -> list[Digests]:
     """Write every source under ``root`` (its folders made first); their digests, in order."""
     make_folders(root, (p.path for s in sources for p in s.files))
-    return [write_source(root, s) for s in sources]
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return [write_source(fd, s) for s in sources]
+    finally:
+        os.close(fd)

@@ -167,12 +167,17 @@ def _say_manifest(ctx: Context, fields: dict[str, Any]) -> None:
     ctx.say(f"artifacts ({len(rows)}):")
     width = max(len(r["name"]) for r in rows)
     vwidth = max(len(r["version"]) for r in rows)
-    for r in rows:
-        parts = f"  ({r['parts']} parts)" if r["parts"] else ""
-        ctx.say(
+    if ctx.quiet:
+        return
+    # One ``say`` for the whole listing, as ``import`` and ``verify`` do (a line at a time
+    # is two writes per artifact on an unbuffered stdout, 40,000 for 20,000 artifacts).
+    ctx.say(
+        "\n".join(
             f"  {r['name']:<{width}}  {r['version']:<{vwidth}}  {_human_size(r['size']):>10}"
-            f"  blake3:{r['blake3'][:16]}{parts}"
+            f"  blake3:{r['blake3'][:16]}" + (f"  ({r['parts']} parts)" if r["parts"] else "")
+            for r in rows
         )
+    )
 
 
 def bundle_create(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
