@@ -92,7 +92,7 @@ CREATE INDEX IF NOT EXISTS audit_name ON audit (name, type);
 """
 
 
-_SCHEMA_ROWS = "SELECT type, name, tbl_name, sql FROM main.sqlite_master ORDER BY type, name"
+_SCHEMA_ROWS = "SELECT type, name, tbl_name, sql FROM main.sqlite_master"
 
 
 @functools.cache
@@ -117,6 +117,9 @@ def foreign_objects(db: Database) -> list[str]:
     """
     ours = _our_schema()
     found = db.execute(_SCHEMA_ROWS).fetchall()
+    if len(found) == len(ours) and frozenset(found) == ours:
+        return []  # the usual answer, in about 40 us
+    found.sort(key=lambda r: (str(r[0]), str(r[1])))
     extra = [
         f"{t} {n}" + (f" on {tbl}" if tbl != n else "")
         for t, n, tbl, sql in found
