@@ -1,6 +1,8 @@
 """``bundle create`` (directory) pinned by counting work, never by timing.
 
-* Each source is opened once (hashed and copied in one pass), whatever N.
+* Each source is opened once (hashed and copied in one pass), whatever N; a small one is
+  read by one ``pread`` (of its size and one byte more), and every file of the bundle is
+  created relative to one open descriptor of its folder, not by a path from ``/``.
 * Folders are made once each: for N artifacts with plain names, one (``artifacts/``),
   not two per artifact; no ``mkdir`` fails.
 * One ``syncfs`` and a number of ``fsync`` calls that does not grow with N.
@@ -55,13 +57,28 @@ def _create(out: Path, specs: list[ArtifactSpec]) -> None:
 def _count(tmp: Path, n: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     specs = _specs(tmp, n)
     sources = {os.fspath(s.path) for s in specs}
-    seen: dict[str, Any] = {"source_opens": 0, "mkdir": 0, "mkdir_failed": 0, "fsync": 0}
-    real_open, real_mkdir, real_fsync = os.open, os.mkdir, os.fsync
+    seen: dict[str, Any] = {
+        "source_opens": 0,
+        "creates": 0,
+        "creates_by_path": 0,
+        "preads": 0,
+        "mkdir": 0,
+        "mkdir_failed": 0,
+        "fsync": 0,
+    }
+    real_open, real_mkdir, real_fsync, real_pread = os.open, os.mkdir, os.fsync, os.pread
 
     def counting_open(path: Any, flags: int, *a: Any, **kw: Any) -> int:
         if os.fspath(path) in sources:
             seen["source_opens"] += 1
+        elif flags & os.O_CREAT and str(path).startswith("artifacts/"):
+            seen["creates"] += 1
+            seen["creates_by_path"] += kw.get("dir_fd") is None
         return real_open(path, flags, *a, **kw)
+
+    def counting_pread(fd: int, n: int, offset: int) -> bytes:
+        seen["preads"] += 1
+        return real_pread(fd, n, offset)
 
     def counting_mkdir(path: Any, *a: Any, **kw: Any) -> None:
         if ".tmp/" not in os.fspath(path):  # the staging folder itself (mkdtemp)
@@ -81,6 +98,7 @@ def _count(tmp: Path, n: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
     monkeypatch.setattr(os, "open", counting_open)
     monkeypatch.setattr(os, "mkdir", counting_mkdir)
     monkeypatch.setattr(os, "fsync", counting_fsync)
+    monkeypatch.setattr(os, "pread", counting_pread)
     before = durable.counters["syncfs"]
     try:
         _create(tmp / f"bundle{n}", specs)
@@ -88,6 +106,7 @@ def _count(tmp: Path, n: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
         monkeypatch.setattr(os, "open", real_open)
         monkeypatch.setattr(os, "mkdir", real_mkdir)
         monkeypatch.setattr(os, "fsync", real_fsync)
+        monkeypatch.setattr(os, "pread", real_pread)
     seen["syncfs"] = durable.counters["syncfs"] - before
     return seen
 
@@ -98,6 +117,9 @@ def test_create_work_per_source_is_constant(
     small = _count(tmp_path, 3, monkeypatch)
     large = _count(tmp_path, N_LARGE, monkeypatch)
     assert small["source_opens"] == 3 and large["source_opens"] == N_LARGE, (small, large)
+    assert small["preads"] == 3 and large["preads"] == N_LARGE, (small, large)
+    assert small["creates"] == 3 and large["creates"] == N_LARGE, (small, large)
+    assert small["creates_by_path"] == large["creates_by_path"] == 0, (small, large)
     assert small["mkdir"] == large["mkdir"] == 1, (small, large)  # artifacts/ only
     assert small["mkdir_failed"] == large["mkdir_failed"] == 0, (small, large)
     assert small["syncfs"] == large["syncfs"] == 1, (small, large)
