@@ -214,3 +214,20 @@ def test_a_database_restored_after_a_raw_overwrite_is_watched_again(watched: Wat
     _, took = watched.wait("pointer_unauthorized", t)
     assert took < DEADLINE - MARGIN
     assert not any("transaction" in a.message for _, a in watched.alarms), watched.alarms
+
+
+def test_trigger_planted_is_schema_tampered(watched: Watched) -> None:
+    """A trigger would run inside the appliance's own commits: the watcher names it
+    (``schema_tampered``, from the schema check every trust decision makes) beside the
+    changed-schema alarm, within the deadline. Its own alarm events cannot be committed
+    into a database whose schema is not the appliance's; they are still raised."""
+    conn = _attacker(watched)
+    events = conn.execute("SELECT count(*) FROM audit").fetchone()
+    t = time.monotonic()
+    conn.execute(
+        "CREATE TRIGGER t AFTER INSERT ON audit BEGIN UPDATE active SET moved_at = 'x'; END"
+    )
+    _only(watched, "schema_tampered", t, frozenset({"state_unauthorized"}))
+    assert conn.execute("SELECT count(*) FROM audit").fetchone() == events  # none committed
+    assert conn.execute("SELECT count(*) FROM active WHERE moved_at = 'x'").fetchone() == (0,)
+    conn.close()
