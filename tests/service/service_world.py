@@ -177,6 +177,16 @@ class World:
         wait_for_socket(self.sock, self.proc)
         return self.proc
 
+    def serving_root(self) -> Path:
+        """Root may load ``models``; the service started and warmed by one load (its cache
+        and its connection open); the state database's path, for a test to tamper with."""
+        from bundles.documents import AllowLoader
+
+        self.apply(AllowLoader("root", "models"))
+        self.start()
+        ask(self.sock, "model").close()
+        return self.home / "appliance.db"
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from pathlib import Path
 
 from service_world import World, ask
 
@@ -21,10 +20,7 @@ def test_loads_are_refused_while_the_database_is_garbage_and_served_after_a_rest
     root_world: World,
 ) -> None:
     w = root_world
-    w.apply(AllowLoader("root", "models"))
-    w.start()
-    ask(w.sock, "model").close()  # warm the cache and the connection
-    db_path = Path(w.home) / "appliance.db"
+    db_path = w.serving_root()
     saved = db_path.read_bytes()
     with open(db_path, "r+b") as f:
         f.write(b"\xff" * 100)

@@ -13,8 +13,6 @@ from pathlib import Path
 
 from service_world import World, ask
 
-from bundles.documents import AllowLoader
-
 TRIGGER = "CREATE TRIGGER t AFTER INSERT ON audit BEGIN UPDATE active SET moved_at = 'planted'; END"
 
 
@@ -31,10 +29,7 @@ def test_loads_are_refused_while_a_trigger_is_planted_and_served_once_it_is_gone
     root_world: World,
 ) -> None:
     w = root_world
-    w.apply(AllowLoader("root", "models"))
-    w.start()
-    ask(w.sock, "model").close()  # warm the cache and the connection
-    db_path = Path(w.home) / "appliance.db"
+    db_path = w.serving_root()
     active = _sql(db_path, "SELECT * FROM active ORDER BY name")
     events = _sql(db_path, "SELECT count(*) FROM audit")
     _sql(db_path, TRIGGER)
