@@ -358,6 +358,56 @@ def test_source_changed_in_the_one_pass(
     _expect_changed(tmp_path, src, False)
 
 
+def test_source_that_grew_just_after_its_read_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read asks for one byte more than the size and got exactly the size; the file
+    grows right after: the identity check after the copy (its ``st_size``) refuses it."""
+    src = _src(tmp_path, "f", b"x" * 100)
+    real = os.pread
+
+    def pread_then_grow(fd: int, n: int, offset: int) -> bytes:
+        data = real(fd, n, offset)
+        with open(src, "ab") as f:
+            f.write(b"more")
+        return data
+
+    monkeypatch.setattr(bundles.writer_copy.os, "pread", pread_then_grow)
+    _expect_changed(tmp_path, src, False)
+
+
+@pytest.mark.parametrize("change", [None, "shrink", "grow"])
+def test_short_reads_are_read_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str | None
+) -> None:
+    """A file system that returns a few bytes per read (FUSE, NFS may): the writer reads
+    on until it has the size and one byte more or the end; the bundle holds exactly the
+    bytes, or a file that shrank or grew meanwhile is refused."""
+    data = os.urandom(1000)
+    src = _src(tmp_path, "f", data)
+    real = os.pread
+    calls = [0]
+
+    def short_pread(fd: int, n: int, offset: int) -> bytes:
+        calls[0] += 1
+        if calls[0] == 3 and change == "shrink":
+            os.truncate(src, 500)
+        if calls[0] == 3 and change == "grow":
+            with open(src, "ab") as f:
+                f.write(b"more")
+        return real(fd, min(n, 7), offset)
+
+    monkeypatch.setattr(bundles.writer_copy.os, "pread", short_pread)
+    if change is not None:
+        _expect_changed(tmp_path, src, False)
+        return
+    _create(tmp_path / "out", [ArtifactSpec("m", "1", src)], make_key())
+    monkeypatch.setattr(bundles.writer_copy.os, "pread", real)
+    assert calls[0] == 1000 // 7 + 2  # 142 of 7 bytes, one of 6, then the end (0 bytes)
+    [stored] = (tmp_path / "out" / "artifacts").iterdir()
+    assert stored.read_bytes() == data
+
+
 def _expect_changed(tmp_path: Path, src: Path, tar: bool) -> None:
     out = tmp_path / ("o.tar" if tar else "out")
     with pytest.raises(OperationalError) as info:
