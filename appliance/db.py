@@ -212,14 +212,14 @@ class transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``; roll back on any error; map SQLite errors."""
 
     def __init__(self, db: Database) -> None:
-        self.conn = db.conn
+        self.db, self.conn = db, db.conn
 
     def __enter__(self) -> None:
         if read_only():
             raise ReadOnlyModeError("--read-only: this would change the appliance's state")
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            check_schema(Database(self.conn))  # under the write lock: fixed until COMMIT
+            check_schema(self.db)  # under the write lock: fixed until COMMIT
         except sqlite3.Error as e:
             self._rollback()
             raise translate_sqlite_error(e) from e
