@@ -32,6 +32,7 @@ from appliance.modelsig import ModelCheck, check_bundle_models
 from appliance.policy import Decision
 from appliance.staging import SMALL, Progress, stage_artifact
 from appliance.store import Promotion, Staged, promote, sweep_orphans, sync_home
+from appliance.tiny_staging import tiny_stager
 from appliance.trust import KeyLabel, TrustState, apply_update
 from appliance.truststore import (
     load_trust,
@@ -335,9 +336,9 @@ def _import(
             # One descriptor of ``staging``, of ``objects`` and of each ``objects/xx`` for
             # the whole batch (``store.Promotion``), each file checked as ``promote`` does.
             with Promotion(home) as batch:
-                for name, (a, staged_file) in staged.items():
-                    if name not in fix_names:
-                        batch.promote(staged_file, a.blake3)
+                batch.promote_all(
+                    [(s, a.blake3) for name, (a, s) in staged.items() if name not in fix_names]
+                )
                 batch.check_folders()  # none swapped meanwhile, or no commit
             if len(staged) > len(fix_names):
                 sync_home(home)  # and the renames before the commit refers to them
@@ -399,41 +400,49 @@ def _stage_into(
     new = {a.name for a in decision.new} | {a.name for a in fix or ()}
     staged: dict[str, tuple[Artifact, Staged]] = {}
 
-    def one(a: Artifact) -> Staged | None:
+    def one(a: Artifact, report: bool = True) -> Staged | None:
         target_dir = None if dry_run or a.name not in new else folder
         try:
             return stage_artifact(
-                bundle, a, target_dir, progress=progress, cancel=stop, durable=False
+                bundle,
+                a,
+                target_dir,
+                progress=progress if report else None,
+                cancel=stop,
+                durable=False,
             )
         except BaseException:
             stop.set()
             raise
 
+    def helper_progress(a: Artifact) -> None:
+        if progress is not None:
+            progress(a.name, a.size, a.size)
+
     # Durability is the caller's: one sync_home for the whole batch, not an fsync per file.
-    # Tiny artifacts are staged here, one after another: for them a hand-over to a worker
-    # thread costs more than the work. The others go to a pool meanwhile (largest first).
+    # Tiny artifacts are staged here, one after another (for them a hand-over to a worker
+    # thread costs more than the work), and by a forked helper beside this process where
+    # it may fork (``tiny_stager``, started before any thread). The others go to a pool
+    # meanwhile (largest first).
     order = sorted(bundle.manifest.artifacts, key=lambda a: -a.size)
     inline = [a.size <= INLINE and len(a.parts) <= 1 for a in order]
     pooled = [i for i, here in enumerate(inline) if not here]
+    tiny = [i for i, here in enumerate(inline) if here]
     small = sum(1 for i in pooled if order[i].size <= SMALL)
     workers = PARALLEL_SMALL if small > len(pooled) // 2 else PARALLEL_ARTIFACTS
     outcome: list[Staged | None | BaseException] = [None] * len(order)
     with ExitStack() as stack:
+        expects = [not dry_run and order[i].name in new for i in tiny]
+        stager = stack.enter_context(
+            tiny_stager([order[i] for i in tiny], expects, one, stop, helper_progress)
+        )
         futures = []
         if pooled:
             pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers))
             futures = [(i, pool.submit(one, order[i])) for i in pooled]
         try:
-            for i, a in enumerate(order):
-                if not inline[i]:
-                    continue
-                if stop.is_set():  # what is left would only be cancelled
-                    outcome[i] = CancelledError("import cancelled; nothing was changed")
-                    break
-                try:
-                    outcome[i] = one(a)
-                except Exception as e:  # noqa: BLE001 - ranked and raised below
-                    outcome[i] = e
+            for i, got in zip(tiny, stager.run(), strict=True):
+                outcome[i] = got
         except BaseException:
             stop.set()  # an interrupt here: the pool's artifacts stop too
             raise

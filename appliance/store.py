@@ -34,7 +34,8 @@ import fcntl
 import json
 import os
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -51,6 +52,7 @@ from appliance.errors import (
     ReadOnlyError,
     RecordUnauthorizedError,
 )
+from appliance.helper_batches import NOT_USABLE, HelperBatches
 from appliance.home import OBJECTS_DIR, STAGING_DIR, Home
 from bundles.durable import sync_filesystem
 
@@ -522,6 +524,28 @@ class Promotion:
             for name, fd in self._fans.items():
                 _same_folder(self.home, self._objects, name, fd, f"{OBJECTS_DIR}/")
 
+    def promote_all(self, files: Sequence[tuple[Staged, str]]) -> None:
+        """``promote`` each ``(staged, digest)``, shared with a forked helper where that
+        pays (``helper_batches``). Every folder is opened here first, so the helper
+        promotes through the same descriptors and ``check_folders`` covers its work too.
+        A failure raises the first error met here; an item the helper failed on is
+        promoted again here, and raises what it finds."""
+        for _, digest in files:
+            self._folders(digest)
+
+        def work(item: tuple[Staged, str], here: bool) -> None:
+            self.promote(*item)
+
+        def decode(entry: object, i: int) -> object:
+            return None if entry == 1 else NOT_USABLE
+
+        with HelperBatches(
+            files, work, lambda _: 1, decode, threading.Event(), _promotion_stopped
+        ) as shared:
+            for got in shared.run():
+                if isinstance(got, BaseException):
+                    raise got
+
     def promote(self, staged: Staged, digest: str, *, durable: bool = False) -> None:
         """``promote`` one file of the batch (see there)."""
         home = self.home
@@ -543,6 +567,10 @@ class Promotion:
                 os.fsync(fan)
         except OSError as e:
             raise io_error(e, f"promoting {digest[:16]} into the store") from e
+
+
+def _promotion_stopped() -> BaseException:
+    return IOFailedError("promotion stopped after an earlier failure")
 
 
 def _same_folder(home: Home, parent: int, name: str, fd: int, where: str) -> None:

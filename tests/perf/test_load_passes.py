@@ -14,6 +14,7 @@ import importlib
 import io
 import mmap
 import os
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,6 +198,9 @@ def test_load_skips_the_interpreter_teardown_after_flushing(
         raise Exited
 
     monkeypatch.setattr(os, "_exit", _exit)
+    # ``entry`` keeps NumPy out (``sys.modules["numpy"] = None``): undone after this test,
+    # or a later test in this worker that looks for NumPy (hypothesis does) breaks.
+    monkeypatch.setitem(sys.modules, "numpy", sys.modules.get("numpy"))
     out = tmp_path / "fast.bin"
     monkeypatch.setattr(
         "sys.argv", ["appliance", "--home", str(site.home), "load", "big", "-o", str(out)]
