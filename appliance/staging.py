@@ -355,7 +355,7 @@ def stage_artifact(
                 os.fsync(fd)
             except OSError as e:
                 raise io_error(e, f"syncing {artifact.ref} to staging") from e
-        staged = None if name is None else Staged.of(name, os.fstat(fd))
+        staged = None if name is None else Staged.of_fd(name, fd)
     except BaseException:
         if fd >= 0:
             os.close(fd)

@@ -228,21 +228,59 @@ def _set_immutable(fd: int, on: bool) -> bool:
     return True
 
 
+FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long): the inode's generation number
+
+
+def inode_generation(fd: int) -> int | None:
+    """The generation number of the open file ``fd``'s inode (``FS_IOC_GETVERSION``), or
+    None where the file system keeps none (tmpfs). ext4 gives a freed inode number, reused
+    at once for the next file made, a new generation: (dev, inode number) alone does not
+    tell a file from one planted in its place after it was removed."""
+    buf = array.array("l", [0])
+    try:
+        fcntl.ioctl(fd, FS_IOC_GETVERSION, buf, True)
+    except OSError:
+        return None
+    return int(buf[0])
+
+
 @dataclass(frozen=True)
 class Staged:
     """A file the import wrote and verified in ``staging``: its name and its inode.
 
     ``promote`` moves that inode and no other: a file swapped in at the name since
-    (by a writer of the home) is ``home_tampered``, never promoted.
+    (by a writer of the home) is ``home_tampered``, never promoted. The inode is told
+    by its device and number, and, since a removed file's number is given to the next
+    file made, by its generation number (where the file system keeps one), size and
+    change time too, as they were when the import finished writing it.
     """
 
     name: str
     dev: int
     ino: int
+    size: int = -1
+    ctime_ns: int = -1
+    generation: int | None = None
 
     @classmethod
-    def of(cls, name: str, st: os.stat_result) -> Staged:
-        return cls(name, st.st_dev, st.st_ino)
+    def of(cls, name: str, st: os.stat_result, generation: int | None = None) -> Staged:
+        return cls(name, st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns, generation)
+
+    @classmethod
+    def of_fd(cls, name: str, fd: int) -> Staged:
+        """The staging file open at ``fd``, as it is now."""
+        return cls.of(name, os.fstat(fd), inode_generation(fd))
+
+    def same_file(self, fd: int, st: os.stat_result) -> bool:
+        """Whether ``fd`` (``st`` its ``fstat``) is this staging file, unchanged."""
+        if (st.st_dev, st.st_ino) != (self.dev, self.ino):
+            return False
+        if (self.size, self.ctime_ns) != (-1, -1) and (st.st_size, st.st_ctime_ns) != (
+            self.size,
+            self.ctime_ns,
+        ):
+            return False
+        return self.generation is None or inode_generation(fd) == self.generation
 
 
 def _open_fanout(home: Home, objects: int, name: str, *, create: bool) -> int | None:
@@ -602,7 +640,7 @@ def _open_staged(home: Home, staging: int, staged: Staged) -> int:
         ) from e
     except safefs.UnsafeEntryError as e:
         raise home.tampered(e, where) from e
-    if (st.st_dev, st.st_ino) != (staged.dev, staged.ino):
+    if not staged.same_file(fd, st):
         os.close(fd)
         raise home.tampered(
             safefs.UnsafeEntryError(

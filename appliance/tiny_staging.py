@@ -3,7 +3,7 @@
 ``helper_batches.HelperBatches`` shares them out (see there for how, and when no helper
 runs). The helper stages with the importer's own ``stage`` function into the same
 staging folder (by the inherited descriptor) and reports each staging file's name and
-inode; an artifact it failed on is staged again here, so the error raised, its code and
+inode (``Staged``); an artifact it failed on is staged again here, so the error raised, its code and
 its audit event are the importer's. ``store.Promotion`` then checks each staged file as
 it does any other: the name must still hold that inode. The helper's staging files
 after a failure are removed with the rest (``home.clean_staging``).
@@ -27,7 +27,9 @@ def _cancelled() -> CancelledError:
 
 
 def _encode(staged: Staged | None) -> object:
-    return [] if staged is None else [staged.name, staged.dev, staged.ino]
+    if staged is None:
+        return []
+    return [staged.name, staged.dev, staged.ino, staged.size, staged.ctime_ns, staged.generation]
 
 
 def tiny_stager(
@@ -43,13 +45,15 @@ def tiny_stager(
     def decode(entry: object, i: int) -> object:
         if entry == [] and not expects[i]:
             return None
-        if not (expects[i] and isinstance(entry, list) and len(entry) == 3):
+        if not (expects[i] and isinstance(entry, list) and len(entry) == 6):
             return NOT_USABLE
-        name, dev, ino = entry
+        name, dev, ino, size, ctime_ns, generation = entry
         if not (isinstance(name, str) and name and "/" not in name and name[0] != "."):
             return NOT_USABLE
-        if type(dev) is not int or type(ino) is not int:
+        if not all(type(v) is int for v in (dev, ino, size, ctime_ns)):
             return NOT_USABLE
-        return Staged(name, dev, ino)
+        if generation is not None and type(generation) is not int:
+            return NOT_USABLE
+        return Staged(name, dev, ino, size, ctime_ns, generation)
 
     return HelperBatches(artifacts, stage, _encode, decode, stop, _cancelled, report)
