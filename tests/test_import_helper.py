@@ -67,11 +67,12 @@ def _slow_here(monkeypatch: pytest.MonkeyPatch, then: Any = None) -> int:
     return parent
 
 
+@pytest.mark.parametrize("tar", [False, True], ids=["folder", "tar"])
 def test_the_helper_stages_and_promotes_part_of_the_import(
-    env: Env, counters: dict[str, int], monkeypatch: pytest.MonkeyPatch
+    env: Env, counters: dict[str, int], monkeypatch: pytest.MonkeyPatch, tar: bool
 ) -> None:
     arts = _artifacts("a")
-    bundle = env.bundle(arts)
+    bundle = env.bundle(arts, tar=tar)  # a tar's members share one descriptor (pread)
     _slow_here(monkeypatch)
     importer.import_bundle(Home(env.home), bundle)
     assert counters["helpers"] == 2  # one for staging, one for promotion
