@@ -20,7 +20,6 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,7 +28,7 @@ from appliance.watch import homelock
 from appliance.watch.alarms import Alarm
 from appliance.watch.dbstate import DbMonitor, RollingChain
 from appliance.watch.notify import Batch, Notifier
-from appliance.watch.objects import ObjectBaseline, Verdict, hash_matches, referenced
+from appliance.watch.objects import Hashed, ObjectBaseline, Seen, Verdict, hash_object, referenced
 from appliance.watch.witnesswatch import WitnessMonitor
 
 T = TypeVar("T")
@@ -40,20 +39,8 @@ FULL_EVERY = 300.0
 RECENT = 3.0
 # Alarms a promotion looks like until its commit is seen: re-judged after the next poll.
 SETTLING_CODES = frozenset({"unknown_object", "object_replaced"})
-
-
-@dataclass(frozen=True)
-class Hashed:
-    ok: bool
-    ino: int
-
-
-def _hash_job(path: Path, digest: str, size: int) -> Hashed:
-    try:
-        ino = os.lstat(path).st_ino
-    except OSError:
-        return Hashed(False, -1)
-    return Hashed(hash_matches(path, digest, size), ino)
+# Hashes in a row of one object that changed while hashed before that is an alarm.
+UNSETTLED_TRIES = 3
 
 
 class Loop:
@@ -81,6 +68,7 @@ class Loop:
         self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-hash")
         self.hashing: dict[Path, Future[Hashed]] = {}
         self.deferred: set[Path] = set()
+        self.unsettled: dict[Path, int] = {}  # path -> hashes in a row that did not settle
         self.last_state_event = -RECENT
         self.chain = RollingChain()
         self.last_pass = self.last_full = time.monotonic()
@@ -104,7 +92,7 @@ class Loop:
         self.baselined = True
         self.last_pass = self.last_full = time.monotonic()
         self.base.set_refs(referenced(self.mon.db))
-        alarms += self.base.scan()
+        alarms += self.base.scan()[0]  # the first baseline: nothing to compare with
         alarms += self._unknown()
         alarms += self.wit.check(self.mon.db)
         return alarms
@@ -186,7 +174,10 @@ class Loop:
         if full:
             self.last_full = now
             self.notifier.rewatch()
-            alarms += self.base.scan()
+            found, changed = self.base.scan()
+            alarms += found
+            for path in changed:
+                self._hash(path)
             if not busy:
                 alarms += self._unknown()
         alarms += self._judge(batch, busy)
@@ -206,10 +197,7 @@ class Loop:
             if j.verdict is Verdict.DEFER:
                 self.deferred.add(path)
             elif j.verdict is Verdict.HASH:
-                digest = path.name
-                self.hashing[path] = self.hasher.submit(
-                    _hash_job, path, digest, self.base.refs[digest][0]
-                )
+                self._hash(path)
             elif j.verdict is Verdict.ALARM and j.alarm is not None:
                 if j.alarm.code in SETTLING_CODES and not written and self._settling():
                     # An import may have promoted, committed and let go of the lock since
@@ -225,13 +213,24 @@ class Loop:
             del self.hashing[path]
             result = fut.result()
             try:
-                same = os.lstat(path).st_ino == result.ino
+                # The same inode number is not enough (a freed number is given again): the
+                # whole ``lstat``, change time included, must be the hashed descriptor's.
+                same = result.seen is not None and Seen.of(os.lstat(path)) == result.seen
             except FileNotFoundError:
                 same = False
+            tries = self.unsettled.pop(path, 0) + 1
             if result.ok and same:
-                self._accept(path)
-            elif result.ok:
-                self.deferred.add(path)  # replaced again while it was hashed: judge again
+                self._accept(path, result.seen)
+            elif (result.ok or result.seen is None) and tries < UNSETTLED_TRIES:
+                # replaced, changed or removed while it was hashed: judge again
+                self.unsettled[path] = tries
+                self.deferred.add(path)
+            elif result.ok or result.seen is None:
+                alarms.append(
+                    self.base.alarm_for(
+                        "object_modified", path, "object kept changing while it was hashed"
+                    )
+                )
             else:
                 alarms.append(
                     self.base.alarm_for(
@@ -244,8 +243,18 @@ class Loop:
         """Did the appliance start or finish a change after this turn's poll?"""
         return homelock.lock_held(self.home.lock_path) or self.mon.moved_on()
 
-    def _accept(self, path: Path) -> None:
-        """An object judged fine (verified replacement, repair, flag change): accept it."""
+    def _hash(self, path: Path) -> None:
+        """Hash the object at ``path`` in the background (judged when the result is in)."""
+        if path in self.hashing:
+            return
+        digest = path.name
+        self.hashing[path] = self.hasher.submit(
+            hash_object, path, digest, self.base.refs[digest][0]
+        )
+
+    def _accept(self, path: Path, seen: Seen | None = None) -> None:
+        """An object judged fine (verified replacement, repair, flag change): accept it,
+        with ``seen``, the ``fstat`` of the descriptor that was hashed, as its baseline."""
         if path.name in self.base.refs:
-            self.base.accept(path.name)
+            self.base.accept(path.name, seen)
         self.cleared(path)

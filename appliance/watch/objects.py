@@ -1,11 +1,19 @@
 """The object store as the watcher expects it, and the judgement of one changed path.
 
 ``ObjectBaseline`` keeps, for every referenced digest, the ``lstat`` seen when
-the watcher last accepted it (inode, size, mode, owner, mtime, links). A path
-touched by a kernel event is judged against it (``judge``): gone is
+the watcher last accepted it (inode, size, mode, owner, mtime, links, change time). A
+path touched by a kernel event is judged against it (``judge``): gone is
 ``object_removed``; written or truncated is ``object_modified``; another inode
 is ``object_replaced`` unless the appliance may be promoting (the home lock is
 held, or it committed a change moments ago) and the new file hashes to its name.
+
+The inode number alone does not tell a file: ext4 gives a removed file's number to the
+next file made, so a file of other bytes, given the old mode and mtime and renamed over
+the object, can carry every field the baseline had but one, its change time (``ctime``,
+which no one without the clock's privilege can set). So the same number with another
+change time is hashed (``Verdict.HASH``), as is anything the full stat pass (``scan``)
+finds changed since the baseline, and only a file whose bytes match its name is
+accepted, with the ``fstat`` of the descriptor that was hashed.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ class Seen:
     gid: int
     mtime_ns: int
     nlink: int
+    ctime_ns: int
+    dev: int
 
     @classmethod
     def of(cls, st: os.stat_result) -> Seen:
@@ -45,6 +55,8 @@ class Seen:
             st.st_gid,
             st.st_mtime_ns,
             st.st_nlink,
+            st.st_ctime_ns,
+            st.st_dev,
         )
 
 
@@ -100,18 +112,40 @@ def digest_of(home: Home, path: Path) -> str | None:
     return name if path.parent.name == name[:2] and len(name) == 64 else None
 
 
-def hash_matches(path: Path, digest: str, size: int) -> bool:
+@dataclass(frozen=True)
+class Hashed:
+    """A hash of what was at a path: ``seen`` is the ``fstat`` of the descriptor that was
+    hashed, taken after the hash and unchanged since before it (else ``None``)."""
+
+    ok: bool
+    seen: Seen | None
+
+
+def hash_object(path: Path, digest: str, size: int) -> Hashed:
+    """Hash the regular file at ``path`` through one descriptor (never a FIFO: opened
+    non-blocking and checked by ``fstat`` before any read)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except OSError:
-        return False
+        return Hashed(False, None)
     try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            return Hashed(False, None)
         got, n = hash_fd(fd)
+        after = Seen.of(os.fstat(fd))
     except OSError:
-        return False
+        return Hashed(False, None)
     finally:
         os.close(fd)
-    return got == digest and n == size
+    if after != Seen.of(before):
+        return Hashed(False, None)  # changed while it was hashed
+    return Hashed(got == digest and n == size, after)
+
+
+def hash_matches(path: Path, digest: str, size: int) -> bool:
+    return hash_object(path, digest, size).ok
 
 
 class ObjectBaseline:
@@ -125,15 +159,24 @@ class ObjectBaseline:
     def set_refs(self, refs: dict[str, tuple[int, str]]) -> None:
         self.refs = refs
 
-    def accept(self, digest: str) -> None:
+    def accept(self, digest: str, seen: Seen | None = None) -> None:
+        """Take ``seen`` (the descriptor that was hashed) or, for an object the appliance
+        itself has just promoted, its ``lstat`` as the baseline."""
+        if seen is not None:
+            self.seen[digest] = seen
+            return
         try:
             self.seen[digest] = Seen.of(os.lstat(object_path(self.home, digest)))
         except OSError:
             self.seen.pop(digest, None)
 
-    def scan(self) -> list[Alarm]:
-        """Full stat pass (no hashing): missing, writable or unknown objects; resets baseline."""
+    def scan(self) -> tuple[list[Alarm], list[Path]]:
+        """Full stat pass: missing, writable or wrong-sized objects are alarms; an object
+        whose ``lstat`` differs from its baseline otherwise (its events lost, say in a
+        queue overflow) is returned to be hashed, its baseline kept until it is; an
+        object with no baseline yet takes its ``lstat``."""
         alarms: list[Alarm] = []
+        changed: list[Path] = []
         for digest, (_size, ref) in self.refs.items():
             path = object_path(self.home, digest)
             try:
@@ -145,8 +188,14 @@ class ObjectBaseline:
             bad = self._static_problem(st, digest)
             if bad is not None:
                 alarms.append(self._alarm(bad[0], path, ref, bad[1]))
-            self.seen[digest] = Seen.of(st)
-        return alarms
+                self.seen[digest] = Seen.of(st)
+                continue
+            base = self.seen.get(digest)
+            if base is None:
+                self.seen[digest] = Seen.of(st)
+            elif Seen.of(st) != base:
+                changed.append(path)
+        return alarms, changed
 
     def unknown_files(self) -> list[Path]:
         return [p for p in list_files(self.home) if digest_of(self.home, p) not in self.refs]
@@ -232,7 +281,12 @@ class ObjectBaseline:
                 Verdict.ALARM,
                 self._alarm("object_modified", path, ref, "object's times or hard links changed"),
             )
-        return Judgement(Verdict.OK)  # e.g. an inode flag set or cleared by the appliance
+        if now != base:
+            # The same number, another change time: an inode flag or attribute changed
+            # (the appliance sets and clears the immutable flag), or another file took the
+            # freed number. Only its bytes tell.
+            return Judgement(Verdict.HASH)
+        return Judgement(Verdict.OK)
 
     def alarm_for(self, code: str, path: Path, message: str) -> Alarm:
         digest = digest_of(self.home, path)

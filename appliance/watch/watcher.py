@@ -100,7 +100,7 @@ class Watcher:
                 found.append(Alarm(e.code, "audit", e.message))
             base = ObjectBaseline(self.home)
             base.set_refs(referenced(mon.db))
-            found += base.scan()
+            found += base.scan()[0]  # a fresh baseline: nothing to compare with
             found += [
                 base.alarm_for("unknown_object", p, "no record references this file")
                 for p in base.unknown_files()
