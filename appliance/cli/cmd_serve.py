@@ -16,8 +16,7 @@ from typing import Any
 
 from appliance.cli.context import Context
 from appliance.home import Home
-from appliance.service.server import Config, Server, activated_sockets, bind_socket
-from appliance.service.server import default_socket as _default_socket
+from appliance.service.server import Config, serve
 from bundles.errors import OperationalError
 
 
@@ -39,47 +38,20 @@ def run_serve(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         from bundles.errors import UsageError
 
         raise UsageError("--workers must be between 1 and 1024")
+    if args.scrub is not None and not args.watch:
+        from bundles.errors import UsageError
+
+        raise UsageError("--scrub needs --watch")
     home = Home(ctx.home)
     home.require()
-    listeners = activated_sockets()
-    path: Path | None = None
-    if not listeners:
-        path = args.socket or _default_socket()
-        listeners = [bind_socket(path)]
     background = None
     if args.watch:  # the same watcher as 'appliance watch', in a thread of the service
         from appliance.watch import Watcher, parse_rate
 
         rate = parse_rate(args.scrub) if args.scrub is not None else 0
         background = Watcher(home, ctx.witness, scrub_rate=rate).run
-    elif args.scrub is not None:
-        from bundles.errors import UsageError
-
-        raise UsageError("--scrub needs --watch")
     config = Config(home, ctx.witness, workers=args.workers, log=ctx.warn, background=background)
-    try:
-        server = Server(config, listeners)
-    except BaseException:
-        for s in listeners:
-            s.close()
-        _unlink(path)
-        raise
-    server.install_signals()
-    where = str(path) if path else f"{len(listeners)} activated socket(s)"
-    ctx.warn(f"appliance serve: listening on {where} (home {home.root})")
-    try:
-        code = server.serve()
-    finally:
-        _unlink(path)
-    ctx.warn(f"appliance serve: stopped ({server.served} served, {server.refused} refused)")
-    if code:
+    done = serve(config, args.socket)
+    if done.code:
         raise OperationalError("the background component failed; the service stopped")
-    return {"socket": where, "served": server.served, "refused": server.refused}
-
-
-def _unlink(path: Path | None) -> None:
-    if path is not None:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+    return {"socket": done.where, "served": done.served, "refused": done.refused}

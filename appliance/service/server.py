@@ -116,6 +116,40 @@ def activated_sockets() -> list[socket.socket]:
     return out
 
 
+@dataclass
+class SocketFile:
+    """The socket file this process bound, removed once on the way out if it is still
+    this one. Only while the listener is open: an open socket holds its file's inode, so
+    the same number at the path is ours; after the close the number may be freed and
+    given to a successor's socket, which must stay."""
+
+    path: Path
+    ino: int
+    removed: bool = False
+
+    @classmethod
+    def of(cls, path: Path) -> SocketFile:
+        return cls(path, os.stat(path).st_ino)
+
+    def remove(self) -> None:
+        if self.removed:
+            return
+        self.removed = True
+        try:
+            if os.stat(self.path).st_ino == self.ino:  # ours still: a successor's stays
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def close_listeners(listeners: list[socket.socket], made: SocketFile | None) -> None:
+    """Close ``listeners`` of a service that never served, removing its socket file first."""
+    if made is not None:
+        made.remove()
+    for s in listeners:
+        s.close()
+
+
 def bind_socket(path: Path) -> socket.socket:
     """Listen on ``path`` (mode 0666: anyone may ask; grants decide). A stale socket left by
     a killed service is replaced; a live one is ``socket_in_use``; a non-socket is refused.
@@ -176,9 +210,15 @@ class _Pending:
 class Server:
     """Serve loads on ``listeners`` until ``stop()`` (or SIGTERM via ``install_signals``)."""
 
-    def __init__(self, config: Config, listeners: list[socket.socket]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        listeners: list[socket.socket],
+        socket_file: SocketFile | None = None,
+    ) -> None:
         self.config = config
         self.listeners = listeners
+        self.socket_file = socket_file  # removed on the way out, if still ours
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.db = config.home.db()  # reads, under self.lock
@@ -223,6 +263,8 @@ class Server:
                         self._read(key.data, sel, pending, pool)
                 self._expire(sel, pending)
         finally:
+            if self.socket_file is not None:
+                self.socket_file.remove()  # while the listener still holds its inode
             for s in self.listeners:
                 sel.unregister(s)
                 s.close()
@@ -612,26 +654,35 @@ class Server:
             )
 
 
-def serve(config: Config, socket_path: Path | None) -> int:
-    """Listen (activated sockets, else ``socket_path``) and serve until SIGTERM."""
+@dataclass(frozen=True)
+class Served:
+    """How a service ended: its exit code (0, or 3 if the background failed), where it
+    listened, and its counts."""
+
+    code: int
+    where: str
+    served: int
+    refused: int
+
+
+def serve(config: Config, socket_path: Path | None) -> Served:
+    """Listen (activated sockets, else ``socket_path``, else ``default_socket()``) and
+    serve until SIGTERM or SIGINT; the socket file it made is removed on the way out if
+    it is still its own (``SocketFile``)."""
     listeners = activated_sockets()
-    created: Path | None = None
-    inode = None
+    made: SocketFile | None = None
     if not listeners:
         path = socket_path or default_socket()
         listeners = [bind_socket(path)]
-        created, inode = path, os.stat(path).st_ino
-    server = Server(config, listeners)
-    server.install_signals()
-    where = str(created) if created else f"{len(listeners)} activated socket(s)"
-    config.log(f"appliance serve: listening on {where} (home {config.home.root})")
+        made = SocketFile.of(path)
     try:
-        return server.serve()
-    finally:
-        if created is not None:
-            try:
-                if os.stat(created).st_ino == inode:  # ours still: a successor's stays
-                    created.unlink()
-            except FileNotFoundError:
-                pass
-        config.log(f"appliance serve: stopped ({server.served} served, {server.refused} refused)")
+        server = Server(config, listeners, made)
+    except BaseException:
+        close_listeners(listeners, made)
+        raise
+    server.install_signals()
+    where = str(made.path) if made else f"{len(listeners)} activated socket(s)"
+    config.log(f"appliance serve: listening on {where} (home {config.home.root})")
+    code = server.serve()
+    config.log(f"appliance serve: stopped ({server.served} served, {server.refused} refused)")
+    return Served(code, where, server.served, server.refused)

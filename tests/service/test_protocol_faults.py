@@ -339,3 +339,22 @@ def test_socket_activation(root_world: World):
     finally:
         p.kill()
         p.wait()
+
+
+def test_stopping_removes_its_own_socket_and_keeps_a_successors(served: World):
+    """A service stopping removes the socket file it made, and only while its listener is
+    still open (so the file's inode number cannot yet be a successor's); a socket someone
+    else bound at the path meanwhile stays."""
+    served.sock.unlink()
+    successor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        successor.bind(str(served.sock))
+        theirs = os.stat(served.sock).st_ino
+        assert served.stop(signal.SIGTERM) == 0
+        assert os.stat(served.sock).st_ino == theirs
+    finally:
+        successor.close()
+        served.sock.unlink(missing_ok=True)
+    served.start()
+    assert served.stop(signal.SIGTERM) == 0
+    assert not served.sock.exists()
