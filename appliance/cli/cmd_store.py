@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any
 
 from appliance.cli.context import Context, no_cycle_collection
+from appliance.db import check_integrity
 from appliance.errors import PolicyError, StateSuspectError, error_class
 from appliance.home import Home
 from appliance.store import find, parse_ref, records
@@ -80,6 +81,7 @@ def _verify_line(res: RecordStatus) -> str:
 def _verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     home = Home(ctx.home)
     db = home.db()
+    check_integrity(db)  # also the pages of tables that no record check reads
     trust = load_trust(db)
     if args.refs:
         targets = [find(db, *parse_ref(ref)) for ref in args.refs]
