@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from bundles.dsse import Envelope, sign_envelope
 from bundles.durable import sync_filesystem
@@ -36,7 +37,7 @@ from bundles.errors import (
     UsageError,
 )
 from bundles.fields import MAX_INT
-from bundles.hashing import hash_paths
+from bundles.hashing import new_hasher
 from bundles.keys import PrivateKey
 from bundles.manifest import ARTIFACT_PREFIX, PAYLOAD_TYPE, Artifact, Manifest, Part
 from bundles.names import (
@@ -203,52 +204,131 @@ def _tar_info(name: str, size: int, is_dir: bool, mtime: int) -> tarfile.TarInfo
     return info
 
 
+class _HashingRange(_Range):
+    """A range of a source's descriptor that feeds what is read to the source's hashers."""
+
+    def __init__(self, fd: int, offset: int, size: int, hashers: list[Any]) -> None:
+        super().__init__(fd, offset, size)
+        self._hashers = hashers
+
+    def readinto(self, buf: memoryview | bytearray) -> int:  # type: ignore[override]
+        n = super().readinto(buf)
+        if n:
+            view = memoryview(buf)[:n]
+            for h in self._hashers:
+                h.update(view)
+        return n
+
+
+@dataclass
+class _Streamed:
+    """One source while the tar is written: its descriptor, hashers and progress."""
+
+    fd: int
+    hashers: list[Any]
+    done: int = 0  # bytes written so far (its parts come in order of offset)
+    parts_left: int = 0
+
+
 def _write_tar(
-    out: Path, sources: Sequence[Source], manifest_bytes: bytes, trust: Sequence[bytes]
-) -> None:
+    out: Path, sources: Sequence[Source], sign: Signer, trust: Sequence[bytes]
+) -> Manifest:
+    """The tar in one pass over the sources: every artifact entry (they all sort before
+    the manifest) is streamed from its source's one descriptor while it is hashed, so
+    the digests signed are those of the very bytes written; then the manifest is signed
+    and appended, then the trust updates. Entries in sorted order, as before."""
     mtime = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
-    blobs: dict[str, bytes] = {MANIFEST_FILE: manifest_bytes}
-    for i, data in enumerate(trust, 1):
-        blobs[f"{TRUST_DIR}/{i:04d}.dsse.json"] = data
-    files: dict[str, tuple[Source, int, int] | bytes] = dict(blobs)
-    for src in sources:
+    files: dict[str, tuple[int, int, int]] = {}  # path -> (source index, offset, size)
+    for k, src in enumerate(sources):
         offset = 0
         for part in src.files:
-            files[part.path] = (src, offset, part.size)
+            files[part.path] = (k, offset, part.size)
             offset += part.size
-    dirs = {"/".join(p.split("/")[:i]) for p in files for i in range(1, p.count("/") + 1)}
-    fds: dict[Path, int] = {}
+    blob_names = [
+        MANIFEST_FILE,
+        *(f"{TRUST_DIR}/{i:04d}.dsse.json" for i in range(1, len(trust) + 1)),
+    ]
+    every = set(files) | set(blob_names)
+    dirs = {"/".join(p.split("/")[:i]) for p in every for i in range(1, p.count("/") + 1)}
+    names = sorted(dirs | every)
+    cut = names.index(MANIFEST_FILE)
+    if any(n in files for n in names[cut:]):  # the layout puts artifacts under artifacts/
+        raise AssertionError("an artifact entry sorts after the manifest")
+    streams: dict[int, _Streamed] = {}  # sources being read: one descriptor each
+    digests: dict[int, Digests] = {}
     try:
         with tarfile.open(out, "w", format=tarfile.PAX_FORMAT, encoding="utf-8") as tf:
-            for name in sorted(dirs | set(files)):
+            for name in names[:cut]:
                 item = files.get(name)
                 if item is None:
                     tf.addfile(_tar_info(name, 0, True, mtime))
-                elif isinstance(item, bytes):
-                    tf.addfile(_tar_info(name, len(item), False, mtime), io.BytesIO(item))
+                    continue
+                k, offset, size = item
+                done = _stream_part(tf, name, sources[k], k, offset, size, streams, mtime)
+                if done is not None:
+                    digests[k] = done
+            manifest, envelope = sign([digests[k] for k in range(len(sources))])
+            blobs = dict(zip(blob_names, [envelope, *trust], strict=True))
+            for name in names[cut:]:
+                data = blobs.get(name)
+                if data is None:
+                    tf.addfile(_tar_info(name, 0, True, mtime))
                 else:
-                    src, offset, size = item
-                    fd = fds.get(src.path)
-                    if fd is None:
-                        fd = fds[src.path] = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
-                    reader = io.BufferedReader(_Range(fd, offset, size), 1 << 20)
-                    try:
-                        tf.addfile(_tar_info(name, size, False, mtime), reader)
-                    except OSError as e:
-                        if "unexpected end of data" in str(e):
-                            raise changed(src.path) from e
-                        raise
-        for src in sources:
-            if not same_file(os.fstat(fds[src.path]), src.stat):
-                raise changed(src.path)
+                    tf.addfile(_tar_info(name, len(data), False, mtime), io.BytesIO(data))
         fd = os.open(out, os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+        return manifest
     finally:
-        for fd in fds.values():
-            os.close(fd)
+        for st in streams.values():
+            os.close(st.fd)
+
+
+def _stream_part(
+    tf: tarfile.TarFile,
+    name: str,
+    src: Source,
+    k: int,
+    offset: int,
+    size: int,
+    streams: dict[int, _Streamed],
+    mtime: int,
+) -> Digests | None:
+    """Write one part of source ``k`` into the tar, hashing it on the way; after its last
+    part, its digests (and its descriptor closed: one open source at a time)."""
+    st = streams.get(k)
+    if st is None:
+        # non-blocking: a FIFO put in its place is opened at once, and refused by fstat
+        fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        hashers: list[Any] = [new_hasher(src.stat.st_size)]
+        if src.sha256:
+            hashers.append(hashlib.sha256())
+        st = streams[k] = _Streamed(fd, hashers, parts_left=len(src.files))
+        if not same_file(os.fstat(fd), src.stat):
+            raise changed(src.path)
+    if offset != st.done:
+        raise AssertionError(f"{name}: parts out of order")
+    reader = io.BufferedReader(_HashingRange(st.fd, offset, size, st.hashers), 1 << 20)
+    try:
+        tf.addfile(_tar_info(name, size, False, mtime), reader)
+    except OSError as e:
+        if "unexpected end of data" in str(e):
+            raise changed(src.path) from e
+        raise
+    st.done += size
+    st.parts_left -= 1
+    if st.parts_left:
+        return None
+    del streams[k]
+    try:
+        if st.done != src.stat.st_size or not same_file(os.fstat(st.fd), src.stat):
+            raise changed(src.path)  # grew, or was written to, while it was read
+    finally:
+        os.close(st.fd)
+    sha = st.hashers[1].hexdigest() if src.sha256 else None
+    return Digests(st.hashers[0].hexdigest(), sha, st.done)
 
 
 def _prepare_out(out: Path, tar: bool) -> None:
@@ -372,29 +452,16 @@ def _check_layout(paths: Iterable[str]) -> None:
 Signer = Callable[[Sequence[Digests]], tuple[Manifest, bytes]]
 
 
-def _hash_sources(sources: Sequence[Source]) -> list[Digests]:
-    """The tar writer's first pass: every digest, before the tar is streamed."""
-    digests = []
-    for src, (digest, size) in zip(sources, hash_paths([s.path for s in sources]), strict=True):
-        sha = None
-        if src.sha256:
-            with open(src.path, "rb") as f:
-                sha = hashlib.file_digest(f, "sha256").hexdigest()
-        digests.append(Digests(digest, sha, size))
-    return digests
-
-
 def _build(
     out: Path, tar: bool, sources: Sequence[Source], sign: Signer, trust: Sequence[bytes]
 ) -> Manifest:
     parent = out.parent
     if tar:
-        manifest, envelope = sign(_hash_sources(sources))
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
         os.close(fd)
         tmp = Path(tmp_name)
         try:
-            _write_tar(tmp, sources, envelope, trust)
+            manifest = _write_tar(tmp, sources, sign, trust)
             os.chmod(tmp, 0o644)
             if os.path.lexists(out):
                 raise OutputExistsError(f"{out} exists; refusing to overwrite")

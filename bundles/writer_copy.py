@@ -155,7 +155,8 @@ def write_source(root: int, src: Source) -> Digests:
     each part is created relative to it, not by a path walked again from ``/``) from one
     open descriptor of the source."""
     size = src.stat.st_size
-    fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
+    # non-blocking: a FIFO put in its place is opened at once, and refused by fstat
+    fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         if not same_file(os.fstat(fd), src.stat):
             raise changed(src.path)

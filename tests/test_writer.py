@@ -306,21 +306,71 @@ def test_empty_output_directory_is_used(tmp_path: Path) -> None:
     assert (tmp_path / "out" / MANIFEST_FILE).is_file()
 
 
+@pytest.mark.parametrize("change", ["before_open", "grow_while_read", "shrink_while_read"])
 def test_source_changed_while_bundling_a_tar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """The tar writer streams each source once, hashing what it writes: a source that
+    changed after it was named, or grew or shrank while it was read, is refused."""
+    src = _src(tmp_path, "f", b"x" * 100)
+    if change == "before_open":
+        real_stat = bundles.writer._stat_source
+
+        def stat_then_change(spec: ArtifactSpec) -> os.stat_result:
+            st = real_stat(spec)
+            with open(src, "ab") as f:
+                f.write(b"more")
+            return st
+
+        monkeypatch.setattr(bundles.writer, "_stat_source", stat_then_change)
+    else:
+        real_read = bundles.writer._HashingRange.readinto
+
+        def read_then_change(self: object, buf: memoryview) -> int:
+            n = real_read(self, buf)  # type: ignore[arg-type]
+            if change == "grow_while_read":
+                with open(src, "ab") as f:
+                    f.write(b"more")
+            else:
+                os.truncate(src, 10)
+            return n
+
+        monkeypatch.setattr(bundles.writer._HashingRange, "readinto", read_then_change)
+    _expect_changed(tmp_path, src, True)
+
+
+def test_a_tar_bundle_reads_each_source_once_and_signs_what_it_wrote(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The tar writer hashes first, then streams: a source that grew between is refused."""
-    src = _src(tmp_path, "f", b"x" * 100)
-    real = bundles.hashing.hash_paths
+    """One open and one pass a source, parts included; the signed digests are those of
+    the bytes in the tar (read back by the reader)."""
+    srcs = [_src(tmp_path, f"f{i}", os.urandom(1000 + i)) for i in range(3)]
+    opened: list[str] = []
+    real_open = os.open
 
-    def hash_then_change(paths: list[Path]) -> list[tuple[str, int]]:
-        result = real(paths)
-        with open(src, "ab") as f:
-            f.write(b"more")
-        return result
+    def counting_open(path: object, *args: object, **kw: object) -> int:
+        if str(path) in {str(p) for p in srcs}:
+            opened.append(str(path))
+        return real_open(path, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(bundles.writer, "hash_paths", hash_then_change)
-    _expect_changed(tmp_path, src, True)
+    monkeypatch.setattr(bundles.writer.os, "open", counting_open)
+    out = tmp_path / "o.tar"
+    key = make_key()
+    specs = [ArtifactSpec(f"m{i}", "1", p) for i, p in enumerate(srcs)]
+    _create(out, specs, key, tar=True, part_size=256, sha256=True)
+    assert sorted(opened) == sorted(str(p) for p in srcs)
+    with open_bundle(out, resolver_for(key)) as bundle:
+        verify_artifacts(bundle)
+        for i, p in enumerate(srcs):
+            art = bundle.manifest.artifact(f"m{i}")
+            assert art is not None and art.sha256 == hashlib.sha256(p.read_bytes()).hexdigest()
+    with tarfile.open(out) as tf:
+        names = tf.getnames()
+        assert names == sorted(names)
+        for i, p in enumerate(srcs):
+            parts = sorted(n for n in names if f"m{i}@1_" in n and ".part" in n)
+            data = b"".join(tf.extractfile(n).read() for n in parts)  # type: ignore[union-attr]
+            assert data == p.read_bytes()
 
 
 @pytest.mark.parametrize("when", ["before_open", "while_read"])
@@ -422,3 +472,21 @@ def test_factory_knobs(tmp_path: Path) -> None:
     b = make_bundle(tmp_path, sequence=9, stream="s2", sites=("x",), expires=past)
     assert b.manifest.sequence == 9 and b.manifest.stream == "s2"
     assert b.manifest.sites == ("x",) and b.manifest.expires < datetime.now(UTC)
+
+
+def test_a_tar_bundle_of_more_sources_than_open_files_allowed(tmp_path: Path) -> None:
+    """One source open at a time: a tar of 200 sources under a limit of about 40 more
+    open files than the process has (the writer kept every source open to the end, and a
+    tar of over 1,000 files failed with 'Too many open files' under the usual limit)."""
+    import resource
+
+    srcs = [_src(tmp_path, f"f{i}", os.urandom(64)) for i in range(200)]
+    specs = [ArtifactSpec(f"m{i}", "1", p) for i, p in enumerate(srcs)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 40, hard))
+    try:
+        _create(tmp_path / "o.tar", specs, make_key(), tar=True)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with tarfile.open(tmp_path / "o.tar") as tf:
+        assert len([n for n in tf.getnames() if n.startswith("artifacts/")]) == 200
