@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from appliance.home import Home
+from appliance.store import object_path
 from appliance.watch import homelock
 from appliance.watch.alarms import Alarm
 from appliance.watch.dbstate import DbMonitor, RollingChain
@@ -159,9 +160,14 @@ class Loop:
             self.last_state_event = now
         if changed:
             refs = referenced(self.mon.db)
-            for d in set(refs) - set(self.base.refs):
-                self.base.accept(d)  # newly committed: the import verified and promoted it
+            # Newly committed: sealed by the import's immutable flag, else hashed (another
+            # file may have been renamed over it since its promotion).
+            unsealed = [
+                d for d in set(refs) - set(self.base.refs) if not self.base.accept_if_sealed(d)
+            ]
             self.base.set_refs(refs)
+            for d in unsealed:
+                self._hash(object_path(self.home, d))
         if self.chain.done and now - self.last_pass >= self.full_every:
             self.chain.restart()
             self.last_pass = now
@@ -255,6 +261,6 @@ class Loop:
     def _accept(self, path: Path, seen: Seen | None = None) -> None:
         """An object judged fine (verified replacement, repair, flag change): accept it,
         with ``seen``, the ``fstat`` of the descriptor that was hashed, as its baseline."""
-        if path.name in self.base.refs:
+        if seen is not None and path.name in self.base.refs:
             self.base.accept(path.name, seen)
         self.cleared(path)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from appliance.db import Database
 from appliance.home import Home
-from appliance.store import object_path
+from appliance.store import is_immutable, object_path
 from appliance.watch.alarms import Alarm
 from bundles.hashing import hash_fd
 
@@ -159,16 +159,29 @@ class ObjectBaseline:
     def set_refs(self, refs: dict[str, tuple[int, str]]) -> None:
         self.refs = refs
 
-    def accept(self, digest: str, seen: Seen | None = None) -> None:
-        """Take ``seen`` (the descriptor that was hashed) or, for an object the appliance
-        itself has just promoted, its ``lstat`` as the baseline."""
-        if seen is not None:
-            self.seen[digest] = seen
-            return
+    def accept(self, digest: str, seen: Seen) -> None:
+        """Take ``seen``, the ``fstat`` of the descriptor that was hashed, as the baseline."""
+        self.seen[digest] = seen
+
+    def accept_if_sealed(self, digest: str) -> bool:
+        """A newly committed object, accepted at once (True) when its inode carries the
+        immutable flag: only a holder of ``CAP_LINUX_IMMUTABLE`` sets it (the appliance's
+        promotion, on the inode it verified), and no one else can then rename anything
+        over the name. Else False, and it is to be hashed: between the promotion and this
+        look, another file may have been renamed over it."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            self.seen[digest] = Seen.of(os.lstat(object_path(self.home, digest)))
+            fd = os.open(object_path(self.home, digest), flags)
         except OSError:
-            self.seen.pop(digest, None)
+            return False
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or not is_immutable(fd):
+                return False
+            self.seen[digest] = Seen.of(st)
+            return True
+        finally:
+            os.close(fd)
 
     def scan(self) -> tuple[list[Alarm], list[Path]]:
         """Full stat pass: missing, writable or wrong-sized objects are alarms; an object
@@ -253,9 +266,7 @@ class ObjectBaseline:
                         "object_replaced", path, ref, "object was replaced by another file"
                     ),
                 )
-            if base is None and busy:
-                return Judgement(Verdict.OK)  # just promoted and committed; import hashed it
-            if busy:
+            if busy:  # promoted (or repaired) by the appliance, maybe: the bytes decide
                 return Judgement(Verdict.HASH)
             return Judgement(
                 Verdict.ALARM,

@@ -135,3 +135,81 @@ def test_hash_object_reports_the_hashed_descriptors_stat(tmp_path: Path) -> None
     assert got.ok and got.seen == Seen.of(os.lstat(f))
     assert not hash_object(f, digest, 8).ok
     assert not hash_object(f, "0" * 64, 7).ok
+
+
+def _loop(site: Site, raised: list[str]) -> Loop:
+    return Loop(
+        site.h,
+        site.witness,
+        full_every=300.0,
+        emit=lambda a: raised.append(a.code),
+        on_error=lambda m: raised.append(m),
+        cleared=lambda p: None,
+    )
+
+
+def _turns(loop: Loop, want: str | None, seconds: float) -> list[str]:
+    codes: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and (want is None or want not in codes):
+        codes += [a.code for a in loop.turn()]
+    return codes
+
+
+def test_an_object_swapped_between_its_promotion_and_the_watchers_look_is_alarmed(
+    site: Site,
+) -> None:
+    """The import promotes, commits and lets go; before the watcher has looked, another
+    file of the same size is renamed over the new object. The watcher's first look at a
+    newly committed object that carries no immutable flag is a hash, not its ``lstat``."""
+    raised: list[str] = []
+    loop = _loop(site, raised)
+    try:
+        assert loop.start() == []
+        site.ship({"fresh@1.0": b"new " * 500})
+        db = site.h.db()
+        try:
+            row = db.execute("SELECT digest FROM artifacts WHERE name = 'fresh'").fetchone()
+        finally:
+            db.conn.close()
+        obj = site.h.objects / row[0][:2] / row[0]
+        evil = site.h.root / "staging" / "evil"
+        evil.write_bytes(b"bad " * 500)
+        os.chmod(evil, 0o444)
+        os.rename(evil, obj)
+        codes = _turns(loop, "object_replaced", 10)
+        assert "object_replaced" in codes, (codes, raised)
+        assert row[0] not in loop.base.seen  # the swapped file is no baseline
+    finally:
+        loop.close()
+
+
+def test_a_new_object_is_accepted_by_its_hash_or_its_immutable_flag(site: Site) -> None:
+    """The appliance's own import raises nothing: without the flag (these tests turn it
+    off) the new object is hashed and accepted with the hashed descriptor's ``fstat``;
+    with it, accepted at once."""
+    from appliance.store import clear_immutable, set_immutable
+
+    raised: list[str] = []
+    loop = _loop(site, raised)
+    try:
+        assert loop.start() == []
+        site.ship({"fresh@1.0": b"new " * 500})
+        db = site.h.db()
+        try:
+            digest = db.execute("SELECT digest FROM artifacts WHERE name = 'fresh'").fetchone()[0]
+        finally:
+            db.conn.close()
+        assert _turns(loop, None, 1.5) == [] and raised == []
+        obj = site.h.objects / digest[:2] / digest
+        assert loop.base.seen[digest] == Seen.of(os.lstat(obj))
+        if not set_immutable(obj):
+            return  # no CAP_LINUX_IMMUTABLE here: the hashed path above is what runs
+        try:
+            del loop.base.seen[digest]
+            assert loop.base.accept_if_sealed(digest)
+            assert loop.base.seen[digest] == Seen.of(os.lstat(obj))
+        finally:
+            clear_immutable(obj)
+    finally:
+        loop.close()
