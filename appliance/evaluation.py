@@ -21,6 +21,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
+import blake3
+
 from appliance import witness
 from appliance.db import Database, sqlite_errors
 from appliance.errors import ApplianceError, TrustUpdateReplayError
@@ -32,6 +34,7 @@ from appliance.trust import TrustState, apply_update, describe, role_key
 from appliance.truststore import load_trust, site, stream_sequences, time_floors, trusted_now
 from bundles.documents import TrustUpdate
 from bundles.dsse import Envelope
+from bundles.errors import MediaChangedError
 from bundles.manifest import Manifest
 from bundles.media import MediaSource
 from bundles.reader import Bundle, open_bundle_media, peek, read_trust_updates
@@ -40,6 +43,8 @@ from bundles.timeutil import utcnow
 __all__ = [
     "BundlePreview",
     "ClaimedStatusCache",
+    "bundle_identity",
+    "require_identity",
     "SignatureStatus",
     "carried_updates",
     "claimed_statuses",
@@ -82,6 +87,29 @@ def carried_updates(
         except TrustUpdateReplayError:
             continue
         yield state, update, env
+
+
+def bundle_identity(source: MediaSource) -> str:
+    """What an operator reviewed, as a BLAKE3 over the bundle's signed manifest envelope
+    and every trust update it carries, each as it parses (so the same documents give the
+    same identity however the media stores them). UNVERIFIED: it names the documents;
+    the import verifies them as always. Raises what reading them raises."""
+    envelope, _claimed = peek(source)
+    h = blake3.blake3()
+    for env in (envelope, *read_trust_updates(source)):
+        data = env.to_bytes()
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def require_identity(source: MediaSource, expected: str) -> None:
+    """``media_changed`` (exit 3) unless the bundle on ``source`` is the one reviewed."""
+    if bundle_identity(source) != expected:
+        raise MediaChangedError(
+            f"{source.location}: not the bundle that was reviewed (its signed manifest or "
+            "its trust updates changed since); nothing was imported: review it again"
+        )
 
 
 def evaluate_source(
@@ -257,6 +285,9 @@ class BundlePreview:
     evaluation: Evaluation | None = None
     problem: ApplianceError | None = None  # what the import would raise first
     now: datetime | None = None
+    # ``bundle_identity`` of what was previewed: an import given it as ``expect_identity``
+    # refuses any other bundle (``media_changed``). None: the documents did not read.
+    identity: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -322,6 +353,10 @@ def _preview(db: Database, path: Path, witness_path: Path | None) -> BundlePrevi
     except ApplianceError as e:
         return BundlePreview(path, None, False, "not read", problem=first or e, now=now)
     with source:
+        try:
+            identity: str | None = bundle_identity(source)
+        except ApplianceError:
+            identity = None
         applied: list[int] = []
         try:
             for after, _update, _env in carried_updates(state, source):
@@ -343,7 +378,9 @@ def _preview(db: Database, path: Path, witness_path: Path | None) -> BundlePrevi
             bundle, evaluation = evaluate_source(db, source, state, check)
         except ApplianceError as e:
             rows = _signature_rows(state, envelope, claimed, None)
-            return BundlePreview(path, claimed, False, note, rows, problem=first or e, now=now)
+            return BundlePreview(
+                path, claimed, False, note, rows, problem=first or e, now=now, identity=identity
+            )
     rows = _signature_rows(state, envelope, bundle.manifest, bundle.signers)
     return BundlePreview(
         path,
@@ -354,4 +391,5 @@ def _preview(db: Database, path: Path, witness_path: Path | None) -> BundlePrevi
         evaluation,
         first or evaluation.first_error,
         now,
+        identity,
     )

@@ -26,7 +26,7 @@ from typing import Any
 from appliance import audit, repair, witness
 from appliance.db import Database, transaction
 from appliance.errors import CancelledError, IOFailedError
-from appliance.evaluation import carried_updates, evaluate_source
+from appliance.evaluation import carried_updates, evaluate_source, require_identity
 from appliance.home import STAGING_DIR, Home, HomeLock
 from appliance.modelsig import ModelCheck, check_bundle_models
 from appliance.policy import Decision
@@ -253,11 +253,19 @@ def import_bundle(
     witness_path: Path | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    expect_identity: str | None = None,
 ) -> ImportResult:
-    """Import (or with ``dry_run`` only verify) the bundle at ``path`` into ``home``."""
+    """Import (or with ``dry_run`` only verify) the bundle at ``path`` into ``home``.
+
+    ``expect_identity``: the ``identity`` of the preview an operator reviewed; any other
+    bundle at ``path`` is ``media_changed`` before anything is written (each document on
+    the media is read once, so the decision is made on the bytes that were compared).
+    """
     db = home.db()
     try:
-        return _import(home, db, path, dry_run, wait, witness_path, progress, cancel)
+        return _import(
+            home, db, path, dry_run, wait, witness_path, progress, cancel, expect_identity
+        )
     finally:
         db.conn.close()
 
@@ -271,6 +279,7 @@ def _import(
     witness_path: Path | None,
     progress: Progress | None,
     cancel: threading.Event | None,
+    expect_identity: str | None = None,
 ) -> ImportResult:
     with HomeLock(home, wait=wait):
         home.clean_staging()
@@ -288,6 +297,8 @@ def _import(
                 record_refusal(db, "import", e, {"path": os.fspath(path)})
             raise
         with source:
+            if expect_identity is not None:
+                require_identity(source, expect_identity)
             decided = _decide(db, source, wcheck, path, dry_run)
             # --- the decision is complete here; what follows acts on ``decided`` ---
             bundle, decision, models = decided.bundle, decided.decision, decided.models

@@ -113,7 +113,27 @@ class MediaSource(Closing):
         raise NotImplementedError
 
     def read_bytes(self, path: str, limit: int, what: str) -> bytes:
-        """The whole of a small file; over ``limit`` is refused before it is read."""
+        """The whole of a small file (the manifest, a trust update); over ``limit`` is
+        refused before it is read. Read once per source: every later call gets the same
+        bytes, so all that one import (or one preview) decides about a document, and the
+        identity of what an operator reviewed, is decided on one read of it, even from a
+        device that answers each read differently."""
+        cache = self._read_once()
+        got = cache.get(path)
+        if got is None:
+            got = cache[path] = self._read_small(path, limit, what)
+        elif len(got) > limit:
+            raise ManifestTooLargeError(f"{what} is {len(got)} bytes, over the {limit} byte limit")
+        return got
+
+    def _read_once(self) -> dict[str, bytes]:
+        cache: dict[str, bytes] | None = getattr(self, "_small_files", None)
+        if cache is None:
+            cache = {}
+            self._small_files = cache
+        return cache
+
+    def _read_small(self, path: str, limit: int, what: str) -> bytes:
         size = self.files().get(path)
         if size is None:
             raise ArtifactMissingError(f"{what} {path!r} is not in {self.location}")

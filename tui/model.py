@@ -131,6 +131,7 @@ class Review:
     threshold: int = 1
     artifacts: tuple[ArtifactRow, ...] = ()
     problem: Problem | None = None
+    identity: str | None = None  # the core's bundle identity: the import takes only this
 
     @property
     def allowed(self) -> bool:
@@ -175,6 +176,7 @@ def review_bundle(home: Home, path: Path, witness_path: Path | None = None) -> R
         ev.threshold if ev is not None else 1,
         artifacts,
         None if p.problem is None else Problem.of(p.problem),
+        p.identity,
     )
 
 

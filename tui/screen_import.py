@@ -105,6 +105,8 @@ class ImportScreen(SubScreen):
                     witness_path=self.app_.witness,
                     progress=progress,
                     cancel=self.cancel,
+                    # what the operator reviewed, and nothing else (media_changed)
+                    expect_identity=self.review.identity,
                 )
         except ApplianceError as e:
             self.post_message(ImportFinished(None, Problem.of(e)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -339,3 +340,31 @@ def test_cli_does_not_import_textual() -> None:
         "assert 'textual' not in sys.modules and 'tui' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@sync
+async def test_media_swapped_after_review_is_not_imported(world: World) -> None:
+    """The operator reviewed one bundle; before 'i', the stick now holds another bundle,
+    validly signed and importable on its own. The import takes only what was reviewed
+    (the core's bundle identity): media_changed, nothing stored, nothing activated."""
+    other = world.make_bundle(
+        world.base / "elsewhere" / "models-6", {"config@6.0": data("cfg6", 700)}, 6
+    )
+    before = state(world)
+    app = make_app(world)
+    async with app.run_test(size=SIZE) as pilot:
+        review = await open_review(app, pilot, world.bundles["good"])
+        assert review.review is not None and review.review.allowed
+        assert review.review.identity is not None
+        target = world.bundles["good"]
+        shutil.rmtree(target)
+        shutil.copytree(other, target)
+        await pilot.press("i")
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, ImportScreen)
+        assert screen.finished is not None and screen.finished.problem is not None
+        assert screen.finished.problem.code == "media_changed"
+        result = text(app, "#import-result")
+        assert "media_changed" in result and "not the bundle that was reviewed" in result
+    assert state(world) == before
