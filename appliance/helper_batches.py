@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar, cast
 
-from bundles.forks import fork_is_safe
+from bundles.forks import fork_is_safe, fork_with_pipe
 
 __all__ = ["NOT_USABLE", "HelperBatches", "counters"]
 
@@ -114,28 +114,10 @@ class HelperBatches(Generic[Item, T]):
     # --- the helper ---------------------------------------------------------------
 
     def _start_helper(self) -> tuple[int, int] | None:
-        try:
-            r, w = os.pipe()
-        except OSError:
-            return None
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(r)
-            os.close(w)
-            return None
-        if pid == 0:  # the helper: works and writes frames; never returns
-            code = 1
-            try:
-                os.close(r)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)  # this process decides
-                self._serve(w)
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
-        counters["helpers"] += 1
-        return pid, r
+        started = fork_with_pipe(self._serve)  # the helper works and writes frames
+        if started is not None:
+            counters["helpers"] += 1
+        return started
 
     def _serve(self, w: int) -> None:
         """In the helper: take batches until the queue is empty, one frame each."""

@@ -36,7 +36,7 @@ from appliance.provenance import (
 from appliance.store import Record, object_path
 from appliance.trust import TrustState
 from bundles.errors import RejectedError, StateSuspectError
-from bundles.forks import fork_is_safe
+from bundles.forks import fork_is_safe, fork_with_pipe
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -470,30 +470,16 @@ def _start_helper(hashing: _HashPass) -> tuple[int, int] | None:
     """Fork a process that takes batches from ``hashing``'s queue, hashes them, and
     writes what it found to a pipe as JSON: (pid, read end); None when it cannot be
     started."""
-    try:
-        r, w = os.pipe()
-    except OSError:
-        return None
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(r)
-        os.close(w)
-        return None
-    if pid == 0:  # the helper: only descriptors, blake3 and json; never returns
-        code = 1
-        try:
-            os.close(r)
-            data = json.dumps(hashing.hash_batches()).encode()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(w, view) :]
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    counters["helper_processes"] += 1
-    return pid, r
+
+    def child(w: int) -> None:  # only descriptors, blake3 and json
+        view = memoryview(json.dumps(hashing.hash_batches()).encode())
+        while view:
+            view = view[os.write(w, view) :]
+
+    started = fork_with_pipe(child)
+    if started is not None:
+        counters["helper_processes"] += 1
+    return started
 
 
 def _finish_helper(hashing: _HashPass, pid: int, r: int) -> dict[int, list[_Problem]]:

@@ -91,7 +91,7 @@ if TYPE_CHECKING:
         require_object,
     )
     from bundles.files import read_input_file, write_new_file
-    from bundles.forks import fork_is_safe
+    from bundles.forks import fork_is_safe, fork_with_pipe
     from bundles.hashing import (
         EMPTY_DIGEST,
         MULTITHREAD_MIN,
@@ -264,6 +264,7 @@ _MODULES: dict[str, str] = {
     "MULTITHREAD_MIN": "hashing",
     "read_input_file": "files",
     "fork_is_safe": "forks",
+    "fork_with_pipe": "forks",
     "Closing": "closing",
     "write_new_file": "files",
     "EMPTY_DIGEST": "hashing",
@@ -421,6 +422,7 @@ __all__ = [
     "fail",
     "fold",
     "fork_is_safe",
+    "fork_with_pipe",
     "format_time",
     "hash_fd",
     "hash_path",

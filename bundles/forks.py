@@ -10,11 +10,42 @@ their own at-fork handling, and no forked child of this program hashes in parall
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+from collections.abc import Callable
 
-__all__ = ["fork_is_safe"]
+__all__ = ["fork_is_safe", "fork_with_pipe"]
 
 
 def fork_is_safe() -> bool:
     """True when this process runs no Python thread but the calling one."""
     return threading.active_count() == 1
+
+
+def fork_with_pipe(child: Callable[[int], None]) -> tuple[int, int] | None:
+    """Fork a helper that runs ``child(write_end)`` and exits (0 when it returned, 1 when
+    it raised; it never returns into the caller's code), SIGINT at its default (the
+    parent decides what an interrupt means): (pid, read end) in the parent, or None when
+    no pipe or process could be made."""
+    try:
+        r, w = os.pipe()
+    except OSError:
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        return None
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            child(w)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    return pid, r

@@ -314,15 +314,7 @@ def test_source_changed_while_bundling_a_tar(
     changed after it was named, or grew or shrank while it was read, is refused."""
     src = _src(tmp_path, "f", b"x" * 100)
     if change == "before_open":
-        real_stat = bundles.writer._stat_source
-
-        def stat_then_change(spec: ArtifactSpec) -> os.stat_result:
-            st = real_stat(spec)
-            with open(src, "ab") as f:
-                f.write(b"more")
-            return st
-
-        monkeypatch.setattr(bundles.writer, "_stat_source", stat_then_change)
+        _grow_after_stat(monkeypatch, src)
     else:
         real_read = bundles.writer._HashingRange.readinto
 
@@ -382,15 +374,7 @@ def test_source_changed_in_the_one_pass(
     refused."""
     src = _src(tmp_path, "f", b"x" * 100)
     if when == "before_open":
-        real_stat = bundles.writer._stat_source
-
-        def stat_then_change(spec: ArtifactSpec) -> os.stat_result:
-            st = real_stat(spec)
-            with open(src, "ab") as f:
-                f.write(b"more")
-            return st
-
-        monkeypatch.setattr(bundles.writer, "_stat_source", stat_then_change)
+        _grow_after_stat(monkeypatch, src)
     else:
         real_fstat = os.fstat
         ino = src.stat().st_ino
@@ -456,6 +440,19 @@ def test_short_reads_are_read_on(
     assert calls[0] == 1000 // 7 + 2  # 142 of 7 bytes, one of 6, then the end (0 bytes)
     [stored] = (tmp_path / "out" / "artifacts").iterdir()
     assert stored.read_bytes() == data
+
+
+def _grow_after_stat(monkeypatch: pytest.MonkeyPatch, src: Path) -> None:
+    """The source grows just after the writer took its ``stat`` (before it is opened)."""
+    real_stat = bundles.writer._stat_source
+
+    def stat_then_change(spec: ArtifactSpec) -> os.stat_result:
+        st = real_stat(spec)
+        with open(src, "ab") as f:
+            f.write(b"more")
+        return st
+
+    monkeypatch.setattr(bundles.writer, "_stat_source", stat_then_change)
 
 
 def _expect_changed(tmp_path: Path, src: Path, tar: bool) -> None:

@@ -77,22 +77,11 @@ def test_the_full_pass_hashes_an_object_changed_while_its_events_were_lost(site:
     """Events lost (a queue overflow, say): the full stat pass does not take what it finds
     as the new baseline, it hashes what changed and raises the alarm."""
     raised: list[str] = []
-    loop = Loop(
-        site.h,
-        site.witness,
-        full_every=300.0,
-        emit=lambda a: raised.append(a.code),
-        on_error=lambda m: raised.append(m),
-        cleared=lambda p: None,
-    )
+    loop = _loop(site, raised)
     try:
         assert loop.start() == []
-        db = site.h.db()
-        try:
-            row = db.execute("SELECT digest FROM artifacts WHERE version = '2.0'").fetchone()
-        finally:
-            db.conn.close()
-        obj = site.h.objects / row[0][:2] / row[0]
+        digest = _digest(site, "model", "2.0")
+        obj = site.h.objects / digest[:2] / digest
         _swap(obj, site.h.root / "staging")
         loop.notifier.read(100)  # the kernel's events for the swap, lost
         loop.rescan = True
@@ -101,7 +90,7 @@ def test_the_full_pass_hashes_an_object_changed_while_its_events_were_lost(site:
         while "object_replaced" not in codes and time.monotonic() < deadline:
             codes += [a.code for a in loop.turn()]
         assert codes == ["object_replaced"], (codes, raised)
-        assert Seen.of(os.lstat(obj)) != loop.base.seen[row[0]]  # the swap is no baseline
+        assert Seen.of(os.lstat(obj)) != loop.base.seen[digest]  # the swap is no baseline
     finally:
         loop.close()
 
@@ -137,6 +126,18 @@ def test_hash_object_reports_the_hashed_descriptors_stat(tmp_path: Path) -> None
     assert not hash_object(f, "0" * 64, 7).ok
 
 
+def _digest(site: Site, name: str, version: str | None = None) -> str:
+    db = site.h.db()
+    try:
+        sql = "SELECT digest FROM artifacts WHERE name = ?" + (
+            " AND version = ?" if version else ""
+        )
+        row = db.execute(sql, [name, version] if version else [name]).fetchone()
+    finally:
+        db.conn.close()
+    return str(row[0])
+
+
 def _loop(site: Site, raised: list[str]) -> Loop:
     return Loop(
         site.h,
@@ -167,19 +168,15 @@ def test_an_object_swapped_between_its_promotion_and_the_watchers_look_is_alarme
     try:
         assert loop.start() == []
         site.ship({"fresh@1.0": b"new " * 500})
-        db = site.h.db()
-        try:
-            row = db.execute("SELECT digest FROM artifacts WHERE name = 'fresh'").fetchone()
-        finally:
-            db.conn.close()
-        obj = site.h.objects / row[0][:2] / row[0]
+        digest = _digest(site, "fresh")
+        obj = site.h.objects / digest[:2] / digest
         evil = site.h.root / "staging" / "evil"
         evil.write_bytes(b"bad " * 500)
         os.chmod(evil, 0o444)
         os.rename(evil, obj)
         codes = _turns(loop, "object_replaced", 10)
         assert "object_replaced" in codes, (codes, raised)
-        assert row[0] not in loop.base.seen  # the swapped file is no baseline
+        assert digest not in loop.base.seen  # the swapped file is no baseline
     finally:
         loop.close()
 
@@ -195,11 +192,7 @@ def test_a_new_object_is_accepted_by_its_hash_or_its_immutable_flag(site: Site) 
     try:
         assert loop.start() == []
         site.ship({"fresh@1.0": b"new " * 500})
-        db = site.h.db()
-        try:
-            digest = db.execute("SELECT digest FROM artifacts WHERE name = 'fresh'").fetchone()[0]
-        finally:
-            db.conn.close()
+        digest = _digest(site, "fresh")
         assert _turns(loop, None, 1.5) == [] and raised == []
         obj = site.h.objects / digest[:2] / digest
         assert loop.base.seen[digest] == Seen.of(os.lstat(obj))
