@@ -37,7 +37,13 @@ from bundles.dsse import Envelope
 from bundles.errors import MediaChangedError
 from bundles.manifest import Manifest
 from bundles.media import MediaSource
-from bundles.reader import Bundle, open_bundle_media, peek, read_trust_updates
+from bundles.reader import (
+    Bundle,
+    open_bundle_media,
+    peek,
+    read_trust_updates,
+    signed_documents,
+)
 from bundles.timeutil import utcnow
 
 __all__ = [
@@ -90,22 +96,29 @@ def carried_updates(
 
 
 def bundle_identity(source: MediaSource) -> str:
-    """What an operator reviewed, as a BLAKE3 over the bundle's signed manifest envelope
-    and every trust update it carries, each as it parses (so the same documents give the
-    same identity however the media stores them). UNVERIFIED: it names the documents;
-    the import verifies them as always. Raises what reading them raises."""
-    envelope, _claimed = peek(source)
+    """What an operator reviewed: a BLAKE3 over the bytes of the bundle's signed manifest
+    envelope and of every trust update it carries (``signed_documents``: each read once
+    per source, so the import decides on the very bytes compared). It names the
+    documents, it does not vouch for them: the import verifies them as always. Raises
+    what reading them raises."""
     h = blake3.blake3()
-    for env in (envelope, *read_trust_updates(source)):
-        data = env.to_bytes()
+    for data in signed_documents(source):
         h.update(len(data).to_bytes(8, "big"))
         h.update(data)
     return h.hexdigest()
 
 
 def require_identity(source: MediaSource, expected: str) -> None:
-    """``media_changed`` (exit 3) unless the bundle on ``source`` is the one reviewed."""
-    if bundle_identity(source) != expected:
+    """``media_changed`` (exit 3) unless the bundle on ``source`` is the one reviewed
+    (also when its documents no longer read: they did when it was reviewed)."""
+    try:
+        got = bundle_identity(source)
+    except ApplianceError as e:
+        raise MediaChangedError(
+            f"{source.location}: not the bundle that was reviewed (it no longer reads: "
+            f"{e.message}); nothing was imported"
+        ) from e
+    if got != expected:
         raise MediaChangedError(
             f"{source.location}: not the bundle that was reviewed (its signed manifest or "
             "its trust updates changed since); nothing was imported: review it again"

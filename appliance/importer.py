@@ -26,7 +26,12 @@ from typing import Any
 from appliance import audit, repair, witness
 from appliance.db import Database, transaction
 from appliance.errors import CancelledError, IOFailedError
-from appliance.evaluation import carried_updates, evaluate_source, require_identity
+from appliance.evaluation import (
+    bundle_identity,
+    carried_updates,
+    evaluate_source,
+    require_identity,
+)
 from appliance.home import STAGING_DIR, Home, HomeLock
 from appliance.modelsig import ModelCheck, check_bundle_models
 from appliance.policy import Decision
@@ -74,6 +79,7 @@ class ImportResult:
     warnings: list[str] = field(default_factory=list)  # after the commit (docs/CLI.md)
     model_signatures: list[dict[str, Any]] = field(default_factory=list)
     labels: list[KeyLabel] = field(default_factory=list)  # signers with root-signed labels
+    identity: str = ""  # evaluation.bundle_identity: what --expect-identity pins
 
     def to_dict(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"warnings": self.warnings} if self.warnings else {}
@@ -89,6 +95,7 @@ class ImportResult:
             "trust_updates_applied": self.trust_updates,
             "bytes_verified": self.bytes_verified,
             "model_signatures": self.model_signatures,
+            "bundle_identity": self.identity,
         }
 
 
@@ -311,6 +318,8 @@ def _import(
                 labels=decided.state.key_labels(sorted(decision.counted_signers)),
                 trust_updates=decided.applied,
                 model_signatures=models.to_list(),
+                # the documents decided on (each read once from this source)
+                identity=bundle_identity(source),
             )
             fix = repair.damaged(home, decision.present)  # replace bad objects (docs/WATCH.md)
             staged = _stage_all(home, bundle, decision, dry_run, progress, cancel, db, path, fix)

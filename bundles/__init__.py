@@ -158,6 +158,7 @@ if TYPE_CHECKING:
         open_bundle_media,
         peek,
         read_trust_updates,
+        signed_documents,
         verify_artifacts,
     )
     from bundles.timeutil import (
@@ -299,6 +300,7 @@ _MODULES: dict[str, str] = {
     "open_bundle_media": "reader",
     "read_trust_updates": "reader",
     "peek": "reader",
+    "signed_documents": "reader",
     "verify_artifacts": "reader",
     "DEFAULT_MEDIA_TYPE": "writer",
     "ArtifactSpec": "writer",
@@ -443,6 +445,7 @@ __all__ = [
     "pretty",
     "read_input_file",
     "read_trust_updates",
+    "signed_documents",
     "require_object",
     "save_keypair",
     "sign_envelope",

@@ -184,16 +184,24 @@ def open_bundle(path: str | os.PathLike[str], resolver: KeyResolver) -> Bundle:
     return bundle
 
 
+def _trust_update_bytes(source: MediaSource) -> list[bytes]:
+    names = sorted(p for p in source.files() if _TRUST_FILE.match(p))
+    return [source.read_bytes(name, MAX_TRUST_FILE_BYTES, "trust update") for name in names]
+
+
 def read_trust_updates(source: MediaSource) -> list[Envelope]:
     """``trust/NNNN.dsse.json`` in name order, parsed but NOT verified."""
-    names = sorted(p for p in source.files() if _TRUST_FILE.match(p))
     return [
-        Envelope.from_bytes(
-            source.read_bytes(name, MAX_TRUST_FILE_BYTES, "trust update"),
-            max_bytes=MAX_TRUST_FILE_BYTES,
-        )
-        for name in names
+        Envelope.from_bytes(data, max_bytes=MAX_TRUST_FILE_BYTES)
+        for data in _trust_update_bytes(source)
     ]
+
+
+def signed_documents(source: MediaSource) -> list[bytes]:
+    """The bytes of the manifest envelope, then of each trust update in name order, as
+    read (once per source: ``MediaSource.read_bytes``), not parsed."""
+    manifest = source.read_bytes(MANIFEST_FILE, MAX_MANIFEST_FILE_BYTES, "manifest")
+    return [manifest, *_trust_update_bytes(source)]
 
 
 def peek(source: MediaSource) -> tuple[Envelope, Manifest]:

@@ -73,3 +73,37 @@ def test_each_document_on_media_is_read_once_per_source(env: Env) -> None:
         assert bundle_identity(source) == first
     with open_bundle_media(bundle) as fresh:
         assert bundle_identity(fresh) != first
+
+
+def test_the_cli_pins_what_its_dry_run_printed(env: Env) -> None:
+    """A script's 'import --dry-run --json', then 'import --expect-identity': the bundle
+    checked is the one imported; swapped in between, exit 3 media_changed, nothing
+    stored; a malformed identity, or one with several paths, is a usage error (exit 2)."""
+    bundle = env.bundle({"model@1": b"one " * 100}, sequence=1)
+    identity = env.expect_ok("import", "--dry-run", bundle)["bundle_identity"]
+    assert len(identity) == 64
+    _swap(bundle, env.bundle({"model@2": b"two " * 100}, sequence=2))
+    before = env.snapshot()
+    doc = env.expect_refusal(
+        "media_changed", "import", bundle, "--expect-identity", identity, exit_code=3
+    )
+    assert "reviewed" in doc["error"]["message"]
+    assert env.snapshot() == before
+    env.expect_refusal("usage", "import", bundle, "--expect-identity", "ABC", exit_code=2)
+    env.expect_refusal(
+        "usage", "import", bundle, bundle, "--expect-identity", identity, exit_code=2
+    )
+    fresh = env.expect_ok("import", "--dry-run", bundle)["bundle_identity"]
+    done = env.expect_ok("import", bundle, "--expect-identity", fresh)
+    assert done["bundle_identity"] == fresh and done["sequence"] == 2
+
+
+def test_a_reviewed_bundle_that_no_longer_reads_is_media_changed(env: Env) -> None:
+    bundle = env.bundle({"model@1": b"one " * 100})
+    identity = env.expect_ok("import", "--dry-run", bundle)["bundle_identity"]
+    (bundle / MANIFEST_FILE).write_bytes(b"{not json")
+    before = env.snapshot()
+    env.expect_refusal(
+        "media_changed", "import", bundle, "--expect-identity", identity, exit_code=3
+    )
+    assert env.snapshot() == before

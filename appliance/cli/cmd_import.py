@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -50,6 +51,12 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
     add_media_option(p, "media_dirs", "with --new: ")
     p.add_argument("--dry-run", action="store_true", help="verify only; change nothing")
     p.add_argument("--wait", action="store_true", help="wait for a running import")
+    p.add_argument(
+        "--expect-identity",
+        metavar="HEX",
+        help="import only the bundle with this bundle_identity (as a dry run printed it); "
+        "any other is media_changed (exit 3)",
+    )
     p.add_argument(
         "--progress",
         choices=("auto", "json", "none"),
@@ -125,6 +132,7 @@ def _import_one(ctx: Context, args: argparse.Namespace, path: str) -> dict[str, 
             witness_path=ctx.witness,
             progress=bar,
             cancel=ctx.cancel,
+            expect_identity=args.expect_identity,
         )
     finally:
         bar.finish()
@@ -147,6 +155,8 @@ def _import_one(ctx: Context, args: argparse.Namespace, path: str) -> dict[str, 
         )
     if result.trust_updates:
         ctx.say(f"  trust updates applied: {', '.join(map(str, result.trust_updates))}")
+    if result.dry_run:
+        ctx.say(f"  bundle identity {result.identity} (import it with --expect-identity)")
     for w in result.warnings:
         ctx.warn(f"appliance: warning: {w}")
     return result.to_dict()
@@ -157,6 +167,11 @@ def run_import(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         raise UsageError("appliance import: give PATH ... or --new (not both)")
     if args.media_dirs and not args.new:
         raise UsageError("appliance import: --media goes with --new")
+    if args.expect_identity is not None:
+        if len(args.paths) != 1:
+            raise UsageError("appliance import: --expect-identity goes with one PATH")
+        if not re.fullmatch(r"[0-9a-f]{64}", args.expect_identity):
+            raise UsageError("appliance import: --expect-identity takes 64 lowercase hex digits")
     ctx.cancellable = True  # SIGINT/SIGTERM/SIGHUP set ctx.cancel: staging removed, exit 3
     if args.quiet or args.progress == "json":
         ctx.quiet = True  # with --progress json, stderr holds the progress lines (and errors)
