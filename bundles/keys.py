@@ -7,13 +7,17 @@ public key, so it never depends on how the key was encoded.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -26,9 +30,42 @@ from bundles.files import read_input_file
 MAX_KEY_FILE_BYTES = 16 * 1024
 
 
+def _serialization() -> ModuleType:
+    """``cryptography``'s serialization package, imported when first needed: it brings
+    its SSH and cipher modules (about 12 ms at every start-up of a command that reads a
+    key), while the trust store's keys, written by the appliance, take ``_spki_ed25519``."""
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization
+
+
+# An Ed25519 SubjectPublicKeyInfo is these 12 DER bytes, then the 32 key bytes (RFC 8410).
+_SPKI_ED25519 = bytes.fromhex("302a300506032b6570032100")
+_PEM_ED25519 = re.compile(
+    rb"-----BEGIN PUBLIC KEY-----\n([A-Za-z0-9+/]{59}=)\n-----END PUBLIC KEY-----\n?"
+)
+
+
+def _spki_ed25519(pem: bytes) -> Ed25519PublicKey | None:
+    """The key of a PEM in exactly the form ``PublicKey.to_pem`` writes (one base64 line
+    of an Ed25519 SubjectPublicKeyInfo, canonical base64, nothing around it); None for
+    any other text, which ``serialization.load_pem_public_key`` then decides on."""
+    found = _PEM_ED25519.fullmatch(pem)
+    if found is None:
+        return None
+    try:
+        der = base64.b64decode(found.group(1), validate=True)
+    except binascii.Error:
+        return None
+    if len(der) != 44 or not der.startswith(_SPKI_ED25519):
+        return None
+    if base64.b64encode(der) != found.group(1):  # canonical: no stray bits in the last digit
+        return None
+    return Ed25519PublicKey.from_public_bytes(der[12:])
+
+
 def key_id(public: Ed25519PublicKey) -> str:
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()
+    return hashlib.sha256(public.public_bytes_raw()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -40,8 +77,11 @@ class PublicKey:
 
     @classmethod
     def from_pem(cls, pem: bytes) -> PublicKey:
+        fast = _spki_ed25519(pem)
+        if fast is not None:
+            return cls(fast, key_id(fast))
         try:
-            loaded = serialization.load_pem_public_key(pem)
+            loaded = _serialization().load_pem_public_key(pem)
         except (ValueError, TypeError, UnsupportedAlgorithm) as e:
             raise KeyFormatError(f"not a PEM public key: {e}") from e
         if not isinstance(loaded, Ed25519PublicKey):
@@ -49,9 +89,9 @@ class PublicKey:
         return cls(loaded, key_id(loaded))
 
     def to_pem(self) -> bytes:
-        return self.key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        """The PEM SubjectPublicKeyInfo, byte for byte what ``cryptography`` writes."""
+        der = base64.b64encode(_SPKI_ED25519 + self.key.public_bytes_raw())
+        return b"-----BEGIN PUBLIC KEY-----\n" + der + b"\n-----END PUBLIC KEY-----\n"
 
     def verify(self, signature: bytes, message: bytes) -> bool:
         """True when ``signature`` is valid for ``message``; never raises on bad input."""
@@ -83,6 +123,7 @@ class PrivateKey:
         return self.key.sign(message)
 
     def to_pem(self) -> bytes:
+        serialization = _serialization()
         return self.key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -92,7 +133,7 @@ class PrivateKey:
     @classmethod
     def from_pem(cls, pem: bytes) -> PrivateKey:
         try:
-            loaded = serialization.load_pem_private_key(pem, password=None)
+            loaded = _serialization().load_pem_private_key(pem, password=None)
         except (ValueError, TypeError, UnsupportedAlgorithm) as e:
             raise KeyFormatError(f"not an unencrypted PEM private key: {e}") from e
         if not isinstance(loaded, Ed25519PrivateKey):
@@ -159,7 +200,7 @@ class EcPublicKey:
     @classmethod
     def from_pem(cls, pem: bytes) -> EcPublicKey:
         try:
-            loaded = serialization.load_pem_public_key(pem)
+            loaded = _serialization().load_pem_public_key(pem)
         except (ValueError, TypeError, UnsupportedAlgorithm) as e:
             raise KeyFormatError(f"not a PEM public key: {e}") from e
         if not isinstance(loaded, ec.EllipticCurvePublicKey):
@@ -186,6 +227,7 @@ class EcPublicKey:
 
 
 def _ec_pem(key: ec.EllipticCurvePublicKey) -> bytes:
+    serialization = _serialization()
     return key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
