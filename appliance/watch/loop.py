@@ -42,6 +42,12 @@ RECENT = 3.0
 SETTLING_CODES = frozenset({"unknown_object", "object_replaced"})
 # Hashes in a row of one object that changed while hashed before that is an alarm.
 UNSETTLED_TRIES = 3
+# Seconds a file that no record references may wait, while the home lock is held, for the
+# commit of the import that may have promoted it. An import promotes its objects only
+# after every byte was hashed and synced, and commits right after: seconds, whatever the
+# bundle's size. Whoever can write the home can also take its lock; holding it must not
+# keep a planted file unjudged (docs/WATCH.md).
+LOCK_PATIENCE = 120.0
 
 
 class Loop:
@@ -69,6 +75,9 @@ class Loop:
         self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-hash")
         self.hashing: dict[Path, Future[Hashed]] = {}
         self.deferred: set[Path] = set()
+        # path -> when its judgement was first held back while the home was busy
+        self.deferred_since: dict[Path, float] = {}
+        self.lock_patience = LOCK_PATIENCE
         self.unsettled: dict[Path, int] = {}  # path -> hashes in a row that did not settle
         self.last_state_event = -RECENT
         self.chain = RollingChain()
@@ -97,6 +106,20 @@ class Loop:
         alarms += self._unknown()
         alarms += self.wit.check(self.mon.db)
         return alarms
+
+    def _held_back(self, path: Path, now: float) -> Alarm | None:
+        """The ``unknown_object`` alarm of a file held back too long while the home was
+        busy (its lock held, or an appliance event just now), else None: wait on."""
+        since = self.deferred_since.setdefault(path, now)
+        if now - since < self.lock_patience:
+            return None
+        del self.deferred_since[path]
+        return self.base.alarm_for(
+            "unknown_object",
+            path,
+            f"no record references this file, {now - since:.0f} s after it was first seen "
+            "while the home lock was held (no import's commit trails its promotion that long)",
+        )
 
     def _unknown(self) -> list[Alarm]:
         return [
@@ -186,10 +209,12 @@ class Loop:
                 self._hash(path)
             if not busy:
                 alarms += self._unknown()
-        alarms += self._judge(batch, busy)
+            else:  # judged one by one, each held back at most ``lock_patience``
+                self.deferred.update(self.base.unknown_files())
+        alarms += self._judge(batch, busy, now)
         return alarms
 
-    def _judge(self, batch: Batch, busy: bool) -> list[Alarm]:
+    def _judge(self, batch: Batch, busy: bool, now: float) -> list[Alarm]:
         alarms: list[Alarm] = []
         paths = dict(batch.paths)
         for p in self.deferred:
@@ -201,8 +226,14 @@ class Loop:
                 continue
             j = self.base.judge(path, written, busy)
             if j.verdict is Verdict.DEFER:
-                self.deferred.add(path)
-            elif j.verdict is Verdict.HASH:
+                alarm = self._held_back(path, now)
+                if alarm is None:
+                    self.deferred.add(path)
+                else:
+                    alarms.append(alarm)
+                continue
+            self.deferred_since.pop(path, None)
+            if j.verdict is Verdict.HASH:
                 self._hash(path)
             elif j.verdict is Verdict.ALARM and j.alarm is not None:
                 if j.alarm.code in SETTLING_CODES and not written and self._settling():

@@ -24,7 +24,7 @@ from appliance.db import Database
 from appliance.home import Home
 from appliance.watch.alarms import Alarm, record
 from appliance.watch.dbstate import DbMonitor, Stats
-from appliance.watch.loop import FULL_EVERY, Loop
+from appliance.watch.loop import FULL_EVERY, LOCK_PATIENCE, Loop
 from appliance.watch.objects import ObjectBaseline, hash_matches, referenced
 from appliance.watch.report import stderr_sink, syslog_sink
 from appliance.watch.scrub import Scrubber, ScrubProgress
@@ -54,6 +54,7 @@ class Watcher:
         scrub_rate: int = 0,
         record_alarms: bool = True,
         full_every: float = FULL_EVERY,
+        lock_patience: float = LOCK_PATIENCE,
     ) -> None:
         self.home = home if isinstance(home, Home) else Home(Path(home))
         self.home.require()
@@ -63,6 +64,7 @@ class Watcher:
         self.sinks = sinks
         self.record_alarms = record_alarms
         self.full_every = full_every
+        self.lock_patience = lock_patience
         self.raised: list[Alarm] = []
         self.active: set[tuple[str, str, str]] = set()
         self.ready = threading.Event()
@@ -144,6 +146,7 @@ class Watcher:
             on_error=self.on_error,
             cleared=self._clear,
         )
+        loop.lock_patience = self.lock_patience
         self.stats = loop.mon.stats
         scrub_stop = threading.Event()
         scrub_thread = None

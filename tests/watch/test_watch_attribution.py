@@ -161,3 +161,83 @@ def test_big_log_edit_found_by_block_not_by_rehashing_the_log(site: Site) -> Non
     finally:
         w.stop.set()
         w.thread.join(timeout=30)
+
+
+def _hold_lock(lock: Path) -> subprocess.Popen[bytes]:
+    """Another process (a writer of the home) takes the home lock and keeps it."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+            " fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)",
+            str(lock),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+    return holder
+
+
+def test_holding_the_lock_does_not_keep_a_planted_file_unjudged(site: Site) -> None:
+    """An attacker who can write the home can take its lock too: holding it defers the
+    judgement of a file no record references only ``lock_patience`` seconds, never for
+    as long as the lock is held."""
+    planted = site.h.objects / "cd" / ("cd" + "2" * 62)
+    holder = _hold_lock(site.h.lock_path)
+    w = start(site, lock_patience=1.5)
+    try:
+        t = time.monotonic()
+        planted.parent.mkdir(exist_ok=True)
+        planted.write_bytes(b"an object no import will commit")
+        time.sleep(0.8)
+        assert w.alarms == []  # an import holding the lock may still commit it
+        alarm, took = w.wait("unknown_object", t, timeout=8)
+        assert alarm.subject == str(planted.relative_to(site.h.root))
+        assert "home lock was held" in alarm.message
+        assert took >= 1.4  # held back, then judged while the lock is still held
+        assert holder.poll() is None
+        assert w.codes() == {"unknown_object"}
+    finally:
+        holder.kill()
+        holder.wait()
+        w.stop.set()
+        w.thread.join(timeout=30)
+
+
+def test_a_full_pass_under_a_held_lock_judges_unknown_files_too(site: Site) -> None:
+    """The full pass (every ``full_every`` seconds, and after the kernel's event queue
+    overflowed) skipped the unknown-file scan while the lock was held; now each file it
+    finds waits ``lock_patience`` like one the kernel reported."""
+    from appliance.watch.loop import Loop
+    from appliance.watch.notify import Batch
+
+    got: list[object] = []
+    loop = Loop(
+        site.h,
+        site.witness,
+        full_every=300,
+        emit=got.append,
+        on_error=got.append,
+        cleared=lambda p: None,
+    )
+    try:
+        assert loop.start() == []
+        planted = site.h.objects / "cd" / ("cd" + "3" * 62)
+        planted.parent.mkdir(exist_ok=True)
+        planted.write_bytes(b"planted where no event is read")
+        holder = _hold_lock(site.h.lock_path)
+        try:
+            now = time.monotonic()
+            assert loop._files(Batch(), True, now) == []  # held back: the lock is held
+            assert loop._files(Batch(), False, now + 60) == []
+            late = loop._files(Batch(), False, now + loop.lock_patience)
+            assert [(a.code, a.subject) for a in late] == [
+                ("unknown_object", str(planted.relative_to(site.h.root)))
+            ]
+            assert loop._files(Batch(), False, now + loop.lock_patience + 1) == []  # once
+        finally:
+            holder.kill()
+            holder.wait()
+    finally:
+        loop.close()
