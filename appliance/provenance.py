@@ -357,6 +357,91 @@ class Records:
             self._sound[where] = (found[1], counted)
         return counted
 
+    def vouched(self, record: Record, signers: frozenset[str]) -> frozenset[str]:
+        """``check(record)`` for a record that ``judge_manifests`` found listed, as it is,
+        in its (stream, sequence)'s stored manifest, which verified with ``signers``:
+        the signers that count today for its stream's publisher role (refusals as
+        ``check`` raises them)."""
+        return self._check_signers(signers, role_key("publisher", record.stream))
+
+
+# Stored manifests handed to a helper process by ``appliance verify``: those that back at
+# least this many of the records checked, up to this many bytes in all (the rest are
+# judged by ``Records`` in the verifying process, as every one is without a helper).
+VOUCH_MIN_RECORDS = 64
+VOUCH_MAX_BYTES = 64 << 20
+
+Vouching = tuple[tuple[str, int], bytes, list[int]]  # (stream, sequence), envelope, indices
+
+
+def manifests_to_vouch(db: Database, records: list[Record]) -> list[Vouching]:
+    """The stored envelopes (as read now) that a helper may verify for ``judge_manifests``
+    with the indices of the records each backs; what is not a byte string is left to
+    ``Records``, which refuses it with its own error."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault((r.stream, r.sequence), []).append(i)
+    out: list[Vouching] = []
+    total = 0
+    for (stream, sequence), indices in groups.items():
+        if len(indices) < VOUCH_MIN_RECORDS:
+            continue
+        row = db.execute(
+            "SELECT envelope FROM manifests WHERE stream = ? AND sequence = ?"
+            " AND typeof(envelope) = 'blob' AND length(envelope) <= ?",
+            [stream, sequence, MAX_MANIFEST_FILE_BYTES],
+        ).fetchone()
+        if row is None or total + len(row[0]) > VOUCH_MAX_BYTES:
+            continue
+        total += len(row[0])
+        out.append(((stream, sequence), bytes(row[0]), indices))
+    return out
+
+
+def judge_manifests(
+    trust: TrustState, records: list[Record], work: list[Vouching]
+) -> list[list[Any]]:
+    """For each envelope of ``work`` that verifies under ``trust`` as a stored manifest of
+    its (stream, sequence): [stream, sequence, its signers, the indices of its records
+    that it does not list as they are]. An envelope that does not verify, or names
+    another stream, is left out: ``Records`` judges its records, with its own errors.
+    Plain lists: the answer crosses a pipe from the helper that computes it."""
+    out: list[list[Any]] = []
+    for (stream, sequence), raw, indices in work:
+        try:
+            env = Envelope.from_bytes(raw, max_bytes=MAX_MANIFEST_FILE_BYTES)
+            signers = verify_envelope(env, trust.resolver(), PAYLOAD_TYPE)
+            manifest = parse_manifest(env.payload)
+        except RejectedError:
+            continue
+        if manifest.stream != stream:
+            continue
+        bad = [i for i in indices if not _matches(manifest, records[i])]
+        out.append([stream, sequence, sorted(signers), bad])
+    return out
+
+
+def vouched_signers(work: list[Vouching], found: object) -> dict[int, frozenset[str]]:
+    """Record index -> signers, from a helper's ``judge_manifests`` answer ``found`` for
+    ``work``: only for the records of an envelope it judged, not among those it found
+    unlisted; anything not shaped as ``judge_manifests`` answers is left out (judged here)."""
+    groups = {key: indices for key, _, indices in work}
+    out: dict[int, frozenset[str]] = {}
+    if not isinstance(found, list):
+        return out
+    for item in found:
+        if not (isinstance(item, list) and len(item) == 4):
+            continue
+        stream, sequence, signers, bad = item
+        indices = groups.pop((stream, sequence), None) if type(sequence) is int else None
+        if indices is None or not isinstance(signers, list) or not isinstance(bad, list):
+            continue
+        if not all(type(k) is str for k in signers) or not all(type(i) is int for i in bad):
+            continue
+        counted, unlisted = frozenset(signers), set(bad)
+        out.update((i, counted) for i in indices if i not in unlisted)
+    return out
+
 
 def _moves_pointer(e: dict[str, Any]) -> dict[str, Any] | None:
     """The event with its detail parsed when it may move a pointer (an import that

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,7 +32,10 @@ from appliance.provenance import (
     check_record,
     check_signers_column,
     db_token,
+    judge_manifests,
+    manifests_to_vouch,
     pointer_lands,
+    vouched_signers,
 )
 from appliance.store import Record, object_path
 from appliance.trust import TrustState
@@ -128,6 +132,7 @@ def check_provenance(
     token: DbToken | None | Literal["read"] = "read",
     pointers: Pointers | None = None,
     checks: Records | None = None,
+    vouched: frozenset[str] | None = None,
 ) -> frozenset[str]:
     """The record is backed by its stored signed manifest, and its name's pointer by an
     authorized move (when the record is active, or when no stored version of the name
@@ -137,7 +142,9 @@ def check_provenance(
     ``LoadedArtifact.record``); returns the signers that
     count today (see ``appliance.provenance``). ``token``: see ``check_record``;
     ``pointers`` and ``checks``: the pointers and records judged in one pass for many
-    records (``Pointers``, ``Records``), else this record is checked on its own.
+    records (``Pointers``, ``Records``), else this record is checked on its own;
+    ``vouched``: the signers of the record's stored manifest, which a helper verified
+    and found listing the record as it is (``Records.vouched``).
     """
     if pointers is not None:
         if record.active or not pointers.lands(record.name):
@@ -148,7 +155,7 @@ def check_provenance(
             check_pointer(db, record.name)
         check_signers_column(db, record)
     if checks is not None:
-        return checks.check(record)
+        return checks.check(record) if vouched is None else checks.vouched(record, vouched)
     return check_record(db, trust, record, token=token)
 
 
@@ -162,18 +169,28 @@ def verify_records(
     ones in a forked helper process beside this one (``_hash_all``); the database
     token is read once for the pass, the active pointers judged from one read of the
     pointer-moving audit events (``Pointers``), each stored manifest looked up once
-    (``Records``). Same statuses, codes and messages as ``verify_record``; like it,
+    (``Records``), and a manifest that backs many of the records verified and matched
+    against them by the helper while this process reads the pointers
+    (``provenance.judge_manifests``; what the helper does not vouch for is judged here).
+    Same statuses, codes and messages as ``verify_record``; like it,
     raises only ``home_tampered`` (``objects/`` or ``objects/xx/`` replaced).
     """
-    hashing = _HashPass(home, records)
+    work = manifests_to_vouch(db, records) if len(records) >= _HELPER_MIN else []
+    hashing = _HashPass(
+        home, records, job=(lambda: judge_manifests(trust, records, work)) if work else None
+    )
     try:
         token = db_token(db)
         pointers = Pointers(db)
         checks = Records(db, trust, token)
-        judged = [
-            _judge_provenance(db, trust, r, pointers=pointers, checks=checks) for r in records
-        ]
         found = hashing.finish()
+        vouched = vouched_signers(work, hashing.job_result) if work else {}
+        judged = [
+            _judge_provenance(
+                db, trust, r, pointers=pointers, checks=checks, vouched=vouched.get(i)
+            )
+            for i, r in enumerate(records)
+        ]
     finally:
         hashing.close()
     out = []
@@ -217,9 +234,12 @@ def _judge_provenance(
     token: DbToken | None | Literal["read"] = "read",
     pointers: Pointers | None = None,
     checks: Records | None = None,
+    vouched: frozenset[str] | None = None,
 ) -> RecordStatus:
     try:
-        check_provenance(db, trust, record, token=token, pointers=pointers, checks=checks)
+        check_provenance(
+            db, trust, record, token=token, pointers=pointers, checks=checks, vouched=vouched
+        )
     except StateSuspectError as e:
         return RecordStatus(record, "unauthorized", e.code, e.message)
     except RejectedError as e:
@@ -382,7 +402,13 @@ class _HashPass:
     hashed here.
     """
 
-    def __init__(self, home: Home, records: list[Record]) -> None:
+    def __init__(
+        self, home: Home, records: list[Record], job: Callable[[], Any] | None = None
+    ) -> None:
+        """``job``: run by the first helper before it takes batches; its answer (plain
+        JSON values) is ``job_result`` after ``finish`` (None when no helper ran it)."""
+        self.job = job
+        self.job_result: Any = None
         small: dict[str, None] = {}
         large: dict[str, None] = {}
         for r in records:
@@ -410,8 +436,8 @@ class _HashPass:
             os.close(end)  # the queue ends: an empty one reads as end of file
         self.queue = queue
         if len(names) >= _HELPER_MIN and fork_is_safe():  # (beside a thread: hashed here)
-            for _ in range(min((os.cpu_count() or 1) - 1, _MAX_HELPERS)):
-                helper = _start_helper(self)
+            for n in range(min((os.cpu_count() or 1) - 1, _MAX_HELPERS)):
+                helper = _start_helper(self, self.job if n == 0 else None)
                 if helper is None:
                     break
                 self.helpers.append(helper)
@@ -439,7 +465,10 @@ class _HashPass:
             self.found.update((d, objs.hash(d, True)) for d in self.large)
             done = self.hash_batches()
             for pid, r in self.helpers:
-                done.update(_finish_helper(self, pid, r))
+                batches, job_result = _finish_helper(self, pid, r)
+                done.update(batches)
+                if job_result is not None:
+                    self.job_result = job_result
             self.helpers = []
             for n, batch in enumerate(self.batches):
                 results = done.get(n)
@@ -466,13 +495,15 @@ class _HashPass:
             self.objs = None
 
 
-def _start_helper(hashing: _HashPass) -> tuple[int, int] | None:
-    """Fork a process that takes batches from ``hashing``'s queue, hashes them, and
-    writes what it found to a pipe as JSON: (pid, read end); None when it cannot be
-    started."""
+def _start_helper(hashing: _HashPass, job: Callable[[], Any] | None) -> tuple[int, int] | None:
+    """Fork a process that runs ``job`` (if any), then takes batches from ``hashing``'s
+    queue and hashes them, and writes what it found to a pipe as JSON: (pid, read end);
+    None when it cannot be started."""
 
-    def child(w: int) -> None:  # only descriptors, blake3 and json
-        view = memoryview(json.dumps(hashing.hash_batches()).encode())
+    def child(w: int) -> None:  # only descriptors, blake3, json and the job's own work
+        answer = {"job": None if job is None else job()}
+        answer["batches"] = hashing.hash_batches()
+        view = memoryview(json.dumps(answer).encode())
         while view:
             view = view[os.write(w, view) :]
 
@@ -482,9 +513,10 @@ def _start_helper(hashing: _HashPass) -> tuple[int, int] | None:
     return started
 
 
-def _finish_helper(hashing: _HashPass, pid: int, r: int) -> dict[int, list[_Problem]]:
+def _finish_helper(hashing: _HashPass, pid: int, r: int) -> tuple[dict[int, list[_Problem]], Any]:
     """A helper's findings, each checked for shape (batch number, one finding for each
-    of its objects); anything else is left out, to be hashed in this process."""
+    of its objects; anything else is left out, to be hashed in this process), and its
+    job's answer as JSON gave it (None: no answer; its reader checks its shape)."""
     chunks = []
     try:
         while chunk := os.read(r, 1 << 20):
@@ -493,11 +525,14 @@ def _finish_helper(hashing: _HashPass, pid: int, r: int) -> dict[int, list[_Prob
         os.close(r)
         _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        return {}
+        return {}, None
     try:
-        results = json.loads(b"".join(chunks))
+        answer = json.loads(b"".join(chunks))
     except ValueError:
-        return {}
+        return {}, None
+    if not isinstance(answer, dict):
+        return {}, None
+    results = answer.get("batches")
     out: dict[int, list[_Problem]] = {}
     if isinstance(results, dict):
         for key, found in results.items():
@@ -505,7 +540,7 @@ def _finish_helper(hashing: _HashPass, pid: int, r: int) -> dict[int, list[_Prob
             if 0 <= n < len(hashing.batches) and isinstance(found, list):
                 if len(found) == len(hashing.batches[n]) and all(map(_shaped, found)):
                     out[n] = [tuple(x) for x in found]
-    return out
+    return out, answer.get("job")
 
 
 def _shaped(x: object) -> bool:
