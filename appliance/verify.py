@@ -290,11 +290,19 @@ def _judge_hash(home: Home, record: Record, problem: _Problem) -> None:
 
 def _hash_fd(fd: int) -> tuple[str, int]:
     """``bundles.hashing.hash_fd`` (all cores), imported when first needed: a pass over
-    small objects never uses it, and its module brings ``concurrent.futures`` and
-    ``multiprocessing`` (tens of ms at every ``verify`` start)."""
+    small objects never uses it. (A load's process, a library user's, is never forked.)"""
     from bundles.hashing import hash_fd
 
     return hash_fd(fd)
+
+
+def _hash_large(fd: int) -> tuple[str, int]:
+    """``bundles.hashing.hash_isolated``: a large object of the ``verify_records`` pass
+    hashed through a mapping in a forked child where no other thread runs (``b3sum``'s
+    speed: no copy into buffers), else read by ``hash_fd``; the same answers."""
+    from bundles.hashing import hash_isolated
+
+    return hash_isolated(fd)
 
 
 def _mismatch(record: Record, digest: str, size: int) -> str:
@@ -366,7 +374,7 @@ class _ObjectsDir:
             if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
                 return ("unsafe", "file swapped while opened")
             if large:
-                hexdigest, size = _hash_fd(fd)
+                hexdigest, size = _hash_large(fd)
             else:
                 hexdigest, size = self._hash_small(fd)
             return ("ok", hexdigest, size)

@@ -20,6 +20,11 @@ where ending the process is failing closed (the one-shot CLI ``load``/``exec``, 
 has written nothing and run nothing before the hash is compared). The library and
 the loader service keep ``hash_fd``.
 
+``hash_isolated`` (what ``hash_path`` and ``appliance verify`` use for a large file) gets
+``hash_mapped``'s speed without its SIGBUS: the mapping is hashed in a forked child, and
+whatever goes wrong there (the file shrank, a read error) ends the child; ``hash_fd``
+then hashes the file here and gives its own answer.
+
 ``hash_paths`` hashes many small files in two or more processes (the GIL keeps
 threads from helping), each reading into its own buffer; the processes are forked, so
 only when no other thread runs (``bundles.forks``), else it hashes in this process.
@@ -42,7 +47,7 @@ from typing import TYPE_CHECKING
 import blake3
 
 from bundles.errors import DigestMismatchError
-from bundles.forks import fork_is_safe
+from bundles.forks import fork_is_safe, fork_with_pipe
 
 if TYPE_CHECKING:
     import hashlib
@@ -135,13 +140,17 @@ def hash_fd(fd: int) -> tuple[str, int]:
 MAP_CHUNK = 64 << 20  # bytes per multithreaded update of the mapping (a place to stop)
 
 
-def hash_mapped(fd: int, stop: Callable[[], bool] | None = None) -> tuple[str, int] | None:
+def hash_mapped(
+    fd: int, stop: Callable[[], bool] | None = None, *, max_threads: int = blake3.blake3.AUTO
+) -> tuple[str, int] | None:
     """BLAKE3 hex digest and size of the whole file open as ``fd``, hashed through a
     read-only shared mapping on all cores; None when ``stop()`` turned true between two
     ``MAP_CHUNK`` updates (the caller gave up on this hash).
 
     Only for a file that cannot shrink while it is mapped (see the module's note on
-    SIGBUS): the caller checks that first, on this descriptor.
+    SIGBUS): the caller checks that first, on this descriptor. ``max_threads``: as
+    ``blake3.blake3`` takes it (``AUTO``: the process's global thread pool; a number:
+    a pool of its own, made for this hash).
     """
     size = os.fstat(fd).st_size
     if size < MULTITHREAD_MIN:  # small: no mapping, no threads (and an empty file maps not)
@@ -149,7 +158,7 @@ def hash_mapped(fd: int, stop: Callable[[], bool] | None = None) -> tuple[str, i
     with mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as mapping:
         view = memoryview(mapping)
         try:
-            hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+            hasher = blake3.blake3(max_threads=max_threads)
             for offset in range(0, size, MAP_CHUNK):
                 if stop is not None and stop():
                     return None
@@ -159,10 +168,71 @@ def hash_mapped(fd: int, stop: Callable[[], bool] | None = None) -> tuple[str, i
     return hasher.hexdigest(), size
 
 
+ISOLATED_MIN = 64 << 20  # from this size ``hash_isolated`` maps the file in a child
+counters = {"isolated_hashes": 0, "isolated_fallbacks": 0}  # pinned by tests
+
+
+def hash_isolated(fd: int) -> tuple[str, int]:
+    """What ``hash_fd(fd)`` gives, hashed through a mapping (``hash_mapped``: no copy
+    into user buffers, ``b3sum``'s speed where reading into buffers is not) in a forked
+    child, so that a file that shrinks while mapped (SIGBUS) ends that child, never this
+    process.
+
+    The mapping covers the size ``fstat`` gave before; the answer counts only when the
+    child reported a digest and the file's size, modification and change times are
+    still the ones it started from. Otherwise (the child died or answered nothing, the
+    file changed, or no child may be forked: another thread runs) ``hash_fd`` hashes
+    it here and its answer is the one given. Small files are hashed by ``hash_fd``.
+    """
+    before = os.fstat(fd)
+    if before.st_size < ISOLATED_MIN or not fork_is_safe():
+        return hash_fd(fd)
+
+    def child(w: int) -> None:
+        # A pool of the child's own: the global one a parent made has no threads here
+        # (a fork copies only the calling thread), and a hash handed to it would wait
+        # for them for ever.
+        found = hash_mapped(fd, max_threads=max(os.cpu_count() or 1, 2))
+        answer = b"" if found is None else f"{found[0]} {found[1]}".encode()
+        while answer:
+            answer = answer[os.write(w, answer) :]
+
+    started = fork_with_pipe(child)
+    if started is None:
+        return hash_fd(fd)
+    pid, r = started
+    chunks = []
+    try:
+        while chunk := os.read(r, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+    counters["isolated_hashes"] += 1
+    digest, _, size = b"".join(chunks).decode("ascii", "replace").partition(" ")
+    after = os.fstat(fd)
+    same = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ctime_ns,
+    )
+    if (
+        os.waitstatus_to_exitcode(status) == 0
+        and same
+        and size == str(before.st_size)
+        and len(digest) == 64
+        and all(c in "0123456789abcdef" for c in digest)
+    ):
+        return digest, before.st_size
+    counters["isolated_fallbacks"] += 1
+    return hash_fd(fd)
+
+
 def hash_path(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """BLAKE3 hex digest and size of the file at ``path`` (``hash_isolated``)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return hash_fd(fd)
+        return hash_isolated(fd)
     finally:
         os.close(fd)
 
