@@ -856,6 +856,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ),
                     "target": "CLI exec time / b3sum time <=",
                 }
+                targets["load_verify"] = {  # the target names "verify or load"
+                    **verdict(
+                        "load",
+                        ratio(n["appliance verify big (CLI)"], n.get("b3sum OBJECT")),
+                    ),
+                    "target": "CLI verify of the object / b3sum time <=",
+                }
                 t = tiny[0]
                 inner = t.samples[-1].inner or {}
                 audited = statistics.median(
