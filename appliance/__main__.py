@@ -1,6 +1,6 @@
 import sys
 
-from appliance.cli import entry
+from appliance.launch import entry
 
 if __name__ == "__main__":
     sys.exit(entry())

@@ -30,14 +30,12 @@ import os
 import re
 import sqlite3
 import threading
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from appliance import safefs
 from bundles.closing import Closing
 from bundles.hashing import hash_fd, hash_mapped
 
-__all__ = ["BackgroundHash", "HeadStart", "head_start"]
+__all__ = ["BackgroundHash", "HeadStart", "head_start", "start_early", "take_early"]
 
 # store.FS_IOC_GETFLAGS / FS_IMMUTABLE_FL (``appliance.store`` imports sqlite-utils; a
 # test pins that both agree).
@@ -96,13 +94,13 @@ def _immutable(fd: int) -> bool:
     return bool(buf[0] & FS_IMMUTABLE_FL)
 
 
-@dataclass
 class HeadStart(Closing):
     """An open store object (immutable when opened) and its hash, started early."""
 
-    fd: int
-    hashing: BackgroundHash
-    _closed: bool = field(default=False, repr=False)
+    def __init__(self, fd: int, hashing: BackgroundHash) -> None:
+        self.fd = fd
+        self.hashing = hashing
+        self._closed = False
 
     def claim(self, fd: int) -> BackgroundHash | None:
         """This hash, when ``fd`` (the loader's own descriptor) is the very inode hashed."""
@@ -167,7 +165,7 @@ def _open(root_fd: int, digest: str) -> int:
             os.close(fd)
 
 
-def head_start(root: Path, db_file: str, ref: str) -> HeadStart | None:
+def head_start(root: str | os.PathLike[str], db_file: str, ref: str) -> HeadStart | None:
     """Start hashing the object ``ref`` (NAME[@VERSION]) most likely is (see the module's
     note); None when there is no guess to make or the object is not immutable.
 
@@ -196,3 +194,32 @@ def head_start(root: Path, db_file: str, ref: str) -> HeadStart | None:
     except BaseException:
         os.close(fd)
         raise
+
+
+# The head start the launcher made before the command line was parsed: (the home as an
+# absolute path, the reference as given, the head start), until the load takes it.
+_early: tuple[str, str, HeadStart] | None = None
+
+
+def start_early(root: str, db_file: str, ref: str) -> None:
+    """``head_start`` from the launcher (``appliance.launch``), before argparse and the
+    rest of the CLI are imported; kept for ``take_early``. A guess of a guess: the
+    launcher read the home and the reference off the command line itself."""
+    global _early
+    started = head_start(root, db_file, ref)
+    if started is not None:
+        _early = (os.path.abspath(root), ref, started)
+
+
+def take_early(root: str | os.PathLike[str], ref: str) -> HeadStart | None:
+    """The launcher's head start when it was made for this home and reference as the
+    parsed command line gives them (else it is stopped and closed, and None)."""
+    global _early
+    got, _early = _early, None
+    if got is None:
+        return None
+    home, guessed_ref, started = got
+    if home == os.path.abspath(root) and guessed_ref == ref:
+        return started
+    started.close()
+    return None

@@ -28,11 +28,12 @@ from appliance.errors import (
     PermissionDeniedError,
     ReadOnlyModeError,
 )
+from appliance.homepath import DB_FILE as DB_FILE
+from appliance.homepath import default_home_path
 
 if TYPE_CHECKING:  # sqlite3 loads with the database (``db``): not for ``--version``
     from appliance.db import Database
 
-DB_FILE = "appliance.db"
 LOCK_FILE = "lock"
 OBJECTS_DIR = "objects"
 STAGING_DIR = "staging"
@@ -42,13 +43,9 @@ DB_FILES = (DB_FILE, f"{DB_FILE}-journal", f"{DB_FILE}-wal", f"{DB_FILE}-shm")
 
 
 def default_home() -> Path:
-    """``$APPLIANCE_HOME``, else ``/var/lib/appliance`` for root, else a per-user folder."""
-    env = os.environ.get("APPLIANCE_HOME")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/appliance")
-    return Path.home() / ".local" / "share" / "appliance"
+    """``$APPLIANCE_HOME``, else ``/var/lib/appliance`` for root, else a per-user folder
+    (``appliance.homepath.default_home_path``)."""
+    return Path(default_home_path())
 
 
 @dataclass(frozen=True)

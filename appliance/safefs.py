@@ -26,13 +26,18 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import secrets
 import stat
 import time
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_REMOVE_DEPTH = 16  # staging holds flat files; a deeper tree is refused, not walked
 _TEMP_ATTEMPTS = 16
+
+
+def _token() -> str:
+    """16 random hex digits (``secrets.token_hex(8)`` is this call; the module is not
+    imported: the CLI's head start on a load imports this module before anything else)."""
+    return os.urandom(8).hex()
 
 
 class UnsafeEntryError(Exception):
@@ -186,7 +191,7 @@ def create_temp_at(
     """
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for attempt in range(_TEMP_ATTEMPTS):
-        name = f"{prefix}{secrets.token_hex(8)}{suffix}"
+        name = f"{prefix}{_token()}{suffix}"
         try:
             return os.open(name, flags, mode, dir_fd=dir_fd), name
         except FileExistsError:
@@ -198,7 +203,7 @@ def create_temp_at(
 def make_temp_dir_at(dir_fd: int, prefix: str, mode: int = 0o700) -> tuple[int, str]:
     """A new private directory by an unpredictable name (``mkdirat`` is exclusive)."""
     for attempt in range(_TEMP_ATTEMPTS):
-        name = f"{prefix}{secrets.token_hex(8)}"
+        name = f"{prefix}{_token()}"
         try:
             os.mkdir(name, mode, dir_fd=dir_fd)
         except FileExistsError:

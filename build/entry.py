@@ -21,6 +21,6 @@ if __name__ == "__main__":
         from appliance_selftest import selftest
 
         sys.exit(selftest(os.environ["APPLIANCE_SELFTEST"]))
-    from appliance.cli import entry
+    from appliance.launch import entry
 
     sys.exit(entry())

@@ -41,7 +41,6 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import blake3
@@ -241,7 +240,9 @@ def _hash_many(paths: Sequence[str]) -> list[tuple[str, int]]:
     return [hash_path(p) for p in paths]
 
 
-def hash_paths(paths: Sequence[str | Path], workers: int | None = None) -> list[tuple[str, int]]:
+def hash_paths(
+    paths: Sequence[str | os.PathLike[str]], workers: int | None = None
+) -> list[tuple[str, int]]:
     """Hash many files; small files are spread over processes (the GIL limits threads)."""
     names = [os.fspath(p) for p in paths]
     workers = workers if workers is not None else min(os.cpu_count() or 1, 4)

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.cli.context import Context, no_cycle_collection
 from appliance.errors import ExecFailedError, IOFailedError, StdoutIsTerminalError
-from appliance.headstart import HeadStart, head_start
+from appliance.headstart import HeadStart, head_start, take_early
 from appliance.home import DB_FILE, Home
 from bundles.errors import ApplianceError, OperationalError, UsageError
 
@@ -103,9 +103,15 @@ def _load(ctx: Context, args: argparse.Namespace) -> LoadedArtifact:
     if sock is None and os.environ.get("APPLIANCE_SOCKET"):
         sock = Path(os.environ["APPLIANCE_SOCKET"])
     home = Home(ctx.home)
-    # The hash of the object this most likely is starts now, in a thread, and the product
-    # is imported meanwhile; the loader takes it only for the very inode it checks itself.
-    early = head_start(home.root, DB_FILE, args.ref) if sock is None else None
+    # The hash of the object this most likely is started before the command line was
+    # parsed (``appliance.launch``), else it starts now, in a thread, and the product is
+    # imported meanwhile; the loader takes it only for the very inode it checks itself.
+    early = take_early(home.root, args.ref)
+    if sock is not None and early is not None:
+        early.close()
+        early = None
+    elif sock is None and early is None:
+        early = head_start(home.root, DB_FILE, args.ref)
     try:
         with no_cycle_collection():
             return _load_verified(ctx, args, home, sock, early)

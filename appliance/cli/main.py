@@ -29,6 +29,7 @@ from appliance.errors import (
     UsageError,
     exit_code_for,
 )
+from appliance.launch import command_name, split_dashdash
 from appliance.version import __version__
 
 Command = Callable[[argparse.Namespace, Context], dict[str, Any]]
@@ -60,22 +61,8 @@ GROUPS: dict[str, str] = {
 # Commands that handle signals themselves (the TUI's event loop; long-running services).
 _OWN_SIGNALS = {"tui", "serve", "watch"}
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_VALUED_GLOBALS = ("--home", "--witness", "--anchor")
 # One-shot commands that leave nothing behind for the interpreter's teardown (``entry``).
 _FAST_EXIT = frozenset({"load", "exec", "verify"})
-
-
-def command_name(argv: Sequence[str]) -> str | None:
-    """The command word of ``argv`` (skipping the global options before it), if any."""
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in _VALUED_GLOBALS:
-            skip = True
-        elif not arg.startswith("-"):
-            return arg
-    return None
 
 
 def command_groups(command: str | None = None) -> tuple[ModuleType, ...]:
@@ -186,16 +173,9 @@ def _context(args: argparse.Namespace) -> Context:
     )
 
 
-def _split_dashdash(argv: list[str]) -> tuple[list[str], list[str]]:
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1 :]
-    return argv, []
-
-
 def run(argv: Sequence[str]) -> int:
     argv = list(argv)
-    wants_json = "--json" in _split_dashdash(argv)[0]
+    wants_json = "--json" in split_dashdash(argv)[0]
     if argv[:1] == ["--version"]:
         if wants_json:
             Context(home=Path(), json=True).emit_json({"ok": True, "version": __version__})
@@ -204,7 +184,7 @@ def run(argv: Sequence[str]) -> int:
         return ExitCode.OK
     ctx = Context(home=Path(), json=wants_json)
     try:
-        head, tail = _split_dashdash(argv)
+        head, tail = split_dashdash(argv)
         parser = build_parser(command_name(head))
         args = parser.parse_args(head)
         args.rest = tail
@@ -351,7 +331,7 @@ def entry() -> int:
     """
     sys.modules.setdefault("numpy", None)  # type: ignore[arg-type]
     code = main()
-    if command_name(_split_dashdash(sys.argv[1:])[0]) in _FAST_EXIT:
+    if command_name(split_dashdash(sys.argv[1:])[0]) in _FAST_EXIT:
         try:
             sys.stdout.flush()
             sys.stderr.flush()

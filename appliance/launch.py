@@ -1,0 +1,97 @@
+"""The program's first steps, before argparse and the rest of the CLI are imported.
+
+``entry`` (the console script, ``python -m appliance``, the frozen binary) keeps NumPy
+out, and for a ``load`` or ``exec`` on this host (no loader service) starts hashing the
+object the command most likely names (``appliance.headstart.start_early``): the CLI's
+own imports, about 15 ms before the command runs, then overlap the hash of a big model
+instead of preceding it. The home and the reference are read off the command line here
+by a plain scan (``guess_load``), only a guess: the load takes that head start only when
+the parsed command line names the same home and reference
+(``appliance.headstart.take_early``), and takes its hash only for the very inode it
+opened and checked itself. A wrong guess costs a hash stopped between chunks, never a
+decision.
+
+Nothing here imports more than ``os`` and ``sys`` until the guess is made.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+VALUED_GLOBALS = ("--home", "--witness", "--anchor")
+# ``load`` and ``exec`` options that take a value (``appliance.cli.cmd_load``).
+_LOAD_VALUED = frozenset(
+    {*VALUED_GLOBALS, "-o", "--output", "--socket", "--digest", "--refusal-status"}
+)
+_LOADS = frozenset({"load", "exec"})
+
+
+def split_dashdash(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The arguments before the first ``--`` and the ones after it."""
+    argv = list(argv)
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, []
+
+
+def command_name(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` (skipping the global options before it), if any."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in VALUED_GLOBALS:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def guess_load(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """(home, NAME[@VERSION]) of a ``load`` or ``exec`` command line as argparse most
+    likely reads it (the last ``--home``, else the default home); None for any other
+    command, for help, and for a load through the loader service (``--socket`` or
+    ``$APPLIANCE_SOCKET``), which hashes nothing here."""
+    words = split_dashdash(argv)[0]
+    if command_name(words) not in _LOADS or environ.get("APPLIANCE_SOCKET"):
+        return None
+    home: str | None = None
+    positional: list[str] = []
+    i = 0
+    while i < len(words):
+        arg = words[i]
+        option, eq, value = arg.partition("=")
+        if arg in ("-h", "--help", "--socket") or option == "--socket":
+            return None
+        if option == "--home" and eq:
+            home = value
+        elif arg in _LOAD_VALUED:
+            if i + 1 < len(words) and arg == "--home":
+                home = words[i + 1]
+            i += 1
+        elif not arg.startswith("-"):
+            positional.append(arg)
+        i += 1
+    if len(positional) < 2 or home == "":
+        return None
+    from appliance.homepath import default_home_path
+
+    return home if home is not None else default_home_path(), positional[1]
+
+
+def entry() -> int:
+    """Start the head start of a load when the command line names one, then run the CLI
+    (``appliance.cli.main.entry``)."""
+    sys.modules.setdefault("numpy", None)  # type: ignore[arg-type]
+    guess = guess_load(sys.argv[1:], os.environ)
+    if guess is not None:
+        from appliance.headstart import start_early
+        from appliance.homepath import DB_FILE
+
+        start_early(guess[0], DB_FILE, guess[1])
+    from appliance.cli.main import entry as run_cli
+
+    return run_cli()

@@ -1,0 +1,155 @@
+"""The launcher's head start on a load (``appliance.launch``), counted, not timed.
+
+* The guess reads a ``load``/``exec`` command line as argparse does (home and reference),
+  and makes none for other commands, help, or a load through the service.
+* Run as the program, the launcher starts the hash before argparse and the CLI are
+  imported, and the load takes that hash: one hash, claimed once, the record's bytes.
+* A guess for another home than the one the parsed command line names (an abbreviated
+  ``--hom=``: argparse takes it, the scan does not) is stopped and dropped; the load makes
+  its own head start and hands over its own home's bytes.
+* A head start taken for another reference is stopped, its descriptor closed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest_load import Site, make_site
+from test_headstart import BIG, OTHER, _hash_threads, _open_fds
+from test_immutable import _kernel_allows
+
+from appliance import headstart, launch
+from appliance.cli.main import build_parser
+from appliance.homepath import DB_FILE, default_home_path
+from appliance.store import clear_immutable
+
+
+def _unflag(root: Path) -> None:
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            clear_immutable(p)
+
+
+@pytest.fixture
+def sites(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Site, Site]]:
+    """Two homes, each with an immutable ``big@1`` of other bytes."""
+    if not _kernel_allows(tmp_path):
+        pytest.skip("no CAP_LINUX_IMMUTABLE or no inode flags on this file system")
+    monkeypatch.setenv("APPLIANCE_IMMUTABLE", "1")
+    a, b = make_site(tmp_path / "a"), make_site(tmp_path / "b")
+    a.ship({"big@1": BIG})
+    b.ship({"big@1": OTHER})
+    try:
+        yield a, b
+    finally:
+        _unflag(tmp_path)
+
+
+LINES = [
+    ["--home", "H", "load", "m"],
+    ["load", "m@2", "--home", "H", "-o", "out"],
+    ["--home", "X", "load", "--home=H", "m"],
+    ["--json", "load", "-o", "out", "m", "--digest", "ab" * 32],
+    ["--witness", "w", "--anchor", "a", "exec", "m@1", "--refusal-status", "9"],
+    ["load", "m"],
+]
+NO_GUESS = [
+    ["list"],
+    ["--home", "H", "verify"],
+    ["load", "--help"],
+    ["load", "m", "--socket", "s"],
+    ["load", "m", "--socket=s"],
+    ["load"],
+    ["--home", "load", "m"],  # the home is named "load"; no reference
+]
+
+
+@pytest.mark.parametrize("argv", LINES, ids=" ".join)
+def test_the_guess_reads_a_load_as_argparse_does(argv: list[str]) -> None:
+    args = build_parser(launch.command_name(argv)).parse_args(argv)
+    want = (str(args.home) if args.home is not None else default_home_path(), args.ref)
+    assert launch.guess_load([*argv, "--", "true"], os.environ) == want
+    assert launch.guess_load(argv, {"APPLIANCE_SOCKET": "/run/s"}) is None
+
+
+@pytest.mark.parametrize("argv", NO_GUESS, ids=" ".join)
+def test_no_guess_for_other_commands_help_or_the_service(argv: list[str]) -> None:
+    assert launch.guess_load(argv, {}) is None
+
+
+_PROBE = """
+import json, os, sys
+from appliance import headstart
+log = os.open(LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+def note(**kw):
+    os.write(log, (json.dumps(kw) + "\\n").encode())
+real_init, real_claim = headstart.BackgroundHash.__init__, headstart.HeadStart.claim
+def init(self, fd, *, mapped):
+    note(made=True, argparse="argparse" in sys.modules, cli="appliance.cli.main" in sys.modules)
+    real_init(self, fd, mapped=mapped)
+def claim(self, fd):
+    got = real_claim(self, fd)
+    note(claimed=got is not None)
+    return got
+headstart.BackgroundHash.__init__, headstart.HeadStart.claim = init, claim
+from appliance.launch import entry
+sys.argv = ["appliance", *ARGV]
+sys.exit(entry())
+"""
+
+
+def _launch(tmp: Path, argv: list[str], env: dict[str, str]) -> list[dict[str, bool]]:
+    log = tmp / "probe.log"
+    script = f"LOG = {str(log)!r}\nARGV = {argv!r}\n" + _PROBE
+    full = {**os.environ, **env}
+    full.pop("APPLIANCE_WITNESS", None)
+    p = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=full, timeout=60
+    )
+    assert p.returncode == 0, p.stderr
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_the_launcher_hashes_before_argparse_and_the_load_takes_it(
+    sites: tuple[Site, Site], tmp_path: Path
+) -> None:
+    a, _ = sites
+    out = tmp_path / "out.bin"
+    notes = _launch(tmp_path, ["--home", str(a.home), "load", "big", "-o", str(out)], {})
+    assert notes == [{"made": True, "argparse": False, "cli": False}, {"claimed": True}]
+    assert out.read_bytes() == BIG
+
+
+def test_a_guess_for_another_home_is_dropped(sites: tuple[Site, Site], tmp_path: Path) -> None:
+    a, b = sites
+    out = tmp_path / "out.bin"
+    # argparse reads the abbreviation as --home; the launcher's scan falls back on
+    # $APPLIANCE_HOME, the other home, whose big@1 is other bytes.
+    notes = _launch(
+        tmp_path,
+        [f"--hom={a.home}", "load", "big", "-o", str(out)],
+        {"APPLIANCE_HOME": str(b.home)},
+    )
+    made = [n for n in notes if "made" in n]
+    assert made[0] == {"made": True, "argparse": False, "cli": False}  # the launcher's
+    assert len(made) == 2 and made[1]["cli"]  # dropped; the load made its own
+    assert [n for n in notes if "claimed" in n] == [{"claimed": True}]
+    assert out.read_bytes() == BIG
+
+
+def test_a_head_start_for_another_reference_is_stopped_and_closed(
+    sites: tuple[Site, Site],
+) -> None:
+    a, _ = sites
+    before = _open_fds()
+    headstart.start_early(str(a.home), DB_FILE, "big")
+    assert headstart._early is not None  # hashing
+    assert headstart.take_early(a.home, "big@2") is None
+    assert headstart._early is None and _open_fds() == before and not _hash_threads()
+    assert headstart.take_early(a.home, "big") is None  # taken once, whatever the answer
