@@ -1,15 +1,15 @@
 """The program's first steps, before argparse and the rest of the CLI are imported.
 
 ``entry`` (the console script, ``python -m appliance``, the frozen binary) keeps NumPy
-out, and for a ``load`` or ``exec`` on this host (no loader service) starts hashing the
-object the command most likely names (``appliance.headstart.start_early``): the CLI's
-own imports, about 15 ms before the command runs, then overlap the hash of a big model
-instead of preceding it. The home and the reference are read off the command line here
-by a plain scan (``guess_load``), only a guess: the load takes that head start only when
-the parsed command line names the same home and reference
-(``appliance.headstart.take_early``), and takes its hash only for the very inode it
-opened and checked itself. A wrong guess costs a hash stopped between chunks, never a
-decision.
+out, and starts hashing early (``appliance.headstart.start_early``) for a ``load`` or
+``exec`` on this host (no loader service: the object the command most likely names) and
+for a ``verify`` of the whole store (its first large objects): the CLI's own imports,
+about 15 ms before the command runs, then overlap the hash of a big model instead of
+preceding it. The home and the reference are read off the command line here by a plain
+scan (``guess_early``), only a guess: the command takes those head starts only when the
+parsed command line names the same home and reference
+(``appliance.headstart.take_early``), and takes a hash only for the very inode it opened
+and checked itself. A wrong guess costs a hash stopped between chunks, never a decision.
 
 Nothing here imports more than ``os`` and ``sys`` until the guess is made.
 """
@@ -21,11 +21,9 @@ import sys
 from collections.abc import Mapping, Sequence
 
 VALUED_GLOBALS = ("--home", "--witness", "--anchor")
-# ``load`` and ``exec`` options that take a value (``appliance.cli.cmd_load``).
-_LOAD_VALUED = frozenset(
-    {*VALUED_GLOBALS, "-o", "--output", "--socket", "--digest", "--refusal-status"}
-)
-_LOADS = frozenset({"load", "exec"})
+# ``load``, ``exec`` and ``verify`` options that take a value (``appliance.cli.cmd_load``).
+_VALUED = frozenset({*VALUED_GLOBALS, "-o", "--output", "--socket", "--digest", "--refusal-status"})
+_EARLY = frozenset({"load", "exec", "verify"})
 
 
 def split_dashdash(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -50,13 +48,16 @@ def command_name(argv: Sequence[str]) -> str | None:
     return None
 
 
-def guess_load(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str, str] | None:
-    """(home, NAME[@VERSION]) of a ``load`` or ``exec`` command line as argparse most
-    likely reads it (the last ``--home``, else the default home); None for any other
-    command, for help, and for a load through the loader service (``--socket`` or
-    ``$APPLIANCE_SOCKET``), which hashes nothing here."""
+def guess_early(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str, str | None] | None:
+    """What to hash early for this command line, as argparse most likely reads it: (home,
+    NAME[@VERSION]) of a ``load`` or ``exec``, (home, None) of a ``verify`` of the whole
+    store (no references); the home is the last ``--home``, else the default home. None
+    for any other command, for help, for a ``verify`` of named records, and for a load
+    through the loader service (``--socket`` or ``$APPLIANCE_SOCKET``), which hashes
+    nothing here."""
     words = split_dashdash(argv)[0]
-    if command_name(words) not in _LOADS or environ.get("APPLIANCE_SOCKET"):
+    command = command_name(words)
+    if command not in _EARLY or command != "verify" and environ.get("APPLIANCE_SOCKET"):
         return None
     home: str | None = None
     positional: list[str] = []
@@ -68,25 +69,33 @@ def guess_load(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str, st
             return None
         if option == "--home" and eq:
             home = value
-        elif arg in _LOAD_VALUED:
+        elif arg in _VALUED:
             if i + 1 < len(words) and arg == "--home":
                 home = words[i + 1]
             i += 1
         elif not arg.startswith("-"):
             positional.append(arg)
         i += 1
-    if len(positional) < 2 or home == "":
+    if home == "":
         return None
+    if command == "verify":
+        if len(positional) != 1:
+            return None
+        ref = None
+    elif len(positional) < 2:
+        return None
+    else:
+        ref = positional[1]
     from appliance.homepath import default_home_path
 
-    return home if home is not None else default_home_path(), positional[1]
+    return home if home is not None else default_home_path(), ref
 
 
 def entry() -> int:
     """Start the head start of a load when the command line names one, then run the CLI
     (``appliance.cli.main.entry``)."""
     sys.modules.setdefault("numpy", None)  # type: ignore[arg-type]
-    guess = guess_load(sys.argv[1:], os.environ)
+    guess = guess_early(sys.argv[1:], os.environ)
     if guess is not None:
         from appliance.headstart import start_early
         from appliance.homepath import DB_FILE

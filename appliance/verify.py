@@ -14,7 +14,7 @@ import os
 import re
 import signal
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,6 +23,7 @@ import blake3
 from appliance import safefs
 from appliance.db import Database
 from appliance.errors import ObjectTamperedError
+from appliance.headstart import HeadStart
 from appliance.home import OBJECTS_DIR, Home
 from appliance.provenance import (
     DbToken,
@@ -37,7 +38,7 @@ from appliance.provenance import (
     pointer_lands,
     vouched_signers,
 )
-from appliance.store import Record, object_path
+from appliance.store import Record, is_immutable, object_path
 from appliance.trust import TrustState
 from bundles.errors import RejectedError, StateSuspectError
 from bundles.forks import fork_is_safe, fork_with_pipe
@@ -160,7 +161,12 @@ def check_provenance(
 
 
 def verify_records(
-    home: Home, db: Database, trust: TrustState, records: list[Record]
+    home: Home,
+    db: Database,
+    trust: TrustState,
+    records: list[Record],
+    *,
+    early: Sequence[HeadStart] = (),
 ) -> list[RecordStatus]:
     """``verify_record`` of each record in one read-only pass.
 
@@ -172,12 +178,18 @@ def verify_records(
     (``Records``), and a manifest that backs many of the records verified and matched
     against them by the helper while this process reads the pointers
     (``provenance.judge_manifests``; what the helper does not vouch for is judged here).
+    ``early``: the CLI's head starts (``appliance.headstart``), hashes of large objects
+    already running; a large object's hash is taken from one only when the descriptor
+    opened here carries the immutable flag and is the very inode it hashes.
     Same statuses, codes and messages as ``verify_record``; like it,
     raises only ``home_tampered`` (``objects/`` or ``objects/xx/`` replaced).
     """
     work = manifests_to_vouch(db, records) if len(records) >= _HELPER_MIN else []
     hashing = _HashPass(
-        home, records, job=(lambda: judge_manifests(trust, records, work)) if work else None
+        home,
+        records,
+        job=(lambda: judge_manifests(trust, records, work)) if work else None,
+        early=early,
     )
     try:
         token = db_token(db)
@@ -318,10 +330,11 @@ class _ObjectsDir:
     link); each object opened as ``open_object`` opens it (``safefs.open_file_at``, minus
     clearing ``O_NONBLOCK``, which reads of a regular file ignore) and hashed."""
 
-    def __init__(self, objects: int) -> None:
+    def __init__(self, objects: int, early: Sequence[HeadStart] = ()) -> None:
         self.objects = objects
         self.subs: dict[str, int | _Problem] = {}
         self.buffer = bytearray(_READ)
+        self.early = early
 
     def close(self) -> None:
         for fd in self.subs.values():
@@ -374,7 +387,7 @@ class _ObjectsDir:
             if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
                 return ("unsafe", "file swapped while opened")
             if large:
-                hexdigest, size = _hash_large(fd)
+                hexdigest, size = self._hash_large(fd)
             else:
                 hexdigest, size = self._hash_small(fd)
             return ("ok", hexdigest, size)
@@ -382,6 +395,16 @@ class _ObjectsDir:
             return ("oserror", e.strerror or str(e))
         finally:
             os.close(fd)
+
+    def _hash_large(self, fd: int) -> tuple[str, int]:
+        """A head start's hash when ``fd`` is immutable and the very inode one hashes (as
+        the loader takes one: ``appliance.loader``), else ``_hash_large``."""
+        if self.early and is_immutable(fd):
+            for started in self.early:
+                running = started.claim(fd)
+                if running is not None:
+                    return running.result()
+        return _hash_large(fd)
 
     def _hash_small(self, fd: int) -> tuple[str, int]:
         """One core, this object's own buffer: no thread, safe in the forked helper."""
@@ -411,10 +434,15 @@ class _HashPass:
     """
 
     def __init__(
-        self, home: Home, records: list[Record], job: Callable[[], Any] | None = None
+        self,
+        home: Home,
+        records: list[Record],
+        job: Callable[[], Any] | None = None,
+        early: Sequence[HeadStart] = (),
     ) -> None:
         """``job``: run by the first helper before it takes batches; its answer (plain
-        JSON values) is ``job_result`` after ``finish`` (None when no helper ran it)."""
+        JSON values) is ``job_result`` after ``finish`` (None when no helper ran it);
+        ``early``: see ``verify_records``."""
         self.job = job
         self.job_result: Any = None
         small: dict[str, None] = {}
@@ -436,7 +464,7 @@ class _HashPass:
             if objects is None:
                 self.found = dict.fromkeys([*names, *self.large], _NO_OBJECTS)
                 return
-            self.objs = _ObjectsDir(os.dup(objects))
+            self.objs = _ObjectsDir(os.dup(objects), early)
         queue, end = os.pipe()
         try:
             os.write(end, b"".join(n.to_bytes(4, "little") for n in range(len(self.batches))))

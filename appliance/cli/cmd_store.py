@@ -20,6 +20,7 @@ from typing import Any
 from appliance.cli.context import Context, no_cycle_collection
 from appliance.db import check_integrity
 from appliance.errors import PolicyError, StateSuspectError, error_class
+from appliance.headstart import HeadStart, take_early
 from appliance.home import Home
 from appliance.store import find, parse_ref, records
 from appliance.truststore import load_trust
@@ -65,8 +66,15 @@ def run_list(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
 
 
 def run_verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
-    with no_cycle_collection():
-        return _verify(args, ctx)
+    # The launcher's hashes of the first large objects, started before the CLI was
+    # imported (``appliance.launch``); taken only for the very inodes verified here.
+    early = take_early(ctx.home, None)
+    try:
+        with no_cycle_collection():
+            return _verify(args, ctx, early)
+    finally:
+        for started in early:
+            started.close()
 
 
 def _verify_line(res: RecordStatus) -> str:
@@ -78,7 +86,7 @@ def _verify_line(res: RecordStatus) -> str:
     return line
 
 
-def _verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+def _verify(args: argparse.Namespace, ctx: Context, early: list[HeadStart]) -> dict[str, Any]:
     home = Home(ctx.home)
     db = home.db()
     check_integrity(db)  # also the pages of tables that no record check reads
@@ -87,7 +95,7 @@ def _verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         targets = [find(db, *parse_ref(ref)) for ref in args.refs]
     else:
         targets = records(db)
-    results = verify_records(home, db, trust, targets)
+    results = verify_records(home, db, trust, targets, early=early)
     # One ``say`` for the whole listing (the same bytes): a line at a time cost two
     # writes per record on an unbuffered stdout, 40,000 for 20,000 records.
     if results and not ctx.quiet:

@@ -8,6 +8,9 @@
   ``--hom=``: argparse takes it, the scan does not) is stopped and dropped; the load makes
   its own head start and hands over its own home's bytes.
 * A head start taken for another reference is stopped, its descriptor closed.
+* ``verify`` of the whole store: the launcher hashes its large immutable objects (none in
+  a store of so many small ones that ``verify`` forks helpers), ``verify`` takes the hash
+  for the very inode it opened, and a tampered object is still reported (exit 4).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from test_immutable import _kernel_allows
 from appliance import headstart, launch
 from appliance.cli.main import build_parser
 from appliance.homepath import DB_FILE, default_home_path
-from appliance.store import clear_immutable
+from appliance.store import clear_immutable, find, object_path, set_immutable
 
 
 def _unflag(root: Path) -> None:
@@ -61,7 +64,7 @@ LINES = [
 ]
 NO_GUESS = [
     ["list"],
-    ["--home", "H", "verify"],
+    ["--home", "H", "verify", "m@1"],  # named records: no guess
     ["load", "--help"],
     ["load", "m", "--socket", "s"],
     ["load", "m", "--socket=s"],
@@ -74,18 +77,30 @@ NO_GUESS = [
 def test_the_guess_reads_a_load_as_argparse_does(argv: list[str]) -> None:
     args = build_parser(launch.command_name(argv)).parse_args(argv)
     want = (str(args.home) if args.home is not None else default_home_path(), args.ref)
-    assert launch.guess_load([*argv, "--", "true"], os.environ) == want
-    assert launch.guess_load(argv, {"APPLIANCE_SOCKET": "/run/s"}) is None
+    assert launch.guess_early([*argv, "--", "true"], os.environ) == want
+    assert launch.guess_early(argv, {"APPLIANCE_SOCKET": "/run/s"}) is None
+
+
+@pytest.mark.parametrize(
+    "argv", [["--home", "H", "verify"], ["verify", "--home=H", "--json"], ["verify"]], ids=" ".join
+)
+def test_the_guess_reads_a_verify_of_the_whole_store(argv: list[str]) -> None:
+    args = build_parser("verify").parse_args(argv)
+    assert args.refs == []
+    want = (str(args.home) if args.home is not None else default_home_path(), None)
+    assert launch.guess_early(argv, os.environ) == want
+    assert launch.guess_early(argv, {"APPLIANCE_SOCKET": "/run/s"}) == want  # not a load
 
 
 @pytest.mark.parametrize("argv", NO_GUESS, ids=" ".join)
 def test_no_guess_for_other_commands_help_or_the_service(argv: list[str]) -> None:
-    assert launch.guess_load(argv, {}) is None
+    assert launch.guess_early(argv, {}) is None
 
 
 _PROBE = """
 import json, os, sys
 from appliance import headstart
+headstart.LARGE_MIN = 1 << 20  # the test's big object is 6 MiB
 log = os.open(LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 def note(**kw):
     os.write(log, (json.dumps(kw) + "\\n").encode())
@@ -104,7 +119,9 @@ sys.exit(entry())
 """
 
 
-def _launch(tmp: Path, argv: list[str], env: dict[str, str]) -> list[dict[str, bool]]:
+def _launch(
+    tmp: Path, argv: list[str], env: dict[str, str], code: int = 0
+) -> list[dict[str, bool]]:
     log = tmp / "probe.log"
     script = f"LOG = {str(log)!r}\nARGV = {argv!r}\n" + _PROBE
     full = {**os.environ, **env}
@@ -112,7 +129,7 @@ def _launch(tmp: Path, argv: list[str], env: dict[str, str]) -> list[dict[str, b
     p = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=full, timeout=60
     )
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == code, p.stderr
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
@@ -150,6 +167,61 @@ def test_a_head_start_for_another_reference_is_stopped_and_closed(
     before = _open_fds()
     headstart.start_early(str(a.home), DB_FILE, "big")
     assert headstart._early is not None  # hashing
-    assert headstart.take_early(a.home, "big@2") is None
+    assert headstart.take_early(a.home, "big@2") == []
     assert headstart._early is None and _open_fds() == before and not _hash_threads()
-    assert headstart.take_early(a.home, "big") is None  # taken once, whatever the answer
+    assert headstart.take_early(a.home, "big") == []  # taken once, whatever the answer
+    headstart.start_early(str(a.home), DB_FILE, "big")
+    assert headstart.take_early(a.home, None) == []  # made for a load, not for a verify
+    assert _open_fds() == before and not _hash_threads()
+
+
+def test_the_launcher_hashes_a_verify_s_large_object_and_verify_takes_it(
+    sites: tuple[Site, Site], tmp_path: Path
+) -> None:
+    a, _ = sites
+    notes = _launch(tmp_path, ["--home", str(a.home), "verify"], {})
+    assert notes == [{"made": True, "argparse": False, "cli": False}, {"claimed": True}]
+
+
+def test_a_tampered_object_hashed_early_is_still_reported(
+    sites: tuple[Site, Site], tmp_path: Path
+) -> None:
+    a, _ = sites
+    db = a.h.db()
+    path = object_path(a.h, find(db, "big").digest)
+    db.conn.close()
+    clear_immutable(path)  # a holder of CAP_LINUX_IMMUTABLE, which the model excludes
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.write(b"\xff" if BIG[:1] != b"\xff" else b"\x00")
+    os.chmod(path, 0o444)
+    assert set_immutable(path)
+    notes = _launch(tmp_path, ["--home", str(a.home), "--json", "verify"], {}, code=4)
+    assert notes == [{"made": True, "argparse": False, "cli": False}, {"claimed": True}]
+
+
+def test_verify_head_starts_only_large_immutable_objects_of_a_store_of_few_small_ones(
+    sites: tuple[Site, Site], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _ = sites
+    a.ship({"s1@1": b"one", "s2@1": b"two"})
+    monkeypatch.setattr(headstart, "LARGE_MIN", 1 << 20)
+    started = headstart.head_starts(a.home, DB_FILE, None)
+    assert len(started) == 1  # big@1; the two small ones are not hashed early
+    for one in started:
+        one.close()
+    monkeypatch.setattr(headstart, "SMALL_MAX", 1)  # verify would fork its helpers
+    assert headstart.head_starts(a.home, DB_FILE, None) == []
+    monkeypatch.setattr(headstart, "SMALL_MAX", 2)
+    monkeypatch.setattr(headstart, "LARGE_MIN", 64 << 20)  # nothing that large
+    assert headstart.head_starts(a.home, DB_FILE, None) == []
+    assert not _hash_threads()
+
+
+def test_the_guess_s_thresholds_are_verify_s() -> None:
+    from appliance import verify
+    from bundles.hashing import ISOLATED_MIN
+
+    assert headstart.SMALL_MAX == verify._HELPER_MIN - 1
+    assert headstart.SMALL_SIZE == verify.SMALL_OBJECT
+    assert headstart.LARGE_MIN == ISOLATED_MIN
