@@ -195,14 +195,16 @@ def verify_records(
         token = db_token(db)
         pointers = Pointers(db)
         checks = Records(db, trust, token)
-        found = hashing.finish()
-        vouched = vouched_signers(work, hashing.job_result) if work else {}
+        # The helper's verdicts on the manifests come before its hashing ends: the
+        # records are judged here while it hashes, then the batches left are taken.
+        vouched = vouched_signers(work, hashing.job_answer()) if work else {}
         judged = [
             _judge_provenance(
                 db, trust, r, pointers=pointers, checks=checks, vouched=vouched.get(i)
             )
             for i, r in enumerate(records)
         ]
+        found = hashing.finish()
     finally:
         hashing.close()
     out = []
@@ -441,10 +443,12 @@ class _HashPass:
         early: Sequence[HeadStart] = (),
     ) -> None:
         """``job``: run by the first helper before it takes batches; its answer (plain
-        JSON values) is ``job_result`` after ``finish`` (None when no helper ran it);
+        JSON values) is ``job_answer()``, which waits for the job only (None when no
+        helper ran it);
         ``early``: see ``verify_records``."""
         self.job = job
         self.job_result: Any = None
+        self.job_pipe: int | None = None  # read end: the first helper's job answer
         small: dict[str, None] = {}
         large: dict[str, None] = {}
         for r in records:
@@ -473,10 +477,48 @@ class _HashPass:
         self.queue = queue
         if len(names) >= _HELPER_MIN and fork_is_safe():  # (beside a thread: hashed here)
             for n in range(min((os.cpu_count() or 1) - 1, _MAX_HELPERS)):
-                helper = _start_helper(self, self.job if n == 0 else None)
+                helper = self._start_helper(self.job if n == 0 else None)
                 if helper is None:
                     break
                 self.helpers.append(helper)
+
+    def _start_helper(self, job: Callable[[], Any] | None) -> tuple[int, int] | None:
+        """``_start_helper`` with, for ``job``, a pipe of its own for the job's answer
+        (``job_answer``): (pid, read end of the findings), None when it cannot start."""
+        if job is None:
+            return _start_helper(self, None, None)
+        try:
+            r, w = os.pipe()
+        except OSError:
+            return None
+        try:
+            started = _start_helper(self, job, w)
+        finally:
+            os.close(w)  # the helper holds its own copy: end of file once it wrote
+        if started is None:
+            os.close(r)
+        else:
+            self.job_pipe = r
+        return started
+
+    def job_answer(self) -> Any:
+        """The first helper's job answer (plain JSON values), waiting for the job but not
+        for the helper's hashing; None when no helper ran it, or it failed or wrote
+        something else. Also ``job_result`` from then on."""
+        if self.job_pipe is None:
+            return self.job_result
+        chunks = []
+        try:
+            while chunk := os.read(self.job_pipe, 1 << 16):
+                chunks.append(chunk)
+        finally:
+            os.close(self.job_pipe)
+            self.job_pipe = None
+        try:
+            self.job_result = json.loads(b"".join(chunks)) if chunks else None
+        except ValueError:
+            self.job_result = None
+        return self.job_result
 
     def take(self) -> int | None:
         """The next batch number from the queue, or None when it is empty."""
@@ -500,11 +542,9 @@ class _HashPass:
         try:
             self.found.update((d, objs.hash(d, True)) for d in self.large)
             done = self.hash_batches()
+            self.job_answer()  # (read before waiting for the helper, which may wait to write it)
             for pid, r in self.helpers:
-                batches, job_result = _finish_helper(self, pid, r)
-                done.update(batches)
-                if job_result is not None:
-                    self.job_result = job_result
+                done.update(_finish_helper(self, pid, r))
             self.helpers = []
             for n, batch in enumerate(self.batches):
                 results = done.get(n)
@@ -520,6 +560,9 @@ class _HashPass:
         if self.queue is not None:
             os.close(self.queue)
             self.queue = None
+        if self.job_pipe is not None:
+            os.close(self.job_pipe)
+            self.job_pipe = None
         for pid, r in self.helpers:  # only when this process failed before ``finish``
             os.close(r)
             os.kill(pid, signal.SIGKILL)  # its findings are not wanted any more
@@ -531,17 +574,18 @@ class _HashPass:
             self.objs = None
 
 
-def _start_helper(hashing: _HashPass, job: Callable[[], Any] | None) -> tuple[int, int] | None:
-    """Fork a process that runs ``job`` (if any), then takes batches from ``hashing``'s
-    queue and hashes them, and writes what it found to a pipe as JSON: (pid, read end);
-    None when it cannot be started."""
+def _start_helper(
+    hashing: _HashPass, job: Callable[[], Any] | None, job_pipe: int | None
+) -> tuple[int, int] | None:
+    """Fork a process that runs ``job`` (if any) and writes its answer as JSON to
+    ``job_pipe``, then takes batches from ``hashing``'s queue and hashes them, and writes
+    what it found to a pipe as JSON: (pid, read end); None when it cannot be started."""
 
     def child(w: int) -> None:  # only descriptors, blake3, json and the job's own work
-        answer = {"job": None if job is None else job()}
-        answer["batches"] = hashing.hash_batches()
-        view = memoryview(json.dumps(answer).encode())
-        while view:
-            view = view[os.write(w, view) :]
+        if job is not None and job_pipe is not None:
+            _write_all(job_pipe, json.dumps(job()).encode())
+            os.close(job_pipe)
+        _write_all(w, json.dumps(hashing.hash_batches()).encode())
 
     started = fork_with_pipe(child)
     if started is not None:
@@ -549,10 +593,15 @@ def _start_helper(hashing: _HashPass, job: Callable[[], Any] | None) -> tuple[in
     return started
 
 
-def _finish_helper(hashing: _HashPass, pid: int, r: int) -> tuple[dict[int, list[_Problem]], Any]:
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _finish_helper(hashing: _HashPass, pid: int, r: int) -> dict[int, list[_Problem]]:
     """A helper's findings, each checked for shape (batch number, one finding for each
-    of its objects; anything else is left out, to be hashed in this process), and its
-    job's answer as JSON gave it (None: no answer; its reader checks its shape)."""
+    of its objects; anything else is left out, to be hashed in this process)."""
     chunks = []
     try:
         while chunk := os.read(r, 1 << 20):
@@ -561,14 +610,11 @@ def _finish_helper(hashing: _HashPass, pid: int, r: int) -> tuple[dict[int, list
         os.close(r)
         _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        return {}, None
+        return {}
     try:
-        answer = json.loads(b"".join(chunks))
+        results = json.loads(b"".join(chunks))
     except ValueError:
-        return {}, None
-    if not isinstance(answer, dict):
-        return {}, None
-    results = answer.get("batches")
+        return {}
     out: dict[int, list[_Problem]] = {}
     if isinstance(results, dict):
         for key, found in results.items():
@@ -576,7 +622,7 @@ def _finish_helper(hashing: _HashPass, pid: int, r: int) -> tuple[dict[int, list
             if 0 <= n < len(hashing.batches) and isinstance(found, list):
                 if len(found) == len(hashing.batches[n]) and all(map(_shaped, found)):
                     out[n] = [tuple(x) for x in found]
-    return out, answer.get("job")
+    return out
 
 
 def _shaped(x: object) -> bool:
