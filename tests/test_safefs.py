@@ -177,7 +177,7 @@ def test_temp_name_collision_with_a_planted_link_is_never_opened(
     and the next random name is used; the link and its target are untouched."""
     (tmp_path / ".w.aaaa.tmp").symlink_to(canary / "precious.txt")
     names = iter(["aaaa", "bbbb"])
-    monkeypatch.setattr(safefs.secrets, "token_hex", lambda n: next(names))
+    monkeypatch.setattr(safefs, "_token", lambda: next(names))
     before = tree(canary)
     fd = dirfd(tmp_path)
     try:
@@ -386,7 +386,7 @@ def test_witness_write_uses_an_unpredictable_temp_name(
     w.parent.mkdir()
     (w.parent / ".witness.json.aaaa.tmp").symlink_to(canary / "precious.txt")
     names = iter(["aaaa", "cccc"])
-    monkeypatch.setattr(safefs.secrets, "token_hex", lambda n: next(names))
+    monkeypatch.setattr(safefs, "_token", lambda: next(names))
     before = tree(canary)
     db = home.db()
     try:
