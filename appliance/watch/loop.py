@@ -103,7 +103,12 @@ class Loop:
         self.last_pass = self.last_full = time.monotonic()
         self.base.set_refs(referenced(self.mon.db))
         alarms += self.base.scan()[0]  # the first baseline: nothing to compare with
-        alarms += self._unknown()
+        if homelock.lock_held(self.home.lock_path):
+            # An import may have promoted files it has not committed yet: each unknown
+            # file is judged by the turns, held back at most ``lock_patience``.
+            self.deferred.update(self.base.unknown_files())
+        else:
+            alarms += self._unknown()
         alarms += self.wit.check(self.mon.db)
         return alarms
 

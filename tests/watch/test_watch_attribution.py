@@ -231,3 +231,43 @@ def test_a_full_pass_under_a_held_lock_judges_unknown_files_too(site: Site) -> N
             holder.wait()
     finally:
         loop.close()
+
+
+def test_a_baseline_taken_under_a_held_lock_holds_unknown_files_back(site: Site) -> None:
+    """A watcher started while an import holds the lock (its promoted files not yet
+    committed) no longer raises unknown_object at once for them: each waits for the
+    commit at most ``lock_patience``, then is judged; with the lock free, at once."""
+    from appliance.watch.loop import Loop
+    from appliance.watch.notify import Batch
+
+    def loop() -> Loop:
+        return Loop(
+            site.h,
+            site.witness,
+            full_every=300,
+            emit=lambda a: None,
+            on_error=lambda m: None,
+            cleared=lambda p: None,
+        )
+
+    planted = site.h.objects / "cd" / ("cd" + "4" * 62)
+    planted.parent.mkdir(exist_ok=True)
+    planted.write_bytes(b"promoted by an import that has not committed yet")
+    subject = str(planted.relative_to(site.h.root))
+    holder = _hold_lock(site.h.lock_path)
+    held = loop()
+    try:
+        assert held.start() == []  # held back
+        now = time.monotonic()
+        assert held._files(Batch(), False, now) == []
+        late = held._files(Batch(), False, now + held.lock_patience)
+        assert [(a.code, a.subject) for a in late] == [("unknown_object", subject)]
+    finally:
+        holder.kill()
+        holder.wait()
+        held.close()
+    free = loop()
+    try:
+        assert [(a.code, a.subject) for a in free.start()] == [("unknown_object", subject)]
+    finally:
+        free.close()
