@@ -632,7 +632,12 @@ def main() -> int:
         help=f"comma-separated sections ({','.join(SECTIONS)}); per count, import and "
         "verify share one import",
     )
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "bench" / "results",
+        help="a folder: scale-<time>.json and scale-latest.json are written in it",
+    )
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "scale.png")
     ap.add_argument("--plot-python", help="an interpreter with matplotlib (the bench extra)")
     ap.add_argument("--plot-from", type=Path, help="only draw the plot of this JSON report")
