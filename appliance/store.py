@@ -52,9 +52,9 @@ from appliance.errors import (
     ReadOnlyError,
     RecordUnauthorizedError,
 )
-from appliance.helper_batches import NOT_USABLE, HelperBatches
 from appliance.home import OBJECTS_DIR, STAGING_DIR, Home
 from bundles.durable import sync_filesystem
+from bundles.helper_batches import NOT_USABLE, HelperBatches
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import threading
 from collections.abc import Callable, Sequence
 
 from appliance.errors import CancelledError
-from appliance.helper_batches import NOT_USABLE, HelperBatches
 from appliance.store import Staged
+from bundles.helper_batches import NOT_USABLE, HelperBatches
 from bundles.manifest import Artifact
 
 __all__ = ["tiny_stager"]

@@ -8,12 +8,15 @@ opened once. A larger one is hashed on all cores from its descriptor
 (``copy_file_range``). Either way the source's identity, size and mtime are checked
 again after the copy (``SourceChangedError`` when they moved).
 
-Sources are written one after the other, in this thread: threads were tried (2 and 4,
-20,000 files of 1-8 KiB) and were no faster, the files all go into one folder (its lock
-serialises the creates) and the GIL handed over at each system call cost more than it
-overlapped. Every folder is made once, before the files, parents first; nothing is
-synced here (the writer makes the whole bundle durable with one
-``syncfs``: ``bundles.durable``).
+Small sources are shared by this process and one forked helper
+(``bundles.helper_batches``: from 256 of them, where the process may fork), each writing
+its own; threads were tried (2 and 4, 20,000 files of 1-8 KiB) and were no faster (the
+GIL handed over at each system call cost more than it overlapped). What the helper
+reports for a source (its digests and size) is taken only in the shape ``write_source``
+gives; a source it did not report is written here again, over what the helper may have
+left of it. Larger sources are written here, one after the other (their hash runs on all
+cores). Every folder is made once, before the files, parents first; nothing is synced
+here (the writer makes the whole bundle durable with one ``syncfs``: ``bundles.durable``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +34,7 @@ import blake3
 
 from bundles.errors import SourceChangedError
 from bundles.hashing import hash_fd
+from bundles.helper_batches import NOT_USABLE, HelperBatches
 from bundles.manifest import Part
 
 SMALL = 4 << 20  # at most this size: one read into a buffer, hash, write
@@ -132,8 +138,20 @@ def _sha256_fd(fd: int) -> str:
     return h.hexdigest()
 
 
-def _write_part(root: int, part: Part, data: memoryview) -> None:
-    out = os.open(part.path, _NEW_FILE, 0o644, dir_fd=root)
+def _create(root: int, part: Part, replace: bool) -> int:
+    """A new part file under ``root``; ``replace``: one a helper left (it may have
+    created it before it stopped) is removed first, not refused."""
+    try:
+        return os.open(part.path, _NEW_FILE, 0o644, dir_fd=root)
+    except FileExistsError:
+        if not replace:
+            raise
+    os.unlink(part.path, dir_fd=root)
+    return os.open(part.path, _NEW_FILE, 0o644, dir_fd=root)
+
+
+def _write_part(root: int, part: Part, data: memoryview, replace: bool = False) -> None:
+    out = _create(root, part, replace)
     try:
         write_all(out, data)
     finally:
@@ -141,7 +159,7 @@ def _write_part(root: int, part: Part, data: memoryview) -> None:
 
 
 def _copy_part(root: int, part: Part, fd: int, offset: int, path: Path) -> None:
-    out = os.open(part.path, _NEW_FILE, 0o644, dir_fd=root)
+    out = _create(root, part, False)
     try:
         copy_range(fd, out, offset, part.size)
     except EOFError:
@@ -150,10 +168,11 @@ def _copy_part(root: int, part: Part, fd: int, offset: int, path: Path) -> None:
         os.close(out)
 
 
-def write_source(root: int, src: Source) -> Digests:
+def write_source(root: int, src: Source, replace: bool = False) -> Digests:
     """Hash ``src`` and write its parts under the folder ``root`` (an open descriptor:
     each part is created relative to it, not by a path walked again from ``/``) from one
-    open descriptor of the source."""
+    open descriptor of the source; ``replace``: a small source's part files a helper
+    may have left are written over."""
     size = src.stat.st_size
     # non-blocking: a FIFO put in its place is opened at once, and refused by fstat
     fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -165,11 +184,11 @@ def write_source(root: int, src: Source) -> Digests:
             digest = blake3.blake3(data).hexdigest()
             sha = hashlib.sha256(data).hexdigest() if src.sha256 else None
             if len(src.files) == 1:
-                _write_part(root, src.files[0], data)
+                _write_part(root, src.files[0], data, replace)
             else:
                 offset = 0
                 for part in src.files:
-                    _write_part(root, part, data[offset : offset + part.size])
+                    _write_part(root, part, data[offset : offset + part.size], replace)
                     offset += part.size
         else:
             digest, hashed = hash_fd(fd)
@@ -188,10 +207,72 @@ def write_source(root: int, src: Source) -> Digests:
 
 
 def write_sources(root: Path, sources: Sequence[Source]) -> list[Digests]:
-    """Write every source under ``root`` (its folders made first); their digests, in order."""
+    """Write every source under ``root`` (its folders made first); their digests, in
+    order. The small ones are shared with a helper (see the module's note); the first
+    failure, in the sources' order among the small ones and then the large ones, is
+    raised."""
     make_folders(root, (p.path for s in sources for p in s.files))
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        return [write_source(fd, s) for s in sources]
+        small = [i for i, s in enumerate(sources) if s.stat.st_size <= SMALL]
+        out: list[Digests | None] = [None] * len(sources)
+        for i, got in zip(small, _write_small(fd, [sources[i] for i in small]), strict=True):
+            out[i] = got
+        for i, s in enumerate(sources):
+            if out[i] is None:
+                out[i] = write_source(fd, s)
+        return [d for d in out if d is not None]
     finally:
         os.close(fd)
+
+
+def _write_small(root: int, sources: list[Source]) -> list[Digests]:
+    """``write_source`` of each small source, here and in a helper."""
+    stop = threading.Event()
+    helped = False
+
+    def work(src: Source, here: bool) -> Digests:
+        return write_source(root, src, replace=here and helped)
+
+    def decode(entry: object, i: int) -> object:
+        return _decode(entry, sources[i])
+
+    with HelperBatches(sources, work, _encode, decode, stop, _stopped) as batches:
+        helped = batches.helper is not None
+        outcomes = batches.run()
+    found: list[Digests] = []
+    for got in outcomes:
+        if isinstance(got, BaseException):
+            raise got
+        if got is None:  # never reached: only after a failure, raised above
+            raise AssertionError("a source was left unwritten")
+        found.append(got)
+    return found
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _encode(d: Digests) -> object:
+    return [d.blake3, d.sha256, d.size]
+
+
+def _decode(entry: object, src: Source) -> object:
+    """A helper's report of ``src`` as ``_encode`` writes it (the source's own size, hex
+    digests, SHA-256 exactly when asked), else ``NOT_USABLE``: written here again."""
+    if not (isinstance(entry, list) and len(entry) == 3):
+        return NOT_USABLE
+    b3, sha, size = entry
+    if type(b3) is not str or not _HEX64.fullmatch(b3):
+        return NOT_USABLE
+    if (sha is None) == src.sha256 or (
+        sha is not None and not (type(sha) is str and _HEX64.fullmatch(sha))
+    ):
+        return NOT_USABLE
+    if type(size) is not int or size != src.stat.st_size:
+        return NOT_USABLE
+    return Digests(b3, sha, size)
+
+
+def _stopped() -> BaseException:
+    return RuntimeError("bundle writing stopped after a failure")

@@ -1,4 +1,4 @@
-"""``appliance.helper_batches``: work shared with one forked helper, whose reports are
+"""``bundles.helper_batches``: work shared with one forked helper, whose reports are
 checked and whose failures are redone here (real forks, real pipes)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-import appliance.helper_batches as hb
-from appliance.helper_batches import NOT_USABLE, HelperBatches
+import bundles.helper_batches as hb
+from bundles.helper_batches import NOT_USABLE, HelperBatches
 
 pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="no helper on one core")
 N = 1000

@@ -2,10 +2,11 @@
 
 An import of many small files spends its time in Python per file (staging: open the
 member, read, hash, create and write the staging file; promotion: reopen, check, rename,
-flag), and threads cannot share that: the Python part holds the GIL (two threads were
-slower than one). So where the process may fork (``bundles.forks.fork_is_safe``: no
-other thread, more than one core, enough items to pay for a fork), a helper process does
-part of the work beside it:
+flag), and so does ``bundle create`` (open, read, hash and write each source); threads
+cannot share that: the Python part holds the GIL (two threads were slower than one). So
+where the process may fork (``bundles.forks.fork_is_safe``: no other thread, more than
+one core, enough items to pay for a fork), a helper process does part of the work beside
+it:
 
 * The items are cut into batches; a pipe holds every batch number (the whole queue fits
   the pipe's buffer) and each process takes the next one from it, so neither waits for
