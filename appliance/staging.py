@@ -35,6 +35,7 @@ from appliance import safefs
 from appliance.errors import CancelledError, IOFailedError
 from appliance.store import Staged, io_error
 from bundles.errors import MediaChangedError
+from bundles.fdio import write_all
 from bundles.hashing import ArtifactDigests
 from bundles.manifest import Artifact
 from bundles.media import media_error
@@ -74,12 +75,6 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
     the fsync, which reports them."""
     if _sync_file_range is not None and EARLY_WRITEBACK:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 class _Chaser:
@@ -221,7 +216,7 @@ def _buffered_copy(
         if n == 0:
             break
         try:
-            _write_all(out, view[:n])
+            write_all(out, view[:n])
         except OSError as e:
             raise io_error(e, f"writing {reader.artifact.ref} to staging") from e
         _start_writeback(out, written, n)
@@ -277,7 +272,7 @@ def _small_copy(
     data = view[:done]
     digests.update(data)
     try:
-        _write_all(out, data)
+        write_all(out, data)
     except OSError as e:
         raise io_error(e, f"writing {artifact.ref} to staging") from e
     if progress is not None:

@@ -41,6 +41,7 @@ from appliance.provenance import (
 from appliance.store import Record, is_immutable, object_path
 from appliance.trust import TrustState
 from bundles.errors import RejectedError, StateSuspectError
+from bundles.fdio import write_all
 from bundles.forks import fork_is_safe, fork_with_pipe
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -583,20 +584,14 @@ def _start_helper(
 
     def child(w: int) -> None:  # only descriptors, blake3, json and the job's own work
         if job is not None and job_pipe is not None:
-            _write_all(job_pipe, json.dumps(job()).encode())
+            write_all(job_pipe, json.dumps(job()).encode())
             os.close(job_pipe)
-        _write_all(w, json.dumps(hashing.hash_batches()).encode())
+        write_all(w, json.dumps(hashing.hash_batches()).encode())
 
     started = fork_with_pipe(child)
     if started is not None:
         counters["helper_processes"] += 1
     return started
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _finish_helper(hashing: _HashPass, pid: int, r: int) -> dict[int, list[_Problem]]:

@@ -36,6 +36,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar, cast
 
+from bundles.fdio import write_all
 from bundles.forks import fork_is_safe, fork_with_pipe
 
 __all__ = ["NOT_USABLE", "HelperBatches", "counters"]
@@ -135,7 +136,7 @@ class HelperBatches(Generic[Item, T]):
                     failed = True
                     entries.append(_AGAIN)
             data = json.dumps([b, entries]).encode()
-            _write_all(w, len(data).to_bytes(4, "little") + data)
+            write_all(w, len(data).to_bytes(4, "little") + data)
             if failed:
                 return  # the other process will fail too: stop taking its work
 
@@ -242,9 +243,3 @@ class HelperBatches(Generic[Item, T]):
             os.close(self._queue)
             self._queue = None
         self._reap(kill=True)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

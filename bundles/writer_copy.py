@@ -33,6 +33,7 @@ from pathlib import Path
 import blake3
 
 from bundles.errors import SourceChangedError
+from bundles.fdio import write_all
 from bundles.hashing import hash_fd
 from bundles.helper_batches import NOT_USABLE, HelperBatches
 from bundles.manifest import Part
@@ -97,11 +98,6 @@ def copy_range(src: int, dst: int, offset: int, count: int) -> None:
         if n == 0:
             raise EOFError
         done += n
-
-
-def write_all(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def make_folders(root: Path, paths: Iterable[str]) -> int:
