@@ -169,10 +169,12 @@ def _guess(root_fd: int, db_file: str, name: str, version: str | None) -> str | 
 
 # ``verify`` of the whole store: the objects it hashes with all cores (``appliance.verify``
 # hashes those of ``bundles.hashing.ISOLATED_MIN`` bytes or more in a forked child), at
-# most this many, and only in a store of fewer small objects than ``verify`` forks its
-# hashing helpers for (``verify._HELPER_MIN``): no process forks beside a running thread.
+# most this many (the first: its hash overlaps the start-up; ``verify`` hashes the next
+# ones itself, one at a time, rather than several at once from one disk), and only in a
+# store of fewer small objects than ``verify`` forks its hashing helpers for
+# (``verify._HELPER_MIN``): no process forks beside a running thread.
 LARGE_MIN = 64 << 20
-LARGE_MAX_OBJECTS = 4
+LARGE_MAX_OBJECTS = 1
 SMALL_MAX = 511
 SMALL_SIZE = 1 << 20  # ``verify.SMALL_OBJECT``
 

@@ -3,7 +3,7 @@
 ``entry`` (the console script, ``python -m appliance``, the frozen binary) keeps NumPy
 out, and starts hashing early (``appliance.headstart.start_early``) for a ``load`` or
 ``exec`` on this host (no loader service: the object the command most likely names) and
-for a ``verify`` of the whole store (its first large objects): the CLI's own imports,
+for a ``verify`` of the whole store (its first large object): the CLI's own imports,
 about 15 ms before the command runs, then overlap the hash of a big model instead of
 preceding it. The home and the reference are read off the command line here by a plain
 scan (``guess_early``), only a guess: the command takes those head starts only when the

@@ -66,7 +66,7 @@ def run_list(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
 
 
 def run_verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
-    # The launcher's hashes of the first large objects, started before the CLI was
+    # The launcher's hash of the first large object, started before the CLI was
     # imported (``appliance.launch``); taken only for the very inodes verified here.
     early = take_early(ctx.home, None)
     try:
