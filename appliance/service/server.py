@@ -215,11 +215,14 @@ class Server:
         config: Config,
         listeners: list[socket.socket],
         socket_file: SocketFile | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
+        """``stopping``: set by whoever stops this server (``serve``'s signal handlers,
+        installed before the socket exists); else its own."""
         self.config = config
         self.listeners = listeners
         self.socket_file = socket_file  # removed on the way out, if still ours
-        self.stopping = threading.Event()
+        self.stopping = stopping if stopping is not None else threading.Event()
         self.lock = threading.Lock()
         self.db = config.home.db()  # reads, under self.lock
         self.writer = config.home.db()  # the journal's own connection
@@ -669,6 +672,12 @@ def serve(config: Config, socket_path: Path | None) -> Served:
     """Listen (activated sockets, else ``socket_path``, else ``default_socket()``) and
     serve until SIGTERM or SIGINT; the socket file it made is removed on the way out if
     it is still its own (``SocketFile``)."""
+    # SIGTERM and SIGINT stop the service from before its socket exists: whoever sees the
+    # socket may signal at once, while the server is still opening its databases (the
+    # default action would end the process without removing the socket file).
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
     listeners = activated_sockets()
     made: SocketFile | None = None
     if not listeners:
@@ -676,11 +685,10 @@ def serve(config: Config, socket_path: Path | None) -> Served:
         listeners = [bind_socket(path)]
         made = SocketFile.of(path)
     try:
-        server = Server(config, listeners, made)
+        server = Server(config, listeners, made, stopping)
     except BaseException:
         close_listeners(listeners, made)
         raise
-    server.install_signals()
     where = str(made.path) if made else f"{len(listeners)} activated socket(s)"
     config.log(f"appliance serve: listening on {where} (home {config.home.root})")
     code = server.serve()

@@ -17,7 +17,7 @@ import threading
 import time
 
 import pytest
-from service_world import MODEL_V1, MODEL_V2, World, ask, read_reply
+from service_world import MODEL_V1, MODEL_V2, World, ask, child_env, read_reply
 
 from appliance.errors import ExitCode
 from bundles.documents import AllowLoader
@@ -358,3 +358,34 @@ def test_stopping_removes_its_own_socket_and_keeps_a_successors(served: World):
     served.start()
     assert served.stop(signal.SIGTERM) == 0
     assert not served.sock.exists()
+
+
+_EARLY_SIGTERM = """
+import os, signal, sys
+from appliance.service import server
+real = server.Server.__init__
+def init(self, *a, **k):
+    os.kill(os.getpid(), signal.SIGTERM)  # the socket exists; the server is not made yet
+    real(self, *a, **k)
+server.Server.__init__ = init
+from appliance.cli.main import main
+sys.exit(main(["--home", HOME, "serve", "--socket", SOCK]))
+"""
+
+
+def test_a_sigterm_as_soon_as_the_socket_exists_stops_the_service_cleanly(
+    root_world: World,
+) -> None:
+    """A supervisor that signals as soon as it sees the socket (before the server has
+    opened its databases) gets a clean stop: exit 0 and the socket file removed, not a
+    process ended by the signal's default action with its socket left behind."""
+    script = f"HOME = {str(root_world.home)!r}\nSOCK = {str(root_world.sock)!r}\n"
+    p = subprocess.run(
+        [sys.executable, "-c", script + _EARLY_SIGTERM],
+        env=child_env(),
+        cwd=root_world.tmp,
+        capture_output=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    assert not root_world.sock.exists()
