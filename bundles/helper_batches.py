@@ -99,7 +99,7 @@ class HelperBatches(Generic[Item, T]):
         finally:
             os.close(end)  # the queue ends: an empty one reads as end of file
         self._queue = queue
-        if n >= helper_min and (os.cpu_count() or 1) > 1 and fork_is_safe():
+        if n >= helper_min and (os.cpu_count() or 1) > 1 and not stop.is_set() and fork_is_safe():
             self.helper = self._start_helper()
 
     def __enter__(self) -> HelperBatches[Item, T]:

@@ -93,11 +93,16 @@ def test_a_failure_here_stops_and_kills_the_helper(counters: dict[str, int]) -> 
     assert shared.helper is None  # killed and reaped
 
 
-def test_stopped_before_it_ran_is_cancelled() -> None:
+def test_stopped_before_it_ran_is_cancelled(counters: dict[str, int]) -> None:
+    """No helper is forked for work already stopped (one would take the first batch
+    and leave it unreported: whichever process read the queue first decided)."""
     stop = threading.Event()
     stop.set()
-    out, _, _ = _run(_double, stop=stop)
-    assert isinstance(out[0], RuntimeError) and str(out[0]) == "cancelled"
+    for _ in range(20):
+        out, _, shared = _run(_double, stop=stop)
+        assert isinstance(out[0], RuntimeError) and str(out[0]) == "cancelled"
+        assert shared.helper is None
+    assert counters["helpers"] == 0
 
 
 def test_no_helper_below_the_minimum_or_beside_a_thread(
