@@ -36,7 +36,7 @@ from appliance import safefs
 from bundles.closing import Closing
 from bundles.hashing import hash_fd, hash_mapped
 
-__all__ = ["BackgroundHash", "HeadStart", "head_start", "head_starts", "start_early", "take_early"]
+__all__ = ["BackgroundHash", "HeadStart", "head_start", "start_early", "take_early"]
 
 # store.FS_IOC_GETFLAGS / FS_IMMUTABLE_FL (``appliance.store`` imports sqlite-utils; a
 # test pins that both agree).
@@ -167,22 +167,21 @@ def _guess(root_fd: int, db_file: str, name: str, version: str | None) -> str | 
     return found[0] if found else None
 
 
-# ``verify`` of the whole store: the objects it hashes with all cores (``appliance.verify``
-# hashes those of ``bundles.hashing.ISOLATED_MIN`` bytes or more in a forked child), at
-# most this many (the first: its hash overlaps the start-up; ``verify`` hashes the next
-# ones itself, one at a time, rather than several at once from one disk), and only in a
-# store of fewer small objects than ``verify`` forks its hashing helpers for
+# ``verify`` of the whole store: the first object it hashes with all cores
+# (``appliance.verify`` hashes those of ``bundles.hashing.ISOLATED_MIN`` bytes or more in
+# a forked child; its hash overlaps the start-up, and ``verify`` hashes the next ones
+# itself, one at a time, rather than several at once from one disk), only in a store of
+# fewer small objects than ``verify`` forks its hashing helpers for
 # (``verify._HELPER_MIN``): no process forks beside a running thread.
 LARGE_MIN = 64 << 20
-LARGE_MAX_OBJECTS = 1
 SMALL_MAX = 511
 SMALL_SIZE = 1 << 20  # ``verify.SMALL_OBJECT``
 
 
-def _guess_large(root_fd: int, db_file: str) -> list[str]:
-    """The digests of the first ``LARGE_MAX_OBJECTS`` records of ``LARGE_MIN`` bytes or
-    more, in the order ``appliance.store.records`` gives them (by name, then release);
-    none when the store holds more than ``SMALL_MAX`` small objects."""
+def _guess_large(root_fd: int, db_file: str) -> str | None:
+    """The digest of the first record of ``LARGE_MIN`` bytes or more, in the order
+    ``appliance.store.records`` gives them (by name, then release); None when the store
+    holds more than ``SMALL_MAX`` small objects."""
     small = _query(
         root_fd,
         db_file,
@@ -190,14 +189,16 @@ def _guess_large(root_fd: int, db_file: str) -> list[str]:
         (SMALL_SIZE, SMALL_MAX + 1),
     )
     if not small or not isinstance(small[0][0], int) or small[0][0] > SMALL_MAX:
-        return []
-    rows = _query(
-        root_fd,
-        db_file,
-        "SELECT DISTINCT digest FROM artifacts WHERE size >= ? ORDER BY name, release LIMIT ?",
-        (LARGE_MIN, LARGE_MAX_OBJECTS),
+        return None
+    found = _digests(
+        _query(
+            root_fd,
+            db_file,
+            "SELECT digest FROM artifacts WHERE size >= ? ORDER BY name, release LIMIT 1",
+            (LARGE_MIN,),
+        )
     )
-    return _digests(rows)
+    return found[0] if found else None
 
 
 def _open(root_fd: int, digest: str) -> int:
@@ -211,11 +212,11 @@ def _open(root_fd: int, digest: str) -> int:
             os.close(fd)
 
 
-def head_starts(root: str | os.PathLike[str], db_file: str, ref: str | None) -> list[HeadStart]:
+def head_start(root: str | os.PathLike[str], db_file: str, ref: str | None) -> HeadStart | None:
     """Start hashing the object ``ref`` (NAME[@VERSION]) most likely is, or with ``ref``
-    None the large objects ``verify`` of the whole store will hash first
-    (``_guess_large``), each in a thread (see the module's note); only objects whose
-    inode carries the immutable flag, none when there is no guess to make.
+    None the first large object ``verify`` of the whole store will hash
+    (``_guess_large``), in a thread (see the module's note); None when there is no guess
+    to make or the object is not immutable.
 
     Reading errors are not reported here: they only mean no head start, and the command,
     which parses and reads the same things again, reports each with its own error code.
@@ -223,77 +224,56 @@ def head_starts(root: str | os.PathLike[str], db_file: str, ref: str | None) -> 
     try:
         root_fd = safefs.open_root(root)
     except OSError:
-        return []
-    fds: list[int] = []
+        return None
     try:
         if ref is None:
-            digests = _guess_large(root_fd, db_file)
+            digest = _guess_large(root_fd, db_file)
         else:
             name, at, version = ref.partition("@")
-            one = _guess(root_fd, db_file, name, version if at else None)
-            digests = [] if one is None else [one]
-        for digest in digests:
-            fds.append(_open(root_fd, digest))
+            digest = _guess(root_fd, db_file, name, version if at else None)
+        if digest is None:
+            return None
+        fd = _open(root_fd, digest)
     except (sqlite3.Error, OSError, safefs.UnsafeEntryError):
-        for fd in fds:
-            os.close(fd)
-        return []
+        return None
     finally:
         os.close(root_fd)
-    started: list[HeadStart] = []
     try:
-        while fds:
-            fd = fds.pop(0)
-            if not _immutable(fd):
-                os.close(fd)
-                continue
-            try:
-                started.append(HeadStart(fd, BackgroundHash(fd, mapped=True)))
-            except BaseException:
-                os.close(fd)
-                raise
-    except BaseException:
-        for fd in fds:
+        if not _immutable(fd):
             os.close(fd)
-        for one_start in started:
-            one_start.close()
+            return None
+        return HeadStart(fd, BackgroundHash(fd, mapped=True))
+    except BaseException:
+        os.close(fd)
         raise
-    return started
 
 
-def head_start(root: str | os.PathLike[str], db_file: str, ref: str) -> HeadStart | None:
-    """``head_starts`` of one reference: its head start, or None."""
-    started = head_starts(root, db_file, ref)
-    return started[0] if started else None
-
-
-# The head starts the launcher made before the command line was parsed: (the home as an
-# absolute path, the reference as given or None for ``verify``, the head starts), until
-# the command takes them.
-_early: tuple[str, str | None, list[HeadStart]] | None = None
+# The head start the launcher made before the command line was parsed: (the home as an
+# absolute path, the reference as given or None for ``verify``, the head start), until
+# the command takes it.
+_early: tuple[str, str | None, HeadStart] | None = None
 
 
 def start_early(root: str, db_file: str, ref: str | None) -> None:
-    """``head_starts`` from the launcher (``appliance.launch``), before argparse and the
+    """``head_start`` from the launcher (``appliance.launch``), before argparse and the
     rest of the CLI are imported; kept for ``take_early``. A guess of a guess: the
     launcher read the home and the reference off the command line itself."""
     global _early
-    started = head_starts(root, db_file, ref)
-    if started:
+    started = head_start(root, db_file, ref)
+    if started is not None:
         _early = (os.path.abspath(root), ref, started)
 
 
-def take_early(root: str | os.PathLike[str], ref: str | None) -> list[HeadStart]:
-    """The launcher's head starts when they were made for this home and reference (None:
-    ``verify`` of the whole store) as the parsed command line gives them; else they are
-    stopped and closed, and none is given."""
+def take_early(root: str | os.PathLike[str], ref: str | None) -> HeadStart | None:
+    """The launcher's head start when it was made for this home and reference (None:
+    ``verify`` of the whole store) as the parsed command line gives them; else it is
+    stopped and closed, and None."""
     global _early
     got, _early = _early, None
     if got is None:
-        return []
+        return None
     home, guessed_ref, started = got
     if home == os.path.abspath(root) and guessed_ref == ref:
         return started
-    for one in started:
-        one.close()
-    return []
+    started.close()
+    return None

@@ -14,7 +14,7 @@ import os
 import re
 import signal
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -167,7 +167,7 @@ def verify_records(
     trust: TrustState,
     records: list[Record],
     *,
-    early: Sequence[HeadStart] = (),
+    early: HeadStart | None = None,
 ) -> list[RecordStatus]:
     """``verify_record`` of each record in one read-only pass.
 
@@ -179,9 +179,9 @@ def verify_records(
     (``Records``), and a manifest that backs many of the records verified and matched
     against them by the helper while this process reads the pointers
     (``provenance.judge_manifests``; what the helper does not vouch for is judged here).
-    ``early``: the CLI's head starts (``appliance.headstart``), hashes of large objects
-    already running; a large object's hash is taken from one only when the descriptor
-    opened here carries the immutable flag and is the very inode it hashes.
+    ``early``: the CLI's head start (``appliance.headstart``), the hash of a large object
+    already running; it is taken only when the descriptor opened here carries the
+    immutable flag and is the very inode it hashes.
     Same statuses, codes and messages as ``verify_record``; like it,
     raises only ``home_tampered`` (``objects/`` or ``objects/xx/`` replaced).
     """
@@ -333,7 +333,7 @@ class _ObjectsDir:
     link); each object opened as ``open_object`` opens it (``safefs.open_file_at``, minus
     clearing ``O_NONBLOCK``, which reads of a regular file ignore) and hashed."""
 
-    def __init__(self, objects: int, early: Sequence[HeadStart] = ()) -> None:
+    def __init__(self, objects: int, early: HeadStart | None = None) -> None:
         self.objects = objects
         self.subs: dict[str, int | _Problem] = {}
         self.buffer = bytearray(_READ)
@@ -400,13 +400,12 @@ class _ObjectsDir:
             os.close(fd)
 
     def _hash_large(self, fd: int) -> tuple[str, int]:
-        """A head start's hash when ``fd`` is immutable and the very inode one hashes (as
+        """The head start's hash when ``fd`` is immutable and the very inode it hashes (as
         the loader takes one: ``appliance.loader``), else ``_hash_large``."""
-        if self.early and is_immutable(fd):
-            for started in self.early:
-                running = started.claim(fd)
-                if running is not None:
-                    return running.result()
+        if self.early is not None and is_immutable(fd):
+            running = self.early.claim(fd)
+            if running is not None:
+                return running.result()
         return _hash_large(fd)
 
     def _hash_small(self, fd: int) -> tuple[str, int]:
@@ -441,7 +440,7 @@ class _HashPass:
         home: Home,
         records: list[Record],
         job: Callable[[], Any] | None = None,
-        early: Sequence[HeadStart] = (),
+        early: HeadStart | None = None,
     ) -> None:
         """``job``: run by the first helper before it takes batches; its answer (plain
         JSON values) is ``job_answer()``, which waits for the job only (None when no

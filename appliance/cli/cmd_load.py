@@ -106,8 +106,7 @@ def _load(ctx: Context, args: argparse.Namespace) -> LoadedArtifact:
     # The hash of the object this most likely is started before the command line was
     # parsed (``appliance.launch``), else it starts now, in a thread, and the product is
     # imported meanwhile; the loader takes it only for the very inode it checks itself.
-    taken = take_early(home.root, args.ref)
-    early = taken[0] if taken else None
+    early = take_early(home.root, args.ref)
     if sock is not None and early is not None:
         early.close()
         early = None

@@ -67,14 +67,14 @@ def run_list(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
 
 def run_verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     # The launcher's hash of the first large object, started before the CLI was
-    # imported (``appliance.launch``); taken only for the very inodes verified here.
+    # imported (``appliance.launch``); taken only for the very inode verified here.
     early = take_early(ctx.home, None)
     try:
         with no_cycle_collection():
             return _verify(args, ctx, early)
     finally:
-        for started in early:
-            started.close()
+        if early is not None:
+            early.close()
 
 
 def _verify_line(res: RecordStatus) -> str:
@@ -86,7 +86,7 @@ def _verify_line(res: RecordStatus) -> str:
     return line
 
 
-def _verify(args: argparse.Namespace, ctx: Context, early: list[HeadStart]) -> dict[str, Any]:
+def _verify(args: argparse.Namespace, ctx: Context, early: HeadStart | None) -> dict[str, Any]:
     home = Home(ctx.home)
     db = home.db()
     check_integrity(db)  # also the pages of tables that no record check reads

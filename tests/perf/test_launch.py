@@ -167,11 +167,11 @@ def test_a_head_start_for_another_reference_is_stopped_and_closed(
     before = _open_fds()
     headstart.start_early(str(a.home), DB_FILE, "big")
     assert headstart._early is not None  # hashing
-    assert headstart.take_early(a.home, "big@2") == []
+    assert headstart.take_early(a.home, "big@2") is None
     assert headstart._early is None and _open_fds() == before and not _hash_threads()
-    assert headstart.take_early(a.home, "big") == []  # taken once, whatever the answer
+    assert headstart.take_early(a.home, "big") is None  # taken once, whatever the answer
     headstart.start_early(str(a.home), DB_FILE, "big")
-    assert headstart.take_early(a.home, None) == []  # made for a load, not for a verify
+    assert headstart.take_early(a.home, None) is None  # made for a load, not for a verify
     assert _open_fds() == before and not _hash_threads()
 
 
@@ -206,15 +206,14 @@ def test_verify_head_starts_only_large_immutable_objects_of_a_store_of_few_small
     a, _ = sites
     a.ship({"s1@1": b"one", "s2@1": b"two"})
     monkeypatch.setattr(headstart, "LARGE_MIN", 1 << 20)
-    started = headstart.head_starts(a.home, DB_FILE, None)
-    assert len(started) == 1  # big@1; the two small ones are not hashed early
-    for one in started:
-        one.close()
+    started = headstart.head_start(a.home, DB_FILE, None)
+    assert started is not None  # big@1; the two small ones are not hashed early
+    started.close()
     monkeypatch.setattr(headstart, "SMALL_MAX", 1)  # verify would fork its helpers
-    assert headstart.head_starts(a.home, DB_FILE, None) == []
+    assert headstart.head_start(a.home, DB_FILE, None) is None
     monkeypatch.setattr(headstart, "SMALL_MAX", 2)
     monkeypatch.setattr(headstart, "LARGE_MIN", 64 << 20)  # nothing that large
-    assert headstart.head_starts(a.home, DB_FILE, None) == []
+    assert headstart.head_start(a.home, DB_FILE, None) is None
     assert not _hash_threads()
 
 
