@@ -65,7 +65,7 @@ def guess_early(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str, s
     while i < len(words):
         arg = words[i]
         option, eq, value = arg.partition("=")
-        if arg in ("-h", "--help", "--socket") or option == "--socket":
+        if arg in ("-h", "--help") or option == "--socket":
             return None
         if option == "--home" and eq:
             home = value

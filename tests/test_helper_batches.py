@@ -12,16 +12,11 @@ import pytest
 import bundles.helper_batches as hb
 from bundles.helper_batches import NOT_USABLE, HelperBatches
 
-pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="no helper on one core")
+pytestmark = [
+    pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="no helper on one core"),
+    pytest.mark.usefixtures("helper_counters"),  # every test: counted from zero, may fork
+]
 N = 1000
-
-
-@pytest.fixture(autouse=True)
-def counters(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    fresh = dict.fromkeys(hb.counters, 0)
-    monkeypatch.setattr(hb, "counters", fresh)
-    monkeypatch.setattr(hb, "fork_is_safe", lambda: True)  # pytest-timeout's idle thread
-    return fresh
 
 
 def _cancelled() -> BaseException:
@@ -48,39 +43,39 @@ def _double(i: int, here: bool) -> int:
     return 2 * i
 
 
-def test_every_item_once_and_the_helper_did_part(counters: dict[str, int]) -> None:
+def test_every_item_once_and_the_helper_did_part(helper_counters: dict[str, int]) -> None:
     out, seen, shared = _run(_double)
     assert out == [2 * i for i in range(N)]
-    assert counters["helpers"] == 1 and 0 < counters["by_helper"] == len(seen) < N
+    assert helper_counters["helpers"] == 1 and 0 < helper_counters["by_helper"] == len(seen) < N
     assert shared.helper is None  # reaped
 
 
-def test_an_item_the_helper_failed_on_is_done_here(counters: dict[str, int]) -> None:
+def test_an_item_the_helper_failed_on_is_done_here(helper_counters: dict[str, int]) -> None:
     def work(i: int, here: bool) -> int:
         if not here:
             raise ValueError("helper side")
         return i
 
     out, seen, _ = _run(work)
-    assert out == list(range(N)) and seen == [] and counters["by_helper"] == 0
+    assert out == list(range(N)) and seen == [] and helper_counters["by_helper"] == 0
 
 
-def test_reports_it_cannot_use_are_done_here(counters: dict[str, int]) -> None:
+def test_reports_it_cannot_use_are_done_here(helper_counters: dict[str, int]) -> None:
     out, seen, _ = _run(_double, decode=lambda e, i: NOT_USABLE)
     assert out == [2 * i for i in range(N)] and seen == []
 
 
-def test_a_helper_that_dies_leaves_its_work_here(counters: dict[str, int]) -> None:
+def test_a_helper_that_dies_leaves_its_work_here(helper_counters: dict[str, int]) -> None:
     def work(i: int, here: bool) -> int:
         if not here:
             os._exit(3)
         return i
 
     out, _, shared = _run(work)
-    assert out == list(range(N)) and counters["by_helper"] == 0 and shared.helper is None
+    assert out == list(range(N)) and helper_counters["by_helper"] == 0 and shared.helper is None
 
 
-def test_a_failure_here_stops_and_kills_the_helper(counters: dict[str, int]) -> None:
+def test_a_failure_here_stops_and_kills_the_helper(helper_counters: dict[str, int]) -> None:
     def work(i: int, here: bool) -> int:
         if here and i >= 0:
             raise OSError(5, "disk gone")
@@ -93,7 +88,7 @@ def test_a_failure_here_stops_and_kills_the_helper(counters: dict[str, int]) -> 
     assert shared.helper is None  # killed and reaped
 
 
-def test_stopped_before_it_ran_is_cancelled(counters: dict[str, int]) -> None:
+def test_stopped_before_it_ran_is_cancelled(helper_counters: dict[str, int]) -> None:
     """No helper is forked for work already stopped (one would take the first batch
     and leave it unreported: whichever process read the queue first decided)."""
     stop = threading.Event()
@@ -102,17 +97,17 @@ def test_stopped_before_it_ran_is_cancelled(counters: dict[str, int]) -> None:
         out, _, shared = _run(_double, stop=stop)
         assert isinstance(out[0], RuntimeError) and str(out[0]) == "cancelled"
         assert shared.helper is None
-    assert counters["helpers"] == 0
+    assert helper_counters["helpers"] == 0
 
 
 def test_no_helper_below_the_minimum_or_beside_a_thread(
-    counters: dict[str, int], monkeypatch: pytest.MonkeyPatch
+    helper_counters: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out, _, _ = _run(_double, n=hb.HELPER_MIN - 1)
-    assert out == [2 * i for i in range(hb.HELPER_MIN - 1)] and counters["helpers"] == 0
+    assert out == [2 * i for i in range(hb.HELPER_MIN - 1)] and helper_counters["helpers"] == 0
     monkeypatch.setattr(hb, "fork_is_safe", lambda: False)
     out, _, _ = _run(_double)
-    assert out == [2 * i for i in range(N)] and counters["helpers"] == 0
+    assert out == [2 * i for i in range(N)] and helper_counters["helpers"] == 0
 
 
 def test_malformed_frames_are_ignored() -> None:

@@ -39,16 +39,6 @@ def env(tmp_path: Path) -> Env:
     return Env(tmp_path / "site")
 
 
-@pytest.fixture
-def counters(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    fresh = dict.fromkeys(helper_batches.counters, 0)
-    monkeypatch.setattr(helper_batches, "counters", fresh)
-    # pytest-timeout's idle watchdog thread makes ``fork_is_safe`` say no; it holds no
-    # lock the helper needs (tests/perf/test_complexity.py does the same for verify).
-    monkeypatch.setattr(helper_batches, "fork_is_safe", lambda: True)
-    return fresh
-
-
 def _slow_here(monkeypatch: pytest.MonkeyPatch, then: Any = None) -> int:
     """Wrap the importer's ``stage_artifact``: this process takes 1 ms more per artifact
     (so the helper surely gets batches); in the helper, ``then(bundle, artifact)`` runs
@@ -69,15 +59,15 @@ def _slow_here(monkeypatch: pytest.MonkeyPatch, then: Any = None) -> int:
 
 @pytest.mark.parametrize("tar", [False, True], ids=["folder", "tar"])
 def test_the_helper_stages_and_promotes_part_of_the_import(
-    env: Env, counters: dict[str, int], monkeypatch: pytest.MonkeyPatch, tar: bool
+    env: Env, helper_counters: dict[str, int], monkeypatch: pytest.MonkeyPatch, tar: bool
 ) -> None:
     arts = _artifacts("a")
     bundle = env.bundle(arts, tar=tar)  # a tar's members share one descriptor (pread)
-    _reset(counters)
+    _reset(helper_counters)
     _slow_here(monkeypatch)
     importer.import_bundle(Home(env.home), bundle)
-    assert counters["helpers"] == 2  # one for staging, one for promotion
-    assert 0 < counters["by_helper"] < 2 * N
+    assert helper_counters["helpers"] == 2  # one for staging, one for promotion
+    assert 0 < helper_counters["by_helper"] < 2 * N
     doc = env.expect_ok("verify")
     assert doc["checked"] == N
     stored = {v[2] for v in object_files(env.home).values()}
@@ -88,28 +78,28 @@ def test_the_helper_stages_and_promotes_part_of_the_import(
 
 
 def test_present_and_new_artifacts_and_a_dry_run(
-    env: Env, counters: dict[str, int], monkeypatch: pytest.MonkeyPatch
+    env: Env, helper_counters: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = _artifacts("a")
     env.import_ok(env.bundle(first))
     mixed = {**dict(list(first.items())[: N // 2]), **_artifacts("b", N // 2)}
     bundle = env.bundle(mixed, sequence=2)
-    _reset(counters)
+    _reset(helper_counters)
     before = env.snapshot()
     _slow_here(monkeypatch)
     result = importer.import_bundle(Home(env.home), bundle, dry_run=True)
-    assert counters["by_helper"] > 0  # the helper hashed (and wrote nothing)
+    assert helper_counters["by_helper"] > 0  # the helper hashed (and wrote nothing)
     assert env.snapshot().store_part() == before.store_part()
     assert {a["status"] for a in result.artifacts} == {"new", "present"}
-    counters["by_helper"] = 0
+    helper_counters["by_helper"] = 0
     importer.import_bundle(Home(env.home), bundle)
-    assert counters["by_helper"] > 0
+    assert helper_counters["by_helper"] > 0
     assert env.expect_ok("verify")["checked"] == N + N // 2
 
 
-def _reset(counters: dict[str, int]) -> None:
+def _reset(helper_counters: dict[str, int]) -> None:
     """Count from here: writing a folder's bundle of this size has a helper too."""
-    counters.update(dict.fromkeys(counters, 0))
+    helper_counters.update(dict.fromkeys(helper_counters, 0))
 
 
 def _tamper(bundle_dir: Path) -> Any:
@@ -123,16 +113,17 @@ def _tamper(bundle_dir: Path) -> Any:
 
 
 def test_media_changed_under_the_helper_is_the_importers_refusal(
-    env: Env, counters: dict[str, int], monkeypatch: pytest.MonkeyPatch
+    env: Env, helper_counters: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bundle = env.bundle(_artifacts("a"))
-    _reset(counters)
+    _reset(helper_counters)
     before = env.snapshot()
     _slow_here(monkeypatch, _tamper(bundle))
     with pytest.raises(DigestMismatchError) as exc:
         importer.import_bundle(Home(env.home), bundle)
     assert exc.value.code == "digest_mismatch"
-    assert counters["helpers"] == 1 and counters["by_helper"] == 0  # nothing it did was used
+    # nothing the helper did was used
+    assert helper_counters["helpers"] == 1 and helper_counters["by_helper"] == 0
     after = env.snapshot()
     assert after.store_part() == before.store_part()
     assert [(e["type"], e["outcome"], e["code"]) for e in after.events_after(before)] == [
@@ -142,30 +133,30 @@ def test_media_changed_under_the_helper_is_the_importers_refusal(
 
 
 def test_a_helper_that_dies_leaves_its_work_here(
-    env: Env, counters: dict[str, int], monkeypatch: pytest.MonkeyPatch
+    env: Env, helper_counters: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     arts = _artifacts("a")
     bundle = env.bundle(arts)
-    _reset(counters)
+    _reset(helper_counters)
 
     def die(bundle: Any, artifact: Any) -> None:
         os._exit(9)
 
     _slow_here(monkeypatch, die)
     importer.import_bundle(Home(env.home), bundle)
-    assert counters["by_helper"] < N  # staging: all here; promotion may still share
+    assert helper_counters["by_helper"] < N  # staging: all here; promotion may still share
     assert env.expect_ok("verify")["checked"] == N
 
 
 @pytest.mark.parametrize("where", ["helper", "here"])
 def test_a_staging_file_replaced_before_promotion_is_home_tampered(
-    env: Env, counters: dict[str, int], monkeypatch: pytest.MonkeyPatch, where: str
+    env: Env, helper_counters: dict[str, int], monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     """A writer of the home removes a verified staging file and plants another at its
     name. ext4 gives the new file the freed inode number at once, so the device and inode
     number match; its generation number (and change time) do not."""
     bundle = env.bundle(_artifacts("a"))
-    _reset(counters)
+    _reset(helper_counters)
     before = env.snapshot()
     parent = os.getpid()
     real = store.Promotion.promote

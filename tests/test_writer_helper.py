@@ -32,16 +32,6 @@ from bundles.writer import ArtifactSpec
 N = 600  # several batches each (64 a batch; a helper from 256)
 
 
-@pytest.fixture
-def counters(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    fresh = dict.fromkeys(helper_batches.counters, 0)
-    monkeypatch.setattr(helper_batches, "counters", fresh)
-    # pytest-timeout's watchdog thread makes ``fork_is_safe`` say no; it holds no lock
-    # the helper needs (tests/test_import_helper.py does the same).
-    monkeypatch.setattr(helper_batches, "fork_is_safe", lambda: True)
-    return fresh
-
-
 def _sources(tmp_path: Path) -> tuple[list[ArtifactSpec], dict[str, bytes]]:
     src = tmp_path / "src"
     src.mkdir()
@@ -88,18 +78,18 @@ def _check_bundle(out: Path, data: dict[str, bytes], key: Any) -> None:
 
 
 def test_the_helper_writes_part_of_the_sources(
-    tmp_path: Path, counters: dict[str, int], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, helper_counters: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     specs, data = _sources(tmp_path)
     key = make_key()
     _here_slowly(monkeypatch)
     _create(tmp_path / "out", specs, key)
-    assert counters["helpers"] == 1 and 0 < counters["by_helper"] < N
+    assert helper_counters["helpers"] == 1 and 0 < helper_counters["by_helper"] < N
     _check_bundle(tmp_path / "out", data, key)
 
 
 def test_a_source_changed_under_the_helper_is_refused(
-    tmp_path: Path, counters: dict[str, int], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, helper_counters: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     specs, _ = _sources(tmp_path)
 
@@ -112,13 +102,13 @@ def test_a_source_changed_under_the_helper_is_refused(
     with pytest.raises(SourceChangedError) as exc:
         _create(tmp_path / "out", specs, make_key())
     assert exc.value.code == "source_changed"
-    assert counters["helpers"] == 1
+    assert helper_counters["helpers"] == 1
     assert not (tmp_path / "out").exists()
     assert sorted(os.listdir(tmp_path)) == ["src"]  # no temporary folder left either
 
 
 def test_a_helper_that_dies_leaves_its_sources_to_be_written_here(
-    tmp_path: Path, counters: dict[str, int], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, helper_counters: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     specs, data = _sources(tmp_path)
     real = writer_copy.write_source
@@ -139,7 +129,7 @@ def test_a_helper_that_dies_leaves_its_sources_to_be_written_here(
     _here_slowly(monkeypatch, die_after_writing)
     key = make_key()
     _create(tmp_path / "out", specs, key)
-    assert counters["helpers"] == 1
+    assert helper_counters["helpers"] == 1
     _check_bundle(tmp_path / "out", data, key)
 
 

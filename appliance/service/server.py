@@ -208,7 +208,8 @@ class _Pending:
 
 
 class Server:
-    """Serve loads on ``listeners`` until ``stop()`` (or SIGTERM via ``install_signals``)."""
+    """Serve loads on ``listeners`` until ``stop()`` (or its ``stopping`` event is set:
+    ``serve``'s SIGTERM and SIGINT handlers)."""
 
     def __init__(
         self,
@@ -243,10 +244,6 @@ class Server:
 
     def stop(self) -> None:
         self.stopping.set()
-
-    def install_signals(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop())
 
     def serve(self) -> int:
         """Run until stopped; returns the exit code (0 clean, 3 if the background failed)."""
