@@ -41,7 +41,7 @@ from appliance.provenance import (
 from appliance.store import Record, is_immutable, object_path
 from appliance.trust import TrustState
 from bundles.errors import RejectedError, StateSuspectError
-from bundles.fdio import write_all
+from bundles.fdio import read_all, write_all
 from bundles.forks import fork_is_safe, fork_with_pipe
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -507,15 +507,13 @@ class _HashPass:
         something else. Also ``job_result`` from then on."""
         if self.job_pipe is None:
             return self.job_result
-        chunks = []
         try:
-            while chunk := os.read(self.job_pipe, 1 << 16):
-                chunks.append(chunk)
+            answer = read_all(self.job_pipe)
         finally:
             os.close(self.job_pipe)
             self.job_pipe = None
         try:
-            self.job_result = json.loads(b"".join(chunks)) if chunks else None
+            self.job_result = json.loads(answer) if answer else None
         except ValueError:
             self.job_result = None
         return self.job_result
@@ -596,17 +594,15 @@ def _start_helper(
 def _finish_helper(hashing: _HashPass, pid: int, r: int) -> dict[int, list[_Problem]]:
     """A helper's findings, each checked for shape (batch number, one finding for each
     of its objects; anything else is left out, to be hashed in this process)."""
-    chunks = []
     try:
-        while chunk := os.read(r, 1 << 20):
-            chunks.append(chunk)
+        found = read_all(r)
     finally:
         os.close(r)
         _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         return {}
     try:
-        results = json.loads(b"".join(chunks))
+        results = json.loads(found)
     except ValueError:
         return {}
     out: dict[int, list[_Problem]] = {}

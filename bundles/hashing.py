@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 import blake3
 
 from bundles.errors import DigestMismatchError
+from bundles.fdio import read_all
 from bundles.forks import fork_is_safe, fork_with_pipe
 
 if TYPE_CHECKING:
@@ -200,15 +201,13 @@ def hash_isolated(fd: int) -> tuple[str, int]:
     if started is None:
         return hash_fd(fd)
     pid, r = started
-    chunks = []
     try:
-        while chunk := os.read(r, 4096):
-            chunks.append(chunk)
+        answer = read_all(r)
     finally:
         os.close(r)
         _, status = os.waitpid(pid, 0)
     counters["isolated_hashes"] += 1
-    digest, _, size = b"".join(chunks).decode("ascii", "replace").partition(" ")
+    digest, _, size = answer.decode("ascii", "replace").partition(" ")
     after = os.fstat(fd)
     same = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
         before.st_size,
