@@ -42,7 +42,7 @@ from appliance.store import Record, is_immutable, object_path
 from appliance.trust import TrustState
 from bundles.errors import RejectedError, StateSuspectError
 from bundles.fdio import read_all, write_all
-from bundles.forks import fork_is_safe, fork_with_pipe
+from bundles.forks import MAX_BATCHES, batch_queue, fork_is_safe, fork_with_pipe, take_batch
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -274,7 +274,6 @@ SMALL_OBJECT = 1 << 20  # below this (by the record's size) an object may go to 
 _HELPER_MIN = 512  # fewer small objects than this: no helper process
 _MAX_HELPERS = 3
 _BATCH = 128  # small objects per batch of the work queue, at least
-_MAX_BATCHES = 8192  # 4 bytes each: the whole queue fits in a pipe's 64 KiB
 _READ = 1 << 16
 counters = {"helper_processes": 0, "subdir_opens": 0}  # pinned by tests/perf
 
@@ -456,7 +455,7 @@ class _HashPass:
                 (large if r.size >= SMALL_OBJECT else small)[r.digest] = None
         self.large = list(large)
         names = list(small)
-        size = max(_BATCH, -(-len(names) // _MAX_BATCHES))
+        size = max(_BATCH, -(-len(names) // MAX_BATCHES))
         self.batches = [names[i : i + size] for i in range(0, len(names), size)]
         self.found: dict[str, _Problem] = {}
         self.helpers: list[tuple[int, int]] = []
@@ -469,12 +468,7 @@ class _HashPass:
                 self.found = dict.fromkeys([*names, *self.large], _NO_OBJECTS)
                 return
             self.objs = _ObjectsDir(os.dup(objects), early)
-        queue, end = os.pipe()
-        try:
-            os.write(end, b"".join(n.to_bytes(4, "little") for n in range(len(self.batches))))
-        finally:
-            os.close(end)  # the queue ends: an empty one reads as end of file
-        self.queue = queue
+        self.queue = batch_queue(len(self.batches))
         if len(names) >= _HELPER_MIN and fork_is_safe():  # (beside a thread: hashed here)
             for n in range(min((os.cpu_count() or 1) - 1, _MAX_HELPERS)):
                 helper = self._start_helper(self.job if n == 0 else None)
@@ -521,8 +515,7 @@ class _HashPass:
     def take(self) -> int | None:
         """The next batch number from the queue, or None when it is empty."""
         assert self.queue is not None
-        got = os.read(self.queue, 4)
-        return int.from_bytes(got, "little") if len(got) == 4 else None
+        return take_batch(self.queue)
 
     def hash_batches(self) -> dict[int, list[_Problem]]:
         """Take batches until the queue is empty; what each one's objects gave."""

@@ -15,7 +15,7 @@ import signal
 import threading
 from collections.abc import Callable
 
-__all__ = ["fork_is_safe", "fork_with_pipe"]
+__all__ = ["MAX_BATCHES", "batch_queue", "fork_is_safe", "fork_with_pipe", "take_batch"]
 
 
 def fork_is_safe() -> bool:
@@ -49,3 +49,25 @@ def fork_with_pipe(child: Callable[[int], None]) -> tuple[int, int] | None:
             os._exit(code)
     os.close(w)
     return pid, r
+
+
+MAX_BATCHES = 8192  # 4 bytes each: a whole queue fits in a pipe's 64 KiB at once
+
+
+def batch_queue(count: int) -> int:
+    """A work queue a forked helper and its parent share: the read end of a pipe that holds
+    the batch numbers 0 to ``count - 1`` (``count`` at most ``MAX_BATCHES``), its write end
+    closed, so each ``take_batch`` takes the next number exactly once, whichever process
+    reads, and an empty queue reads as end of file."""
+    queue, end = os.pipe()
+    try:
+        os.write(end, b"".join(n.to_bytes(4, "little") for n in range(count)))
+    finally:
+        os.close(end)
+    return queue
+
+
+def take_batch(queue: int) -> int | None:
+    """The next batch number of ``queue`` (``batch_queue``), or None when it is empty."""
+    got = os.read(queue, 4)
+    return int.from_bytes(got, "little") if len(got) == 4 else None

@@ -37,13 +37,12 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar, cast
 
 from bundles.fdio import write_all
-from bundles.forks import fork_is_safe, fork_with_pipe
+from bundles.forks import MAX_BATCHES, batch_queue, fork_is_safe, fork_with_pipe, take_batch
 
 __all__ = ["NOT_USABLE", "HelperBatches", "counters"]
 
 HELPER_MIN = 256  # fewer items than this: a fork costs more than it saves
 _BATCH = 64  # items a batch (about 10 ms of work): small enough to share out evenly
-_MAX_BATCHES = 8192  # 4 bytes each: the whole queue fits in a pipe's 64 KiB at once
 _AGAIN = 0  # the helper's entry for an item it did not do: do it here
 _FRAME_CAP = 1 << 24  # no honest frame comes near this
 NOT_USABLE = object()  # what ``decode`` returns for an entry this process must redo
@@ -84,7 +83,7 @@ class HelperBatches(Generic[Item, T]):
         self.cancelled = cancelled
         self.on_helper = on_helper
         n = len(items)
-        size = max(_BATCH, -(-n // _MAX_BATCHES))
+        size = max(_BATCH, -(-n // MAX_BATCHES))
         self.batches = [range(k, min(k + size, n)) for k in range(0, n, size)]
         self.outcome: list[T | BaseException | None] = [None] * n
         self.done = [False] * n
@@ -93,12 +92,7 @@ class HelperBatches(Generic[Item, T]):
         self._queue: int | None = None
         if n == 0:
             return
-        queue, end = os.pipe()
-        try:
-            os.write(end, b"".join(b.to_bytes(4, "little") for b in range(len(self.batches))))
-        finally:
-            os.close(end)  # the queue ends: an empty one reads as end of file
-        self._queue = queue
+        self._queue = batch_queue(len(self.batches))
         if n >= helper_min and (os.cpu_count() or 1) > 1 and not stop.is_set() and fork_is_safe():
             self.helper = self._start_helper()
 
@@ -110,8 +104,7 @@ class HelperBatches(Generic[Item, T]):
 
     def _take(self) -> int | None:
         assert self._queue is not None
-        got = os.read(self._queue, 4)
-        return int.from_bytes(got, "little") if len(got) == 4 else None
+        return take_batch(self._queue)
 
     # --- the helper ---------------------------------------------------------------
 
