@@ -225,7 +225,7 @@ def write_sources(root: Path, sources: Sequence[Source]) -> list[Digests]:
 def _write_small(root: int, sources: list[Source]) -> list[Digests]:
     """``write_source`` of each small source, here and in a helper."""
     stop = threading.Event()
-    helped = False
+    helped = False  # set once the helper is forked: its copy keeps False, never replaces
 
     def work(src: Source, here: bool) -> Digests:
         return write_source(root, src, replace=here and helped)
