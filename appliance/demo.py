@@ -63,11 +63,23 @@ WEIGHTS = {
 
 
 def _others_can_reach(path: Path) -> bool:
-    """Every folder from / to ``path`` lets other users through (o+x)."""
-    for p in [path, *path.parents] if path.is_dir() else list(path.parents):
+    """Every folder from / to ``path`` lets other users through (o+x), links resolved (a
+    venv's ``bin/python`` is a link to an interpreter that may sit in a closed folder,
+    ``/root/.pyenv`` say), and a file there is one they may run (o+x)."""
+    path = Path(os.path.realpath(path))
+    for p in [path, *path.parents]:
         if not os.stat(p).st_mode & 0o001:
             return False
     return True
+
+
+def _loader_can_run(here: Path) -> bool:
+    """A loader user can start this program: the interpreter, its standard library and
+    the folder the product is imported from (or the frozen binary) are open to them."""
+    if getattr(sys, "frozen", False):
+        return _others_can_reach(Path(sys.executable))
+    paths = (Path(sys.executable), Path(sys.base_prefix), here)
+    return all(_others_can_reach(p) for p in paths)
 
 
 class _Skipped(Exception):
@@ -313,10 +325,11 @@ class _Story:
                 "to see a loader user served and an ungranted one refused)"
             )
         here = Path(__file__).resolve().parent.parent
-        if not all(_others_can_reach(p) for p in (Path(sys.executable), here)):
+        if not _loader_can_run(here):
             raise _Skipped(
-                f"skipped: other users cannot reach {sys.executable} or {here} (a folder on "
-                "the way is closed to them), so a loader user could not run the client"
+                f"skipped: other users cannot reach {os.path.realpath(sys.executable)}, "
+                f"{sys.base_prefix} or {here} (a folder on the way is closed to them), so "
+                "a loader user could not run the client"
             )
         if shutil.which("useradd") is None or shutil.which("userdel") is None:
             raise _Skipped(

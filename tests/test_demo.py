@@ -52,3 +52,31 @@ def test_demo_story_in_process(tmp_path: Path) -> None:
     result = run_demo(tmp_path, lines.append)
     assert result.ok, "\n".join(lines)
     assert len(lines) == 2 * len(result.steps)  # one title line and one detail line per step
+
+
+def test_a_linked_interpreter_in_a_closed_folder_is_not_reachable() -> None:
+    """A venv's python is a link: the demo's loader-user steps need the interpreter it
+    points to open to others (a pyenv build under /root is not), else they are skipped
+    with the reason, not an internal error at the first loader command."""
+    import shutil
+    import tempfile
+
+    from appliance.demo import _others_can_reach
+
+    base = Path(tempfile.mkdtemp(dir="/tmp"))  # /tmp is open to all (pytest's tmp_path is not)
+    try:
+        base.chmod(0o755)
+        closed, venv = base / "closed", base / "venv"
+        closed.mkdir(mode=0o700)
+        venv.mkdir(mode=0o755)
+        real = closed / "python3"
+        real.write_bytes(b"")
+        real.chmod(0o755)
+        (venv / "python3").symlink_to(real)
+        assert not _others_can_reach(venv / "python3")
+        closed.chmod(0o755)
+        assert _others_can_reach(venv / "python3")
+        real.chmod(0o750)  # not runnable by others
+        assert not _others_can_reach(venv / "python3")
+    finally:
+        shutil.rmtree(base)
