@@ -11,7 +11,13 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,build,torch]'
+	# The editable install is a path entry (setuptools' compat mode): the default mode's
+	# import finder costs every start-up about 21 ms (pathlib, importlib.util, fnmatch)
+	# that a wheel install or the frozen binary never pays (docs/PERFORMANCE.md); where a
+	# setuptools no longer has that mode, the default one.
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,build,torch]' \
+	    --config-settings editable_mode=compat 2>/dev/null \
+	  || $(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,build,torch]'
 	touch $@
 
 venv: $(STAMP)
