@@ -14,9 +14,11 @@ artifact, in order); ``scan_media`` (removable media and their bundles);
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing is not imported by ``import appliance`` (mypy reads the name)
 if TYPE_CHECKING:
+    from typing import Any
+
     from appliance.errors import ExitCode, exit_code_for
     from appliance.history import artifact_history
     from appliance.home import Home

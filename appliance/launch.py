@@ -11,6 +11,9 @@ parsed command line names the same home and reference
 (``appliance.headstart.take_early``), and takes a hash only for the very inode it opened
 and checked itself. A wrong guess costs a hash stopped between chunks, never a decision.
 
+``appliance --version`` is answered here too (``answer_version``), before the CLI is
+imported: scripts probe for the tool with it, and it costs no more than the interpreter.
+
 Nothing here imports more than ``os`` and ``sys`` until the guess is made.
 """
 
@@ -18,7 +21,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+
+TYPE_CHECKING = False  # typing is not imported for ``--version`` (mypy reads the name)
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 VALUED_GLOBALS = ("--home", "--witness", "--anchor")
 # ``load``, ``exec`` and ``verify`` options that take a value (``appliance.cli.cmd_load``).
@@ -91,9 +97,31 @@ def guess_early(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str, s
     return home if home is not None else default_home_path(), ref
 
 
+def answer_version(argv: Sequence[str]) -> int | None:
+    """``--version`` in first position (the CLI contract): print the version, as one JSON
+    object when ``--json`` is given before any ``--``, and return exit code 0; None for
+    any other command line."""
+    if argv[:1] != ["--version"]:
+        return None
+    from appliance.version import __version__
+
+    if "--json" in split_dashdash(argv)[0]:
+        from pathlib import Path
+
+        from appliance.cli.context import Context
+
+        Context(home=Path(), json=True).emit_json({"ok": True, "version": __version__})
+    else:
+        sys.stdout.write(f"appliance {__version__}\n")
+    return 0
+
+
 def entry() -> int:
-    """Start the head start of a load when the command line names one, then run the CLI
-    (``appliance.cli.main.entry``)."""
+    """Answer ``--version``; else start the head start of a load when the command line
+    names one, then run the CLI (``appliance.cli.main.entry``)."""
+    answered = answer_version(sys.argv[1:])
+    if answered is not None:
+        return answered
     sys.modules.setdefault("numpy", None)  # type: ignore[arg-type]
     guess = guess_early(sys.argv[1:], os.environ)
     if guess is not None:

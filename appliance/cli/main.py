@@ -29,8 +29,7 @@ from appliance.errors import (
     UsageError,
     exit_code_for,
 )
-from appliance.launch import command_name, split_dashdash
-from appliance.version import __version__
+from appliance.launch import answer_version, command_name, split_dashdash
 
 Command = Callable[[argparse.Namespace, Context], dict[str, Any]]
 
@@ -176,12 +175,9 @@ def _context(args: argparse.Namespace) -> Context:
 def run(argv: Sequence[str]) -> int:
     argv = list(argv)
     wants_json = "--json" in split_dashdash(argv)[0]
-    if argv[:1] == ["--version"]:
-        if wants_json:
-            Context(home=Path(), json=True).emit_json({"ok": True, "version": __version__})
-        else:
-            print(f"appliance {__version__}")
-        return ExitCode.OK
+    answered = answer_version(argv)  # (the program's entry answers it before this)
+    if answered is not None:
+        return answered
     ctx = Context(home=Path(), json=wants_json)
     try:
         head, tail = split_dashdash(argv)

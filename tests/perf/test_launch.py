@@ -224,3 +224,31 @@ def test_the_guess_s_thresholds_are_verify_s() -> None:
     assert headstart.SMALL_MAX == verify._HELPER_MIN - 1
     assert headstart.SMALL_SIZE == verify.SMALL_OBJECT
     assert headstart.LARGE_MIN == ISOLATED_MIN
+
+
+_VERSION_PROBE = """
+import sys
+sys.argv = ["appliance", *sys.argv[1:]]
+from appliance.launch import entry
+code = entry()
+heavy = {"argparse", "typing", "dataclasses", "pathlib", "json", "appliance.cli.main"}
+print(code, sorted(heavy & set(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "out"),
+    [(["--version"], "appliance "), (["--version", "--json"], '{"ok": true, "version": ')],
+)
+def test_the_launcher_answers_version_before_the_cli_is_imported(argv: list[str], out: str) -> None:
+    """``appliance --version`` costs the interpreter's start-up, not the CLI's (scripts
+    probe for the tool with it; docs/PERFORMANCE.md, row 7): no argparse, no typing.
+    (``--json`` is written by the CLI's one JSON writer, ``Context``, imported for it.)"""
+    p = subprocess.run(
+        [sys.executable, "-c", _VERSION_PROBE, *argv], capture_output=True, text=True, check=True
+    )
+    first, last = p.stdout.splitlines()
+    assert first.startswith(out)
+    assert last.startswith("0 ")
+    if "--json" not in argv:
+        assert last == "0 []"
