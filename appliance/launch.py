@@ -2,8 +2,9 @@
 
 ``entry`` (the console script, ``python -m appliance``, the frozen binary) keeps NumPy
 out, and starts hashing early (``appliance.headstart.start_early``) for a ``load`` or
-``exec`` on this host (no loader service: the object the command most likely names) and
-for a ``verify`` of the whole store (its first large object): the CLI's own imports,
+``exec`` on this host (no loader service: the object the command most likely names), a
+``verify`` of one record (its object) and a ``verify`` of the whole store (its first
+large object): the CLI's own imports,
 about 15 ms before the command runs, then overlap the hash of a big model instead of
 preceding it. The home and the reference are read off the command line here by a plain
 scan (``guess_early``), only a guess: the command takes those head starts only when the
@@ -56,9 +57,10 @@ def command_name(argv: Sequence[str]) -> str | None:
 
 def guess_early(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str, str | None] | None:
     """What to hash early for this command line, as argparse most likely reads it: (home,
-    NAME[@VERSION]) of a ``load`` or ``exec``, (home, None) of a ``verify`` of the whole
-    store (no references); the home is the last ``--home``, else the default home. None
-    for any other command, for help, for a ``verify`` of named records, and for a load
+    NAME[@VERSION]) of a ``load``, an ``exec`` or a ``verify`` of one record, (home, None)
+    of a ``verify`` of the whole store (no references); the home is the last ``--home``,
+    else the default home. None for any other command, for help, for a ``verify`` of
+    several records, and for a load
     through the loader service (``--socket`` or ``$APPLIANCE_SOCKET``), which hashes
     nothing here."""
     words = split_dashdash(argv)[0]
@@ -85,9 +87,9 @@ def guess_early(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str, s
     if home == "":
         return None
     if command == "verify":
-        if len(positional) != 1:
-            return None
-        ref = None
+        if len(positional) > 2:
+            return None  # several named records: no guess
+        ref = positional[1] if len(positional) == 2 else None
     elif len(positional) < 2:
         return None
     else:

@@ -66,9 +66,10 @@ def run_list(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
 
 
 def run_verify(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
-    # The launcher's hash of the first large object, started before the CLI was
-    # imported (``appliance.launch``); taken only for the very inode verified here.
-    early = take_early(ctx.home, None)
+    # The launcher's hash of the one named record's object, or of the store's first large
+    # object, started before the CLI was imported (``appliance.launch``); taken only for
+    # the very inode verified here.
+    early = take_early(ctx.home, args.refs[0] if len(args.refs) == 1 else None)
     try:
         with no_cycle_collection():
             return _verify(args, ctx, early)

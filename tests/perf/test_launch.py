@@ -64,7 +64,7 @@ LINES = [
 ]
 NO_GUESS = [
     ["list"],
-    ["--home", "H", "verify", "m@1"],  # named records: no guess
+    ["--home", "H", "verify", "m@1", "n"],  # several named records: no guess
     ["load", "--help"],
     ["load", "m", "--socket", "s"],
     ["load", "m", "--socket=s"],
@@ -90,6 +90,15 @@ def test_the_guess_reads_a_verify_of_the_whole_store(argv: list[str]) -> None:
     want = (str(args.home) if args.home is not None else default_home_path(), None)
     assert launch.guess_early(argv, os.environ) == want
     assert launch.guess_early(argv, {"APPLIANCE_SOCKET": "/run/s"}) == want  # not a load
+
+
+@pytest.mark.parametrize(
+    "argv", [["--home", "H", "verify", "m@1"], ["verify", "--json", "m"]], ids=" ".join
+)
+def test_the_guess_reads_a_verify_of_one_record(argv: list[str]) -> None:
+    args = build_parser("verify").parse_args(argv)
+    want = (str(args.home) if args.home is not None else default_home_path(), args.refs[0])
+    assert launch.guess_early(argv, os.environ) == want
 
 
 @pytest.mark.parametrize("argv", NO_GUESS, ids=" ".join)
@@ -181,6 +190,17 @@ def test_the_launcher_hashes_a_verify_s_large_object_and_verify_takes_it(
     a, _ = sites
     notes = _launch(tmp_path, ["--home", str(a.home), "verify"], {})
     assert notes == [{"made": True, "argparse": False, "cli": False}, {"claimed": True}]
+
+
+def test_the_launcher_hashes_the_object_of_a_verify_of_one_record_and_verify_takes_it(
+    sites: tuple[Site, Site], tmp_path: Path
+) -> None:
+    a, _ = sites
+    notes = _launch(tmp_path, ["--home", str(a.home), "verify", "big@1"], {})
+    assert notes == [{"made": True, "argparse": False, "cli": False}, {"claimed": True}]
+    # two records named: no guess, no head start
+    (tmp_path / "two").mkdir()
+    assert _launch(tmp_path / "two", ["--home", str(a.home), "verify", "big@1", "big"], {}) == []
 
 
 def test_a_tampered_object_hashed_early_is_still_reported(
