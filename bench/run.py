@@ -380,7 +380,9 @@ class Site:
     load_home: Path
 
 
-def make_site(work: Path, size: int, log: Callable[[str], None]) -> Site:
+def setup_keys(work: Path) -> tuple[Path, Path]:
+    """Root and publisher keys under ``work/keys`` and a home template whose trust names
+    the publisher for ``STREAM`` (trust version 2): (keys, template)."""
     app = cli()
     keys = work / "keys"
     for name in ("root", "pub"):
@@ -407,6 +409,12 @@ def make_site(work: Path, size: int, log: Callable[[str], None]) -> Site:
         ]
     )
     quiet([*app, "--home", template, "trust", "apply", update])
+    return keys, template
+
+
+def make_site(work: Path, size: int, log: Callable[[str], None]) -> Site:
+    app = cli()
+    keys, template = setup_keys(work)
     big = work / "big.bin"
     log(f"writing {size / GiB:.3g} GiB test file and its bundle (the media folder)")
     write_file(big, size)

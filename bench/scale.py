@@ -96,36 +96,6 @@ def away(path: Path) -> Callable[[], None]:
     return lambda: put_away(path)
 
 
-def setup_keys(work: Path) -> tuple[Path, Path]:
-    app = R.cli()
-    keys = work / "keys"
-    for name in ("root", "pub"):
-        R.quiet([*app, "key", "new", name, "--out", keys])
-    template = work / "home-template"
-    R.quiet([*app, "--home", template, "init", "--root-key", keys / "root.pub", "--site", "bench"])
-    update = work / "trust-0002.json"
-    R.quiet(
-        [
-            *app,
-            "trust",
-            "update",
-            update,
-            "--version",
-            "2",
-            "--key",
-            keys / "root.key",
-            "--add-key",
-            keys / "pub.pub",
-            "--role",
-            "publisher",
-            "--stream",
-            R.STREAM,
-        ]
-    )
-    R.quiet([*app, "--home", template, "trust", "apply", update])
-    return keys, template
-
-
 def small_files(root: Path, count: int) -> list[str]:
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(count)
@@ -668,7 +638,7 @@ def main() -> int:
         "sizes": [],
     }
     try:
-        keys, template = setup_keys(work)
+        keys, template = R.setup_keys(work)
         for n in (int(x) for x in args.counts.split(",") if x and only & COUNT_SECTIONS):
             report["counts"].append(per_count(work, keys, template, n, b3sum, args.reps, only))
             log(json.dumps(report["counts"][-1]))
