@@ -129,7 +129,7 @@ sys.exit(entry())
 
 
 def _launch(
-    tmp: Path, argv: list[str], env: dict[str, str], code: int = 0
+    tmp: Path, argv: list[str], env: dict[str, str], code: int = 0, out: list[str] | None = None
 ) -> list[dict[str, bool]]:
     log = tmp / "probe.log"
     script = f"LOG = {str(log)!r}\nARGV = {argv!r}\n" + _PROBE
@@ -139,6 +139,8 @@ def _launch(
         [sys.executable, "-c", script], capture_output=True, text=True, env=full, timeout=60
     )
     assert p.returncode == code, p.stderr
+    if out is not None:
+        out.append(p.stdout)
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
@@ -203,8 +205,9 @@ def test_the_launcher_hashes_the_object_of_a_verify_of_one_record_and_verify_tak
     assert _launch(tmp_path / "two", ["--home", str(a.home), "verify", "big@1", "big"], {}) == []
 
 
+@pytest.mark.parametrize("refs", [[], ["big@1"]], ids=["the whole store", "one record"])
 def test_a_tampered_object_hashed_early_is_still_reported(
-    sites: tuple[Site, Site], tmp_path: Path
+    sites: tuple[Site, Site], tmp_path: Path, refs: list[str]
 ) -> None:
     a, _ = sites
     db = a.h.db()
@@ -216,8 +219,12 @@ def test_a_tampered_object_hashed_early_is_still_reported(
         f.write(b"\xff" if BIG[:1] != b"\xff" else b"\x00")
     os.chmod(path, 0o444)
     assert set_immutable(path)
-    notes = _launch(tmp_path, ["--home", str(a.home), "--json", "verify"], {}, code=4)
+    out: list[str] = []
+    argv = ["--home", str(a.home), "--json", "verify", *refs]
+    notes = _launch(tmp_path, argv, {}, code=4, out=out)
     assert notes == [{"made": True, "argparse": False, "cli": False}, {"claimed": True}]
+    (big,) = [r for r in json.loads(out[0])["results"] if r["name"] == "big"]
+    assert big["status"] == "tampered" and big["code"] == "object_tampered", big
 
 
 def test_verify_head_starts_only_large_immutable_objects_of_a_store_of_few_small_ones(
