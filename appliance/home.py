@@ -74,6 +74,11 @@ class Home:
             os.lstat(self.db_path)
         except FileNotFoundError:
             return False
+        except NotADirectoryError as e:  # --home names a file (or a path through one)
+            raise IOFailedError(
+                f"cannot use {self.root} as an appliance home: it is not a directory (a home "
+                "is the folder that holds appliance.db)"
+            ) from e
         except PermissionError as e:  # a home closed to this user (issue 11): not a bug
             raise PermissionDeniedError(
                 f"cannot read the appliance home {self.root}: permission denied "

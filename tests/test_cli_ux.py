@@ -121,6 +121,33 @@ def test_tui_without_a_terminal_is_a_usage_error(home: Path) -> None:
     assert b"needs a terminal" in p.stderr
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["list"],
+        ["verify"],
+        ["load", "m", "-o", "/dev/null"],
+        ["audit", "verify"],
+        ["history", "m"],
+        ["trust", "show"],
+    ],
+    ids=" ".join,
+)
+def test_a_home_that_is_a_file_is_an_io_error_not_a_bug(argv: list[str], tmp_path: Path) -> None:
+    """``--home`` naming a file (or a path through one) is one line, ``io_error``, exit 3
+    (it was ``internal_error``: NotADirectoryError reading ``HOME/appliance.db``)."""
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"not a home")
+    for home in (plain, plain / "below"):
+        p = run("--home", home, "--json", *argv)
+        assert p.returncode == 3, p.stderr
+        error = json.loads(p.stdout)["error"]
+        assert error["code"] == "io_error", error
+        assert "is not a directory" in error["message"]
+        assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+    assert plain.read_bytes() == b"not a home"
+
+
 # --- several bundles ---------------------------------------------------------------------
 
 
