@@ -162,7 +162,12 @@ def load_private_key(path: Path) -> PrivateKey:
 
 def save_keypair(key: PrivateKey, directory: Path, name: str) -> tuple[Path, Path]:
     """Write ``NAME.key`` (0600, never overwritten) and ``NAME.pub``; return both paths."""
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:  # a file (or a link to one) where the folder belongs
+        raise OperationalError(f"cannot use {directory} for the keys: it is not a folder") from e
+    except OSError as e:
+        raise OperationalError(f"cannot create {directory}: {e.strerror}") from e
     priv_path = directory / f"{name}.key"
     pub_path = directory / f"{name}.pub"
     try:
@@ -177,7 +182,15 @@ def save_keypair(key: PrivateKey, directory: Path, name: str) -> tuple[Path, Pat
         os.fsync(fd)
     finally:
         os.close(fd)
-    pub_path.write_bytes(key.public.to_pem())
+    try:  # never through a link planted at NAME.pub
+        fd = os.open(pub_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            os.write(fd, key.public.to_pem())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        os.unlink(priv_path)  # made above: no key without its public half
+        raise OperationalError(f"cannot write {pub_path}: {e.strerror}") from e
     return priv_path, pub_path
 
 

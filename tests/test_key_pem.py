@@ -141,3 +141,42 @@ def test_load_verify_and_list_do_not_import_cryptography_serialization(tmp_path:
         if argv[0] != "import":
             assert mods == [], argv
     assert (tmp_path / "out").read_bytes() == b"weights"
+
+
+def _key_new(out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", "--json", "key", "new", "k", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_key_new_into_a_file_is_an_operational_error(tmp_path: Path) -> None:
+    """``--out`` naming a file, or a path through one: one line, exit 3 (it was
+    ``internal_error``: FileExistsError from mkdir)."""
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    for out in (plain, plain / "below"):
+        p = _key_new(out)
+        assert p.returncode == 3, p.stderr
+        assert json.loads(p.stdout)["error"]["code"] == "operational_error"
+        assert "Traceback" not in p.stderr
+    assert plain.read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("planted", ["folder", "link"])
+def test_key_new_never_writes_through_a_planted_pub_and_leaves_no_half_pair(
+    tmp_path: Path, planted: str
+) -> None:
+    out, target = tmp_path / "keys", tmp_path / "elsewhere"
+    out.mkdir()
+    if planted == "folder":
+        (out / "k.pub").mkdir()
+    else:
+        (out / "k.pub").symlink_to(target)
+    p = _key_new(out)
+    assert p.returncode == 3, p.stderr
+    assert json.loads(p.stdout)["error"]["code"] == "operational_error"
+    assert not (out / "k.key").exists()  # no private key without its public half
+    assert not target.exists()  # nothing written where the link points
