@@ -148,6 +148,31 @@ def test_a_home_that_is_a_file_is_an_io_error_not_a_bug(argv: list[str], tmp_pat
     assert plain.read_bytes() == b"not a home"
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--home", "", "init", "--root-key", "r.pub"],
+        ["--witness", "", "list"],
+        ["--anchor", "", "list"],
+        ["list", "--home="],
+        ["key", "new", "k", "--out", ""],
+        ["load", "m", "-o", ""],
+        ["trust", "apply", ""],
+    ],
+    ids=" ".join,
+)
+def test_an_empty_path_is_a_usage_error_never_the_current_folder(
+    argv: list[str], tmp_path: Path
+) -> None:
+    """``--home "$UNSET"`` in a script: ``Path("")`` is the current folder, which would
+    have been initialised as a home (or searched for one, or given the keys)."""
+    p = run("--json", *argv, cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    error = json.loads(p.stdout)["error"]
+    assert error["code"] == "usage" and "an empty path" in error["message"], error
+    assert list(tmp_path.iterdir()) == []  # nothing made in the current folder
+
+
 # --- several bundles ---------------------------------------------------------------------
 
 

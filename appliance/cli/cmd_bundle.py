@@ -38,7 +38,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from appliance.cli.context import Context
+from appliance.cli.context import Context, path_arg
 from bundles.errors import UsageError
 from bundles.files import read_input_file
 
@@ -68,15 +68,17 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
     )
 
     create = bsubs.add_parser("create", parents=[common], help="write a signed bundle")
-    create.add_argument("out", type=Path, help="bundle directory to make (or tar file with --tar)")
+    create.add_argument(
+        "out", type=path_arg, help="bundle directory to make (or tar file with --tar)"
+    )
     create.add_argument("--stream", required=True, help="the publisher stream")
     create.add_argument("--sequence", required=True, type=int, help="bundle sequence (>= 1)")
-    create.add_argument("--key", action="append", required=True, type=Path, help="signing key")
+    create.add_argument("--key", action="append", required=True, type=path_arg, help="signing key")
     create.add_argument("--expires", default="30d", help="duration (30d, 12h) or ISO 8601")
     where = create.add_mutually_exclusive_group()
     where.add_argument("--site", action="append", default=[], help="a target site id")
     where.add_argument("--any-site", action="store_true", help="valid at every site")
-    create.add_argument("--trust-update", action="append", default=[], type=Path)
+    create.add_argument("--trust-update", action="append", default=[], type=path_arg)
     create.add_argument("--tar", action="store_true", help="write one uncompressed tar")
     create.add_argument(
         "--part-size", type=parse_size, help="split bigger files (FAT32 holds under 4G: 4000M)"
@@ -94,11 +96,11 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
     create.set_defaults(func=bundle_create)
 
     inspect = bsubs.add_parser("inspect", parents=[common], help="show what a bundle holds")
-    inspect.add_argument("path", type=Path, help="bundle directory or tar")
-    inspect.add_argument("--key", action="append", default=[], type=Path, help="public key")
+    inspect.add_argument("path", type=path_arg, help="bundle directory or tar")
+    inspect.add_argument("--key", action="append", default=[], type=path_arg, help="public key")
     inspect.add_argument("--verify", action="store_true", help="also re-hash every artifact")
     inspect.add_argument(
-        "--model-key", action="append", default=[], type=Path, help="model-signer ECDSA key"
+        "--model-key", action="append", default=[], type=path_arg, help="model-signer ECDSA key"
     )
     inspect.set_defaults(func=bundle_inspect)
 

@@ -8,10 +8,9 @@ JSON: ``home``, ``site``, ``trust_version`` (1), ``root_keys`` (key ids),
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from appliance.cli.context import Context
+from appliance.cli.context import Context, path_arg
 from appliance.errors import UnknownUserError
 from appliance.home import Home
 from appliance.initialize import init_home
@@ -24,7 +23,7 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
     p = subs.add_parser("init", parents=[common], help="initialise an appliance home")
     p.add_argument(
         "--root-key",
-        type=Path,
+        type=path_arg,
         action="append",
         required=True,
         help="root public key (repeat for several)",

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from appliance.cli.context import Context
+from appliance.cli.context import Context, path_arg
 from bundles.errors import BadNameError, UsageError
 from bundles.keys import PrivateKey, save_keypair
 from bundles.names import check_identifier
@@ -17,7 +16,7 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
     key_subs = key.add_subparsers(dest="key_command", metavar="ACTION", parser_class=type(key))
     new = key_subs.add_parser("new", parents=[common], help="make an Ed25519 key pair")
     new.add_argument("name", help="file stem: NAME.key and NAME.pub")
-    new.add_argument("--out", type=Path, required=True, help="directory for the key files")
+    new.add_argument("--out", type=path_arg, required=True, help="directory for the key files")
     new.set_defaults(func=key_new)
 
 

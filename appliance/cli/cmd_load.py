@@ -41,7 +41,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from appliance.cli.context import Context, no_cycle_collection
+from appliance.cli.context import Context, no_cycle_collection, path_arg
 from appliance.errors import ExecFailedError, IOFailedError, StdoutIsTerminalError
 from appliance.headstart import HeadStart, head_start, take_early
 from appliance.home import DB_FILE, Home
@@ -57,7 +57,9 @@ if TYPE_CHECKING:
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
     p = subs.add_parser("load", parents=[common], help="verify and write out an artifact's bytes")
     p.add_argument("ref", metavar="NAME[@VERSION]", help="artifact (default: the active version)")
-    p.add_argument("-o", "--output", type=Path, help="write the verified bytes here (else stdout)")
+    p.add_argument(
+        "-o", "--output", type=path_arg, help="write the verified bytes here (else stdout)"
+    )
     _service_options(p)
     p.set_defaults(func=run_load)
     e = subs.add_parser(
@@ -83,7 +85,7 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
 def _service_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--socket",
-        type=Path,
+        type=path_arg,
         metavar="PATH",
         help="load through the loader service at PATH (default: $APPLIANCE_SOCKET; off if unset)",
     )

@@ -28,7 +28,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from appliance.cli.context import Context
+from appliance.cli.context import Context, path_arg
 from appliance.home import Home
 from appliance.rollback import apply_rollback, authorize_rollback, read_authorization
 from appliance.trust import KeyLabel, key_labels, labels_text
@@ -51,7 +51,7 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
         "[--from VERSION] [--reason TEXT] [--expires 7d|ISO] [--digest HEX] [--site ID ...]",
     )
     p.add_argument("target", nargs="+", metavar="NAME | authorize OUT NAME")
-    p.add_argument("--authorization", type=Path, help="the signed authorization file")
+    p.add_argument("--authorization", type=path_arg, help="the signed authorization file")
     p.add_argument("--wait", action="store_true", help="wait for a running import")
     p.add_argument("--to", help="(authorize) the version to roll back to")
     p.add_argument(
@@ -59,7 +59,7 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
         dest="from_version",
         help="(authorize) valid only while this version is active (the one being undone)",
     )
-    p.add_argument("--key", type=Path, action="append", help="(authorize) rollback private key")
+    p.add_argument("--key", type=path_arg, action="append", help="(authorize) rollback private key")
     p.add_argument("--reason", help="(authorize) why; shown by history and the audit log")
     p.add_argument("--expires", help="(authorize) 7d (default), 12h, ... or ISO 8601")
     p.add_argument("--digest", help="(authorize) BLAKE3 hex the target must have")

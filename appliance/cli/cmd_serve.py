@@ -11,10 +11,9 @@ the one object, printed when it stops, holds ``socket``, ``served``,
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from appliance.cli.context import Context
+from appliance.cli.context import Context, path_arg
 from appliance.home import Home
 from appliance.service.server import Config, serve
 from bundles.errors import OperationalError
@@ -22,7 +21,7 @@ from bundles.errors import OperationalError
 
 def register(subs: Any, common: argparse.ArgumentParser) -> None:
     p = subs.add_parser("serve", parents=[common], help="serve verified loads on a Unix socket")
-    p.add_argument("--socket", type=Path, metavar="PATH", help="where to listen")
+    p.add_argument("--socket", type=path_arg, metavar="PATH", help="where to listen")
     p.add_argument("--workers", type=int, default=32, help="loads handled at once (default 32)")
     p.add_argument(
         "--watch",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import witness
-from appliance.cli.context import Context
+from appliance.cli.context import Context, path_arg
 from appliance.evidence import anchor_of
 from appliance.home import Home, HomeLock
 from appliance.importer import apply_trust_envelope
@@ -101,13 +101,13 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
         "before them. Example: appliance trust update v2.json --version 2 --key root.key "
         "--add-key pub.pub --role publisher --stream models",
     )
-    up.add_argument("out", type=Path, help="the trust update file to write")
+    up.add_argument("out", type=path_arg, help="the trust update file to write")
     up.add_argument(
         "--version", type=int, required=True, help="the new trust version (current + 1)"
     )
     up.add_argument(
         "--key",
-        type=Path,
+        type=path_arg,
         action="append",
         required=True,
         help="root private key (old and, for --rotate-root, new)",
@@ -197,7 +197,7 @@ def register(subs: Any, common: argparse.ArgumentParser) -> None:
     up.set_defaults(func=run_update, ops=None)
 
     ap = ts.add_parser("apply", parents=[common], help="apply a trust update file")
-    ap.add_argument("file", type=Path)
+    ap.add_argument("file", type=path_arg)
     ap.add_argument("--wait", action="store_true", help="wait for a running import")
     ap.set_defaults(func=run_apply)
 

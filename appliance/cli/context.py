@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
@@ -14,12 +15,21 @@ from pathlib import Path
 from typing import Any, TextIO
 
 
+def path_arg(text: str) -> Path:
+    """The type of every path option and argument: an empty one is refused, a usage
+    error (``Path("")`` is the current folder, so ``--home "$UNSET"`` in a script would
+    make it the home, ``--out ""`` would write keys there)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
+    return Path(text)
+
+
 def add_media_option(parser: Any, dest: str = "media_dirs", what: str = "") -> None:
     """``--media DIR`` (repeatable), the same for ``media``, ``import --new`` and ``tui``."""
     parser.add_argument(
         "--media",
         dest=dest,
-        type=Path,
+        type=path_arg,
         action="append",
         default=[],
         metavar="DIR",

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
 
-from appliance.cli.context import Context
+from appliance.cli.context import Context, path_arg
 from appliance.errors import (
     ApplianceError,
     CancelledError,
@@ -108,7 +108,7 @@ def _globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
     default = None if top else argparse.SUPPRESS
     parser.add_argument(
         "--home",
-        type=Path,
+        type=path_arg,
         default=default,
         help="appliance home (default: $APPLIANCE_HOME or a per-user folder)",
     )
@@ -120,14 +120,14 @@ def _globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
     parser.add_argument(
         "--witness",
-        type=Path,
+        type=path_arg,
         default=default,
         help="state witness file (default: the one the trust anchor names, else "
         "$APPLIANCE_WITNESS; off if unset)",
     )
     parser.add_argument(
         "--anchor",
-        type=Path,
+        type=path_arg,
         default=default,
         help="the home's trust anchor file (default: $APPLIANCE_ANCHOR, else its place "
         "under /etc/appliance/anchors; see docs/SECURITY.md)",
