@@ -99,6 +99,18 @@ def guess_early(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str, s
     return home if home is not None else default_home_path(), ref
 
 
+STDOUT_FAILED = 3  # ``appliance.errors.ExitCode.OPERATIONAL``, without importing it here
+
+
+def stdout_failed(reason: str) -> int:
+    """The one line for an output that cannot be written (a full disk behind ``>``, a
+    closed stdout): ``operational_error``, exit 3, as a ``load`` to stdout says it."""
+    if sys.stderr is not None:
+        line = f"appliance: error [operational_error]: cannot write to stdout: {reason}\n"
+        sys.stderr.write(line)
+    return STDOUT_FAILED
+
+
 def answer_version(argv: Sequence[str]) -> int | None:
     """``--version`` in first position (the CLI contract): print the version, as one JSON
     object when ``--json`` is given before any ``--``, and return exit code 0; None for
@@ -111,10 +123,24 @@ def answer_version(argv: Sequence[str]) -> int | None:
         from pathlib import Path
 
         from appliance.cli.context import Context
+        from appliance.errors import OperationalError
 
-        Context(home=Path(), json=True).emit_json({"ok": True, "version": __version__})
-    else:
+        try:
+            Context(home=Path(), json=True).emit_json({"ok": True, "version": __version__})
+        except BrokenPipeError:
+            return STDOUT_FAILED
+        except OperationalError as e:  # (``Context.write_out``'s refusal)
+            return stdout_failed(e.message.removeprefix("cannot write to stdout: "))
+        return 0
+    if sys.stdout is None:
+        return stdout_failed("it is closed")
+    try:
         sys.stdout.write(f"appliance {__version__}\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return STDOUT_FAILED  # the reader went away: nothing to say to it
+    except OSError as e:
+        return stdout_failed(e.strerror or str(e))
     return 0
 
 

@@ -173,6 +173,49 @@ def test_an_empty_path_is_a_usage_error_never_the_current_folder(
     assert list(tmp_path.iterdir()) == []  # nothing made in the current folder
 
 
+_UNWRITABLE = {"full": ">/dev/full", "closed": ">&-"}
+
+
+@pytest.mark.parametrize("stdout", sorted(_UNWRITABLE))
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--version"],
+        ["--version", "--json"],
+        ["list"],
+        ["--json", "list"],
+        ["list", "--help"],
+        ["history", "m"],
+        ["verify", "m"],
+        ["trust", "show"],
+        ["audit", "export"],
+        ["load", "m"],
+    ],
+    ids=" ".join,
+)
+def test_an_output_that_cannot_be_written_is_exit_3_not_a_bug(
+    home: Path, argv: list[str], stdout: str
+) -> None:
+    """A full disk behind ``>`` or a stdout closed at start: one line, operational_error,
+    exit 3 (they were internal_error or a traceback, or exit 0 with the output lost)."""
+    if argv[0] != "--version":
+        argv = ["--home", str(home), *argv]
+    p = subprocess.run(
+        ["sh", "-c", f'exec "$@" {_UNWRITABLE[stdout]}', "sh", sys.executable, "-m", "appliance"]
+        + argv,
+        capture_output=False,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+        check=False,
+    )
+    assert p.returncode == 3, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    last = p.stderr.splitlines()[-1]
+    assert last.startswith("appliance: error [operational_error]: cannot write to stdout: "), last
+
+
 # --- several bundles ---------------------------------------------------------------------
 
 

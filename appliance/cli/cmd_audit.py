@@ -101,7 +101,7 @@ def run_export(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     events = [_exported(e) for e in audit.rows(Home(ctx.home).db())]
     if not ctx.json:
         for e in events:
-            ctx.stdout.write(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n")
+            ctx.write_out(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n")
     return {"events": events}
 
 

@@ -236,6 +236,8 @@ def _write_file(art: LoadedArtifact, out: Path) -> None:
 def run_load(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     if ctx.json and args.output is None:
         raise UsageError("with --json, give -o FILE (stdout carries the JSON)")
+    if args.output is None and sys.stdout is None:  # started with stdout closed
+        raise OperationalError("cannot write to stdout: it is closed")
     if args.output is None and os.isatty(sys.stdout.fileno()):
         raise StdoutIsTerminalError(
             "refusing to write artifact bytes to a terminal: give -o FILE or redirect stdout"
@@ -297,8 +299,9 @@ def _exec(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     os.lseek(art.fd, 0, os.SEEK_SET)  # a command reading APPLIANCE_FD reads from the start
     argv = [art.path if a == "{}" else a.replace("{}", art.path) for a in command]
     env = {**os.environ, "APPLIANCE_FD": str(art.fd)}
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
     try:
         os.execvpe(argv[0], argv, env)
     except OSError as e:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from appliance.errors import OperationalError
+
 
 def path_arg(text: str) -> Path:
     """The type of every path option and argument: an empty one is refused, a usage
@@ -71,8 +73,25 @@ class Context:
         """Human text: stdout normally, stderr under ``--json`` (stdout is for JSON)."""
         if self.quiet:
             return
-        stream = self.stderr if self.json else self.stdout
-        print(text, file=stream)
+        if self.json:
+            print(text, file=self.stderr)
+        else:
+            self.write_out(text + "\n")
+
+    def write_out(self, text: str, *, flush: bool = False) -> None:
+        """``text`` on stdout. A stdout that cannot take it (closed, or a full disk behind
+        ``>``) is ``OperationalError``, exit 3, not a bug; a reader that stopped early
+        (``BrokenPipeError``) is left to ``cli.main.main``, which ends quietly."""
+        if self.stdout is None:  # the process was started with stdout closed
+            raise OperationalError("cannot write to stdout: it is closed")
+        try:
+            self.stdout.write(text)
+            if flush:
+                self.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OperationalError(f"cannot write to stdout: {e.strerror}") from e
 
     def warn(self, text: str) -> None:
         print(text, file=self.stderr)
@@ -90,8 +109,7 @@ class Context:
             text.encode("utf-8")
         except UnicodeEncodeError:  # a name's undecodable bytes: show them, stay UTF-8
             text = json.dumps(utf8_clean(obj), sort_keys=True, ensure_ascii=False)
-        self.stdout.write(text + "\n")
-        self.stdout.flush()
+        self.write_out(text + "\n", flush=True)
 
 
 def utf8_text(text: str) -> str:

@@ -26,10 +26,11 @@ from appliance.errors import (
     ExitCode,
     InternalError,
     InterruptedOperationError,
+    OperationalError,
     UsageError,
     exit_code_for,
 )
-from appliance.launch import answer_version, command_name, split_dashdash
+from appliance.launch import answer_version, command_name, split_dashdash, stdout_failed
 
 Command = Callable[[argparse.Namespace, Context], dict[str, Any]]
 
@@ -207,7 +208,7 @@ def run(argv: Sequence[str]) -> int:
         if ctx.json:
             ctx.emit_json({"ok": True, "help": h.text})
         else:
-            sys.stdout.write(h.text)
+            ctx.write_out(h.text)
         return ExitCode.OK
     except CancelledError as e:
         if ctx.interrupted_by is None:
@@ -304,11 +305,16 @@ def _fail(ctx: Context, code: str, message: str, exit_code: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = run(sys.argv[1:] if argv is None else argv)
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return ExitCode.OPERATIONAL
+    except OperationalError as e:  # the result (or the refusal) could not be written
+        return stdout_failed(e.message.removeprefix("cannot write to stdout: "))
+    except OSError as e:  # what was left in stdout's buffer could not be written
+        return stdout_failed(e.strerror or str(e))
     return code
 
 
@@ -329,8 +335,9 @@ def entry() -> int:
     code = main()
     if command_name(split_dashdash(sys.argv[1:])[0]) in _FAST_EXIT:
         try:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:  # (None: started with it closed)
+                    stream.flush()
         except OSError:
             return code  # the interpreter's own exit reports what could not be written
         os._exit(code)
