@@ -190,6 +190,7 @@ _UNWRITABLE = {"full": ">/dev/full", "closed": ">&-"}
         ["trust", "show"],
         ["audit", "export"],
         ["load", "m"],
+        ["completion", "bash"],
     ],
     ids=" ".join,
 )

@@ -81,5 +81,5 @@ def run_completion(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     script = bash_script(parser) if args.shell == "bash" else zsh_script(parser)
     if ctx.json:
         return {"shell": args.shell, "script": script}
-    ctx.stdout.write(script)
+    ctx.write_out(script)
     return {"shell": args.shell}
