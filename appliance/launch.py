@@ -102,12 +102,19 @@ def guess_early(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str, s
 STDOUT_FAILED = 3  # ``appliance.errors.ExitCode.OPERATIONAL``, without importing it here
 
 
-def stdout_failed(reason: str) -> int:
+def stdout_message(reason: str) -> str:
+    """What an output that cannot be written is called (``reason``: ``it is closed``, or
+    the system's error text); ``load`` to stdout, ``Context.write_out`` and the lines
+    below all say it so."""
+    return f"cannot write to stdout: {reason}"
+
+
+def stdout_failed(message: str) -> int:
     """The one line for an output that cannot be written (a full disk behind ``>``, a
-    closed stdout): ``operational_error``, exit 3, as a ``load`` to stdout says it."""
+    closed stdout; ``message`` from ``stdout_message``): ``operational_error``, exit 3,
+    written where the JSON could not go."""
     if sys.stderr is not None:
-        line = f"appliance: error [operational_error]: cannot write to stdout: {reason}\n"
-        sys.stderr.write(line)
+        sys.stderr.write(f"appliance: error [operational_error]: {message}\n")
     return STDOUT_FAILED
 
 
@@ -130,17 +137,17 @@ def answer_version(argv: Sequence[str]) -> int | None:
         except BrokenPipeError:
             return STDOUT_FAILED
         except OperationalError as e:  # (``Context.write_out``'s refusal)
-            return stdout_failed(e.message.removeprefix("cannot write to stdout: "))
+            return stdout_failed(e.message)
         return 0
     if sys.stdout is None:
-        return stdout_failed("it is closed")
+        return stdout_failed(stdout_message("it is closed"))
     try:
         sys.stdout.write(f"appliance {__version__}\n")
         sys.stdout.flush()
     except BrokenPipeError:
         return STDOUT_FAILED  # the reader went away: nothing to say to it
     except OSError as e:
-        return stdout_failed(e.strerror or str(e))
+        return stdout_failed(stdout_message(e.strerror or str(e)))
     return 0
 
 

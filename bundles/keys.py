@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from bundles.errors import KeyExistsError, KeyFileNotFoundError, KeyFormatError, OperationalError
+from bundles.fdio import write_all
 from bundles.files import read_input_file
 
 MAX_KEY_FILE_BYTES = 16 * 1024
@@ -178,14 +179,14 @@ def save_keypair(key: PrivateKey, directory: Path, name: str) -> tuple[Path, Pat
         raise OperationalError(f"cannot create {priv_path}: {e.strerror}") from e
     try:
         os.fchmod(fd, 0o600)
-        os.write(fd, key.to_pem())
+        write_all(fd, key.to_pem())
         os.fsync(fd)
     finally:
         os.close(fd)
     try:  # never through a link planted at NAME.pub
         fd = os.open(pub_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
         try:
-            os.write(fd, key.public.to_pem())
+            write_all(fd, key.public.to_pem())
         finally:
             os.close(fd)
     except OSError as e:

@@ -41,10 +41,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from appliance.cli.context import Context, no_cycle_collection, path_arg
+from appliance.cli.context import Context, flush_std_streams, no_cycle_collection, path_arg
 from appliance.errors import ExecFailedError, IOFailedError, StdoutIsTerminalError
 from appliance.headstart import HeadStart, head_start, take_early
 from appliance.home import DB_FILE, Home
+from appliance.launch import stdout_message
 from bundles.errors import ApplianceError, OperationalError, UsageError
 
 if TYPE_CHECKING:
@@ -237,7 +238,7 @@ def run_load(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     if ctx.json and args.output is None:
         raise UsageError("with --json, give -o FILE (stdout carries the JSON)")
     if args.output is None and sys.stdout is None:  # started with stdout closed
-        raise OperationalError("cannot write to stdout: it is closed")
+        raise OperationalError(stdout_message("it is closed"))
     if args.output is None and os.isatty(sys.stdout.fileno()):
         raise StdoutIsTerminalError(
             "refusing to write artifact bytes to a terminal: give -o FILE or redirect stdout"
@@ -263,7 +264,7 @@ def run_load(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
                 os.close(devnull)
                 return {**art.to_dict(), "output": None}
             except OSError as e:
-                raise OperationalError(f"cannot write to stdout: {e.strerror}") from e
+                raise OperationalError(stdout_message(e.strerror or str(e))) from e
             ctx.warn(f"verified {art.name}@{art.version} ({art.size:,} B)")
         return {**art.to_dict(), "output": str(args.output) if args.output else None}
 
@@ -299,9 +300,7 @@ def _exec(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     os.lseek(art.fd, 0, os.SEEK_SET)  # a command reading APPLIANCE_FD reads from the start
     argv = [art.path if a == "{}" else a.replace("{}", art.path) for a in command]
     env = {**os.environ, "APPLIANCE_FD": str(art.fd)}
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            stream.flush()
+    flush_std_streams()
     try:
         os.execvpe(argv[0], argv, env)
     except OSError as e:

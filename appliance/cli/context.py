@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from appliance.errors import OperationalError
+from appliance.launch import stdout_message
 
 
 def path_arg(text: str) -> Path:
@@ -24,6 +25,14 @@ def path_arg(text: str) -> Path:
     if not text:
         raise argparse.ArgumentTypeError("an empty path")
     return Path(text)
+
+
+def flush_std_streams() -> None:
+    """Flush stdout and stderr, each one that is open (None: the process was started with
+    it closed), before the process ends or is replaced."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
 
 
 def add_media_option(parser: Any, dest: str = "media_dirs", what: str = "") -> None:
@@ -83,7 +92,7 @@ class Context:
         ``>``) is ``OperationalError``, exit 3, not a bug; a reader that stopped early
         (``BrokenPipeError``) is left to ``cli.main.main``, which ends quietly."""
         if self.stdout is None:  # the process was started with stdout closed
-            raise OperationalError("cannot write to stdout: it is closed")
+            raise OperationalError(stdout_message("it is closed"))
         try:
             self.stdout.write(text)
             if flush:
@@ -91,7 +100,7 @@ class Context:
         except BrokenPipeError:
             raise
         except OSError as e:
-            raise OperationalError(f"cannot write to stdout: {e.strerror}") from e
+            raise OperationalError(stdout_message(e.strerror or str(e))) from e
 
     def warn(self, text: str) -> None:
         print(text, file=self.stderr)

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
 
-from appliance.cli.context import Context, path_arg
+from appliance.cli.context import Context, flush_std_streams, path_arg
 from appliance.errors import (
     ApplianceError,
     CancelledError,
@@ -30,7 +30,13 @@ from appliance.errors import (
     UsageError,
     exit_code_for,
 )
-from appliance.launch import answer_version, command_name, split_dashdash, stdout_failed
+from appliance.launch import (
+    answer_version,
+    command_name,
+    split_dashdash,
+    stdout_failed,
+    stdout_message,
+)
 
 Command = Callable[[argparse.Namespace, Context], dict[str, Any]]
 
@@ -312,9 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return ExitCode.OPERATIONAL
     except OperationalError as e:  # the result (or the refusal) could not be written
-        return stdout_failed(e.message.removeprefix("cannot write to stdout: "))
+        return stdout_failed(e.message)
     except OSError as e:  # what was left in stdout's buffer could not be written
-        return stdout_failed(e.strerror or str(e))
+        return stdout_failed(stdout_message(e.strerror or str(e)))
     return code
 
 
@@ -335,9 +341,7 @@ def entry() -> int:
     code = main()
     if command_name(split_dashdash(sys.argv[1:])[0]) in _FAST_EXIT:
         try:
-            for stream in (sys.stdout, sys.stderr):
-                if stream is not None:  # (None: started with it closed)
-                    stream.flush()
+            flush_std_streams()
         except OSError:
             return code  # the interpreter's own exit reports what could not be written
         os._exit(code)
