@@ -217,6 +217,36 @@ def test_an_output_that_cannot_be_written_is_exit_3_not_a_bug(
     assert last.startswith("appliance: error [operational_error]: cannot write to stdout: "), last
 
 
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["--json", "list"], 0),
+        (["--json", "verify", "m"], 0),
+        (["--json", "watch", "--once"], 0),
+        (["--json", "history", "nosuch"], 2),
+        (["--json", "list", "--frobnicate"], 2),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else str(v),
+)
+def test_with_stderr_closed_stdout_holds_only_the_json(
+    home: Path, argv: list[str], code: int
+) -> None:
+    """Human text and the error line go to stderr; with stderr closed they go nowhere
+    (``print`` to a closed stderr wrote them to stdout, before the one JSON object)."""
+    p = subprocess.run(
+        ["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-m", "appliance"]
+        + ["--home", str(home), *argv],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+        check=False,
+    )
+    assert p.returncode == code, p.stdout
+    assert p.stdout.count("\n") == 1, p.stdout
+    assert json.loads(p.stdout)["ok"] is (code == 0)
+
+
 # --- several bundles ---------------------------------------------------------------------
 
 

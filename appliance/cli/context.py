@@ -83,7 +83,7 @@ class Context:
         if self.quiet:
             return
         if self.json:
-            print(text, file=self.stderr)
+            self.warn(text)
         else:
             self.write_out(text + "\n")
 
@@ -103,7 +103,10 @@ class Context:
             raise OperationalError(stdout_message(e.strerror or str(e))) from e
 
     def warn(self, text: str) -> None:
-        print(text, file=self.stderr)
+        """Human text on stderr; none when stderr is closed (``print`` would then write it
+        to stdout, into the JSON)."""
+        if self.stderr is not None:
+            print(text, file=self.stderr)
 
     def paint(self, text: str, colour: str, stream: TextIO | None = None) -> str:
         """``text`` in ``colour`` when the stream it goes to wants colour, else as is."""

@@ -208,7 +208,7 @@ def run(argv: Sequence[str]) -> int:
             usage = sub.format_usage()
             message = message.replace("'appliance --help'", f"'{sub.prog} --help'")
         if not ctx.json and command_name(head) is None:  # no command: show how to give one
-            sys.stderr.write(usage)
+            ctx.warn(usage.removesuffix("\n"))
         return _fail(ctx, UsageError.code, message, ExitCode.USAGE)  # else one line
     except _HelpRequested as h:
         if ctx.json:
@@ -303,8 +303,8 @@ def _fail(ctx: Context, code: str, message: str, exit_code: int) -> int:
                 "exit_code": int(exit_code),
             }
         )
-    label = ctx.paint("error", "red", sys.stderr)
-    print(f"appliance: {label} [{code}]: {message}", file=sys.stderr)
+    label = ctx.paint("error", "red", ctx.stderr)
+    ctx.warn(f"appliance: {label} [{code}]: {message}")
     return int(exit_code)
 
 

@@ -13,7 +13,8 @@ class ProgressBar:
 
     def __init__(self, stream: TextIO | None = None, *, enabled: bool = True) -> None:
         self.stream = stream or sys.stderr
-        self.enabled = enabled and self.stream.isatty()
+        # (no stream: the process was started with stderr closed)
+        self.enabled = enabled and self.stream is not None and self.stream.isatty()
         self.width = 30
         self.done: dict[str, int] = {}
         self.sizes: dict[str, int] = {}

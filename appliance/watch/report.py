@@ -18,7 +18,9 @@ DEV_LOG = "/dev/log"
 
 def stderr_sink(stream: TextIO | None = None) -> Sink:
     def sink(alarm: Alarm) -> None:
-        print(alarm.line(), file=stream or sys.stderr, flush=True)
+        out = stream or sys.stderr
+        if out is not None:  # (None: stderr closed; ``print`` would write it to stdout)
+            print(alarm.line(), file=out, flush=True)
 
     return sink
 

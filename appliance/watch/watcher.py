@@ -35,7 +35,8 @@ Sink = Callable[[Alarm], None]
 
 
 def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    if sys.stderr is not None:  # (None: closed; ``print`` would write it to stdout)
+        print(text, file=sys.stderr, flush=True)
 
 
 class Watcher:
