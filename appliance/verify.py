@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import signal
 import stat
 from collections.abc import Callable
@@ -42,9 +41,8 @@ from appliance.store import Record, is_immutable, object_path
 from appliance.trust import TrustState
 from bundles.errors import RejectedError, StateSuspectError
 from bundles.fdio import read_all, write_all
+from bundles.fields import HEX64
 from bundles.forks import MAX_BATCHES, batch_queue, fork_is_safe, fork_with_pipe, take_batch
-
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def open_object(home: Home, record: Record) -> int:
@@ -54,7 +52,7 @@ def open_object(home: Home, record: Record) -> int:
     when ``objects/`` or ``objects/xx/`` itself was replaced.
     """
     what = f"{record.name}@{record.version}"
-    if not _HEX64.fullmatch(record.digest):
+    if not HEX64.fullmatch(record.digest):
         raise ObjectTamperedError(f"{what}: the record's digest is not a BLAKE3 hex digest")
     path = _LazyPath(home, record.digest)  # for the messages only: built if one is raised
     with home.open_dir(OBJECTS_DIR) as objects:
@@ -210,7 +208,7 @@ def verify_records(
         hashing.close()
     out = []
     for r, provenance in zip(records, judged, strict=True):
-        problem = found[r.digest] if _HEX64.fullmatch(r.digest) else _NOT_HEX
+        problem = found[r.digest] if HEX64.fullmatch(r.digest) else _NOT_HEX
         try:
             _judge_hash(home, r, problem)
         except ObjectTamperedError as e:
@@ -451,7 +449,7 @@ class _HashPass:
         small: dict[str, None] = {}
         large: dict[str, None] = {}
         for r in records:
-            if _HEX64.fullmatch(r.digest):
+            if HEX64.fullmatch(r.digest):
                 (large if r.size >= SMALL_OBJECT else small)[r.digest] = None
         self.large = list(large)
         names = list(small)

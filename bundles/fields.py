@@ -11,6 +11,7 @@ from bundles.timeutil import parse_stamp
 
 MAX_INT = 2**53 - 1
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+HEX64 = re.compile(r"[0-9a-f]{64}")  # a BLAKE3 or SHA-256 digest, with ``fullmatch``
 
 
 def fail(msg: str) -> ManifestFormatError:

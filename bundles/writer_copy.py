@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import blake3
 
 from bundles.errors import SourceChangedError
 from bundles.fdio import write_all
+from bundles.fields import HEX64
 from bundles.hashing import hash_fd
 from bundles.helper_batches import NOT_USABLE, HelperBatches
 from bundles.manifest import Part
@@ -246,9 +246,6 @@ def _write_small(root: int, sources: list[Source]) -> list[Digests]:
     return found
 
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
 def _encode(d: Digests) -> object:
     return [d.blake3, d.sha256, d.size]
 
@@ -259,10 +256,10 @@ def _decode(entry: object, src: Source) -> object:
     if not (isinstance(entry, list) and len(entry) == 3):
         return NOT_USABLE
     b3, sha, size = entry
-    if type(b3) is not str or not _HEX64.fullmatch(b3):
+    if type(b3) is not str or not HEX64.fullmatch(b3):
         return NOT_USABLE
     if (sha is None) == src.sha256 or (
-        sha is not None and not (type(sha) is str and _HEX64.fullmatch(sha))
+        sha is not None and not (type(sha) is str and HEX64.fullmatch(sha))
     ):
         return NOT_USABLE
     if type(size) is not int or size != src.stat.st_size:
